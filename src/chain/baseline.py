@@ -1,0 +1,98 @@
+"""The limit later benchmarks compare against: a bare web3 send-and-wait loop on anvil automine.
+
+Why: issue 6 asks for submitter throughput/latency "compared in the same run with a bare web3
+send-and-wait loop". This is that loop, one `record` transaction at a time from one account,
+each signed locally with a locally counted nonce, sent raw and waited for (receipt only, no
+confirmations). `client` mode runs the same loop through ThresholdRecordClient to show its overhead.
+
+    python -m chain.baseline --count 300            # starts its own anvil, prints JSON
+    python -m chain.baseline --url http://127.0.0.1:8545 --count 300   # against a running one
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from chain.contract import Fees, ThresholdRecordClient, certificate_hash, make_web3
+from devstack.anvil import DEFAULT_CHAIN_ID, Anvil, dev_private_key
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    idx = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[idx]
+
+
+def run_loop(
+    client: ThresholdRecordClient, account: LocalAccount, count: int, *, mode: str, prefix: str
+) -> dict[str, Any]:
+    """`count` sequential record transactions; returns throughput and latency figures."""
+    w3 = client.w3
+    nonce = client.pending_nonce(account.address)
+    fees: Fees = client.suggest_fees()
+    cert = certificate_hash(b"baseline")
+    latencies: list[float] = []
+    started = time.perf_counter()
+    for i in range(count):
+        t0 = time.perf_counter()
+        signed = client.sign_record(account, f"{prefix}-{i}", i, cert, nonce=nonce, fees=fees)
+        if mode == "bare":
+            w3.eth.send_raw_transaction(signed.raw)
+            receipt = w3.eth.wait_for_transaction_receipt(signed.tx_hash, timeout=30, poll_latency=0.005)
+            if receipt["status"] != 1:
+                raise RuntimeError(f"baseline transaction {i} failed")
+        else:
+            client.submit(signed)
+        latencies.append(time.perf_counter() - t0)
+        nonce += 1
+    elapsed = time.perf_counter() - started
+    lat = sorted(latencies)
+    return {
+        "mode": mode,
+        "count": count,
+        "seconds": round(elapsed, 3),
+        "tx_per_s": round(count / elapsed, 1),
+        "latency_ms_p50": round(_percentile(lat, 0.50) * 1000, 2),
+        "latency_ms_p99": round(_percentile(lat, 0.99) * 1000, 2),
+        "latency_ms_mean": round(statistics.fmean(lat) * 1000, 2),
+    }
+
+
+def measure(url: str, count: int, chain_id: int = DEFAULT_CHAIN_ID) -> list[dict[str, Any]]:
+    """Deploy a fresh contract at `url` and run both loops (bare first), `count` each."""
+    w3 = make_web3(url)
+    owner = Account.from_key(dev_private_key(0))
+    sender = Account.from_key(dev_private_key(1))
+    client = ThresholdRecordClient.deploy(w3, owner, [sender.address], chain_id=chain_id)
+    run_loop(client, sender, min(20, count), mode="bare", prefix="warmup")
+    tag = str(time.time_ns())
+    return [
+        run_loop(client, sender, count, mode="bare", prefix=f"bare-{tag}"),
+        run_loop(client, sender, count, mode="client", prefix=f"client-{tag}"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="bare web3 send-and-wait loop against anvil automine")
+    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--url", default=None, help="default: start a private anvil (automine)")
+    args = parser.parse_args(argv)
+    if args.url:
+        results = measure(args.url, args.count)
+    else:
+        with Anvil() as node:
+            results = measure(node.url, args.count)
+    for r in results:
+        print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Domain events: the immutable facts in the log, their streams, keys and schema versions.
+
+Payloads hold JSON-native values only (str, int, list, dict; never float), because the
+log's hash chain is computed over a canonical JSON encoding that must come back
+byte-identical after a round trip through Postgres ``jsonb`` (R12, audit).
+Reputation is therefore kept in integer milli-points (1000 = 1.0).
+
+Each event type has a schema version. Stored payloads of an older version are brought
+up to date on read by the upcasters in ``events.upcast``; code only ever sees the
+current shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+CLUSTER_STREAM = "cluster"
+
+
+def tx_stream(tx_id: str) -> str:
+    return f"tx:{tx_id}"
+
+
+@dataclass(frozen=True)
+class Event:
+    TYPE: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+    @property
+    def stream(self) -> str:
+        tx_id = getattr(self, "tx_id", None)
+        return tx_stream(tx_id) if tx_id is not None else CLUSTER_STREAM
+
+    @property
+    def key(self) -> str:
+        """Idempotency key: a retried decision produces the same key, and the log keeps one."""
+        raise NotImplementedError(self.TYPE)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Event:
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            v = payload[f.name]
+            kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+        return cls(**kwargs)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+# --- membership and configuration (stream "cluster") -------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterConfigured(Event):
+    TYPE = "ClusterConfigured"
+    threshold: int
+    deadline_ms: int
+    reputation_floor: int  # milli-points; below it a member is banned (R9)
+    silent_penalty: int  # milli-points lost per SILENT_FAILURE
+    operator: str
+    seq: int  # how many times the cluster was configured before; makes the key unique
+
+    @property
+    def key(self) -> str:
+        return f"config:{self.seq}"
+
+
+@dataclass(frozen=True)
+class MemberAdmitted(Event):
+    TYPE = "MemberAdmitted"
+    node_id: str
+    vote_key: str  # Ed25519 public key, hex
+    peer_id: str
+    operator: str
+    seq: int  # admissions of this node before (a removed member may be admitted again)
+
+    @property
+    def key(self) -> str:
+        return f"admit:{self.node_id}:{self.seq}"
+
+
+@dataclass(frozen=True)
+class MemberRemoved(Event):
+    TYPE = "MemberRemoved"
+    node_id: str
+    operator: str
+    reason: str
+    seq: int
+
+    @property
+    def key(self) -> str:
+        return f"remove:{self.node_id}:{self.seq}"
+
+
+@dataclass(frozen=True)
+class NodeBanned(Event):
+    TYPE = "NodeBanned"
+    node_id: str
+    peer_id: str
+    reason: str  # the violation kind, or REPUTATION_FLOOR
+    cause: str  # idempotency key of the event that caused it
+
+    @property
+    def key(self) -> str:
+        return f"ban:{self.node_id}:{self.cause}"
+
+
+@dataclass(frozen=True)
+class NodeUnbanned(Event):
+    TYPE = "NodeUnbanned"
+    node_id: str
+    operator: str
+    reason: str
+    seq: int
+
+    @property
+    def key(self) -> str:
+        return f"unban:{self.node_id}:{self.seq}"
+
+
+@dataclass(frozen=True)
+class ReputationChanged(Event):
+    TYPE = "ReputationChanged"
+    VERSION = 2  # v1 stored `score` as a float in 0..1; see events.upcast
+    node_id: str
+    score: int  # milli-points after the change, 0..1000
+    delta: int
+    reason: str
+    cause: str
+
+    @property
+    def key(self) -> str:
+        return f"rep:{self.node_id}:{self.reason}:{self.cause}"
+
+
+# --- one transaction (stream "tx:<tx_id>") -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransactionOpened(Event):
+    TYPE = "TransactionOpened"
+    tx_id: str
+    opened_at_ms: int
+    deadline_at_ms: int
+
+    @property
+    def key(self) -> str:
+        return f"open:{self.tx_id}"
+
+
+@dataclass(frozen=True)
+class VoteAccepted(Event):
+    TYPE = "VoteAccepted"
+    tx_id: str
+    node_id: str
+    value: int
+    vote: dict[str, Any]  # the signed vote (events.vote.SignedVote.to_json): the evidence
+    author_peer: str  # gossip author that delivered it
+
+    @property
+    def key(self) -> str:
+        # R3: the same (tx, node, value) is one vote, whatever the signature's timestamp.
+        return f"vote:{self.tx_id}:{self.node_id}:{self.value}"
+
+
+@dataclass(frozen=True)
+class ViolationDetected(Event):
+    TYPE = "ViolationDetected"
+    tx_id: str
+    kind: str  # DOUBLE_VOTING | MINORITY_VOTE | INVALID_SIGNATURE | SILENT_FAILURE
+    node_id: str  # the member blamed (for INVALID_SIGNATURE: the author peer's member, R7)
+    peer_id: str
+    evidence: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        if self.kind == "INVALID_SIGNATURE":
+            # Each forged vote is its own violation; the signature identifies it.
+            return f"violation:{self.kind}:{self.tx_id}:{self.node_id}:{self.evidence['vote']['signature']}"
+        return f"violation:{self.kind}:{self.tx_id}:{self.node_id}"
+
+
+@dataclass(frozen=True)
+class ThresholdReached(Event):
+    TYPE = "ThresholdReached"
+    tx_id: str
+    value: int
+    voters: tuple[str, ...]
+    certificate_hash: str
+
+    @property
+    def key(self) -> str:
+        return f"threshold:{self.tx_id}"
+
+
+@dataclass(frozen=True)
+class TransactionAborted(Event):
+    TYPE = "TransactionAborted"
+    tx_id: str
+    reason: str  # BYZANTINE | NO_QUORUM
+    detail: str
+
+    @property
+    def key(self) -> str:
+        return f"abort:{self.tx_id}"
+
+
+@dataclass(frozen=True)
+class DeadlinePassed(Event):
+    TYPE = "DeadlinePassed"
+    tx_id: str
+    deadline_at_ms: int
+    silent: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"deadline:{self.tx_id}"
+
+
+@dataclass(frozen=True)
+class TransactionExpired(Event):
+    TYPE = "TransactionExpired"
+    tx_id: str
+    deadline_at_ms: int
+
+    @property
+    def key(self) -> str:
+        return f"expired:{self.tx_id}"
+
+
+@dataclass(frozen=True)
+class SubmissionStarted(Event):
+    TYPE = "SubmissionStarted"
+    tx_id: str
+    value: int
+    submitter: str
+    lock_revision: int  # etcd revision of the lock key: the fencing token
+
+    @property
+    def key(self) -> str:
+        return f"sub-start:{self.tx_id}:{self.lock_revision}"
+
+
+@dataclass(frozen=True)
+class SubmissionSigned(Event):
+    TYPE = "SubmissionSigned"
+    tx_id: str
+    lock_revision: int
+    chain_id: int
+    sender: str
+    nonce: int
+    tx_hash: str
+    raw_tx: str  # hex; recorded before broadcast (R11)
+
+    @property
+    def key(self) -> str:
+        return f"sub-signed:{self.tx_id}:{self.tx_hash}"
+
+
+@dataclass(frozen=True)
+class SubmissionBroadcast(Event):
+    TYPE = "SubmissionBroadcast"
+    tx_id: str
+    lock_revision: int
+    tx_hash: str
+
+    @property
+    def key(self) -> str:
+        return f"sub-broadcast:{self.tx_id}:{self.tx_hash}:{self.lock_revision}"
+
+
+@dataclass(frozen=True)
+class SubmissionConfirmed(Event):
+    TYPE = "SubmissionConfirmed"
+    tx_id: str
+    lock_revision: int
+    tx_hash: str
+    block_number: int
+
+    @property
+    def key(self) -> str:
+        return f"sub-confirmed:{self.tx_id}"
+
+
+@dataclass(frozen=True)
+class SubmissionFailed(Event):
+    TYPE = "SubmissionFailed"
+    tx_id: str
+    lock_revision: int
+    error: str
+    retryable: bool
+    attempt: int
+
+    @property
+    def key(self) -> str:
+        return f"sub-failed:{self.tx_id}:{self.lock_revision}:{self.attempt}"
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (
+        ClusterConfigured,
+        MemberAdmitted,
+        MemberRemoved,
+        NodeBanned,
+        NodeUnbanned,
+        ReputationChanged,
+        TransactionOpened,
+        VoteAccepted,
+        ViolationDetected,
+        ThresholdReached,
+        TransactionAborted,
+        DeadlinePassed,
+        TransactionExpired,
+        SubmissionStarted,
+        SubmissionSigned,
+        SubmissionBroadcast,
+        SubmissionConfirmed,
+        SubmissionFailed,
+    )
+}

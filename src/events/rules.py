@@ -1,0 +1,712 @@
+"""The protocol, as pure functions: ``decide(state, command) -> events`` and ``evolve(state, event) -> state``.
+
+This module is the only place where the rules of ``RESOLUTIONS.md`` (R1-R13) live. It does
+no I/O and reads no clock: time arrives inside commands (``now_ms``). The node, the
+projector and the submitter are shells around it. Each rule is marked with its R-number.
+
+``decide`` raises a :class:`~events.errors.CommandRejected` subclass for input that must
+change nothing (bad input, outsiders, banned senders, stale fencing tokens); otherwise it
+returns the events that record the decision, possibly none (R3: a repeated vote).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from events import errors
+from events.model import (
+    ClusterConfigured,
+    DeadlinePassed,
+    Event,
+    MemberAdmitted,
+    MemberRemoved,
+    NodeBanned,
+    NodeUnbanned,
+    ReputationChanged,
+    SubmissionBroadcast,
+    SubmissionConfirmed,
+    SubmissionFailed,
+    SubmissionSigned,
+    SubmissionStarted,
+    ThresholdReached,
+    TransactionAborted,
+    TransactionExpired,
+    TransactionOpened,
+    ViolationDetected,
+    VoteAccepted,
+)
+from events.vote import KEY_LEN, SignedVote, certificate_hash, check_node_id, check_tx_id, check_u64
+
+# Transaction statuses (the FSM of seed section 6, corrected by R6, R8, R9).
+COLLECTING = "COLLECTING"
+THRESHOLD_REACHED = "THRESHOLD_REACHED"
+SUBMITTING = "SUBMITTING"
+CONFIRMED = "CONFIRMED"
+ABORTED_BYZANTINE = "ABORTED_BYZANTINE"
+ABORTED_NO_QUORUM = "ABORTED_NO_QUORUM"
+EXPIRED = "EXPIRED"
+ABORTABLE = frozenset({COLLECTING, THRESHOLD_REACHED})  # R8
+FINAL = frozenset({CONFIRMED, ABORTED_BYZANTINE, ABORTED_NO_QUORUM, EXPIRED})
+
+DOUBLE_VOTING = "DOUBLE_VOTING"
+MINORITY_VOTE = "MINORITY_VOTE"
+INVALID_SIGNATURE = "INVALID_SIGNATURE"
+SILENT_FAILURE = "SILENT_FAILURE"
+REPUTATION_FLOOR = "REPUTATION_FLOOR"
+
+FULL_REPUTATION = 1000  # milli-points
+MAX_TEXT = 256
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    threshold: int
+    deadline_ms: int
+    reputation_floor: int
+    silent_penalty: int
+
+
+@dataclass(frozen=True)
+class Member:
+    node_id: str
+    vote_key: bytes
+    peer_id: str
+    active: bool = True  # False once removed by an operator
+    banned: bool = False
+    reputation: int = FULL_REPUTATION
+    admissions: int = 1
+    removals: int = 0
+    unbans: int = 0
+
+    @property
+    def eligible(self) -> bool:
+        """Counts toward a quorum and is expected to vote (R9, R10)."""
+        return self.active and not self.banned
+
+
+@dataclass(frozen=True)
+class Cluster:
+    config: Config | None = None
+    config_seq: int = 0
+    members: dict[str, Member] = field(default_factory=dict)
+
+    def member_by_peer(self, peer_id: str) -> Member | None:
+        for m in self.members.values():
+            if m.peer_id == peer_id and m.active:
+                return m
+        return None
+
+    def eligible_count(self) -> int:
+        return sum(1 for m in self.members.values() if m.eligible)
+
+
+@dataclass(frozen=True)
+class Tx:
+    tx_id: str
+    status: str
+    opened_at_ms: int
+    deadline_at_ms: int
+    votes: dict[str, VoteAccepted] = field(default_factory=dict)
+    flagged: frozenset[tuple[str, str]] = frozenset()  # (violation kind, node_id)
+    value: int | None = None  # the consensus value, once reached
+    deadline_fired: bool = False
+    lock_revision: int = 0  # fencing token of the current submission claim
+    signed: tuple[str, ...] = ()  # tx hashes signed so far (R11)
+    failures: int = 0
+
+
+@dataclass(frozen=True)
+class State:
+    """What one decision reads: the cluster, and the transaction the command names (if any)."""
+
+    cluster: Cluster = field(default_factory=Cluster)
+    tx: Tx | None = None
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Configure:
+    threshold: int
+    operator: str
+    deadline_ms: int = 30_000
+    reputation_floor: int = 500
+    silent_penalty: int = 100
+
+
+@dataclass(frozen=True)
+class AdmitMember:
+    node_id: str
+    vote_key: bytes
+    peer_id: str
+    operator: str
+
+
+@dataclass(frozen=True)
+class RemoveMember:
+    node_id: str
+    operator: str
+    reason: str
+    new_threshold: int | None = None
+
+
+@dataclass(frozen=True)
+class Unban:
+    node_id: str
+    operator: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReceiveVote:
+    vote: SignedVote
+    author_peer: str  # the libp2p peer whose envelope signature the router verified (R7)
+    now_ms: int
+
+    @property
+    def tx_id(self) -> str:
+        return self.vote.vote.tx_id
+
+
+@dataclass(frozen=True)
+class CheckDeadline:
+    tx_id: str
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class Reevaluate:
+    """Ask again whether a value can still reach t (after bans or removals elsewhere, R6/R10)."""
+
+    tx_id: str
+
+
+@dataclass(frozen=True)
+class StartSubmission:
+    tx_id: str
+    submitter: str
+    lock_revision: int
+
+
+@dataclass(frozen=True)
+class RecordSigned:
+    tx_id: str
+    lock_revision: int
+    chain_id: int
+    sender: str
+    nonce: int
+    tx_hash: str
+    raw_tx: str
+
+
+@dataclass(frozen=True)
+class RecordBroadcast:
+    tx_id: str
+    lock_revision: int
+    tx_hash: str
+
+
+@dataclass(frozen=True)
+class RecordConfirmed:
+    tx_id: str
+    lock_revision: int
+    tx_hash: str
+    block_number: int
+
+
+@dataclass(frozen=True)
+class RecordFailed:
+    tx_id: str
+    lock_revision: int
+    error: str
+    retryable: bool
+
+
+Command = (
+    Configure
+    | AdmitMember
+    | RemoveMember
+    | Unban
+    | ReceiveVote
+    | CheckDeadline
+    | Reevaluate
+    | StartSubmission
+    | RecordSigned
+    | RecordBroadcast
+    | RecordConfirmed
+    | RecordFailed
+)
+
+
+# --- the quorum rule (R6), one function, three outcomes -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Won:
+    value: int
+
+
+PENDING = "PENDING"
+LOST = "LOST"
+
+
+def quorum(votes: dict[str, VoteAccepted], members: dict[str, Member], threshold: int) -> Won | str:
+    """Can some value reach t among members that still count?
+
+    Only eligible members (active, not banned) count toward support, and only they can
+    still vote (R10). ``Won(w)`` when w holds >= t of their votes; ``PENDING`` while the
+    best value plus the members yet to vote could still reach t; ``LOST`` when no value
+    can any more (R6: ABORTED_NO_QUORUM, nobody is blamed). Whether a Won is a consensus
+    or a minority violation depends on the dissent, which the caller checks.
+    """
+    eligible = {n for n, m in members.items() if m.eligible}
+    support = Counter(v.value for n, v in votes.items() if n in eligible)
+    if support:
+        # Ties cannot both reach t unless 2t <= N; pick deterministically by count, then value.
+        value, count = max(support.items(), key=lambda kv: (kv[1], -kv[0]))
+        if count >= threshold:
+            return Won(value)
+    undecided = len(eligible - votes.keys())
+    best = max(support.values(), default=0)
+    return PENDING if best + undecided >= threshold else LOST
+
+
+# --- decide ------------------------------------------------------------------------------------
+
+
+class _Decision:
+    """Accumulates events, evolving the state as it goes so later rules see earlier events."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+        self.state = evolve(self.state, event)
+
+    @property
+    def tx(self) -> Tx:
+        assert self.state.tx is not None
+        return self.state.tx
+
+    @property
+    def cluster(self) -> Cluster:
+        return self.state.cluster
+
+    def ban(self, node_id: str, reason: str, cause: Event) -> None:
+        """Ban once; a Byzantine ban drops reputation to 0 (seed 3.3). Bans last until lifted (R10)."""
+        m = self.cluster.members[node_id]
+        if m.banned:
+            return
+        self.emit(NodeBanned(node_id, m.peer_id, reason, cause.key))
+        if m.reputation and reason != REPUTATION_FLOOR:
+            self.emit(ReputationChanged(node_id, 0, -m.reputation, reason, cause.key))
+
+    def abort_if_abortable(self, reason: str, detail: str) -> None:
+        if self.tx.status in ABORTABLE:  # R8: after SubmissionStarted the submission goes on
+            self.emit(TransactionAborted(self.tx.tx_id, reason, detail))
+
+    def evaluate(self) -> None:
+        """Apply R5 and R6 to the transaction as it now stands."""
+        tx, cfg = self.tx, _config(self.cluster)
+        outcome = quorum(tx.votes, self.cluster.members, cfg.threshold)
+        if isinstance(outcome, Won):
+            w = tx.value if tx.value is not None else outcome.value
+            dissent = sorted(n for n, v in tx.votes.items() if v.value != w)
+            for n in dissent:  # R5: flagged whatever the order the votes arrived in
+                if (MINORITY_VOTE, n) in self.tx.flagged:
+                    continue
+                counts = Counter(v.value for v in self.tx.votes.values())
+                m = self.cluster.members[n]
+                viol = ViolationDetected(
+                    tx.tx_id,
+                    MINORITY_VOTE,
+                    n,
+                    m.peer_id,
+                    {
+                        "vote": self.tx.votes[n].vote,
+                        "majority_value": w,
+                        "counts": {str(k): c for k, c in sorted(counts.items())},
+                    },
+                )
+                self.emit(viol)
+                self.ban(n, MINORITY_VOTE, viol)
+            if dissent:
+                self.abort_if_abortable("BYZANTINE", f"{MINORITY_VOTE} against {w}")
+            elif self.tx.status == COLLECTING:  # R6: uniform, recorded once
+                voters = tuple(sorted(n for n, v in self.tx.votes.items() if v.value == w))
+                cert = certificate_hash([SignedVote.from_json(self.tx.votes[n].vote) for n in voters])
+                self.emit(ThresholdReached(tx.tx_id, w, voters, cert))
+        elif outcome == LOST and self.tx.status == COLLECTING:
+            self.emit(TransactionAborted(tx.tx_id, "NO_QUORUM", "no value can reach t any more"))
+
+
+def decide(state: State, command: Command) -> list[Event]:
+    handler = _HANDLERS.get(type(command))
+    if handler is None:
+        raise errors.InvalidCommand(f"unknown command {type(command).__name__}")
+    d = _Decision(state)
+    handler(d, command)
+    return d.events
+
+
+def _config(cluster: Cluster) -> Config:
+    if cluster.config is None:
+        raise errors.NotConfigured("the cluster has no threshold configured yet")
+    return cluster.config
+
+
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT:
+        raise errors.InvalidCommand(f"{name} must be a non-empty string of at most {MAX_TEXT} characters")
+    return value
+
+
+def _int(name: str, value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise errors.InvalidCommand(f"{name} must be an integer in {lo}..{hi}, got {value!r:.40}")
+    return value
+
+
+def _configure(d: _Decision, c: Configure) -> None:
+    n = d.cluster.eligible_count()
+    if n == 0:
+        raise errors.CommandRejected("admit members before configuring the threshold (1 <= t <= N)")
+    _int("threshold", c.threshold, 1, n)
+    _int("deadline_ms", c.deadline_ms, 1, 86_400_000)
+    _int("reputation_floor", c.reputation_floor, 0, FULL_REPUTATION)
+    _int("silent_penalty", c.silent_penalty, 0, FULL_REPUTATION)
+    d.emit(
+        ClusterConfigured(
+            c.threshold,
+            c.deadline_ms,
+            c.reputation_floor,
+            c.silent_penalty,
+            _text("operator", c.operator),
+            d.cluster.config_seq,
+        )
+    )
+
+
+def _admit(d: _Decision, c: AdmitMember) -> None:
+    check_node_id(c.node_id)
+    _text("operator", c.operator)
+    _text("peer_id", c.peer_id)
+    if not isinstance(c.vote_key, bytes) or len(c.vote_key) != KEY_LEN:
+        raise errors.InvalidCommand("vote_key must be a 32-byte Ed25519 public key")
+    existing = d.cluster.members.get(c.node_id)
+    if existing is not None and existing.active:
+        raise errors.CommandRejected(f"{c.node_id} is already a member")
+    for m in d.cluster.members.values():
+        if m.active and (m.peer_id == c.peer_id or m.vote_key == c.vote_key):
+            raise errors.CommandRejected(f"peer id or vote key already belongs to {m.node_id}")
+    seq = existing.admissions if existing else 0
+    d.emit(MemberAdmitted(c.node_id, c.vote_key.hex(), c.peer_id, c.operator, seq))
+
+
+def _remove(d: _Decision, c: RemoveMember) -> None:
+    m = d.cluster.members.get(c.node_id)
+    if m is None or not m.active:
+        raise errors.CommandRejected(f"{c.node_id!r:.80} is not a member")
+    _text("operator", c.operator)
+    _text("reason", c.reason)
+    cfg = d.cluster.config
+    remaining = d.cluster.eligible_count() - (1 if m.eligible else 0)
+    new_t = c.new_threshold if c.new_threshold is not None else (cfg.threshold if cfg else None)
+    if remaining < 1:
+        raise errors.CommandRejected("cannot remove the last eligible member")
+    if new_t is not None and not (isinstance(new_t, int) and 1 <= new_t <= remaining):
+        raise errors.CommandRejected(
+            f"removing {c.node_id} leaves {remaining} eligible members; threshold {new_t} needs 1 <= t <= "
+            f"{remaining}: pass a new threshold"
+        )
+    d.emit(MemberRemoved(c.node_id, c.operator, c.reason, m.removals))
+    if cfg is not None and new_t != cfg.threshold:
+        d.emit(
+            ClusterConfigured(
+                new_t, cfg.deadline_ms, cfg.reputation_floor, cfg.silent_penalty, c.operator, d.cluster.config_seq
+            )
+        )
+
+
+def _unban(d: _Decision, c: Unban) -> None:
+    m = d.cluster.members.get(c.node_id)
+    if m is None or not m.banned:
+        raise errors.CommandRejected(f"{c.node_id!r:.80} is not banned")
+    ev = NodeUnbanned(c.node_id, _text("operator", c.operator), _text("reason", c.reason), m.unbans)
+    d.emit(ev)
+    d.emit(ReputationChanged(c.node_id, FULL_REPUTATION, FULL_REPUTATION - m.reputation, "UNBANNED", ev.key))
+
+
+def _receive_vote(d: _Decision, c: ReceiveVote) -> None:
+    cfg = _config(d.cluster)
+    _int("now_ms", c.now_ms, 0, 2**63 - 1)
+    if not isinstance(c.vote, SignedVote):
+        raise errors.InvalidCommand("vote must be a SignedVote")
+    vote = c.vote.vote
+    author = d.cluster.member_by_peer(c.author_peer) if isinstance(c.author_peer, str) else None
+    if author is None:
+        raise errors.OutsiderVote("gossip author is not a member (R1)")
+    if author.banned:
+        raise errors.BannedSender(f"author {author.node_id} is banned (R10)")
+    voter = d.cluster.members.get(vote.node_id)
+    if voter is None or not voter.active:
+        raise errors.OutsiderVote(f"{vote.node_id} is not a member (R1)")
+    if voter.banned:
+        raise errors.BannedSender(f"{vote.node_id} is banned (R10)")
+
+    if not c.vote.verifies_under(voter.vote_key):
+        # R7: anyone can forge a bad signature in a member's name; blame the author peer.
+        viol = ViolationDetected(
+            vote.tx_id,
+            INVALID_SIGNATURE,
+            author.node_id,
+            author.peer_id,
+            {"vote": c.vote.to_json(), "claimed_node": vote.node_id},
+        )
+        d.emit(viol)
+        d.ban(author.node_id, INVALID_SIGNATURE, viol)
+        if d.state.tx is not None and d.tx.status == COLLECTING:
+            d.evaluate()  # the ban may leave too few members (R6)
+        return
+
+    if d.state.tx is None:
+        d.emit(TransactionOpened(vote.tx_id, c.now_ms, c.now_ms + cfg.deadline_ms))
+
+    prior = d.tx.votes.get(vote.node_id)
+    if prior is not None:
+        if prior.value == vote.value:
+            return  # R3: idempotent, whatever the timestamp
+        # R4: equivocation, in whatever state the transaction is.
+        viol = ViolationDetected(
+            vote.tx_id,
+            DOUBLE_VOTING,
+            vote.node_id,
+            voter.peer_id,
+            {"first": prior.vote, "second": c.vote.to_json()},
+        )
+        d.emit(viol)
+        d.ban(vote.node_id, DOUBLE_VOTING, viol)
+        d.abort_if_abortable("BYZANTINE", f"{DOUBLE_VOTING} by {vote.node_id}")
+        return
+
+    d.emit(VoteAccepted(vote.tx_id, vote.node_id, vote.value, c.vote.to_json(), author.peer_id))
+    d.evaluate()
+
+
+def _require_tx(d: _Decision, tx_id: str) -> Tx:
+    check_tx_id(tx_id)
+    if d.state.tx is None or d.state.tx.tx_id != tx_id:
+        raise errors.UnknownTransaction(f"no transaction {tx_id}")
+    return d.state.tx
+
+
+def _check_deadline(d: _Decision, c: CheckDeadline) -> None:
+    cfg = _config(d.cluster)
+    tx = _require_tx(d, c.tx_id)
+    _int("now_ms", c.now_ms, 0, 2**63 - 1)
+    if tx.deadline_fired or c.now_ms < tx.deadline_at_ms:
+        return  # R9: fires exactly once, and not before its time
+    silent = tuple(sorted(n for n, m in d.cluster.members.items() if m.eligible and n not in tx.votes))
+    d.emit(DeadlinePassed(tx.tx_id, tx.deadline_at_ms, silent))
+    for n in silent:
+        m = d.cluster.members[n]
+        viol = ViolationDetected(tx.tx_id, SILENT_FAILURE, n, m.peer_id, {"deadline_at_ms": tx.deadline_at_ms})
+        d.emit(viol)
+        # R9: silence costs reputation but does not ban by itself: a crashed honest node must return.
+        score = max(0, m.reputation - cfg.silent_penalty)
+        if score != m.reputation:
+            d.emit(ReputationChanged(n, score, score - m.reputation, SILENT_FAILURE, viol.key))
+        if score < cfg.reputation_floor:
+            d.ban(n, REPUTATION_FLOOR, viol)
+    if d.tx.status == COLLECTING:
+        d.emit(TransactionExpired(tx.tx_id, tx.deadline_at_ms))
+
+
+def _reevaluate(d: _Decision, c: Reevaluate) -> None:
+    _config(d.cluster)
+    _require_tx(d, c.tx_id)
+    if d.tx.status == COLLECTING:
+        d.evaluate()
+
+
+def _start_submission(d: _Decision, c: StartSubmission) -> None:
+    tx = _require_tx(d, c.tx_id)
+    _text("submitter", c.submitter)
+    _int("lock_revision", c.lock_revision, 1, 2**63 - 1)
+    if tx.status == SUBMITTING:
+        if c.lock_revision <= tx.lock_revision:
+            raise errors.StaleLock(f"claim at revision {c.lock_revision} <= current {tx.lock_revision}")
+    elif tx.status != THRESHOLD_REACHED:
+        raise errors.NotSubmittable(f"{tx.tx_id} is {tx.status}")  # R8: an aborted tx is never submitted
+    assert tx.value is not None
+    d.emit(SubmissionStarted(tx.tx_id, tx.value, c.submitter, c.lock_revision))
+
+
+def _fenced(d: _Decision, tx_id: str, lock_revision: int) -> Tx:
+    tx = _require_tx(d, tx_id)
+    if tx.status != SUBMITTING:
+        raise errors.NotSubmittable(f"{tx.tx_id} is {tx.status}")
+    if lock_revision != tx.lock_revision:
+        raise errors.StaleLock(f"lock revision {lock_revision} is not the current claim {tx.lock_revision}")
+    return tx
+
+
+def _record_signed(d: _Decision, c: RecordSigned) -> None:
+    _fenced(d, c.tx_id, c.lock_revision)
+    _int("chain_id", c.chain_id, 1, 2**63 - 1)
+    _int("nonce", c.nonce, 0, 2**63 - 1)
+    d.emit(
+        SubmissionSigned(
+            c.tx_id, c.lock_revision, c.chain_id, _text("sender", c.sender), c.nonce,
+            _text("tx_hash", c.tx_hash), _hex("raw_tx", c.raw_tx),
+        )
+    )
+
+
+def _hex(name: str, value: object) -> str:
+    if not isinstance(value, str) or len(value) > 1_000_000:
+        raise errors.InvalidCommand(f"{name} must be a hex string")
+    try:
+        bytes.fromhex(value.removeprefix("0x"))
+    except ValueError:
+        raise errors.InvalidCommand(f"{name} must be a hex string") from None
+    return value
+
+
+def _record_broadcast(d: _Decision, c: RecordBroadcast) -> None:
+    tx = _fenced(d, c.tx_id, c.lock_revision)
+    if c.tx_hash not in tx.signed:
+        raise errors.CommandRejected("broadcast of a transaction that was never recorded as signed (R11)")
+    d.emit(SubmissionBroadcast(c.tx_id, c.lock_revision, c.tx_hash))
+
+
+def _record_confirmed(d: _Decision, c: RecordConfirmed) -> None:
+    tx = _fenced(d, c.tx_id, c.lock_revision)
+    _int("block_number", c.block_number, 0, 2**63 - 1)
+    if c.tx_hash not in tx.signed:
+        raise errors.CommandRejected("confirmation of a transaction that was never recorded as signed (R11)")
+    d.emit(SubmissionConfirmed(c.tx_id, c.lock_revision, c.tx_hash, c.block_number))
+
+
+def _record_failed(d: _Decision, c: RecordFailed) -> None:
+    tx = _fenced(d, c.tx_id, c.lock_revision)
+    d.emit(SubmissionFailed(c.tx_id, c.lock_revision, _text("error", c.error[:MAX_TEXT]), bool(c.retryable),
+                            tx.failures))
+
+
+_HANDLERS: dict[type, Any] = {
+    Configure: _configure,
+    AdmitMember: _admit,
+    RemoveMember: _remove,
+    Unban: _unban,
+    ReceiveVote: _receive_vote,
+    CheckDeadline: _check_deadline,
+    Reevaluate: _reevaluate,
+    StartSubmission: _start_submission,
+    RecordSigned: _record_signed,
+    RecordBroadcast: _record_broadcast,
+    RecordConfirmed: _record_confirmed,
+    RecordFailed: _record_failed,
+}
+
+
+# --- evolve ------------------------------------------------------------------------------------
+
+
+def evolve(state: State, event: Event) -> State:
+    """Fold one event into the state. Total over recorded events: it never rejects a fact."""
+    cl, tx = state.cluster, state.tx
+    match event:
+        case ClusterConfigured():
+            cfg = Config(event.threshold, event.deadline_ms, event.reputation_floor, event.silent_penalty)
+            return replace(state, cluster=replace(cl, config=cfg, config_seq=cl.config_seq + 1))
+        case MemberAdmitted():
+            old = cl.members.get(event.node_id)
+            m = Member(
+                event.node_id,
+                bytes.fromhex(event.vote_key),
+                event.peer_id,
+                admissions=(old.admissions + 1) if old else 1,
+                removals=old.removals if old else 0,
+                unbans=old.unbans if old else 0,
+            )
+            return _with_member(state, m)
+        case MemberRemoved():
+            m = cl.members[event.node_id]
+            return _with_member(state, replace(m, active=False, removals=m.removals + 1))
+        case NodeBanned():
+            return _with_member(state, replace(cl.members[event.node_id], banned=True))
+        case NodeUnbanned():
+            m = cl.members[event.node_id]
+            return _with_member(state, replace(m, banned=False, unbans=m.unbans + 1))
+        case ReputationChanged():
+            return _with_member(state, replace(cl.members[event.node_id], reputation=event.score))
+        case TransactionOpened():
+            return replace(state, tx=Tx(event.tx_id, COLLECTING, event.opened_at_ms, event.deadline_at_ms))
+    if tx is None:
+        return state  # e.g. a forged vote's violation for a tx nobody opened (R7)
+    match event:
+        case VoteAccepted():
+            tx = replace(tx, votes={**tx.votes, event.node_id: event})
+        case ViolationDetected():
+            tx = replace(tx, flagged=tx.flagged | {(event.kind, event.node_id)})
+        case ThresholdReached():
+            tx = replace(tx, status=THRESHOLD_REACHED, value=event.value)
+        case TransactionAborted():
+            tx = replace(tx, status=ABORTED_BYZANTINE if event.reason == "BYZANTINE" else ABORTED_NO_QUORUM)
+        case DeadlinePassed():
+            tx = replace(tx, deadline_fired=True)
+        case TransactionExpired():
+            tx = replace(tx, status=EXPIRED)
+        case SubmissionStarted():
+            tx = replace(tx, status=SUBMITTING, lock_revision=event.lock_revision)
+        case SubmissionSigned():
+            tx = replace(tx, signed=(*tx.signed, event.tx_hash))
+        case SubmissionConfirmed():
+            tx = replace(tx, status=CONFIRMED)
+        case SubmissionFailed():
+            tx = replace(tx, failures=tx.failures + 1)
+    return replace(state, tx=tx)
+
+
+def _with_member(state: State, m: Member) -> State:
+    return replace(state, cluster=replace(state.cluster, members={**state.cluster.members, m.node_id: m}))
+
+
+def fold(events: list[Event], state: State | None = None) -> State:
+    s = state or State()
+    for e in events:
+        s = evolve(s, e)
+    return s
+
+
+class Ledger:
+    """The whole cluster's decision state: the cluster and every transaction, kept by a shell.
+
+    Mutable by design (it is the shell's cache), but every change goes through ``evolve``.
+    """
+
+    def __init__(self) -> None:
+        self.cluster = Cluster()
+        self.txs: dict[str, Tx] = {}
+
+    def view(self, tx_id: str | None) -> State:
+        return State(self.cluster, self.txs.get(tx_id) if tx_id is not None else None)
+
+    def apply(self, event: Event) -> None:
+        tx_id = getattr(event, "tx_id", None)
+        s = evolve(self.view(tx_id), event)
+        self.cluster = s.cluster
+        if s.tx is not None:
+            self.txs[s.tx.tx_id] = s.tx
+
+    def decide(self, command: Command) -> list[Event]:
+        return decide(self.view(getattr(command, "tx_id", None)), command)

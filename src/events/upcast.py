@@ -1,0 +1,55 @@
+"""Bring stored payloads of older schema versions up to the current shape, on read.
+
+The log is never rewritten (it is append-only by construction), so an event type that
+changes shape gets a new ``VERSION`` and an upcaster from each older version here.
+Readers call :func:`decode`; nothing else needs to know old shapes existed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from events.errors import InvalidCommand
+from events.model import EVENT_TYPES, Event
+
+Payload = dict[str, Any]
+
+
+def _reputation_v1_to_v2(p: Payload) -> Payload:
+    # v1 kept the score as a float in 0..1, which does not round-trip byte-identically
+    # through every JSON encoder; v2 keeps integer milli-points.
+    out = dict(p)
+    out["score"] = round(float(p["score"]) * 1000)
+    out.setdefault("delta", 0)
+    out.setdefault("cause", "legacy")
+    return out
+
+
+UPCASTERS: dict[tuple[str, int], Callable[[Payload], Payload]] = {
+    ("ReputationChanged", 1): _reputation_v1_to_v2,
+}
+
+
+def upcast(event_type: str, version: int, payload: Payload) -> Payload:
+    cls = EVENT_TYPES.get(event_type)
+    if cls is None:
+        raise InvalidCommand(f"unknown event type {event_type!r}")
+    if version > cls.VERSION:
+        raise InvalidCommand(f"{event_type} v{version} is newer than this code (v{cls.VERSION})")
+    while version < cls.VERSION:
+        step = UPCASTERS.get((event_type, version))
+        if step is None:
+            raise InvalidCommand(f"no upcaster for {event_type} v{version}")
+        payload = step(payload)
+        version += 1
+    return payload
+
+
+def decode(event_type: str, version: int, payload: Payload) -> Event:
+    """A stored (type, version, payload) as the current event class; bad payloads raise InvalidCommand."""
+    payload = upcast(event_type, version, payload)
+    try:
+        return EVENT_TYPES[event_type].from_payload(payload)
+    except (KeyError, TypeError) as e:
+        raise InvalidCommand(f"malformed {event_type} payload: {e}") from None

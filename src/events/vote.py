@@ -1,0 +1,138 @@
+"""Signed votes (R2): the canonical, length-prefixed bytes a trustee signs.
+
+The seed signs ``tx_id || value``, which is ambiguous ("tx_1"+"23" == "tx_12"+"3").
+Here every field is length-prefixed after a domain tag, so two different votes can
+never share signed bytes, and a signature made for another protocol can never pass.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+
+import nacl.exceptions
+import nacl.signing
+
+from events.errors import InvalidVote
+
+DOMAIN_TAG = b"threshold-vote/v1/vote"
+TX_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+NODE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+U64_MAX = 2**64 - 1
+SIGNATURE_LEN = 64
+KEY_LEN = 32
+
+
+def check_tx_id(tx_id: object) -> str:
+    if not isinstance(tx_id, str) or not TX_ID_RE.fullmatch(tx_id):
+        raise InvalidVote(f"tx_id must be 1..128 characters of [A-Za-z0-9_.:-], got {tx_id!r:.80}")
+    return tx_id
+
+
+def check_node_id(node_id: object) -> str:
+    if not isinstance(node_id, str) or not NODE_ID_RE.fullmatch(node_id):
+        raise InvalidVote(f"node_id must be 1..64 characters of [A-Za-z0-9_.:-], got {node_id!r:.80}")
+    return node_id
+
+
+def check_u64(name: str, value: object) -> int:
+    # bool is an int subclass: True must not pass as the value 1.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64_MAX:
+        raise InvalidVote(f"{name} must be an integer in 0..2^64-1, got {value!r:.80}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """What a trustee asserts: "for tx_id, the value is value", at a time of its own."""
+
+    tx_id: str
+    value: int
+    node_id: str
+    timestamp_ms: int
+
+    def __post_init__(self) -> None:
+        check_tx_id(self.tx_id)
+        check_u64("value", self.value)
+        check_node_id(self.node_id)
+        check_u64("timestamp_ms", self.timestamp_ms)
+
+    def signing_bytes(self) -> bytes:
+        return b"".join(
+            (
+                _field(DOMAIN_TAG),
+                _field(self.tx_id.encode()),
+                struct.pack(">Q", self.value),
+                _field(self.node_id.encode()),
+                struct.pack(">Q", self.timestamp_ms),
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SignedVote:
+    vote: Vote
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.signature, bytes) or len(self.signature) != SIGNATURE_LEN:
+            raise InvalidVote("signature must be 64 bytes")
+
+    def verifies_under(self, vote_key: bytes) -> bool:
+        """True when the signature is the vote key's over the canonical bytes."""
+        try:
+            nacl.signing.VerifyKey(vote_key).verify(self.vote.signing_bytes(), self.signature)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError):
+            return False
+        return True
+
+    def to_json(self) -> dict[str, object]:
+        v = self.vote
+        return {
+            "tx_id": v.tx_id,
+            "value": v.value,
+            "node_id": v.node_id,
+            "timestamp_ms": v.timestamp_ms,
+            "signature": self.signature.hex(),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> SignedVote:
+        if not isinstance(data, dict):
+            raise InvalidVote("a signed vote must be a JSON object")
+        try:
+            sig = bytes.fromhex(data["signature"])
+            vote = Vote(data["tx_id"], data["value"], data["node_id"], data["timestamp_ms"])
+        except KeyError as e:
+            raise InvalidVote(f"signed vote lacks field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise InvalidVote(f"malformed signed vote: {e}") from None
+        return cls(vote, sig)
+
+
+def sign(vote: Vote, signing_key: nacl.signing.SigningKey) -> SignedVote:
+    return SignedVote(vote, signing_key.sign(vote.signing_bytes()).signature)
+
+
+def _field(b: bytes) -> bytes:
+    return struct.pack(">I", len(b)) + b
+
+
+def certificate_bytes(votes: list[SignedVote]) -> bytes:
+    """The consensus certificate: the deciding signed votes, canonically encoded, sorted by node.
+
+    Its hash goes on chain beside the value, so anyone holding the log can check
+    the on-chain record against the very signatures that decided it.
+    """
+    parts = [_field(DOMAIN_TAG + b"/certificate")]
+    for sv in sorted(votes, key=lambda s: s.vote.node_id):
+        parts.append(_field(sv.vote.signing_bytes()))
+        parts.append(_field(sv.signature))
+    return b"".join(parts)
+
+
+def certificate_hash(votes: list[SignedVote]) -> str:
+    import blake3
+
+    return blake3.blake3(certificate_bytes(votes)).hexdigest()
