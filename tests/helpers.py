@@ -29,7 +29,8 @@ class Trustee:
 
 def trustees(n: int) -> list[Trustee]:
     return [
-        Trustee(f"node-{i}", nacl.signing.SigningKey(bytes([i + 1]) * 32), f"peer-{i}") for i in range(1, n + 1)
+        Trustee(f"node-{i}", nacl.signing.SigningKey(bytes([i + 1]) * 32), f"peer-{i}")
+        for i in range(1, n + 1)
     ]
 
 

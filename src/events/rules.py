@@ -1,4 +1,4 @@
-"""The protocol, as pure functions: ``decide(state, command) -> events`` and ``evolve(state, event) -> state``.
+"""The protocol as pure functions: ``decide(state, command) -> events``, ``evolve(state, event) -> state``.
 
 This module is the only place where the rules of ``RESOLUTIONS.md`` (R1-R13) live. It does
 no I/O and reads no clock: time arrives inside commands (``now_ms``). The node, the
@@ -37,7 +37,7 @@ from events.model import (
     ViolationDetected,
     VoteAccepted,
 )
-from events.vote import KEY_LEN, SignedVote, certificate_hash, check_node_id, check_tx_id, check_u64
+from events.vote import KEY_LEN, SignedVote, certificate_hash, check_node_id, check_tx_id
 
 # Transaction statuses (the FSM of seed section 6, corrected by R6, R8, R9).
 COLLECTING = "COLLECTING"
@@ -431,7 +431,8 @@ def _remove(d: _Decision, c: RemoveMember) -> None:
     if cfg is not None and new_t != cfg.threshold:
         d.emit(
             ClusterConfigured(
-                new_t, cfg.deadline_ms, cfg.reputation_floor, cfg.silent_penalty, c.operator, d.cluster.config_seq
+                new_t, cfg.deadline_ms, cfg.reputation_floor, cfg.silent_penalty, c.operator,
+                d.cluster.config_seq,
             )
         )
 
@@ -518,7 +519,8 @@ def _check_deadline(d: _Decision, c: CheckDeadline) -> None:
     d.emit(DeadlinePassed(tx.tx_id, tx.deadline_at_ms, silent))
     for n in silent:
         m = d.cluster.members[n]
-        viol = ViolationDetected(tx.tx_id, SILENT_FAILURE, n, m.peer_id, {"deadline_at_ms": tx.deadline_at_ms})
+        evidence = {"deadline_at_ms": tx.deadline_at_ms}
+        viol = ViolationDetected(tx.tx_id, SILENT_FAILURE, n, m.peer_id, evidence)
         d.emit(viol)
         # R9: silence costs reputation but does not ban by itself: a crashed honest node must return.
         score = max(0, m.reputation - cfg.silent_penalty)

@@ -1,0 +1,669 @@
+"""Trio-native gossip host: py-libp2p 0.8.1 TCP + Noise XX + yamux, GossipSub v1.1, Kademlia.
+
+``GossipHost`` is the network edge of a trustee node. It moves opaque payloads (the node
+puts a batch of individually signed votes in one payload) and knows nothing about votes:
+the node plugs in a cheap synchronous ``validate(author_peer_id, payload)`` that runs
+before a message is forwarded, and a delivery callback ``on_deliver(author, payload)``.
+
+Everything here runs on one Trio thread. ``threaded.ThreadedGossipHost`` is the boundary
+for the synchronous rest of the system (see README.md in this folder).
+
+What py-libp2p 0.8.1 does that we had to work around (measured, see issue 5):
+
+* The subscription channel holds 32 messages and ``notify_subscriptions`` drops on full
+  with only a log line. We override ``notify_subscriptions`` to hand each message straight
+  to our delivery callback (no channel, no extra task hop, nothing dropped silently).
+* The per-peer outbound RPC queue holds 32 RPCs and drops on full; ``Pubsub.publish``
+  never yields, so a tight loop floods it. We publish from a bounded send queue drained by
+  one task that waits while any peer's outbound queue is above a high-water mark and keeps
+  under the router's spam limit. Library drops that still happen are counted.
+* The router's message cache (IHAVE/IWANT) keys messages by ``from + seqno`` even when a
+  custom message id is configured, while the seen-cache uses the custom id: IHAVE ids
+  would never look "seen" and peers would re-request everything gossiped. We also record
+  the ``from + seqno`` alias in the seen-cache.
+* There is no peer-id connection gater: a network notifee closes a banned peer's
+  connections as they open, and the DHT routing table refuses to (re)add banned peers.
+* Stopping the pubsub service while RPCs arrive raises "Nursery is closed to new
+  arrivals": ``close`` stops intake, drains, unsubscribes, disconnects every peer and only
+  then lets the services stop.
+* Adaptive gossip ("v2.0") would move D_low/D_high and stretch the heartbeat to >= 30 s
+  when its health score drops: disabled, the seed's parameters are fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import blake3
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.routing_table import RoutingTable
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.score import ScoreParams, TopicScoreParams
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+from .config import GossipConfig
+from .identity import key_pair_from_seed, load_key_pair
+from .seen import SeenCache
+
+log = logging.getLogger(__name__)
+
+Validator = Callable[[str, bytes], bool]
+DeliverFn = Callable[[str, bytes], None]
+
+
+def message_id(msg: rpc_pb2.Message) -> bytes:
+    """GossipSub message id: BLAKE3 of the payload only.
+
+    Content addressing makes the same payload one message whoever relays it and whatever
+    seqno it carries, so a replayed batch is suppressed by the seen-cache.
+    """
+    return blake3.blake3(msg.data).digest()
+
+
+@dataclass
+class GossipCounters:
+    """Monotonic counters (read from any thread; written only on the Trio thread)."""
+
+    published: int = 0  # payloads handed to GossipSub by the publisher task
+    publish_rejected: int = 0  # publish() refused: queue full (non-blocking) or closing
+    delivered: int = 0  # payloads given to on_deliver
+    delivery_drops: int = 0  # on_deliver raised / consumer queue full
+    validated: int = 0  # remote payloads accepted by the validator
+    rejected_invalid: int = 0  # node validator said no
+    rejected_oversize: int = 0
+    rejected_rate: int = 0  # author over author_rate_limit
+    rejected_banned: int = 0  # from a banned author (should be rare: blacklist is first)
+    wrong_topic: int = 0  # messages for a topic we are not subscribed to (ignored)
+    validator_errors: int = 0  # node validator raised (treated as reject)
+    outbound_rpc_drops: int = 0  # library per-peer queue full: messages not sent to a peer
+    spam_limited: int = 0  # router spam limit stopped a message from being forwarded
+    backpressure_waits: int = 0  # publisher paused for a full outbound queue
+    banned_conns_closed: int = 0  # connections from/to banned peers closed on open
+
+    @property
+    def drops(self) -> int:
+        """Messages this host failed to send or deliver (not counting validator rejects)."""
+        return self.publish_rejected + self.delivery_drops + self.outbound_rpc_drops + self.spam_limited
+
+    def snapshot(self) -> dict[str, int]:
+        d = asdict(self)
+        d["drops"] = self.drops
+        return d
+
+
+class _BanAwareRoutingTable(RoutingTable):
+    """Kademlia routing table that never (re)admits a banned peer.
+
+    ``RoutingTable.remove_peer`` alone is not enough (issue 5): the periodic refresh and
+    every inbound KAD stream re-add peers, so the ban is enforced on ``add_peer``.
+    """
+
+    banned: set[ID]
+
+    async def add_peer(self, peer_obj: PeerInfo | ID, *, skip_server_mode_check: bool = False) -> bool:
+        peer_id = peer_obj.peer_id if isinstance(peer_obj, PeerInfo) else peer_obj
+        if peer_id in self.banned:
+            return False
+        return await super().add_peer(peer_obj, skip_server_mode_check=skip_server_mode_check)
+
+
+class _Router(GossipSub):
+    """GossipSub with drop accounting (every silent drop of 0.8.1 becomes a counter)."""
+
+    counters: GossipCounters
+
+    def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
+        if len(rpc.publish):
+            self.counters.outbound_rpc_drops += len(rpc.publish)
+        super()._handle_dropped_rpc(peer_id, rpc, reason)
+
+    def _check_spam_protection(self, peer_id: ID, msg: rpc_pb2.Message) -> bool:
+        ok = super()._check_spam_protection(peer_id, msg)
+        if not ok:
+            self.counters.spam_limited += 1
+        return ok
+
+
+class _Pubsub(Pubsub):
+    """Pubsub that delivers straight to our sink and records the mcache id alias."""
+
+    sink: Callable[[rpc_pb2.Message], None]
+    counters: GossipCounters
+
+    def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
+        # Replaces the 32-slot channel (drops on full) with a direct, counted hand-off.
+        self.sink(publish_message)
+
+    def _is_subscribed_to_msg(self, msg: rpc_pb2.Message) -> bool:
+        ok = super()._is_subscribed_to_msg(msg)
+        if not ok:
+            self.counters.wrong_topic += 1
+        return ok
+
+    def _mark_msg_seen(self, msg: rpc_pb2.Message) -> None:
+        super()._mark_msg_seen(msg)
+        # mcache/IHAVE use from+seqno ids; without this alias every IHAVE looks unseen.
+        self.seen_messages.add(msg.from_id + msg.seqno)
+
+
+class _BanGate(INotifee):
+    """Network notifee that closes a banned peer's connections as soon as they open.
+
+    py-libp2p 0.8.1's connection gate filters IPs only; this is the peer-id gate.
+    """
+
+    def __init__(self, owner: GossipHost) -> None:
+        self._owner = owner
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        peer_id = conn.muxed_conn.peer_id
+        banned = peer_id in self._owner.banned_ids
+        if banned or self._owner.closing:
+            if banned:
+                self._owner.counters.banned_conns_closed += 1
+            log.debug("closing connection of %s peer %s", "banned" if banned else "late", peer_id)
+            try:
+                await conn.close()
+            except Exception:  # closing a half-open conn may race its own teardown
+                log.debug("close of banned peer conn failed", exc_info=True)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class GossipHost:
+    """One libp2p host gossiping opaque payloads on one topic.
+
+    Lifecycle (Trio)::
+
+        gh = GossipHost(cfg, validate=v, on_deliver=d)
+        async with trio.open_nursery() as n:
+            await n.start(gh.serve)      # listening, subscribed, bootstrap dialled
+            gh.publish_nowait(b"...")    # or await gh.publish(b"...")
+            await gh.close()             # graceful; serve() returns
+
+    Thread safety: only ``publish_threadsafe`` (and reading ``counters``) may be called
+    from other threads; everything else belongs to the Trio thread (use
+    ``ThreadedGossipHost`` from synchronous code).
+
+    ``validate`` runs on the Trio thread for every remote message before it is forwarded:
+    it must be cheap and must not block (no database, no etcd). Exceptions count as a
+    reject. Our own publishes are not passed to it (the node signed them itself).
+    ``on_deliver`` runs on the Trio thread for every accepted remote message exactly once
+    (seen-cache); it must not block either: hand the payload to a queue.
+    """
+
+    def __init__(
+        self,
+        config: GossipConfig,
+        validate: Validator | None = None,
+        on_deliver: DeliverFn | None = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self._validate = validate
+        self._on_deliver = on_deliver
+        self.counters = GossipCounters()
+        self.banned_ids: set[ID] = set()
+        self._author_cache: dict[bytes, str] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+        key_pair: KeyPair = (
+            key_pair_from_seed(config.seed) if config.seed is not None else load_key_pair(config.key_file or "")
+        )
+        self._key_pair = key_pair
+        self.peer_id: str = ID.from_pubkey(key_pair.public_key).to_base58()
+        self._my_id_bytes = ID.from_pubkey(key_pair.public_key).to_bytes()
+
+        # Security: Noise XX only (0.8.1 would also offer TLS, SECIO and *plaintext* by
+        # default). Muxer: yamux only.
+        sec_opt = {
+            TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(
+                key_pair, noise_privkey=create_x25519_key_pair().private_key
+            )
+        }
+        self.host = new_host(
+            key_pair=key_pair,
+            sec_opt=sec_opt,
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+            listen_addrs=[self._listen_maddr()],
+            # Advertise only our listen address, never NAT-observed ones (loopback/LAN).
+            disable_identify_address_discovery=True,
+        )
+
+        eclipse = config.eclipse_protection_effective
+        score = ScoreParams(
+            p4_invalid_messages=TopicScoreParams(
+                weight=config.invalid_message_weight, cap=1e6, decay=config.invalid_message_decay
+            ),
+            p6_appl_slack_weight=1.0,
+            app_specific_score_fn=self._app_score,
+            # P7: off on loopback (every peer shares 127.0.0.1), on elsewhere.
+            p7_ip_colocation_weight=config.ip_colocation_weight if eclipse else 0.0,
+            p7_ip_colocation_threshold=config.ip_colocation_threshold,
+            publish_threshold=config.publish_threshold,
+            gossip_threshold=config.gossip_threshold,
+            graylist_threshold=config.graylist_threshold,
+        )
+        router = _Router(
+            # v1.1 only: v1.2 adds an IDONTWANT control RPC to every mesh peer for every
+            # message received, which roughly doubles per-message RPC work in 0.8.1.
+            protocols=[PROTOCOL_ID_V11],
+            degree=config.degree,
+            degree_low=config.degree_low,
+            degree_high=config.degree_high,
+            heartbeat_interval=config.heartbeat_interval,
+            heartbeat_initial_delay=config.heartbeat_initial_delay,
+            score_params=score,
+            adaptive_gossip_enabled=False,
+            spam_protection_enabled=True,
+            max_messages_per_topic_per_second=config.spam_limit_per_peer,
+            eclipse_protection_enabled=eclipse,
+            min_mesh_diversity_ips=config.min_mesh_diversity_ips,
+        )
+        router.counters = self.counters
+        self.router = router
+        pubsub = _Pubsub(
+            self.host,
+            router,
+            strict_signing=config.strict_signing,
+            msg_id_constructor=message_id,
+            seen_ttl=math.ceil(config.seen_ttl),
+            allowed_topics={config.topic},
+        )
+        # Replace the TTL-only, thread-backed LastSeenCache with the bounded one. Each
+        # message takes two entries (BLAKE3 id + from/seqno alias), hence 2x.
+        pubsub.seen_messages.stop()
+        pubsub.seen_messages = SeenCache(2 * config.seen_cache_size, config.seen_ttl)  # type: ignore[assignment]
+        pubsub.sink = self._on_message
+        pubsub.counters = self.counters
+        pubsub.set_topic_validator(config.topic, self._topic_validator, False)
+        self.pubsub = pubsub
+
+        self.dht = KadDHT(self.host, DHTMode.SERVER)
+        # Loopback/private addresses are exempt from the DHT's subnet-diversity caps in
+        # 0.8.1 (_subnet_key returns None for non-global IPs), so nothing to relax there.
+        rt = _BanAwareRoutingTable(self.host.get_id(), self.host)
+        rt.banned = self.banned_ids
+        self.dht.routing_table = rt
+        self.dht.peer_routing.routing_table = rt
+
+        self.host.get_network().register_notifee(_BanGate(self))
+
+        # Send queue: thread-safe, bounded; drained by _publisher on the Trio thread.
+        self._sendq: queue.Queue[bytes] = queue.Queue(maxsize=config.send_queue_size)
+        self._publisher_idle = False
+        self._wake = trio.Event()
+        self._intake_open = False
+        self.closing = False  # set in the last shutdown step: refuse every new connection
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._trio_thread: int | None = None
+        self._nursery: trio.Nursery | None = None
+        self._close_requested = trio.Event()
+        self._closed = trio.Event()
+        self._publisher_done = trio.Event()
+        self.listen_addrs: list[str] = []
+
+    # ------------------------------------------------------------------ identity / info
+
+    def _listen_maddr(self) -> multiaddr.Multiaddr:
+        proto = "ip6" if ":" in self.config.listen_host else "ip4"
+        return multiaddr.Multiaddr(f"/{proto}/{self.config.listen_host}/tcp/{self.config.listen_port}")
+
+    def connected_peers(self) -> list[str]:
+        """Peer ids with an open connection."""
+        return [p.to_base58() for p in self.host.get_connected_peers()]
+
+    def mesh_peers(self) -> list[str]:
+        """Peer ids in our GossipSub mesh for the topic."""
+        return [p.to_base58() for p in self.router.mesh.get(self.config.topic, set())]
+
+    def topic_peers(self) -> list[str]:
+        """Peer ids known to be subscribed to the topic."""
+        return [p.to_base58() for p in self.pubsub.peer_topics.get(self.config.topic, set())]
+
+    def routing_table_peers(self) -> list[str]:
+        return [p.to_base58() for p in self.dht.routing_table.get_peer_ids()]
+
+    # ------------------------------------------------------------------ receive path
+
+    def _author(self, from_id: bytes) -> str:
+        # ID -> base58 costs a few microseconds; there are only N authors.
+        author = self._author_cache.get(from_id)
+        if author is None:
+            if len(self._author_cache) > 4096:  # bounded even under a flood of identities
+                self._author_cache.clear()
+            author = ID(from_id).to_base58()
+            self._author_cache[from_id] = author
+        return author
+
+    def _rate_ok(self, author: str) -> bool:
+        limit = self.config.author_rate_limit
+        if limit is None:
+            return True
+        rate, burst = limit
+        now = time.monotonic()
+        tokens, last = self._buckets.get(author, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
+        if tokens < 1.0:
+            self._buckets[author] = (tokens, now)
+            return False
+        self._buckets[author] = (tokens - 1.0, now)
+        return True
+
+    def _topic_validator(self, forwarder: ID, msg: rpc_pb2.Message) -> bool:
+        """Sync pubsub validator: runs after the envelope signature check, before forwarding.
+
+        A False here means: not delivered, not forwarded, the forwarder's P4 score drops,
+        and the verdict is cached by message id (later copies are rejected cheaply).
+        """
+        from_id = msg.from_id
+        if from_id == self._my_id_bytes:
+            return True
+        data = msg.data
+        if len(data) > self.config.max_payload_bytes:
+            self.counters.rejected_oversize += 1
+            return False
+        author = self._author(from_id)
+        if ID(from_id) in self.banned_ids:
+            self.counters.rejected_banned += 1
+            return False
+        if not self._rate_ok(author):
+            self.counters.rejected_rate += 1
+            return False
+        if self._validate is not None:
+            try:
+                ok = bool(self._validate(author, data))
+            except Exception:
+                self.counters.validator_errors += 1
+                log.debug("validator raised for a message from %s", author, exc_info=True)
+                return False
+            if not ok:
+                self.counters.rejected_invalid += 1
+                return False
+        self.counters.validated += 1
+        return True
+
+    def _on_message(self, msg: rpc_pb2.Message) -> None:
+        if msg.from_id == self._my_id_bytes and not self.config.deliver_own:
+            return
+        if self._on_deliver is None:
+            self.counters.delivered += 1
+            return
+        try:
+            self._on_deliver(self._author(msg.from_id), msg.data)
+        except Exception:
+            self.counters.delivery_drops += 1
+            log.warning("delivery callback failed; message counted as dropped", exc_info=True)
+        else:
+            self.counters.delivered += 1
+
+    def _app_score(self, peer_id: ID) -> float:
+        return -1e9 if peer_id in self.banned_ids else 0.0
+
+    # ------------------------------------------------------------------ publish path
+
+    def publish_threadsafe(self, payload: bytes, block: bool = True, timeout: float | None = None) -> bool:
+        """Queue ``payload`` for gossip from any thread. False = refused (counted).
+
+        Blocking by default: a burst waits for room rather than being dropped. With
+        ``block=False`` a full queue refuses the payload and counts it.
+        """
+        if not self._intake_open:
+            self.counters.publish_rejected += 1
+            return False
+        if len(payload) > self.config.max_payload_bytes:
+            raise ValueError(f"payload of {len(payload)} bytes exceeds max_payload_bytes")
+        if threading.get_ident() == self._trio_thread:
+            block = False  # never block the Trio loop
+        try:
+            self._sendq.put(payload, block=block, timeout=timeout)
+        except queue.Full:
+            self.counters.publish_rejected += 1
+            return False
+        if self._publisher_idle:
+            self._kick()
+        return True
+
+    def publish_nowait(self, payload: bytes) -> bool:
+        """Queue from the Trio thread without waiting (False and counted if full)."""
+        return self.publish_threadsafe(payload, block=False)
+
+    async def publish(self, payload: bytes) -> bool:
+        """Queue from the Trio thread, waiting (without blocking the loop) for room."""
+        while self._intake_open and self._sendq.full():
+            await trio.sleep(0.001)
+        return self.publish_nowait(payload)
+
+    def _kick(self) -> None:
+        if threading.get_ident() == self._trio_thread:
+            self._wake.set()
+        elif self._token is not None:
+            try:
+                self._token.run_sync_soon(self._wake.set)
+            except trio.RunFinishedError:
+                pass
+
+    def _outbound_full(self) -> bool:
+        hw = self.config.outbound_high_water
+        return any(len(q) >= hw for q in self.pubsub.peer_queues.values())
+
+    async def _publisher(self) -> None:
+        """Drain the send queue at a paced rate with back-pressure from peer queues."""
+        interval = 1.0 / self.config.publish_rate_effective
+        next_at = trio.current_time()
+        topic = self.config.topic
+        try:
+            while True:
+                try:
+                    payload = self._sendq.get_nowait()
+                except queue.Empty:
+                    if not self._intake_open:
+                        return
+                    self._publisher_idle = True
+                    try:
+                        payload = self._sendq.get_nowait()  # re-check after flagging idle
+                    except queue.Empty:
+                        await self._wake.wait()
+                        self._wake = trio.Event()
+                        continue
+                    finally:
+                        self._publisher_idle = False
+                now = trio.current_time()
+                if next_at > now:
+                    await trio.sleep(next_at - now)
+                    now = next_at
+                next_at = now + interval
+                while self._outbound_full():
+                    self.counters.backpressure_waits += 1
+                    await trio.sleep(0.002)
+                await self.pubsub.publish(topic, payload)
+                self.counters.published += 1
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._publisher_done.set()
+
+    # ------------------------------------------------------------------ bans
+
+    def ban(self, peer_id: str) -> None:
+        """Ban a peer at the edge (R10): blacklist, disconnect, forget, refuse on reconnect.
+
+        Call on the Trio thread. Idempotent. Messages authored by the peer are refused even
+        when relayed by honest peers (the blacklist checks the origin too).
+        """
+        pid = ID.from_base58(peer_id)
+        self.banned_ids.add(pid)
+        self.pubsub.add_to_blacklist(pid)  # also resets its pubsub stream
+        self.dht.routing_table.remove_peer(pid)
+        for topic_mesh in self.router.mesh.values():
+            topic_mesh.discard(pid)
+        self.host.get_peerstore().clear_addrs(pid)  # no redial by us or the auto-connector
+        if self._nursery is not None:
+            self._nursery.start_soon(self._disconnect, pid)
+
+    def unban(self, peer_id: str) -> None:
+        """Lift a ban (operator action, audited by the caller)."""
+        pid = ID.from_base58(peer_id)
+        self.banned_ids.discard(pid)
+        self.pubsub.remove_from_blacklist(pid)
+
+    def is_banned(self, peer_id: str) -> bool:
+        return ID.from_base58(peer_id) in self.banned_ids
+
+    async def _disconnect(self, pid: ID) -> None:
+        try:
+            await self.host.disconnect(pid)
+        except Exception:
+            log.debug("disconnect of %s failed", pid, exc_info=True)
+
+    # ------------------------------------------------------------------ discovery
+
+    async def _dial(self, info: PeerInfo) -> bool:
+        if info.peer_id in self.banned_ids or info.peer_id == self.host.get_id():
+            return False
+        with trio.move_on_after(self.config.dial_timeout):
+            try:
+                await self.host.connect(info)
+                return True
+            except Exception as exc:
+                log.debug("dial %s failed: %s", info.peer_id, exc)
+        return False
+
+    async def connect(self, maddr: str) -> bool:
+        """Dial a peer by full multiaddr (``.../p2p/<id>``) and add it to the DHT table."""
+        info = info_from_p2p_addr(multiaddr.Multiaddr(maddr))
+        ok = await self._dial(info)
+        if ok:
+            await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
+        return ok
+
+    async def _discovery(self) -> None:
+        """Dial bootstrap peers until connected; then let the DHT find the rest.
+
+        A late joiner knows only its bootstrap peers: it asks them (FIND_NODE for its own
+        id) and dials every non-banned peer the routing table learns, so it joins the mesh
+        without anyone restarting. Runs every ``discovery_interval`` seconds; cheap when
+        there is nothing new.
+        """
+        boots = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in self.config.bootstrap]
+        refreshed_with: frozenset[ID] = frozenset()
+        while True:
+            connected = set(self.host.get_connected_peers())
+            for info in boots:
+                if info.peer_id not in connected and await self._dial(info):
+                    await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
+            connected = set(self.host.get_connected_peers())
+            if connected and connected != refreshed_with:
+                with trio.move_on_after(10):
+                    try:
+                        await self.dht.refresh_routing_table()
+                    except Exception as exc:
+                        log.debug("DHT refresh failed: %s", exc)
+                refreshed_with = frozenset(connected)
+            store = self.host.get_peerstore()
+            for pid in self.dht.routing_table.get_peer_ids():
+                if pid in connected or pid in self.banned_ids:
+                    continue
+                addrs = store.addrs(pid)
+                if addrs:
+                    await self._dial(PeerInfo(pid, addrs))
+            await trio.sleep(self.config.discovery_interval)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the host until ``close()`` completes. ``started()`` once subscribed."""
+        self._token = trio.lowlevel.current_trio_token()
+        self._trio_thread = threading.get_ident()
+        async with (
+            self.host.run(listen_addrs=[self._listen_maddr()]), background_trio_service(self.pubsub),
+            background_trio_service(self.router),
+            background_trio_service(self.dht),
+        ):
+            await self.pubsub.wait_until_ready()
+            await self.pubsub.subscribe(self.config.topic)
+            self.listen_addrs = [str(a) for a in self.host.get_addrs()]
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._intake_open = True
+                nursery.start_soon(self._publisher)
+                nursery.start_soon(self._discovery)
+                task_status.started()
+                await self._close_requested.wait()
+                await self._shutdown()
+                nursery.cancel_scope.cancel()
+            self._nursery = None
+        self._closed.set()
+
+    async def _shutdown(self) -> None:
+        """Safe order: stop intake, drain, unsubscribe, disconnect; then services stop."""
+        cfg = self.config
+        # 1. stop intake: publish() refuses from now on (counted).
+        self._intake_open = False
+        self._kick()
+        with trio.move_on_after(cfg.close_drain_timeout):
+            # 2. drain: everything already accepted is published and written out.
+            await self._publisher_done.wait()
+            while any(len(q) for q in self.pubsub.peer_queues.values()):
+                await trio.sleep(0.01)
+        # 3. unsubscribe: peers drop us from their mesh and stop forwarding to us.
+        with trio.move_on_after(cfg.close_drain_timeout):
+            await self.pubsub.unsubscribe(cfg.topic)
+            while any(len(q) for q in self.pubsub.peer_queues.values()):
+                await trio.sleep(0.01)
+        # Messages already in flight still arrive and are handled normally for a moment.
+        await trio.sleep(cfg.close_grace)
+        # 4. close connections *before* the pubsub service stops, so no reader task tries
+        #    to spawn work into a nursery that is closing. Listeners go first so peers
+        #    cannot redial us meanwhile, and any connection that still opens is closed.
+        self.closing = True
+        network = self.host.get_network()
+        listeners = getattr(network, "listeners", {})
+        for key, listener in list(listeners.items()):
+            try:
+                await listener.close()
+            except Exception:
+                log.debug("listener close failed", exc_info=True)
+            listeners.pop(key, None)
+        for pid in list(self.host.get_connected_peers()):
+            await self._disconnect(pid)
+        await trio.sleep(0.05)
+
+    async def close(self) -> None:
+        """Graceful shutdown; returns when ``serve`` has finished. Idempotent."""
+        self._close_requested.set()
+        await self._closed.wait()
