@@ -38,6 +38,7 @@ from chain.errors import (
     BadInput,
     ChainError,
     ChainUnreachable,
+    ContractMismatch,
     ContractRevert,
     FeeTooLow,
     InsufficientFunds,
@@ -57,9 +58,9 @@ ARTIFACT_ENV = "TVOTE_CONTRACT_ARTIFACT"
 DEFAULT_ARTIFACT = Path(__file__).resolve().parents[2] / "contracts" / "ThresholdRecord.json"
 
 # Gas limit signed into every record transaction. Explicit (not estimated) so signing needs no node
-# and an estimate cannot fail on an already-recorded id. Measured: ~97k gas for a short id, ~123k
-# for a 128-character one.
-RECORD_GAS = 200_000
+# and an estimate cannot fail on an already-recorded id. Measured on anvil: ~97k gas for a short id,
+# ~158k for the first record of a contract with a 128-character id (recordCount 0 -> 1 costs more).
+RECORD_GAS = 250_000
 DEPLOY_GAS = 1_500_000
 ADMIN_GAS = 100_000
 DEFAULT_PRIORITY_FEE = 1_000_000_000  # 1 gwei
@@ -244,7 +245,11 @@ def _translate_transport() -> Iterator[None]:
 
 
 class ThresholdRecordClient:
-    """One deployed ThresholdRecord on one chain; every call checks we talk to the right chain."""
+    """One deployed ThresholdRecord on one chain.
+
+    Construction checks (unless verify=False) that the node is on the configured chain and that the
+    address holds exactly the committed contract build: a misconfiguration fails before any signing.
+    """
 
     def __init__(
         self,
@@ -253,7 +258,7 @@ class ThresholdRecordClient:
         *,
         chain_id: int,
         artifact: dict[str, Any] | None = None,
-        verify_chain: bool = True,
+        verify: bool = True,
     ) -> None:
         self.w3 = w3
         self.artifact = artifact or load_artifact()
@@ -262,8 +267,8 @@ class ThresholdRecordClient:
         self.contract = w3.eth.contract(address=self.address, abi=self.artifact["abi"])
         self._errors = _error_decoders(self.artifact["abi"])
         self._recorded_topic = keccak(text="Recorded(bytes32,string,uint64,bytes32,address)")
-        if verify_chain:
-            self.verify_chain()
+        if verify:
+            self.verify()
 
     # -- construction ------------------------------------------------------------------------------
 
@@ -307,11 +312,17 @@ class ThresholdRecordClient:
         receipt = _wait(w3, tx_hash, timeout)
         if receipt["status"] != 1 or not receipt.get("contractAddress"):
             raise TransactionReverted(f"deployment 0x{tx_hash.hex()} failed", receipt)
-        return cls(w3, receipt["contractAddress"], chain_id=chain_id, artifact=artifact, verify_chain=False)
+        return cls(w3, receipt["contractAddress"], chain_id=chain_id, artifact=artifact, verify=False)
 
-    def verify_chain(self) -> None:
-        """Refuse to work against a node whose chain id is not the configured one."""
+    def verify(self) -> None:
+        """Refuse to work against the wrong chain id, or an address without this exact contract."""
         _check_chain(self.w3, self.chain_id)
+        with _translate_transport():
+            code = bytes(self.w3.eth.get_code(self.address))
+        if not code:
+            raise ContractMismatch(f"no contract at {self.address} on chain {self.chain_id}")
+        if "0x" + code.hex() != self.artifact["deployedBytecode"]:
+            raise ContractMismatch(f"the code at {self.address} is not this ThresholdRecord build")
 
     # -- signing (no network) ------------------------------------------------------------------------
 

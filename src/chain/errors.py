@@ -31,6 +31,10 @@ class WrongChainId(ChainError):
         self.actual = actual
 
 
+class ContractMismatch(ChainError):
+    """No contract, or a different one, at the configured address: a misconfiguration, send nothing."""
+
+
 class ReceiptTimeout(ChainError):
     """No receipt within the wait: the transaction may still be pending, or may have been dropped."""
 
@@ -140,6 +144,7 @@ __all__ = [
     "BadInput",
     "ChainError",
     "ChainUnreachable",
+    "ContractMismatch",
     "ContractRevert",
     "FeeTooLow",
     "InsufficientFunds",

@@ -100,6 +100,9 @@ class GossipConfig:
 
     # Discovery: dial bootstrap peers until connected, then ask the DHT for the rest.
     discovery_interval: float = 2.0
+    # Dial every peer the DHT routing table learns (False: bootstrap peers only, which
+    # tests use to build a fixed line topology).
+    dht_discovery: bool = True
     dial_timeout: float = 5.0
 
     # Shutdown: after unsubscribing, how long to let in-flight RPCs settle.

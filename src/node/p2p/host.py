@@ -179,11 +179,9 @@ class _BanGate(INotifee):
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         peer_id = conn.muxed_conn.peer_id
-        banned = peer_id in self._owner.banned_ids
-        if banned or self._owner.closing:
-            if banned:
-                self._owner.counters.banned_conns_closed += 1
-            log.debug("closing connection of %s peer %s", "banned" if banned else "late", peer_id)
+        if peer_id in self._owner.banned_ids:
+            self._owner.counters.banned_conns_closed += 1
+            log.debug("closing connection of banned peer %s", peer_id)
             try:
                 await conn.close()
             except Exception:  # closing a half-open conn may race its own teardown
@@ -329,7 +327,7 @@ class GossipHost:
         self._publisher_idle = False
         self._wake = trio.Event()
         self._intake_open = False
-        self.closing = False  # set in the last shutdown step: refuse every new connection
+        self._discovery_scope = trio.CancelScope()
         self._token: trio.lowlevel.TrioToken | None = None
         self._trio_thread: int | None = None
         self._nursery: trio.Nursery | None = None
@@ -571,6 +569,10 @@ class GossipHost:
             await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
         return ok
 
+    async def _discovery_task(self) -> None:
+        with self._discovery_scope:
+            await self._discovery()
+
     async def _discovery(self) -> None:
         """Dial bootstrap peers until connected; then let the DHT find the rest.
 
@@ -587,7 +589,7 @@ class GossipHost:
                 if info.peer_id not in connected and await self._dial(info):
                     await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
             connected = set(self.host.get_connected_peers())
-            if connected and connected != refreshed_with:
+            if self.config.dht_discovery and connected and connected != refreshed_with:
                 with trio.move_on_after(10):
                     try:
                         await self.dht.refresh_routing_table()
@@ -595,7 +597,8 @@ class GossipHost:
                         log.debug("DHT refresh failed: %s", exc)
                 refreshed_with = frozenset(connected)
             store = self.host.get_peerstore()
-            for pid in self.dht.routing_table.get_peer_ids():
+            learned = self.dht.routing_table.get_peer_ids() if self.config.dht_discovery else []
+            for pid in learned:
                 if pid in connected or pid in self.banned_ids:
                     continue
                 addrs = store.addrs(pid)
@@ -632,8 +635,9 @@ class GossipHost:
     async def _shutdown(self) -> None:
         """Safe order: stop intake, drain, unsubscribe, disconnect; then services stop."""
         cfg = self.config
-        # 1. stop intake: publish() refuses from now on (counted).
+        # 1. stop intake: publish() refuses from now on (counted); no more dialling.
         self._intake_open = False
+        self._discovery_scope.cancel()
         self._kick()
         with trio.move_on_after(cfg.close_drain_timeout):
             # 2. drain: everything already accepted is published and written out.
@@ -649,8 +653,7 @@ class GossipHost:
         await trio.sleep(cfg.close_grace)
         # 4. close connections *before* the pubsub service stops, so no reader task tries
         #    to spawn work into a nursery that is closing. Listeners go first so peers
-        #    cannot redial us meanwhile, and any connection that still opens is closed.
-        self.closing = True
+        #    cannot redial us meanwhile.
         network = self.host.get_network()
         listeners = getattr(network, "listeners", {})
         for key, listener in list(listeners.items()):

@@ -1,0 +1,173 @@
+"""The event log in Postgres: the one log per cluster (R13), written by every node.
+
+Why appends take a transaction-scoped advisory lock: the log is one hash chain with gap-free
+positions, so each append must read the last (position, hash) and write after it. Holding
+the lock until commit also means positions become visible in order: a reader that has seen
+position p has seen every position below p. A reader following the global order with
+``WHERE position > last`` therefore never skips an event that commits late (the gap-skipping
+problem that ``eventsourcing`` solves with LOCK TABLE ... IN EXCLUSIVE MODE, and message-db
+leaves to its readers). The lock is advisory rather than a table lock so readers never
+wait. Throughput comes from batching many decisions into one append, not from concurrency.
+
+``UNIQUE(stream_id, stream_version)`` and ``UNIQUE(idempotency_key)`` remain the final word
+should anything bypass the lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from psycopg import errors as pgerr
+
+from events.errors import ConcurrencyConflict, StoreUnavailable
+from events.store import GENESIS, Outcome, Recorded, Unit, UnitResult, canonical_json, chain_hash, plan
+
+LOG_LOCK = 0x7476_6F74_65_6C6F67 & 0x7FFF_FFFF_FFFF_FFFF  # "tvote log", an arbitrary constant
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+COLUMNS = (
+    "position, stream_id, stream_version, event_type, schema_version, payload, recorded_at, "
+    "idempotency_key, writer, prev_hash, hash"
+)
+SELECT = (
+    "SELECT position, stream_id, stream_version, event_type, schema_version, payload, "
+    "(extract(epoch FROM recorded_at) * 1000000)::bigint, idempotency_key, writer, prev_hash, hash FROM events"
+)
+
+
+def us_to_datetime(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+class PostgresStore:
+    """One connection, used under a lock; make one store per thread for parallel readers."""
+
+    def __init__(self, dsn: str, connect_timeout: float = 5) -> None:
+        self.dsn = dsn
+        self._timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection | None = None
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(self.dsn, connect_timeout=self._timeout, autocommit=False)
+            except psycopg.OperationalError as e:
+                raise StoreUnavailable(f"postgres unreachable: {e}") from e
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _run(self, fn):
+        with self._lock:
+            conn = self._connection()
+            try:
+                result = fn(conn)
+                conn.commit()
+                return result
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                self.close()
+                raise StoreUnavailable(f"postgres failed mid-operation: {e}") from e
+            except BaseException:
+                if not conn.closed:
+                    conn.rollback()
+                raise
+
+    def append(self, units: list[Unit], writer: str) -> list[UnitResult]:
+        if not units:
+            return []
+
+        def tx(conn: psycopg.Connection) -> list[UnitResult]:
+            cur = conn.cursor()
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
+            last = cur.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
+            position, prev = (last[0], bytes(last[1])) if last else (0, GENESIS)
+            keys = [e.idempotency_key for u in units for e in u.events]
+            existing = {r[0] for r in cur.execute(
+                "SELECT idempotency_key FROM events WHERE idempotency_key = ANY(%s)", (keys,))}
+            streams = sorted({s for u in units for s in u.expected})
+            versions = {
+                s: v or 0 for s, v in cur.execute(
+                    "SELECT s, (SELECT max(stream_version) FROM events WHERE stream_id = s) "
+                    "FROM unnest(%s::text[]) AS s", (streams,))
+            }
+            planned = plan(units, versions, existing)
+            now_us = time.time_ns() // 1000
+            recorded_at = us_to_datetime(now_us)
+            results: list[UnitResult] = []
+            with cur.copy(f"COPY events ({COLUMNS}) FROM STDIN") as copy:
+                for result, rows in planned:
+                    positions = []
+                    for e, version in rows:
+                        position += 1
+                        h = chain_hash(prev, position, e.stream_id, version, e.event_type, e.schema_version,
+                                       e.payload, now_us, e.idempotency_key, writer)
+                        copy.write_row((position, e.stream_id, version, e.event_type, e.schema_version,
+                                        canonical_json(e.payload).decode(), recorded_at, e.idempotency_key,
+                                        writer, prev, h))
+                        prev = h
+                        positions.append(position)
+                    results.append(
+                        UnitResult(Outcome.APPENDED, tuple(positions)) if result.outcome is Outcome.APPENDED
+                        else result
+                    )
+            return results
+
+        try:
+            return self._run(tx)
+        except (pgerr.UniqueViolation, pgerr.ExclusionViolation) as e:
+            raise ConcurrencyConflict(f"the log refused a duplicate: {e.diag.message_primary}") from e
+
+    def read_all(self, after: int = 0, limit: int = 1000) -> list[Recorded]:
+        def q(conn: psycopg.Connection) -> list[Recorded]:
+            rows = conn.execute(SELECT + " WHERE position > %s ORDER BY position LIMIT %s", (after, limit))
+            return [_recorded(r) for r in rows]
+
+        return self._run(q)
+
+    def read_stream(self, stream_id: str, after_version: int = 0) -> list[Recorded]:
+        def q(conn: psycopg.Connection) -> list[Recorded]:
+            rows = conn.execute(
+                SELECT + " WHERE stream_id = %s AND stream_version > %s ORDER BY stream_version",
+                (stream_id, after_version),
+            )
+            return [_recorded(r) for r in rows]
+
+        return self._run(q)
+
+    def read_streams_prefix(self, prefix: str) -> list[Recorded]:
+        """Every event of the streams whose id starts with ``prefix``, in log order."""
+
+        def q(conn: psycopg.Connection) -> list[Recorded]:
+            rows = conn.execute(SELECT + " WHERE stream_id LIKE %s ORDER BY position", (prefix + "%",))
+            return [_recorded(r) for r in rows]
+
+        return self._run(q)
+
+    def stream_versions(self, stream_ids: list[str]) -> dict[str, int]:
+        def q(conn: psycopg.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT s, (SELECT max(stream_version) FROM events WHERE stream_id = s) "
+                "FROM unnest(%s::text[]) AS s", (list(stream_ids),))
+            return {s: v or 0 for s, v in rows}
+
+        return self._run(q)
+
+    def has_keys(self, keys: list[str]) -> set[str]:
+        def q(conn: psycopg.Connection) -> set[str]:
+            rows = conn.execute("SELECT idempotency_key FROM events WHERE idempotency_key = ANY(%s)", (keys,))
+            return {r[0] for r in rows}
+
+        return self._run(q)
+
+    def last_position(self) -> int:
+        return self._run(lambda conn: conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0])
+
+
+def _recorded(r: tuple) -> Recorded:
+    return Recorded(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8], bytes(r[9]), bytes(r[10]))

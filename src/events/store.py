@@ -1,0 +1,164 @@
+"""The event store port: what every adapter (Postgres, in-memory) promises, and the hash chain.
+
+An append is a list of *units*, one per decision. A unit names the stream versions its
+decision read (``expected``) and the events it writes. Per unit, atomically:
+
+- every event's idempotency key already in the log  -> ``DUPLICATE`` (a retried append: a no-op);
+- some but not all keys present, or a stream moved   -> ``CONFLICT`` (reload, decide again);
+- otherwise                                          -> ``APPENDED``, with gap-free positions.
+
+Units are applied in order, so a later unit may build on an earlier one in the same batch;
+if the earlier one conflicts, the later one conflicts too (its expectation no longer holds).
+
+Every row is chained: ``hash = BLAKE3(prev_hash || canonical(row))``. The first row's
+``prev_hash`` is 32 zero bytes. ``audit verify`` walks the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+import blake3
+
+from events.model import Event
+from events.upcast import decode
+
+GENESIS = bytes(32)
+MAX_PAYLOAD = 64 * 1024
+
+
+def canonical_json(payload: dict[str, Any]) -> bytes:
+    """The one JSON encoding that is hashed; it survives a jsonb round trip unchanged."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    stream_id: str
+    event_type: str
+    schema_version: int
+    payload: dict[str, Any]
+    idempotency_key: str
+
+    @classmethod
+    def of(cls, e: Event) -> NewEvent:
+        return cls(e.stream, e.TYPE, e.VERSION, e.to_payload(), e.key)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    position: int
+    stream_id: str
+    stream_version: int
+    event_type: str
+    schema_version: int
+    payload: dict[str, Any]
+    recorded_at_us: int  # microseconds since the epoch (UTC)
+    idempotency_key: str
+    writer: str
+    prev_hash: bytes
+    hash: bytes
+
+    def event(self) -> Event:
+        return decode(self.event_type, self.schema_version, self.payload)
+
+    def content_hash(self) -> bytes:
+        return chain_hash(
+            self.prev_hash, self.position, self.stream_id, self.stream_version, self.event_type,
+            self.schema_version, self.payload, self.recorded_at_us, self.idempotency_key, self.writer,
+        )
+
+
+def chain_hash(
+    prev: bytes, position: int, stream_id: str, version: int, event_type: str, schema_version: int,
+    payload: dict[str, Any], recorded_at_us: int, key: str, writer: str,
+) -> bytes:
+    h = blake3.blake3(prev)
+    h.update(struct.pack(">qiHq", position, version, schema_version, recorded_at_us))
+    for part in (stream_id.encode(), event_type.encode(), canonical_json(payload), key.encode(), writer.encode()):
+        h.update(struct.pack(">I", len(part)))
+        h.update(part)
+    return h.digest()
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One decision: the stream versions it read, and the events it writes."""
+
+    expected: dict[str, int]
+    events: tuple[NewEvent, ...]
+
+    @classmethod
+    def of(cls, expected: dict[str, int], events: list[Event]) -> Unit:
+        return cls(dict(expected), tuple(NewEvent.of(e) for e in events))
+
+
+class Outcome(Enum):
+    APPENDED = "appended"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    outcome: Outcome
+    positions: tuple[int, ...] = ()
+    detail: str = ""
+
+
+class EventStore(Protocol):
+    def append(self, units: list[Unit], writer: str) -> list[UnitResult]: ...
+
+    def read_all(self, after: int = 0, limit: int = 1000) -> list[Recorded]: ...
+
+    def read_stream(self, stream_id: str, after_version: int = 0) -> list[Recorded]: ...
+
+    def stream_versions(self, stream_ids: list[str]) -> dict[str, int]: ...
+
+    def has_keys(self, keys: list[str]) -> set[str]: ...
+
+    def last_position(self) -> int: ...
+
+
+def plan(
+    units: list[Unit], versions: dict[str, int], existing_keys: set[str]
+) -> list[tuple[UnitResult, list[tuple[NewEvent, int]]]]:
+    """Decide each unit's outcome and assign stream versions; shared by every adapter.
+
+    ``versions`` and ``existing_keys`` describe the log at the start of the batch; they are
+    updated in place as units are accepted, so later units see earlier ones.
+    """
+    out: list[tuple[UnitResult, list[tuple[NewEvent, int]]]] = []
+    for u in units:
+        keys = [e.idempotency_key for e in u.events]
+        present = [k for k in keys if k in existing_keys]
+        if keys and len(present) == len(keys):
+            out.append((UnitResult(Outcome.DUPLICATE), []))
+            continue
+        if present:
+            out.append((UnitResult(Outcome.CONFLICT, detail=f"already recorded: {present[0]}"), []))
+            continue
+        if len(set(keys)) != len(keys):
+            raise ValueError("a unit repeats an idempotency key")
+        moved = [s for s, v in u.expected.items() if versions.get(s, 0) != v]
+        if moved:
+            s = moved[0]
+            out.append(
+                (UnitResult(Outcome.CONFLICT, detail=f"{s} at {versions.get(s, 0)}, expected {u.expected[s]}"), [])
+            )
+            continue
+        rows = []
+        for e in u.events:
+            if e.stream_id not in u.expected:
+                raise ValueError(f"unit writes {e.stream_id} without naming its expected version")
+            if len(canonical_json(e.payload)) > MAX_PAYLOAD:
+                raise ValueError(f"{e.event_type} payload over {MAX_PAYLOAD} bytes")
+            versions[e.stream_id] = versions.get(e.stream_id, 0) + 1
+            rows.append((e, versions[e.stream_id]))
+            existing_keys.add(e.idempotency_key)
+        out.append((UnitResult(Outcome.APPENDED), rows))
+    return out
