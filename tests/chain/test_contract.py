@@ -39,6 +39,7 @@ from chain import (
     ReplacementUnderpriced,
     ThresholdRecordClient,
     WrongChainId,
+    baseline,
     certificate_hash,
     load_artifact,
     tx_id_hash,
@@ -518,3 +519,10 @@ def _other_artifact() -> dict[str, object]:
     art = dict(load_artifact())
     art["deployedBytecode"] = str(art["deployedBytecode"])[:-2] + "00"
     return art
+
+
+def test_baseline_loop_runs(anvil: Anvil) -> None:
+    """The bare send-and-wait loop later benchmarks compare against (python -m chain.baseline)."""
+    for mode in ("bare", "client"):
+        result = baseline.measure(anvil.url, 5, mode)
+        assert result["mode"] == mode and result["count"] == 5 and result["tx_per_s"] > 0
