@@ -3,8 +3,9 @@
 Usage: python p2p_proc_node.py NAME KEYFILE N_PEERS PUBLISH_COUNT EXPECT [BOOTSTRAP...]
 
 Prints ``ADDR <multiaddr>`` once listening, waits for a line on stdin (the "go" signal),
-waits until N_PEERS peers are in its mesh, publishes PUBLISH_COUNT payloads, waits until it has received EXPECT payloads from
-others (or 40 s), prints one JSON line with what it saw, then closes gracefully.
+waits until N_PEERS peers are in its mesh, publishes PUBLISH_COUNT payloads, waits until
+it has received EXPECT payloads from others (or 40 s), prints one JSON line with what it
+saw, then closes gracefully.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ What py-libp2p 0.8.1 does that we had to work around (measured, see issue 5):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -182,10 +183,12 @@ class _BanGate(INotifee):
         if peer_id in self._owner.banned_ids:
             self._owner.counters.banned_conns_closed += 1
             log.debug("closing connection of banned peer %s", peer_id)
-            try:
-                await conn.close()
-            except Exception:  # closing a half-open conn may race its own teardown
-                log.debug("close of banned peer conn failed", exc_info=True)
+            # Shielded (bounded): a host shutting down must not leave it half-closed.
+            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                try:
+                    await conn.close()
+                except Exception:  # closing a half-open conn may race its own teardown
+                    log.debug("close of banned peer conn failed", exc_info=True)
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         await trio.lowlevel.checkpoint()
@@ -241,7 +244,9 @@ class GossipHost:
         self._buckets: dict[str, tuple[float, float]] = {}
 
         key_pair: KeyPair = (
-            key_pair_from_seed(config.seed) if config.seed is not None else load_key_pair(config.key_file or "")
+            key_pair_from_seed(config.seed)
+            if config.seed is not None
+            else load_key_pair(config.key_file or "")
         )
         self._key_pair = key_pair
         self.peer_id: str = ID.from_pubkey(key_pair.public_key).to_base58()
@@ -471,10 +476,8 @@ class GossipHost:
         if threading.get_ident() == self._trio_thread:
             self._wake.set()
         elif self._token is not None:
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(self._wake.set)
-            except trio.RunFinishedError:
-                pass
 
     def _outbound_full(self) -> bool:
         hw = self.config.outbound_high_water

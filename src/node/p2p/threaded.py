@@ -21,6 +21,7 @@ before forwarding), so it has to be cheap and must not do I/O. Control calls (``
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -102,10 +103,8 @@ class ThreadedGossipHost:
         """Graceful stop (intake, drain, unsubscribe, close) and join the thread."""
         if self._thread is None or not self._thread.is_alive() or self._token is None:
             return
-        try:
+        with contextlib.suppress(trio.RunFinishedError):
             trio.from_thread.run(self.gossip.close, trio_token=self._token)
-        except trio.RunFinishedError:
-            pass
         self._thread.join(timeout)
 
     def __enter__(self) -> ThreadedGossipHost:
