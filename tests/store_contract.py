@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 from events.model import CLUSTER_STREAM
@@ -65,7 +66,7 @@ class StoreContract:
             s.append([Unit({"a": i}, (ev("a", f"k{i}", n=2**64 - 1 - i),))], f"w{i}")
         rows = s.read_all()
         assert rows[0].prev_hash == GENESIS
-        for prev, row in zip(rows, rows[1:], strict=False):
+        for prev, row in itertools.pairwise(rows):
             assert row.prev_hash == prev.hash
         assert all(r.content_hash() == r.hash for r in rows)
         assert rows[4].payload["n"] == 2**64 - 5  # u64 survives the round trip

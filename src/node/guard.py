@@ -1,0 +1,183 @@
+"""etcd guards in front of the log (R13): stream heads by compare-and-swap, vote claims, counters.
+
+Every node that receives a valid vote tries to record it. Before touching Postgres, a node
+runs one etcd transaction per batch that
+
+- compares each stream head it read (``/streams/<id>/head`` == the version it decided on)
+  and creates each vote key ``/votes/<tx>/<node>`` that must not exist yet;
+- on success moves the heads, stores the votes, and sets the fast-path counters
+  ``/vote_counts/<tx>/<value>`` and ``/transaction_status/<tx>`` (the seed's layout).
+
+The CAS on ``/votes/<tx>/<node>`` decides which node appends a vote, so the log holds it
+once; a node whose CAS finds another value there holds double-vote evidence. Postgres is
+still the truth: its version check and unique keys are the final word, and the etcd heads
+are repaired from it whenever they disagree.
+
+Crash analysis (etcd first, Postgres second):
+
+- crash after the etcd CAS, before the PG commit: the head is *ahead* of PG. Each head
+  write also puts ``/streams/<id>/writer`` under the writer's lease; once that lease has
+  expired (the writer is gone) a reader resets the head to PG's version. A writer that
+  merely failed its PG append resets the head itself at once.
+- a vote key claimed by a node that then died: vote keys live under the claimer's lease,
+  so the claim vanishes with its claimer and the next node to receive the vote claims and
+  appends it (the idempotency key keeps it single). A node that finds its *own* stale claim
+  (its append failed) clears it by CAS and retries.
+- etcd lost or restored from an old snapshot (heads *behind* or missing): repaired
+  forward from PG on the first conflict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from dataclasses import dataclass, field
+
+import pyetcd
+import pyetcd.exceptions
+
+from events.errors import StoreUnavailable
+
+LEASE_TTL = 10
+
+
+@dataclass
+class Claim:
+    """What one unit asks of etcd."""
+
+    expected: dict[str, int]  # stream -> version the decision read
+    written: dict[str, int]  # stream -> number of events it writes
+    votes: dict[str, str] = field(default_factory=dict)  # (tx/node) vote key suffix -> vote JSON
+    counters: dict[str, str] = field(default_factory=dict)  # key suffix -> value (counts, status)
+
+
+@dataclass
+class Refusal:
+    """Why etcd refused a claim: heads that differ and votes already claimed."""
+
+    heads: dict[str, int | None]  # stream -> the head etcd holds (None: missing)
+    writers_alive: dict[str, bool]  # stream -> a live writer's lease still covers that head
+    votes: dict[str, tuple[str, int, bool]]  # vote suffix -> (stored JSON, mod revision, claimed by us)
+
+
+class EtcdGuard:
+    def __init__(self, endpoint: str, prefix: str, node_id: str, lease_ttl: int = LEASE_TTL) -> None:
+        host, port = endpoint.removeprefix("http://").rsplit(":", 1)
+        self.client = pyetcd.client(host=host, port=int(port), timeout=5)
+        self.prefix = prefix.rstrip("/")
+        self.node_id = node_id
+        self.lease = self.client.lease(lease_ttl)
+        self._stop = threading.Event()
+        self._keepalive = threading.Thread(target=self._keep_alive, args=(lease_ttl,), daemon=True)
+        self._keepalive.start()
+
+    def _keep_alive(self, ttl: int) -> None:
+        while not self._stop.wait(ttl / 3):
+            try:
+                self.lease.refresh()
+            except Exception:
+                continue  # etcd unavailable: the next refresh retries; the lease may lapse
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(Exception):  # best effort: an unrevoked lease simply expires
+            self.lease.revoke()
+        self.client.close()
+
+    # key layout --------------------------------------------------------------------------------
+
+    def head_key(self, stream: str) -> str:
+        return f"{self.prefix}/streams/{stream}/head"
+
+    def writer_key(self, stream: str) -> str:
+        return f"{self.prefix}/streams/{stream}/writer"
+
+    def vote_key(self, suffix: str) -> str:
+        return f"{self.prefix}/votes/{suffix}"
+
+    def key(self, suffix: str) -> str:
+        return f"{self.prefix}/{suffix}"
+
+    # the CAS ----------------------------------------------------------------------------------
+
+    def claim(self, claims: list[Claim]) -> Refusal | None:
+        """One etcd transaction for the whole batch: None when granted, else why not."""
+        t = self.client.transactions
+        compare, success, failure = [], [], []
+        heads = sorted({s for c in claims for s in c.expected})
+        start = {}
+        for c in claims:  # a later claim in the batch may build on an earlier one's heads
+            for s, v in c.expected.items():
+                start.setdefault(s, v)
+        end = dict(start)
+        for c in claims:
+            for s, n in c.written.items():
+                end[s] = end[s] + n
+        for s in heads:
+            v = start[s]
+            compare.append(t.create(self.head_key(s)) == 0 if v == 0 else t.value(self.head_key(s)) == str(v))
+            failure.append(t.get(self.head_key(s)))
+            failure.append(t.get(self.writer_key(s)))
+        votes = [(k, v) for c in claims for k, v in c.votes.items()]
+        for k, _ in votes:
+            compare.append(t.create(self.vote_key(k)) == 0)
+            failure.append(t.get(self.vote_key(k)))
+        for s in heads:
+            if end[s] != start[s]:
+                success.append(t.put(self.head_key(s), str(end[s])))
+                success.append(t.put(self.writer_key(s), f"{end[s]}:{self.node_id}", lease=self.lease))
+        for k, v in votes:
+            success.append(t.put(self.vote_key(k), v, lease=self.lease))
+        counters: dict[str, str] = {}
+        for c in claims:
+            counters.update(c.counters)
+        for k, v in counters.items():
+            success.append(t.put(self.key(k), v))
+        ok, responses = self._txn(compare, success, failure)
+        if ok:
+            return None
+        refusal = Refusal({}, {}, {})
+        i = 0
+        for s in heads:
+            head, writer = responses[i], responses[i + 1]
+            i += 2
+            refusal.heads[s] = int(head[0][0]) if head else None
+            refusal.writers_alive[s] = bool(writer)
+        for k, _ in votes:
+            got = responses[i]
+            i += 1
+            if got:
+                value, meta = got[0]
+                refusal.votes[k] = (value.decode(), meta.mod_revision, meta.lease_id == self.lease.id)
+        return refusal
+
+    def repair_head(self, stream: str, seen: int | None, truth: int) -> bool:
+        """Set a head to PG's version, if it still holds what we saw (CAS: never clobber a live move)."""
+        t = self.client.transactions
+        cmp = t.create(self.head_key(stream)) == 0 if seen is None else t.value(self.head_key(stream)) == str(seen)
+        # version 0 is "no head key" (the claim compares create_revision == 0), never "0"
+        op = t.delete(self.head_key(stream)) if truth == 0 else t.put(self.head_key(stream), str(truth))
+        ok, _ = self._txn([cmp], [op], [])
+        return ok
+
+    def release_vote(self, suffix: str, seen_mod_revision: int) -> bool:
+        """Drop our own stale claim on a vote (our append of it failed), if nobody moved it since."""
+        t = self.client.transactions
+        ok, _ = self._txn([t.mod(self.vote_key(suffix)) == seen_mod_revision], [t.delete(self.vote_key(suffix))], [])
+        return ok
+
+    def get(self, suffix: str) -> str | None:
+        value, _ = self.client.get(self.key(suffix))
+        return value.decode() if value is not None else None
+
+    def _txn(self, compare, success, failure):
+        try:
+            return self.client.transaction(compare=compare, success=success, failure=failure)
+        except pyetcd.exceptions.Etcd3Exception as e:
+            raise StoreUnavailable(f"etcd failed: {e}") from e
+
+
+def vote_json(tx_id: str, node_id: str, signed: dict, peer_id: str) -> str:
+    """The seed's /votes/{tx_id}/{node_id} value: the signed vote and who relayed it."""
+    return json.dumps({**signed, "peer_id": peer_id}, sort_keys=True, separators=(",", ":"))

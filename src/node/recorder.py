@@ -1,0 +1,214 @@
+"""The write path of a node: follow the log, decide, claim in etcd, append to Postgres.
+
+``Recorder.execute(commands)`` takes a batch of commands (received votes, deadline ticks,
+operator commands) and returns one :class:`Result` each. It is the imperative shell around
+``events.rules``: the rules decide, this module does the I/O in a fixed order.
+
+1. catch up with the log (every node writes it, R13);
+2. decide every command on a scratch copy of the state, so later commands in the batch see
+   earlier ones; each decision becomes a unit with the stream versions it read;
+3. one etcd transaction claims the heads and the votes of the whole batch (``node.guard``);
+4. one Postgres transaction appends every unit (``events.postgres_store``);
+5. units that conflicted are decided again on the fresh log; a vote that another live node
+   has claimed is *deferred* and checked again later, so it is never lost.
+
+A command the rules reject changes nothing and is reported as ``REJECTED`` with its error.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+from events import rules
+from events.errors import CommandRejected, StoreUnavailable
+from events.model import CLUSTER_STREAM, Event, VoteAccepted, tx_stream
+from events.store import EventStore, Outcome, Unit
+from node.guard import Claim, EtcdGuard, Refusal, vote_json
+
+MAX_ATTEMPTS = 8
+CLAIMS_PER_ETCD_TXN = 100  # stays well inside etcd's --max-txn-ops
+
+
+class Status(Enum):
+    APPENDED = "appended"  # its events are in the log
+    DUPLICATE = "duplicate"  # nothing to record: already in the log (R3 or a retried append)
+    REJECTED = "rejected"  # bad input or not allowed now; nothing changed
+    DEFERRED = "deferred"  # another live node claimed the vote; retried by `retry_deferred`
+
+
+@dataclass
+class Result:
+    status: Status
+    events: list[Event] = field(default_factory=list)
+    error: CommandRejected | None = None
+
+
+class Recorder:
+    def __init__(self, store: EventStore, guard: EtcdGuard | None, writer: str) -> None:
+        self.store = store
+        self.guard = guard
+        self.writer = writer
+        self.ledger = rules.Ledger()
+        self.versions: dict[str, int] = {}
+        self.position = 0
+        self.deferred: list[rules.Command] = []
+        self.stats = {"conflicts": 0, "etcd_refusals": 0, "heads_repaired": 0, "deferred": 0}
+
+    # following the log ------------------------------------------------------------------------
+
+    def catch_up(self, batch: int = 5000) -> int:
+        """Apply every event appended since we last looked (by any node); returns how many."""
+        n = 0
+        while True:
+            rows = self.store.read_all(after=self.position, limit=batch)
+            for r in rows:
+                self.ledger.apply(r.event())
+                self.versions[r.stream_id] = r.stream_version
+                self.position = r.position
+            n += len(rows)
+            if len(rows) < batch:
+                return n
+
+    # the write path ---------------------------------------------------------------------------
+
+    def execute(self, commands: list[rules.Command]) -> list[Result]:
+        results: list[Result | None] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        for _ in range(MAX_ATTEMPTS):
+            if not todo:
+                break
+            self.catch_up()
+            todo = self._attempt(commands, todo, results)
+        self.catch_up()  # the ledger reflects what we (and others) just appended
+        for i in todo:  # still conflicting after every attempt: keep it, never drop it
+            self.deferred.append(commands[i])
+            results[i] = Result(Status.DEFERRED)
+            self.stats["deferred"] += 1
+        return [r for r in results if r is not None]
+
+    def retry_deferred(self) -> list[Result]:
+        pending, self.deferred = self.deferred, []
+        return self.execute(pending) if pending else []
+
+    def _attempt(self, commands: list[rules.Command], todo: list[int], results: list[Result | None]) -> list[int]:
+        scratch = rules.Ledger()
+        scratch.cluster, scratch.txs = self.ledger.cluster, dict(self.ledger.txs)
+        versions = dict(self.versions)
+        batch: list[tuple[int, Unit, Claim, list[Event]]] = []
+        for i in todo:
+            cmd = commands[i]
+            try:
+                events = scratch.decide(cmd)
+            except CommandRejected as e:
+                results[i] = Result(Status.REJECTED, error=e)
+                continue
+            if not events:
+                results[i] = Result(Status.DUPLICATE)
+                continue
+            tx_id = getattr(cmd, "tx_id", None)
+            read = [CLUSTER_STREAM] + ([tx_stream(tx_id)] if tx_id else [])
+            expected = {s: versions.get(s, 0) for s in read}
+            written: dict[str, int] = {}
+            for e in events:
+                scratch.apply(e)
+                versions[e.stream] = versions.get(e.stream, 0) + 1
+                written[e.stream] = written.get(e.stream, 0) + 1
+            batch.append((i, Unit.of(expected, events), self._claim(expected, written, events, scratch), events))
+        if not batch:
+            return []
+
+        granted: list[tuple[int, Unit, Claim, list[Event]]] = []
+        retry: list[int] = []
+        for start in range(0, len(batch), CLAIMS_PER_ETCD_TXN):
+            chunk = batch[start:start + CLAIMS_PER_ETCD_TXN]
+            refusal = self.guard.claim([c for _, _, c, _ in chunk]) if self.guard else None
+            if refusal is None:
+                granted.extend(chunk)
+                continue
+            self.stats["etcd_refusals"] += 1
+            deferred = self._resolve(refusal, chunk)
+            for i in deferred:
+                self.deferred.append(commands[i])
+                results[i] = Result(Status.DEFERRED)
+                self.stats["deferred"] += 1
+            # this chunk and every later one were decided on top of it: decide them again
+            retry.extend(i for i, *_ in batch[start:] if i not in deferred)
+            break
+
+        if granted:
+            outcomes = self.store.append([u for _, u, _, _ in granted], self.writer)
+            conflicted = []
+            for (i, _, claim, events), res in zip(granted, outcomes, strict=True):
+                if res.outcome is Outcome.APPENDED:
+                    results[i] = Result(Status.APPENDED, events)
+                elif res.outcome is Outcome.DUPLICATE:
+                    results[i] = Result(Status.DUPLICATE)
+                else:
+                    self.stats["conflicts"] += 1
+                    conflicted.append(claim)
+                    retry.append(i)
+            if conflicted:
+                self._undo_claims(conflicted)
+        return retry
+
+    def _claim(self, expected: dict[str, int], written: dict[str, int], events: list[Event],
+               scratch: rules.Ledger) -> Claim:
+        claim = Claim(expected, written)
+        for e in events:
+            if isinstance(e, VoteAccepted):
+                claim.votes[f"{e.tx_id}/{e.node_id}"] = vote_json(e.tx_id, e.node_id, e.vote, e.author_peer)
+            tx_id = getattr(e, "tx_id", None)
+            if tx_id is not None and tx_id in scratch.txs:
+                tx = scratch.txs[tx_id]
+                claim.counters[f"transaction_status/{tx_id}"] = tx.status
+                if isinstance(e, VoteAccepted):
+                    count = sum(1 for v in tx.votes.values() if v.value == e.value)
+                    claim.counters[f"vote_counts/{tx_id}/{e.value}"] = str(count)
+        return claim
+
+    def _resolve(self, refusal: Refusal, chunk: list) -> set[int]:
+        """Make the next attempt able to pass: repair heads from PG, sort out vote claims."""
+        truth = self.store.stream_versions(list(refusal.heads))
+        for stream, head in refusal.heads.items():
+            pg = truth[stream]
+            if head == pg:
+                continue  # our state was stale; catching up fixes it
+            behind = head is None or head < pg
+            if behind or not refusal.writers_alive[stream] or self._our_head(stream):
+                # etcd lost/behind, or ahead because its writer died (or failed) before PG: PG wins.
+                if self.guard and self.guard.repair_head(stream, head, pg):
+                    self.stats["heads_repaired"] += 1
+            else:
+                time.sleep(0.01)  # a live writer is between its etcd CAS and its PG commit
+        for suffix, (_, mod_rev, ours) in refusal.votes.items():
+            if ours and self.guard:
+                self.guard.release_vote(suffix, mod_rev)  # our own claim from an append that failed
+        # A vote another live node has claimed: it is recording it; check the log again later.
+        return {i for i, _, claim, _ in chunk
+                if any(k in refusal.votes and not refusal.votes[k][2] for k in claim.votes)}
+
+    def _our_head(self, stream: str) -> bool:
+        if not self.guard:
+            return False
+        return (self.guard.get(f"streams/{stream}/writer") or "").endswith(f":{self.writer}")
+
+    def _undo_claims(self, claims: list[Claim]) -> None:
+        """Our etcd CAS passed but PG refused: put the heads back to PG's truth at once."""
+        if not self.guard:
+            return
+        streams = sorted({s for c in claims for s in c.expected})
+        truth = self.store.stream_versions(streams)
+        for s in streams:
+            current = self.guard.get(f"streams/{s}/head")
+            head = int(current) if current is not None else None
+            if head != truth[s] and self.guard.repair_head(s, head, truth[s]):
+                self.stats["heads_repaired"] += 1
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+__all__ = ["Recorder", "Result", "Status", "StoreUnavailable", "now_ms"]
