@@ -1,0 +1,128 @@
+"""Projections from the real log: contents, replay equals live (R12), and the audit of the chain."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from helpers import trustees
+
+from events import rules
+from events.audit import verify
+from events.postgres_store import PostgresStore
+from events.store import NewEvent, Unit
+from events.vote import SignedVote, Vote
+from node.recorder import Recorder
+from projections.digest import digest
+from projections.projector import Projector
+from projections.replay import replay
+
+
+def scenario(database) -> Recorder:
+    """The seed's scenarios on one log: consensus, minority, double vote, forgery, silence, submission."""
+    rec = Recorder(PostgresStore(database.app_dsn), None, "node-a")
+    ts = trustees(5)
+    rec.execute([rules.AdmitMember(x.node_id, x.vote_key, x.peer_id, "op") for x in ts])
+    rec.execute([rules.Configure(3, "op", deadline_ms=1000)])
+    rec.execute([x.receive("tx_ok", 42, now=0) for x in ts[:4]])  # consensus on 42 (t=3), 4th is late
+    rec.execute([rules.StartSubmission("tx_ok", "sub-1", 7)])
+    rec.execute([rules.RecordSigned("tx_ok", 7, 31337, "0xsender", 0, "0xhash", "0x01")])
+    rec.execute([rules.RecordBroadcast("tx_ok", 7, "0xhash"), rules.RecordConfirmed("tx_ok", 7, "0xhash", 12)])
+    rec.execute([ts[0].receive("tx_min", 1), ts[1].receive("tx_min", 1), ts[4].receive("tx_min", 2),
+                 ts[2].receive("tx_min", 1)])  # minority by node-5
+    rec.execute([ts[0].receive("tx_dbl", 5), ts[0].receive("tx_dbl", 6)])  # double vote by node-1
+    forged = rules.ReceiveVote(
+        SignedVote(Vote("tx_forge", 1, "node-2", 1), ts[3].vote("tx_forge", 1).signature),
+        ts[3].peer_id, 5)
+    rec.execute([ts[1].receive("tx_forge", 1, now=5), forged])  # node-4's peer forges in node-2's name
+    rec.execute([rules.CheckDeadline("tx_forge", 10_000), rules.CheckDeadline("tx_ok", 10_000)])
+    return rec
+
+
+@pytest.fixture
+def log(database):
+    rec = scenario(database)
+    yield rec
+    rec.store.close()
+
+
+def test_projection_tables_hold_the_story(database, log):
+    p = Projector(database.app_dsn)
+    p.catch_up()
+    p.close()
+    with psycopg.connect(database.app_dsn) as c:
+        status = dict(c.execute("SELECT tx_id, status FROM tx_state"))
+        assert status == {"tx_ok": "CONFIRMED", "tx_min": "ABORTED_BYZANTINE", "tx_dbl": "ABORTED_BYZANTINE",
+                          "tx_forge": "ABORTED_NO_QUORUM"}  # 3 banned: 2 left < t
+        violations = sorted(c.execute("SELECT violation_type, node_id, tx_id FROM byzantine_violations "
+                                      "WHERE violation_type <> 'SILENT_FAILURE'"))
+        assert violations == [("DOUBLE_VOTING", "node-1", "tx_dbl"), ("INVALID_SIGNATURE", "node-4", "tx_forge"),
+                              ("MINORITY_VOTE", "node-5", "tx_min")]
+        banned = sorted(r[0] for r in c.execute("SELECT node_id FROM members WHERE banned"))
+        assert banned == ["node-1", "node-4", "node-5"]
+        sub = c.execute("SELECT state, nonce, block_number, value FROM blockchain_submissions").fetchall()
+        assert sub == [("CONFIRMED", 0, 12, 42)]
+        counts = dict(c.execute("SELECT value, count FROM vote_counts WHERE tx_id = 'tx_ok'"))
+        assert counts == {42: 4}
+        rep = dict(c.execute("SELECT node_id, reputation_score FROM node_reputation"))
+        assert rep["node-5"] == 0.0 and rep["node-2"] == 1.0
+
+
+def test_replay_equals_live_row_for_row(database, log):
+    p = Projector(database.app_dsn)
+    p.catch_up(until=20)  # live is part-way: replay brings it to the same position first
+    p.close()
+    report = replay(database.owner_dsn)
+    assert report.equal, report.differing_tables
+    assert report.events == log.store.last_position()
+
+
+def test_projection_survives_a_crash_mid_batch(database, log):
+    p = Projector(database.app_dsn)
+    p.run_once(batch=7)
+    with pytest.raises(RuntimeError), p.conn.transaction():  # a crash inside the next batch...
+        p.conn.execute("INSERT INTO projector_tracking VALUES ('main', 999) ON CONFLICT (name) DO UPDATE "
+                       "SET position = 999")
+        raise RuntimeError("kill -9")
+    assert p.position() == 7  # ...leaves the position where the last whole batch put it
+    p.catch_up()
+    p.close()
+    with psycopg.connect(database.owner_dsn) as c:
+        live = digest(c)
+    assert replay(database.owner_dsn).replay_digest == live
+
+
+def test_audit_verifies_a_clean_log(database, log):
+    report = verify(log.store)
+    assert report.ok, (report.integrity, report.evidence)
+    assert report.events == log.store.last_position()
+
+
+def test_audit_names_the_first_tampered_event(database, log):
+    with psycopg.connect(database.owner_dsn) as c:  # a superuser, with the trigger disabled
+        c.execute("SET session_replication_role = replica")
+        c.execute("UPDATE events SET payload = jsonb_set(payload, '{value}', '43') WHERE position = 9")
+    report = verify(PostgresStore(database.app_dsn))
+    assert report.first_problem.position == 9
+    assert "edited" in report.first_problem.problem
+
+
+def test_audit_names_a_deleted_event(database, log):
+    with psycopg.connect(database.owner_dsn) as c:
+        c.execute("SET session_replication_role = replica")
+        c.execute("DELETE FROM events WHERE position = 12")
+    report = verify(PostgresStore(database.app_dsn))
+    assert report.first_problem.position == 12
+    assert "missing" in report.first_problem.problem
+
+
+def test_audit_catches_a_false_event_written_by_a_node(database, log):
+    """R13: a node that appends a vote nobody signed is caught by any auditor."""
+    ts = trustees(5)
+    real = ts[2].vote("tx_fake", 9)
+    fake_vote = {**real.to_json(), "value": 10}  # the signature was made for 9
+    ev = NewEvent("tx:tx_fake", "VoteAccepted", 1, {"tx_id": "tx_fake", "node_id": "node-3", "value": 10,
+                                                    "vote": fake_vote, "author_peer": "peer-3"}, "vote:tx_fake:x")
+    log.store.append([Unit({"tx:tx_fake": 0}, (ev,))], "evil-node")
+    report = verify(log.store)
+    assert not report.integrity
+    assert [f.problem for f in report.evidence] == ["accepted vote of node-3 on tx_fake does not verify"]
