@@ -1,0 +1,312 @@
+"""``tvote``: one command line for every role and operator task.
+
+Commands that act on a running deployment take ``--dsn`` (or ``TVOTE_DSN``) for Postgres and,
+when they append events, ``--etcd`` (or ``TVOTE_ETCD``) and ``--etcd-prefix``. Operator
+actions (unban, members) are events in the log, naming the operator and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from events import rules
+from events.audit import verify
+from events.errors import ThresholdVoteError
+from events.postgres_store import PostgresStore
+from node.guard import EtcdGuard
+from node.recorder import Recorder, Status
+from projections.projector import Projector
+from projections.replay import replay as do_replay
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
+audit_app = typer.Typer(help="Check the log from the log alone.", no_args_is_help=True)
+tx_app = typer.Typer(help="Inspect transactions.", no_args_is_help=True)
+bans_app = typer.Typer(help="Inspect bans.", no_args_is_help=True)
+members_app = typer.Typer(help="Admit and remove trustees (events in the log).", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(tx_app, name="tx")
+app.add_typer(bans_app, name="bans")
+app.add_typer(members_app, name="members")
+console = Console()
+
+Dsn = Annotated[str, typer.Option("--dsn", envvar="TVOTE_DSN", help="Postgres connection string (libpq form).")]
+EtcdEndpoint = Annotated[str, typer.Option("--etcd", envvar="TVOTE_ETCD", help="etcd endpoint, http://host:port")]
+EtcdPrefix = Annotated[str, typer.Option("--etcd-prefix", envvar="TVOTE_ETCD_PREFIX", help="Key prefix")]
+Operator = Annotated[str, typer.Option("--operator", help="Who does this (recorded in the log).")]
+Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in the log).")]
+
+
+def fail(msg: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {msg}")
+    return typer.Exit(1)
+
+
+def _connect_check(dsn: str) -> None:
+    try:
+        psycopg.connect(dsn, connect_timeout=3).close()
+    except psycopg.OperationalError as e:
+        first = str(e).strip().splitlines()[0]
+        raise fail(f"cannot reach Postgres ({first}); check --dsn / TVOTE_DSN") from None
+
+
+# --- the main job ------------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    nodes: Annotated[int, typer.Option(help="Trustees (N).", min=1, max=50)] = 5,
+    threshold: Annotated[int, typer.Option(help="Identical votes needed (t).", min=1)] = 4,
+    transactions: Annotated[int, typer.Option(help="Transactions in the scenario.", min=1)] = 30,
+    byzantine: Annotated[str, typer.Option(help="double | minority | forge | silent | none")] = "minority",
+    recorders: Annotated[int, typer.Option(help="Nodes recording every vote (R13).", min=1, max=10)] = 3,
+    data_dir: Annotated[Path | None, typer.Option(help="Keep the services' data here (default: temp).")] = None,
+    keep_running: Annotated[bool, typer.Option(help="Leave services up until Ctrl-C.")] = False,
+) -> None:
+    """Start Postgres and a 3-member etcd on loopback, run a real scenario, and summarise it."""
+    from devstack.etcd import Etcd
+    from devstack.postgres import Postgres
+    from tvote import db
+    from tvote.scenario import BYZANTINE_MODES, run_scenario
+
+    if byzantine not in BYZANTINE_MODES:
+        raise fail(f"--byzantine must be one of {', '.join(BYZANTINE_MODES)}")
+    if threshold > nodes:
+        raise fail(f"--threshold {threshold} > --nodes {nodes}: need 1 <= t <= N")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    pg = Postgres(data_dir / "postgres" if data_dir else None)
+    etcd = Etcd(size=3, base_dir=data_dir / "etcd" if data_dir else None)
+    started = []
+    try:
+        with console.status("starting Postgres and a 3-member etcd on 127.0.0.1 ..."):
+            pg.start()
+            started.append(pg)
+            etcd.start()
+            started.append(etcd)
+            pg.create_database("tvote")
+            db.upgrade(pg.url("tvote"))
+        app_dsn = pg.dsn("tvote", user=db.APP_ROLE)
+        console.print(f"[green]up[/green] postgres 127.0.0.1:{pg.port} (db tvote), etcd {', '.join(etcd.endpoints)}")
+        console.print(f"scenario: N={nodes} t={threshold} f={(nodes - threshold) // 2} "
+                      f"byzantine={byzantine} transactions={transactions} recorders={recorders}")
+
+        def progress(k: int, r) -> None:
+            if k % max(1, transactions // 10) == 0 or k == transactions:
+                console.print(f"  {k}/{transactions} transactions, {r.deliveries} vote deliveries")
+
+        res = run_scenario(lambda: PostgresStore(app_dsn), etcd.endpoints[0], "/tvote", nodes, threshold,
+                           transactions, byzantine, nodes=recorders, progress=progress)
+        proj = Projector(app_dsn)
+        proj.catch_up()
+        proj.close()
+        _summary(app_dsn, pg.dsn("tvote"), res)
+        if keep_running:
+            console.print("services stay up; Ctrl-C stops them")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+    except ThresholdVoteError as e:
+        raise fail(str(e)) from None
+    except (RuntimeError, TimeoutError, FileNotFoundError) as e:
+        raise fail(str(e)) from None
+    finally:
+        for s in reversed(started):
+            s.destroy() if data_dir is None else s.stop()
+
+
+def _summary(app_dsn: str, owner_dsn: str, res) -> None:
+    t = Table(title="transactions")
+    t.add_column("status")
+    t.add_column("count", justify="right")
+    for k, v in sorted(res.statuses.items()):
+        t.add_row(k, str(v))
+    console.print(t)
+    console.print(f"{res.deliveries} vote deliveries in {res.seconds:.1f}s; "
+                  + ", ".join(f"{k}={v}" for k, v in sorted(res.outcomes.items())))
+    _print_bans(app_dsn)
+    report = verify(PostgresStore(app_dsn))
+    console.print(f"audit verify: {'[green]OK[/green]' if report.ok else '[red]FAILED[/red]'} "
+                  f"({report.events} events, chain head {report.last_hash[:16]}...)")
+    rep = do_replay(owner_dsn)
+    console.print(f"replay: {rep.events} events in {rep.seconds:.2f}s, digest "
+                  f"{'[green]equal[/green]' if rep.equal else '[red]DIFFERENT[/red]'} ({rep.live_digest[:16]}...)")
+    console.print("where to look: psql \"" + owner_dsn + "\" then e.g.\n"
+                  "  SELECT node_id, violation_type, tx_id, detected_at FROM byzantine_violations ORDER BY id;\n"
+                  "  SELECT * FROM vote_history WHERE tx_id = 'tx_0000' ORDER BY received_at;")
+    if not (report.ok and rep.equal):
+        raise typer.Exit(1)
+
+
+# --- roles -------------------------------------------------------------------------------------
+
+
+@app.command()
+def projector(dsn: Dsn, once: Annotated[bool, typer.Option(help="Catch up and exit.")] = False) -> None:
+    """Run the projector: follow the log into the SQL projections (exactly once, resumable)."""
+    _connect_check(dsn)
+    p = Projector(dsn)
+    stopping = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stopping.__setitem__("now", True))
+    try:
+        if once:
+            n = p.catch_up()
+            console.print(f"projected {n} events; position {p.position()}")
+        else:
+            p.follow(lambda: stopping["now"])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        p.close()
+
+
+@app.command()
+def replay(dsn: Dsn, keep: Annotated[bool, typer.Option(help="Keep the replay schema.")] = False) -> None:
+    """Rebuild every projection from the log into fresh tables; print both digests (R12)."""
+    _connect_check(dsn)
+    r = do_replay(dsn, keep=keep)
+    console.print(f"position {r.position}: replayed {r.events} events in {r.seconds:.2f}s "
+                  f"({r.events_per_second:,.0f}/s)")
+    console.print(f"live   digest {r.live_digest}\nreplay digest {r.replay_digest}")
+    if not r.equal:
+        raise fail(f"projections differ in: {', '.join(r.differing_tables)}")
+    console.print("[green]equal[/green]")
+
+
+@audit_app.command("verify")
+def audit_verify(dsn: Dsn) -> None:
+    """Walk the hash chain and re-check every signature and ban's evidence; name the first problem."""
+    _connect_check(dsn)
+    report = verify(PostgresStore(dsn))
+    for f in report.integrity + report.evidence:
+        console.print(f"[red]position {f.position}[/red]: {f.problem}")
+    if not report.ok:
+        raise typer.Exit(1)
+    console.print(f"[green]OK[/green]: {report.events} events, chain head {report.last_hash}")
+
+
+@app.command()
+def status(dsn: Dsn) -> None:
+    """Transactions by state, members, bans, and whether a quorum is still possible (R10)."""
+    _connect_check(dsn)
+    with psycopg.connect(dsn) as c:
+        rows = c.execute("SELECT status, count(*) FROM tx_state GROUP BY status ORDER BY status").fetchall()
+        members = c.execute("SELECT count(*) FILTER (WHERE active AND NOT banned), count(*) FROM members").fetchone()
+        pos = c.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
+        proj = c.execute("SELECT coalesce(max(position), 0) FROM projector_tracking").fetchone()[0]
+    t = Table(title="transactions")
+    t.add_column("status")
+    t.add_column("count", justify="right")
+    for s, n in rows:
+        t.add_row(s, str(n))
+    console.print(t)
+    console.print(f"members eligible {members[0]} of {members[1]}; log position {pos}, projected {proj}")
+
+
+@tx_app.command("show")
+def tx_show(tx_id: str, dsn: Dsn) -> None:
+    """A transaction's state and its vote history."""
+    _connect_check(dsn)
+    with psycopg.connect(dsn) as c:
+        st = c.execute("SELECT status, value, abort_reason FROM tx_state WHERE tx_id = %s", (tx_id,)).fetchone()
+        if st is None:
+            raise fail(f"no transaction {tx_id!r} in the projections")
+        console.print(f"{tx_id}: {st[0]} value={st[1]} {st[2] or ''}")
+        for node, value, at in c.execute(
+            "SELECT node_id, value, received_at FROM vote_history WHERE tx_id = %s ORDER BY position", (tx_id,)
+        ):
+            console.print(f"  {at}  {node:>12}  {value}")
+
+
+@bans_app.command("list")
+def bans_list(dsn: Dsn) -> None:
+    """Banned members, why, and the evidence."""
+    _connect_check(dsn)
+    _print_bans(dsn)
+
+
+def _print_bans(dsn: str) -> None:
+    with psycopg.connect(dsn) as c:
+        rows = c.execute(
+            "SELECT m.node_id, m.ban_reason, v.tx_id, v.evidence_json FROM members m "
+            "LEFT JOIN LATERAL (SELECT tx_id, evidence_json FROM byzantine_violations b "
+            "  WHERE b.node_id = m.node_id AND b.violation_type <> 'SILENT_FAILURE' ORDER BY id LIMIT 1) v ON true "
+            "WHERE m.banned ORDER BY m.node_id").fetchall()
+    t = Table(title="bans")
+    for col in ("node", "reason", "tx", "evidence"):
+        t.add_column(col)
+    for node, reason, tx, ev in rows:
+        t.add_row(node, reason or "", tx or "", json.dumps(ev)[:90] if ev else "")
+    console.print(t if rows else "bans: none")
+
+
+def _recorder(dsn: str, etcd: str, prefix: str, who: str) -> Recorder:
+    _connect_check(dsn)
+    return Recorder(PostgresStore(dsn), EtcdGuard(etcd, prefix, who), who)
+
+
+def _execute_one(rec: Recorder, cmd: rules.Command) -> None:
+    try:
+        r = rec.execute([cmd])[0]
+    finally:
+        if rec.guard:
+            rec.guard.close()
+    if r.status is Status.REJECTED:
+        raise fail(str(r.error))
+    console.print(f"{r.status.value}: " + ", ".join(e.TYPE for e in r.events))
+
+
+@app.command()
+def unban(node_id: str, dsn: Dsn, etcd: EtcdEndpoint, operator: Operator, reason: Reason,
+          etcd_prefix: EtcdPrefix = "/tvote") -> None:
+    """Lift a ban: an audited event naming the operator and the reason (R10)."""
+    _execute_one(_recorder(dsn, etcd, etcd_prefix, f"operator:{operator}"), rules.Unban(node_id, operator, reason))
+
+
+@members_app.command("add")
+def members_add(node_id: str, vote_key_hex: str, peer_id: str, dsn: Dsn, etcd: EtcdEndpoint,
+                operator: Operator, etcd_prefix: EtcdPrefix = "/tvote") -> None:
+    """Admit a trustee (R1): node id, Ed25519 vote key (hex), libp2p peer id."""
+    try:
+        key = bytes.fromhex(vote_key_hex)
+    except ValueError:
+        raise fail("vote key must be 64 hex characters") from None
+    _execute_one(_recorder(dsn, etcd, etcd_prefix, f"operator:{operator}"),
+                 rules.AdmitMember(node_id, key, peer_id, operator))
+
+
+@members_app.command("remove")
+def members_remove(node_id: str, dsn: Dsn, etcd: EtcdEndpoint, operator: Operator, reason: Reason,
+                   threshold: Annotated[int | None, typer.Option(help="New t, if it must change.")] = None,
+                   etcd_prefix: EtcdPrefix = "/tvote") -> None:
+    """Remove a trustee; pass --threshold when t would exceed the members left."""
+    _execute_one(_recorder(dsn, etcd, etcd_prefix, f"operator:{operator}"),
+                 rules.RemoveMember(node_id, operator, reason, threshold))
+
+
+@app.command()
+def migrate(dsn_url: Annotated[str, typer.Option("--url", envvar="TVOTE_DB_URL",
+                                                 help="postgresql+psycopg://owner@host:port/db")],
+            revision: str = "head", down: bool = False) -> None:
+    """Apply (or with --down, revert) schema migrations, as the database owner."""
+    from tvote import db
+
+    (db.downgrade if down else db.upgrade)(dsn_url, revision if revision != "head" or not down else "base")
+    console.print("done")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    try:
+        app()
+    except ThresholdVoteError as e:
+        console.print(f"[red]error:[/red] {e}")
+        sys.exit(1)
