@@ -88,9 +88,24 @@ class GossipConfig:
 
     # Publishing: bounded send queue drained by one Trio task.
     send_queue_size: int = 10_000
-    # Pause publishing while any peer's outbound RPC queue (32 deep, drops when full)
-    # holds this many RPCs: real back-pressure from slow receivers instead of drops.
+    # Pause publishing while any peer's outbound RPC queue holds this many RPCs: real
+    # back-pressure from slow receivers instead of drops.
     outbound_high_water: int = 16
+    # Depth of each per-peer outbound RPC queue. 0.8.1 hard-codes 32 and drops on full;
+    # relayed (forwarded) messages get no back-pressure at all, so a receiver that is
+    # briefly slower than its peers drops forwards. We deepen every peer's queue once it
+    # is created: memory is bounded (depth x max payload per peer) and a forward waits
+    # for the TCP/yamux window instead of being lost. Still-full drops are counted.
+    outbound_queue_size: int = 1024
+    # py-libp2p 0.8.1's yamux sends a WINDOW_UPDATE frame after *every* read by default
+    # (PY_YAMUX_RELEASE_ON_READ=1): with one read per pubsub RPC that is an extra
+    # encrypted frame and syscall per message each way. False sets the variable to 0
+    # (go-yamux behaviour: credit returned in half-window batches). Process-wide, read by
+    # the library at each call; an explicit PY_YAMUX_RELEASE_ON_READ in the environment wins.
+    yamux_release_on_read: bool = False
+    # Reuse verified signed peer records instead of re-verifying identical bytes on every
+    # RPC (see _patches.py; process-wide, py-libp2p 0.8.1 only).
+    memoize_peer_records: bool = True
     max_publish_rate: float | None = None  # msgs/s; None = 0.8 * spam_limit_per_peer
 
     # Delivery to the node: bounded (messages buffered for the consumer).
@@ -135,5 +150,7 @@ class GossipConfig:
             raise ValueError("py-libp2p 0.8.1 heartbeat interval is whole seconds (>= 1)")
         if self.send_queue_size <= 0 or self.delivery_queue_size <= 0:
             raise ValueError("queue sizes must be positive")
-        if not (0 < self.outbound_high_water < 32):
-            raise ValueError("outbound_high_water must be below the library's queue depth 32")
+        if self.outbound_queue_size < 32:
+            raise ValueError("outbound_queue_size below the library default of 32 makes no sense")
+        if not (0 < self.outbound_high_water < self.outbound_queue_size):
+            raise ValueError("outbound_high_water must be below outbound_queue_size")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -43,6 +44,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import blake3
+import libp2p
 import multiaddr
 import trio
 from libp2p import new_host
@@ -64,6 +66,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
+from . import _patches
 from .config import GossipConfig
 from .identity import key_pair_from_seed, load_key_pair
 from .seen import SeenCache
@@ -98,7 +101,8 @@ class GossipCounters:
     rejected_banned: int = 0  # from a banned author (should be rare: blacklist is first)
     wrong_topic: int = 0  # messages for a topic we are not subscribed to (ignored)
     validator_errors: int = 0  # node validator raised (treated as reject)
-    outbound_rpc_drops: int = 0  # library per-peer queue full: messages not sent to a peer
+    own_publish_drops: int = 0  # our own message not queued to a peer (queue full/oversize)
+    forward_drops: int = 0  # a relayed message not queued to a peer (queue full/oversize)
     spam_limited: int = 0  # router spam limit stopped a message from being forwarded
     backpressure_waits: int = 0  # publisher paused for a full outbound queue
     banned_conns_closed: int = 0  # connections from/to banned peers closed on open
@@ -106,7 +110,13 @@ class GossipCounters:
     @property
     def drops(self) -> int:
         """Messages this host failed to send or deliver (not counting validator rejects)."""
-        return self.publish_rejected + self.delivery_drops + self.outbound_rpc_drops + self.spam_limited
+        return (
+            self.publish_rejected
+            + self.delivery_drops
+            + self.own_publish_drops
+            + self.forward_drops
+            + self.spam_limited
+        )
 
     def snapshot(self) -> dict[str, int]:
         d = asdict(self)
@@ -134,10 +144,14 @@ class _Router(GossipSub):
     """GossipSub with drop accounting (every silent drop of 0.8.1 becomes a counter)."""
 
     counters: GossipCounters
+    my_id_bytes: bytes
 
     def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
-        if len(rpc.publish):
-            self.counters.outbound_rpc_drops += len(rpc.publish)
+        for msg in rpc.publish:
+            if msg.from_id == self.my_id_bytes:
+                self.counters.own_publish_drops += 1
+            else:
+                self.counters.forward_drops += 1
         super()._handle_dropped_rpc(peer_id, rpc, reason)
 
     def _check_spam_protection(self, peer_id: ID, msg: rpc_pb2.Message) -> bool:
@@ -152,6 +166,14 @@ class _Pubsub(Pubsub):
 
     sink: Callable[[rpc_pb2.Message], None]
     counters: GossipCounters
+    outbound_queue_size: int
+
+    async def _handle_new_peer(self, peer_id: ID) -> None:
+        await super()._handle_new_peer(peer_id)
+        q = self.peer_queues.get(peer_id)
+        if q is not None:
+            # 0.8.1 creates every RpcQueue with the hard-coded depth 32 (see config).
+            q._queue.max_size = max(q._queue.max_size, self.outbound_queue_size)
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         # Replaces the 32-slot channel (drops on full) with a direct, counted hand-off.
@@ -236,6 +258,10 @@ class GossipHost:
     ) -> None:
         config.validate()
         self.config = config
+        if not config.yamux_release_on_read:
+            os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+        if config.memoize_peer_records and not _patches.install():
+            log.warning("libp2p %s is not 0.8.1: peer-record memoisation not installed", libp2p.__version__)
         self._validate = validate
         self._on_deliver = on_deliver
         self.counters = GossipCounters()
@@ -299,6 +325,7 @@ class GossipHost:
             min_mesh_diversity_ips=config.min_mesh_diversity_ips,
         )
         router.counters = self.counters
+        router.my_id_bytes = self._my_id_bytes
         self.router = router
         pubsub = _Pubsub(
             self.host,
@@ -314,6 +341,7 @@ class GossipHost:
         pubsub.seen_messages = SeenCache(2 * config.seen_cache_size, config.seen_ttl)  # type: ignore[assignment]
         pubsub.sink = self._on_message
         pubsub.counters = self.counters
+        pubsub.outbound_queue_size = config.outbound_queue_size
         pubsub.set_topic_validator(config.topic, self._topic_validator, False)
         self.pubsub = pubsub
 

@@ -1,0 +1,296 @@
+"""Gossip transport benchmark: 4 real py-libp2p hosts as separate OS processes on 127.0.0.1.
+
+Prints, for gossip messages carrying batches of 1, 16, 64 and 256 votes (~150 bytes each,
+individually Ed25519-signed, verified one by one in the receivers' validator):
+
+* saturation: gossip messages/s and votes/s reaching every receiver when one node
+  publishes as fast as the paced send queue lets it, and receiver CPU ms per message;
+* rated load: p50/p99 delivery latency (enqueue on the sender -> dequeued by the
+  receiver's consumer thread) at a fixed message rate below saturation;
+* drops (every counter of GossipCounters.drops, all hosts);
+* a cProfile of one receiver's Trio thread (the whole receive path) per gossip message.
+
+Usage::
+
+    .venv/bin/python bench/gossip_bench.py                  # full run (~1-2 min)
+    .venv/bin/python bench/gossip_bench.py --quick          # smaller counts
+    .venv/bin/python bench/gossip_bench.py --no-verify      # transport only
+
+Each host is its own process driven by the synchronous ``ThreadedGossipHost`` (the same
+boundary the node uses). The machine's 2 cores are shared by all 4 processes, so absolute
+rates are a lower bound; "CPU ms per message" is the per-node figure that carries over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import hashlib
+import io
+import json
+import os
+import pstats
+import queue
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HEADER = struct.Struct(">dIII")  # send time, round, seq, n_votes
+VOTE_MSG_LEN = 86  # + 64-byte signature = 150 bytes per vote
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _seed(i: int) -> bytes:
+    return hashlib.sha256(b"gossip-bench:%d" % i).digest()
+
+
+# ------------------------------------------------------------------------------ node process
+
+
+def node_main(index: int, bootstrap: list[str], n_peers: int, verify: bool) -> None:
+    """One host. Commands arrive as JSON lines on stdin, results leave as JSON on stdout."""
+    import trio
+    from nacl.bindings import crypto_sign_open
+    from nacl.signing import SigningKey
+
+    from node.p2p import GossipConfig, ThreadedGossipHost
+
+    sk = SigningKey(_seed(1000 + index))
+    vk = bytes(sk.verify_key)
+    # A pool of signed votes (distinct messages) reused across payloads: publishing cost
+    # stays out of the picture; every payload is still unique through its header.
+    pool = [sk.sign(os.urandom(VOTE_MSG_LEN)) for _ in range(256)]
+    pool_bytes = [bytes(v) for v in pool]
+    keys: dict[str, bytes] = {}
+
+    def validate(author: str, payload: bytes) -> bool:
+        if len(payload) < HEADER.size + 32:
+            return False
+        _, _, _, n = HEADER.unpack_from(payload)
+        key = payload[HEADER.size : HEADER.size + 32]
+        body = payload[HEADER.size + 32 :]
+        if len(body) != n * (VOTE_MSG_LEN + 64):
+            return False
+        if verify:
+            step = VOTE_MSG_LEN + 64
+            for off in range(0, len(body), step):
+                try:
+                    crypto_sign_open(body[off : off + step], key)
+                except Exception:
+                    return False
+        keys.setdefault(author, key)
+        return True
+
+    cfg = GossipConfig(seed=_seed(index), bootstrap=bootstrap)
+    host = ThreadedGossipHost(cfg, validate=validate).start()
+    print(json.dumps({"addr": host.listen_addrs[0], "peer_id": host.peer_id}), flush=True)
+    deadline = time.monotonic() + 30
+    while len(host.mesh_peers()) < n_peers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(json.dumps({"mesh": len(host.mesh_peers())}), flush=True)
+
+    token = host._token  # the Trio thread's token, to switch the profiler on in that thread
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "quit":
+            break
+        if cmd["cmd"] == "publish":
+            batch, count, rate, rnd = cmd["batch"], cmd["count"], cmd["rate"], cmd["round"]
+            votes = b"".join(pool_bytes[i % 256] for i in range(batch))
+            t0 = time.monotonic()
+            for seq in range(count):
+                if rate:
+                    wait = t0 + seq / rate - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                payload = HEADER.pack(time.time(), rnd, seq, batch) + vk + votes
+                if not host.publish(payload, timeout=30):
+                    break
+            print(json.dumps({"published": count, "secs": time.monotonic() - t0,
+                              "counters": host.counters.snapshot()}), flush=True)
+        elif cmd["cmd"] == "receive":
+            count, rnd, timeout = cmd["count"], cmd["round"], cmd["timeout"]
+            # thread_time: CPU of the Trio thread only (wall time on a shared 2-core box
+            # would charge other processes' time slices to whatever function was running).
+            prof = cProfile.Profile(time.thread_time) if cmd.get("profile") else None
+            if prof is not None:
+                trio.from_thread.run_sync(prof.enable, trio_token=token)
+            lat: list[float] = []
+            first = last = None
+            cpu0 = time.process_time()
+            end = time.monotonic() + timeout
+            while len(lat) < count and time.monotonic() < end:
+                try:
+                    d = host.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                now = time.time()
+                sent, r, _, _ = HEADER.unpack_from(d.payload)
+                if r != rnd:
+                    continue
+                lat.append(now - sent)
+                first = first if first is not None else now
+                last = now
+            cpu = time.process_time() - cpu0
+            prof_text = ""
+            if prof is not None:
+                trio.from_thread.run_sync(prof.disable, trio_token=token)
+                if os.environ.get("GOSSIP_BENCH_PSTATS"):
+                    prof.dump_stats(os.environ["GOSSIP_BENCH_PSTATS"])
+                s = io.StringIO()
+                st = pstats.Stats(prof, stream=s)
+                st.sort_stats("tottime").print_stats(22)
+                s.write("\n--- by cumulative time ---\n")
+                st.sort_stats("cumulative").print_stats(30)
+                prof_text = s.getvalue()
+            print(json.dumps({"received": len(lat), "lat": lat, "first": first, "last": last, "cpu": cpu,
+                              "counters": host.counters.snapshot(), "profile": prof_text}), flush=True)
+    host.close()
+
+
+# ------------------------------------------------------------------------------ orchestrator
+
+
+DROP_KEYS = ("publish_rejected", "delivery_drops", "own_publish_drops", "forward_drops", "spam_limited")
+
+
+class Proc:
+    last: dict[str, int]
+
+    def __init__(self, index: int, bootstrap: list[str], n_peers: int, verify: bool) -> None:
+        self.last = {}
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+        args = [sys.executable, __file__, "--node", str(index), "--peers", str(n_peers)]
+        args += ["--no-verify"] if not verify else []
+        args += [a for b in bootstrap for a in ("--bootstrap", b)]
+        self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True, env=env)
+        hello = self.read()
+        self.addr, self.peer_id = hello["addr"], hello["peer_id"]
+
+    def send(self, **cmd: object) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(json.dumps(cmd) + "\n")
+        self.p.stdin.flush()
+
+    def read(self) -> dict:
+        assert self.p.stdout is not None
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError("bench node died")
+        return json.loads(line)
+
+    def drops_delta(self, counters: dict[str, int]) -> dict[str, int]:
+        """Per-round drop counts (counters are cumulative per host)."""
+        d = {k: counters[k] - self.last.get(k, 0) for k in DROP_KEYS}
+        self.last = counters
+        return {k: v for k, v in d.items() if v}
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def run_round(procs: list[Proc], rnd: int, batch: int, count: int, rate: float | None,
+              profile: bool = False) -> dict:
+    pub, receivers = procs[0], procs[1:]
+    timeout = 20 + count / (rate or 20)
+    for i, r in enumerate(receivers):
+        r.send(cmd="receive", count=count, round=rnd, timeout=timeout, profile=profile and i == 0)
+    pub.send(cmd="publish", batch=batch, count=count, rate=rate, round=rnd)
+    pres = pub.read()
+    rres = [r.read() for r in receivers]
+    drops: dict[str, int] = {}
+    for proc, res in zip(procs, [pres, *rres], strict=True):
+        for k, v in proc.drops_delta(res["counters"]).items():
+            drops[k] = drops.get(k, 0) + v
+    lat = [x for r in rres for x in r["lat"]]
+    spans = [(r["last"] - r["first"]) for r in rres if r["first"] is not None and r["received"] > 1]
+    recv = [r["received"] for r in rres]
+    msgs_s = statistics.mean((r["received"] - 1) / s for r, s in zip(rres, spans, strict=False) if s > 0) \
+        if spans else float("nan")
+    return {
+        "batch": batch, "count": count, "rate": rate, "received": recv,
+        "msgs_s": msgs_s, "votes_s": msgs_s * batch,
+        "p50_ms": pct(lat, 0.50) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3,
+        "cpu_ms_per_msg": statistics.mean(r["cpu"] / max(1, r["received"]) for r in rres) * 1e3,
+        "drops": sum(drops.values()), "drop_kinds": drops,
+        "profile": next((r["profile"] for r in rres if r["profile"]), ""),
+        "profiled_msgs": rres[0]["received"],
+    }
+
+
+def orchestrate(args: argparse.Namespace) -> None:
+    n = 4
+    t0 = time.monotonic()
+    first = Proc(0, [], n - 1, args.verify)
+    procs = [first] + [Proc(i, [first.addr], n - 1, args.verify) for i in range(1, n)]
+    for p in procs:
+        p.read()  # mesh ready
+    print(f"4 hosts up, full mesh in {time.monotonic() - t0:.1f}s "
+          f"(vote verification in validator: {'on' if args.verify else 'off'})")
+    batches = [1, 16, 64, 256]
+    sat_count = 120 if args.quick else 300
+    lat_count = 100 if args.quick else 200
+    rnd = 0
+    print("\nSaturation (one publisher, 3 receivers; paced send queue, publish as fast as allowed)")
+    print(f"{'batch':>5} {'msgs':>5} {'gossip msg/s':>12} {'votes/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'CPU ms/msg':>10} {'drops':>5}")
+    sat = {}
+    for b in batches:
+        rnd += 1
+        r = run_round(procs, rnd, b, sat_count, None)
+        sat[b] = r
+        print(f"{b:>5} {sat_count:>5} {r['msgs_s']:>12.1f} {r['votes_s']:>9.0f} {r['p50_ms']:>8.1f} "
+              f"{r['p99_ms']:>8.1f} {r['cpu_ms_per_msg']:>10.2f} {r['drops']:>5}  recv={r['received']}"
+              f"{'  ' + str(r['drop_kinds']) if r['drops'] else ''}")
+    print(f"\nRated load: min({args.rate:.0f} msgs/s, {args.max_votes:.0f} votes/s) "
+          "(latency = sender enqueue -> receiver consumer thread)")
+    print(f"{'batch':>5} {'msgs':>5} {'msg/s':>6} {'votes/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/msg':>10} "
+          f"{'drops':>5}")
+    for b in batches:
+        rnd += 1
+        rate = min(args.rate, args.max_votes / b)
+        r = run_round(procs, rnd, b, lat_count, rate)
+        print(f"{b:>5} {lat_count:>5} {rate:>6.0f} {rate * b:>9.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+              f"{r['cpu_ms_per_msg']:>10.2f} {r['drops']:>5}  recv={r['received']}"
+              f"{'  ' + str(r['drop_kinds']) if r['drops'] else ''}")
+    rnd += 1
+    prof_batch = 16
+    r = run_round(procs, rnd, prof_batch, lat_count, args.rate, profile=True)
+    print(f"\ncProfile (CPU time of one receiver's Trio thread), batch={prof_batch}, "
+          f"{r['profiled_msgs']} gossip messages at {args.rate:.0f}/s "
+          f"(divide by the message count for per-message cost)")
+    print(r["profile"])
+    for p in procs:
+        p.send(cmd="quit")
+    for p in procs:
+        p.p.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--node", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--peers", type=int, default=3, help=argparse.SUPPRESS)
+    ap.add_argument("--bootstrap", action="append", default=[], help=argparse.SUPPRESS)
+    ap.add_argument("--no-verify", dest="verify", action="store_false", help="skip per-vote Ed25519 verify")
+    ap.add_argument("--quick", action="store_true", help="smaller message counts")
+    ap.add_argument("--rate", type=float, default=40.0, help="max gossip messages/s in the latency rounds")
+    ap.add_argument("--max-votes", type=float, default=2560.0, help="max votes/s in the latency rounds")
+    args = ap.parse_args()
+    if args.node is not None:
+        sys.path.insert(0, str(SRC))
+        node_main(args.node, args.bootstrap, args.peers, args.verify)
+    else:
+        orchestrate(args)
+
+
+if __name__ == "__main__":
+    main()
