@@ -73,7 +73,7 @@ class Etcd:
             "--initial-cluster", cluster, "--initial-cluster-state", "new",
             "--initial-cluster-token", f"tvote-{self.base_dir.name}",
             "--heartbeat-interval", "50", "--election-timeout", "500",
-            "--max-txn-ops", "1024", "--quota-backend-bytes", str(2 * 1024**3),
+            "--max-txn-ops", "8192", "--quota-backend-bytes", str(2 * 1024**3),
             "--logger", "zap", "--log-outputs", str(m.data_dir.parent / f"{m.name}.log"),
         ]
 

@@ -28,7 +28,7 @@ class MemoryStore:
                 for e, version in rows:
                     pos = len(self._rows) + 1
                     prev = self._rows[-1].hash if self._rows else GENESIS
-                    h = chain_hash(prev, pos, e.stream_id, version, e.event_type, e.schema_version, e.payload,
+                    h = chain_hash(prev, pos, e.stream_id, version, e.event_type, e.schema_version, e.body,
                                    now_us, e.idempotency_key, writer)
                     self._rows.append(Recorded(pos, e.stream_id, version, e.event_type, e.schema_version,
                                                e.payload, now_us, e.idempotency_key, writer, prev, h))

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import errors as pgerr
 
 from events.errors import ConcurrencyConflict, StoreUnavailable
-from events.store import GENESIS, Outcome, Recorded, Unit, UnitResult, canonical_json, chain_hash, plan
+from events.store import GENESIS, Outcome, Recorded, Unit, UnitResult, chain_hash, plan
 
 LOG_LOCK = 0x7476_6F74_65_6C6F67 & 0x7FFF_FFFF_FFFF_FFFF  # "tvote log", an arbitrary constant
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -106,9 +106,9 @@ class PostgresStore:
                     for e, version in rows:
                         position += 1
                         h = chain_hash(prev, position, e.stream_id, version, e.event_type, e.schema_version,
-                                       e.payload, now_us, e.idempotency_key, writer)
+                                       e.body, now_us, e.idempotency_key, writer)
                         copy.write_row((position, e.stream_id, version, e.event_type, e.schema_version,
-                                        canonical_json(e.payload).decode(), recorded_at, e.idempotency_key,
+                                        e.body.decode(), recorded_at, e.idempotency_key,
                                         writer, prev, h))
                         prev = h
                         positions.append(position)

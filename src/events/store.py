@@ -43,6 +43,11 @@ class NewEvent:
     schema_version: int
     payload: dict[str, Any]
     idempotency_key: str
+    body: bytes = b""  # canonical_json(payload), computed once: it is sized, hashed and stored
+
+    def __post_init__(self) -> None:
+        if not self.body:
+            object.__setattr__(self, "body", canonical_json(self.payload))
 
     @classmethod
     def of(cls, e: Event) -> NewEvent:
@@ -75,11 +80,13 @@ class Recorded:
 
 def chain_hash(
     prev: bytes, position: int, stream_id: str, version: int, event_type: str, schema_version: int,
-    payload: dict[str, Any], recorded_at_us: int, key: str, writer: str,
+    payload: dict[str, Any] | bytes, recorded_at_us: int, key: str, writer: str,
 ) -> bytes:
+    """BLAKE3 over the previous hash and the row; ``payload`` may be given already canonical."""
+    body = payload if isinstance(payload, bytes) else canonical_json(payload)
     h = blake3.blake3(prev)
     h.update(struct.pack(">qiHq", position, version, schema_version, recorded_at_us))
-    for part in (stream_id.encode(), event_type.encode(), canonical_json(payload), key.encode(), writer.encode()):
+    for part in (stream_id.encode(), event_type.encode(), body, key.encode(), writer.encode()):
         h.update(struct.pack(">I", len(part)))
         h.update(part)
     return h.digest()
@@ -155,7 +162,7 @@ def plan(
         for e in u.events:
             if e.stream_id not in u.expected:
                 raise ValueError(f"unit writes {e.stream_id} without naming its expected version")
-            if len(canonical_json(e.payload)) > MAX_PAYLOAD:
+            if len(e.body) > MAX_PAYLOAD:
                 raise ValueError(f"{e.event_type} payload over {MAX_PAYLOAD} bytes")
             versions[e.stream_id] = versions.get(e.stream_id, 0) + 1
             rows.append((e, versions[e.stream_id]))

@@ -35,6 +35,7 @@ class GossipConfig:
     listen_port: int = 0  # 0 = ephemeral; read the real one from GossipHost.listen_addrs
     bootstrap: Sequence[str] = ()  # full multiaddrs with /p2p/<peer id>
     topic: str = DEFAULT_TOPIC
+    banned: Sequence[str] = ()  # peer ids banned before start (bans restored from the log)
 
     # GossipSub v1.1 mesh (the seed's parameters).
     degree: int = 6

@@ -266,6 +266,7 @@ class GossipHost:
         self._on_deliver = on_deliver
         self.counters = GossipCounters()
         self.banned_ids: set[ID] = set()
+        self._banned_bytes: set[bytes] = set()  # same set as raw ids: no ID() per message
         self._author_cache: dict[bytes, str] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
 
@@ -368,6 +369,8 @@ class GossipHost:
         self._closed = trio.Event()
         self._publisher_done = trio.Event()
         self.listen_addrs: list[str] = []
+        for banned in config.banned:
+            self.ban(banned)
 
     # ------------------------------------------------------------------ identity / info
 
@@ -430,7 +433,7 @@ class GossipHost:
             self.counters.rejected_oversize += 1
             return False
         author = self._author(from_id)
-        if ID(from_id) in self.banned_ids:
+        if from_id in self._banned_bytes:
             self.counters.rejected_banned += 1
             return False
         if not self._rate_ok(author):
@@ -556,7 +559,11 @@ class GossipHost:
         """
         pid = ID.from_base58(peer_id)
         self.banned_ids.add(pid)
-        self.pubsub.add_to_blacklist(pid)  # also resets its pubsub stream
+        self._banned_bytes.add(pid.to_bytes())
+        if self._nursery is not None:
+            self.pubsub.add_to_blacklist(pid)  # also resets its pubsub stream
+        else:  # not running yet (bans restored from the log at start): just record it
+            self.pubsub.blacklisted_peers.add(pid)
         self.dht.routing_table.remove_peer(pid)
         for topic_mesh in self.router.mesh.values():
             topic_mesh.discard(pid)
@@ -568,6 +575,7 @@ class GossipHost:
         """Lift a ban (operator action, audited by the caller)."""
         pid = ID.from_base58(peer_id)
         self.banned_ids.discard(pid)
+        self._banned_bytes.discard(pid.to_bytes())
         self.pubsub.remove_from_blacklist(pid)
 
     def is_banned(self, peer_id: str) -> bool:
@@ -643,25 +651,30 @@ class GossipHost:
         """Run the host until ``close()`` completes. ``started()`` once subscribed."""
         self._token = trio.lowlevel.current_trio_token()
         self._trio_thread = threading.get_ident()
-        async with (
-            self.host.run(listen_addrs=[self._listen_maddr()]), background_trio_service(self.pubsub),
-            background_trio_service(self.router),
-            background_trio_service(self.dht),
-        ):
-            await self.pubsub.wait_until_ready()
-            await self.pubsub.subscribe(self.config.topic)
-            self.listen_addrs = [str(a) for a in self.host.get_addrs()]
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._intake_open = True
-                nursery.start_soon(self._publisher)
-                nursery.start_soon(self._discovery)
-                task_status.started()
-                await self._close_requested.wait()
-                await self._shutdown()
-                nursery.cancel_scope.cancel()
+        try:
+            async with (
+                self.host.run(listen_addrs=[self._listen_maddr()]),
+                background_trio_service(self.pubsub),
+                background_trio_service(self.router),
+                background_trio_service(self.dht),
+            ):
+                await self.pubsub.wait_until_ready()
+                await self.pubsub.subscribe(self.config.topic)
+                self.listen_addrs = [str(a) for a in self.host.get_addrs()]
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._intake_open = True
+                    nursery.start_soon(self._publisher)
+                    nursery.start_soon(self._discovery_task)
+                    task_status.started()
+                    await self._close_requested.wait()
+                    await self._shutdown()
+                    nursery.cancel_scope.cancel()
+        finally:
+            # Also on a crash: publish() must refuse (counted) rather than queue forever.
+            self._intake_open = False
             self._nursery = None
-        self._closed.set()
+            self._closed.set()
 
     async def _shutdown(self) -> None:
         """Safe order: stop intake, drain, unsubscribe, disconnect; then services stop."""

@@ -1,0 +1,203 @@
+"""Event-core benchmarks, side by side in one run (issue: the event-sourced core).
+
+Prints numbers; asserts nothing. Services run with durability on: Postgres fsync=on and
+synchronous_commit=on, etcd on disk. Run: ``.venv/bin/python bench/append_bench.py``.
+
+- decide+evolve per vote (pure core): p50/p99 microseconds
+- full path per node process: decide + etcd CAS guard + Postgres append, batch 1 / 100 / 500
+- the raw limit: psycopg executemany and COPY of the same rows into a plain table
+- the eventsourcing library's PostgreSQL application recorder appending the same events
+- projection rebuild (replay into fresh tables): events/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+
+import psycopg  # noqa: E402
+from helpers import trustees  # noqa: E402
+
+from devstack.etcd import Etcd  # noqa: E402
+from devstack.postgres import Postgres  # noqa: E402
+from events import rules  # noqa: E402
+from events.postgres_store import PostgresStore  # noqa: E402
+from events.store import NewEvent, canonical_json  # noqa: E402
+from node.guard import EtcdGuard  # noqa: E402
+from node.recorder import Recorder  # noqa: E402
+from projections.replay import replay  # noqa: E402
+from tvote import db  # noqa: E402
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+
+def vote_commands(n_votes: int, n: int = 7, tag: str = "") -> tuple[list, list]:
+    ts = trustees(n)
+    boot = [rules.AdmitMember(x.node_id, x.vote_key, x.peer_id, "bench") for x in ts]
+    cmds = []
+    for k in range(n_votes // n + 1):
+        for x in ts:
+            cmds.append(x.receive(f"tx{tag}_{k}", 42, now=1))
+    return boot, cmds[:n_votes]
+
+
+def bench_pure(n_votes: int) -> dict:
+    boot, cmds = vote_commands(n_votes)
+    ledger = rules.Ledger()
+    for c in [*boot, rules.Configure(5, "bench")]:
+        for e in ledger.decide(c):
+            ledger.apply(e)
+    lat = []
+    for c in cmds:
+        t0 = time.perf_counter()
+        for e in ledger.decide(c):
+            ledger.apply(e)
+        lat.append((time.perf_counter() - t0) * 1e6)
+    return {"votes": len(cmds), "p50_us": round(pct(lat, 0.5), 1), "p99_us": round(pct(lat, 0.99), 1),
+            "votes_per_s": round(len(cmds) / (sum(lat) / 1e6))}
+
+
+def bench_full_path(dsn: str, endpoint: str, n_votes: int, batch: int) -> dict:
+    tag = uuid.uuid4().hex[:6]
+    rec = Recorder(PostgresStore(dsn), EtcdGuard(endpoint, f"/bench/{tag}", "bench-node"), "bench-node")
+    boot, cmds = vote_commands(n_votes, tag=tag)
+    # each run has its own members and so its own cluster: use a fresh database per run
+    rec.execute(boot)
+    rec.execute([rules.Configure(5, "bench")])
+    before = rec.store.last_position()
+    t0 = time.perf_counter()
+    for i in range(0, len(cmds), batch):
+        rec.execute(cmds[i:i + batch])
+    dt = time.perf_counter() - t0
+    events = rec.store.last_position() - before
+    vote_events = sum(1 for r in rec.store.read_all(after=before, limit=10**7) if r.event_type == "VoteAccepted")
+    rec.guard.close()
+    rec.store.close()
+    return {"batch": batch, "votes": len(cmds), "vote_events_per_s": round(vote_events / dt),
+            "events_per_s": round(events / dt), "seconds": round(dt, 2)}
+
+
+def sample_rows(n: int) -> list[NewEvent]:
+    ts = trustees(7)
+    out = []
+    for k in range(n):
+        x = ts[k % 7]
+        sv = x.vote(f"raw_{k // 7}", 42)
+        p = {"tx_id": f"raw_{k // 7}", "node_id": x.node_id, "value": 42, "vote": sv.to_json(),
+             "author_peer": x.peer_id}
+        out.append(NewEvent(f"tx:raw_{k // 7}", "VoteAccepted", 1, p, f"raw:{k}"))
+    return out
+
+
+def bench_raw(dsn: str, n: int) -> dict:
+    rows = sample_rows(n)
+    out = {}
+    with psycopg.connect(dsn) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS raw_events (position bigint primary key, stream_id text, "
+                  "stream_version int, event_type text, payload jsonb, idempotency_key text unique)")
+        c.commit()
+        for mode in ("executemany", "copy"):
+            c.execute("TRUNCATE raw_events")
+            c.commit()
+            data = [(i + 1, e.stream_id, i % 7 + 1, e.event_type, canonical_json(e.payload).decode(),
+                     f"{mode}:{e.idempotency_key}") for i, e in enumerate(rows)]
+            t0 = time.perf_counter()
+            for i in range(0, len(data), 500):  # same batching as the best full-path run
+                chunk = data[i:i + 500]
+                with c.cursor() as cur:
+                    if mode == "copy":
+                        with cur.copy("COPY raw_events FROM STDIN") as cp:
+                            for r in chunk:
+                                cp.write_row(r)
+                    else:
+                        cur.executemany("INSERT INTO raw_events VALUES (%s,%s,%s,%s,%s,%s)", chunk)
+                c.commit()
+            out[f"{mode}_rows_per_s"] = round(n / (time.perf_counter() - t0))
+    return out
+
+
+def bench_eventsourcing(pg: Postgres, n: int) -> dict:
+    from eventsourcing.persistence import StoredEvent
+    from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+
+    pg.create_database("es_bench")
+    ds = PostgresDatastore("es_bench", "127.0.0.1", pg.port, "postgres", "")
+    rec = PostgresApplicationRecorder(ds)
+    rec.create_table()
+    rows = sample_rows(n)
+    ids = {}
+    batch = []
+    for e in rows:
+        oid = ids.setdefault(e.stream_id, uuid.uuid4())
+        ver = sum(1 for x in batch if x.originator_id == oid) + 1
+        batch.append(StoredEvent(oid, ver, e.event_type, canonical_json(e.payload)))
+    out = {}
+    t0 = time.perf_counter()
+    for i in range(0, len(batch), 500):
+        rec.insert_events(batch[i:i + 500])
+    out["batched_500_events_per_s"] = round(n / (time.perf_counter() - t0))
+    single = [StoredEvent(uuid.uuid4(), 1, "VoteAccepted", canonical_json(e.payload)) for e in rows[:1000]]
+    t0 = time.perf_counter()
+    for s in single:
+        rec.insert_events([s])
+    out["single_events_per_s"] = round(len(single) / (time.perf_counter() - t0))
+    ds.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--votes", type=int, default=20_000)
+    ap.add_argument("--single-votes", type=int, default=1_000)
+    args = ap.parse_args()
+    results: dict = {}
+    results["decide_evolve"] = bench_pure(args.votes)
+    print("decide+evolve:", results["decide_evolve"], flush=True)
+    with Postgres(fsync=True) as pg, Etcd(size=1) as etcd:
+        def fresh_db() -> str:
+            name = f"b{uuid.uuid4().hex[:8]}"
+            pg.create_database(name)
+            db.upgrade(pg.url(name))
+            return pg.dsn(name, user=db.APP_ROLE)
+
+        results["full_path"] = []
+        for batch, votes in ((1, args.single_votes), (100, args.votes), (500, args.votes)):
+            r = bench_full_path(fresh_db(), etcd.endpoints[0], votes, batch)
+            results["full_path"].append(r)
+            print("full path (decide + etcd CAS + PG append):", r, flush=True)
+        raw_dsn = fresh_db().replace(f"user={db.APP_ROLE}", "user=postgres")
+        results["raw_limit"] = bench_raw(raw_dsn, args.votes)
+        print("raw limit (plain table, batches of 500):", results["raw_limit"], flush=True)
+        results["eventsourcing"] = bench_eventsourcing(pg, args.votes)
+        print("eventsourcing PostgresApplicationRecorder:", results["eventsourcing"], flush=True)
+        # projection rebuild over a log of the full-path run's size
+        dsn = fresh_db()
+        bench_full_path(dsn, etcd.endpoints[0], args.votes, 500)
+        rep = replay(dsn.replace(f"user={db.APP_ROLE}", "user=postgres"))
+        results["rebuild"] = {"events": rep.events, "events_per_s": round(rep.events_per_second),
+                              "digest_equal": rep.equal}
+        print("projection rebuild:", results["rebuild"], flush=True)
+    best = max(r["vote_events_per_s"] for r in results["full_path"])
+    summary = {
+        "full_path_best_vote_events_per_s": best,
+        "vs_raw_copy": round(best / results["raw_limit"]["copy_rows_per_s"], 2),
+        "vs_raw_executemany": round(best / results["raw_limit"]["executemany_rows_per_s"], 2),
+        "vs_eventsourcing_batched": round(best / results["eventsourcing"]["batched_500_events_per_s"], 2),
+    }
+    results["summary"] = summary
+    print("summary:", summary)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
