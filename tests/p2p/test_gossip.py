@@ -228,6 +228,27 @@ def test_ban_on_one_node_refuses_messages_relayed_by_others() -> None:
     trio.run(main)
 
 
+def test_ban_restored_at_start_refuses_the_peer() -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            x_seed_name = "sx"
+            x_id = peer_id_from_seed(seed_for(x_seed_name))
+            a = await start_node(nursery, "sa", banned=[x_id])
+            x = await start_node(nursery, x_seed_name, bootstrap=[a.addr])
+            await trio.sleep(2.0)
+            x.host.publish_nowait(b"from-banned")
+            await trio.sleep(1.0)
+            assert a.host.is_banned(x_id)
+            assert x_id not in a.host.mesh_peers() and x_id not in a.host.topic_peers()
+            assert b"from-banned" not in a.payloads()
+            assert a.host.counters.banned_conns_closed >= 1
+            for n in (x, a):
+                await n.host.close()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 def test_late_joiner_finds_peers_via_dht_and_receives() -> None:
     async def main() -> None:
         async with cluster(["ja", "jb", "jc"]) as (nursery, nodes):
