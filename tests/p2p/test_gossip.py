@@ -148,6 +148,8 @@ def test_validator_rejects_and_rejected_message_is_not_forwarded() -> None:
             assert b.payloads() == set(good)
             assert b.host.counters.rejected_invalid == 3
             assert b.host.counters.validator_errors == 1
+            a.host.publish_nowait(good[0])  # same payload = same message id: not resent, counted
+            assert await wait_until(lambda: a.host.counters.duplicate_payloads == 1, 5)
             for n in (a, b, c):
                 await n.host.close()
             nursery.cancel_scope.cancel()

@@ -105,6 +105,7 @@ class GossipCounters:
     forward_drops: int = 0  # a relayed message not queued to a peer (queue full/oversize)
     spam_limited: int = 0  # router spam limit stopped a message from being forwarded
     backpressure_waits: int = 0  # publisher paused for a full outbound queue
+    duplicate_payloads: int = 0  # publish of a payload already seen (same BLAKE3 id): not resent
     banned_conns_closed: int = 0  # connections from/to banned peers closed on open
 
     @property
@@ -543,6 +544,11 @@ class GossipHost:
                 while self._outbound_full():
                     self.counters.backpressure_waits += 1
                     await trio.sleep(0.002)
+                if self.pubsub.seen_messages.has(blake3.blake3(payload).digest()):
+                    # Content-addressed ids: GossipSub would silently swallow a repeat
+                    # within the seen TTL. Count it instead (the node should not repeat).
+                    self.counters.duplicate_payloads += 1
+                    continue
                 await self.pubsub.publish(topic, payload)
                 self.counters.published += 1
                 await trio.lowlevel.checkpoint()
