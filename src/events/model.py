@@ -43,6 +43,9 @@ class Event:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Event:
+        names = {f.name for f in dataclasses.fields(cls)}
+        if extra := payload.keys() - names:
+            raise TypeError(f"unknown fields {sorted(extra)}")  # a newer shape needs a new VERSION
         kwargs = {}
         for f in dataclasses.fields(cls):
             v = payload[f.name]

@@ -106,10 +106,10 @@ class Projector:
             n += k
         return n
 
-    def follow(self, stop: Callable[[], bool], idle_sleep: float = 0.05) -> None:
+    def follow(self, stop: Callable[[], bool], idle_sleep: float = 0.05, batch: int = 5000) -> None:
         """Project forever (the projector process), until ``stop()`` says so."""
         while not stop():
-            if self.run_once() == 0:
+            if self.run_once(batch) == 0:
                 time.sleep(idle_sleep)
 
     # loading and writing ----------------------------------------------------------------------

@@ -151,7 +151,8 @@ def _summary(app_dsn: str, owner_dsn: str, res) -> None:
 
 
 @app.command()
-def projector(dsn: Dsn, once: Annotated[bool, typer.Option(help="Catch up and exit.")] = False) -> None:
+def projector(dsn: Dsn, once: Annotated[bool, typer.Option(help="Catch up and exit.")] = False,
+              batch: Annotated[int, typer.Option(help="Events per transaction.", min=1)] = 5000) -> None:
     """Run the projector: follow the log into the SQL projections (exactly once, resumable)."""
     _connect_check(dsn)
     p = Projector(dsn)
@@ -159,10 +160,10 @@ def projector(dsn: Dsn, once: Annotated[bool, typer.Option(help="Catch up and ex
     signal.signal(signal.SIGTERM, lambda *_: stopping.__setitem__("now", True))
     try:
         if once:
-            n = p.catch_up()
+            n = p.catch_up(batch=batch)
             console.print(f"projected {n} events; position {p.position()}")
         else:
-            p.follow(lambda: stopping["now"])
+            p.follow(lambda: stopping["now"], batch=batch)
     except KeyboardInterrupt:
         pass
     finally:

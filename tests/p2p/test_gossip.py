@@ -157,6 +157,36 @@ def test_validator_rejects_and_rejected_message_is_not_forwarded() -> None:
     trio.run(main)
 
 
+def test_flood_of_invalid_messages_is_cut_off_by_peer_score() -> None:
+    """P4 (invalid messages) drives the flooder below publish_threshold: after ~100 invalid
+    messages its traffic is dropped before signature checks, honest traffic flows on."""
+
+    def reject_junk(author: str, payload: bytes) -> bool:
+        return not payload.startswith(b"junk")
+
+    async def main() -> None:
+        async with cluster(["fa", "fb", "fx"]) as (_, nodes):
+            a, b, x = nodes
+            for n in nodes:
+                n.host._validate = reject_junk  # swap in the test validator (records nothing)
+            await wait_full_mesh(nodes)
+            for k in range(400):
+                x.host.publish_nowait(b"junk:%04d" % k)
+            for k in range(20):
+                b.host.publish_nowait(b"good:%02d" % k)
+            want = {b"good:%02d" % k for k in range(20)}
+            assert await wait_until(lambda: a.payloads() >= want, 20)
+            assert await wait_until(lambda: x.host.counters.published == 400, 20)
+            await trio.sleep(1.0)
+            rejected = a.host.counters.rejected_invalid
+            assert 100 <= rejected < 150, rejected  # the score gate, not the validator, stops the rest
+            assert not any(p.startswith(b"junk") for p in a.payloads())
+            assert a.host.router.scorer is not None
+            assert not a.host.router.scorer.allow_publish(x.host.host.get_id(), [a.host.config.topic])
+
+    trio.run(main)
+
+
 def test_oversized_payload_rejected_at_edge() -> None:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
