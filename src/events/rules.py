@@ -316,9 +316,11 @@ class _Decision:
     def evaluate(self) -> None:
         """Apply R5 and R6 to the transaction as it now stands."""
         tx, cfg = self.tx, _config(self.cluster)
-        outcome = quorum(tx.votes, self.cluster.members, cfg.threshold)
+        # Once consensus is recorded its value stands as w (R6), even if a voter for it is
+        # banned later for something else; dissent from it is a minority vote (R5).
+        outcome = Won(tx.value) if tx.value is not None else quorum(tx.votes, self.cluster.members, cfg.threshold)
         if isinstance(outcome, Won):
-            w = tx.value if tx.value is not None else outcome.value
+            w = outcome.value
             dissent = sorted(n for n, v in tx.votes.items() if v.value != w)
             for n in dissent:  # R5: flagged whatever the order the votes arrived in
                 if (MINORITY_VOTE, n) in self.tx.flagged:
