@@ -351,12 +351,16 @@ class _Decision:
 
 
 def decide(state: State, command: Command) -> list[Event]:
+    return _run(state, command).events
+
+
+def _run(state: State, command: Command) -> _Decision:
     handler = _HANDLERS.get(type(command))
     if handler is None:
         raise errors.InvalidCommand(f"unknown command {type(command).__name__}")
     d = _Decision(state)
     handler(d, command)
-    return d.events
+    return d
 
 
 def _config(cluster: Cluster) -> Config:
@@ -678,7 +682,7 @@ def evolve(state: State, event: Event) -> State:
             tx = replace(tx, status=CONFIRMED)
         case SubmissionFailed():
             tx = replace(tx, failures=tx.failures + 1)
-    return replace(state, tx=tx)
+    return State(state.cluster, tx)
 
 
 def _with_member(state: State, m: Member) -> State:
@@ -714,3 +718,11 @@ class Ledger:
 
     def decide(self, command: Command) -> list[Event]:
         return decide(self.view(getattr(command, "tx_id", None)), command)
+
+    def execute(self, command: Command) -> list[Event]:
+        """Decide and adopt the decision's own evolved state (no second fold of its events)."""
+        d = _run(self.view(getattr(command, "tx_id", None)), command)
+        self.cluster = d.state.cluster
+        if d.state.tx is not None:
+            self.txs[d.state.tx.tx_id] = d.state.tx
+        return d.events

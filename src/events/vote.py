@@ -22,6 +22,8 @@ NODE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 U64_MAX = 2**64 - 1
 SIGNATURE_LEN = 64
 KEY_LEN = 32
+VERIFY_CACHE_SIZE = 65_536
+_VERIFIED: dict[tuple[bytes, bytes, bytes], bool] = {}
 
 
 def check_tx_id(tx_id: object) -> str:
@@ -80,12 +82,26 @@ class SignedVote:
             raise InvalidVote("signature must be 64 bytes")
 
     def verifies_under(self, vote_key: bytes) -> bool:
-        """True when the signature is the vote key's over the canonical bytes."""
+        """True when the signature is the vote key's over the canonical bytes.
+
+        Memoised: verification is a pure function of (key, bytes, signature), and the same
+        vote is checked at the network edge, by the decider and by every node that receives
+        it. A hit requires all three to match, so the cache cannot make a bad vote pass.
+        """
+        msg = self.vote.signing_bytes()
+        key = (vote_key, msg, self.signature)
+        hit = _VERIFIED.get(key)
+        if hit is not None:
+            return hit
         try:
-            nacl.signing.VerifyKey(vote_key).verify(self.vote.signing_bytes(), self.signature)
+            nacl.signing.VerifyKey(vote_key).verify(msg, self.signature)
+            ok = True
         except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError):
-            return False
-        return True
+            ok = False
+        if len(_VERIFIED) >= VERIFY_CACHE_SIZE:
+            _VERIFIED.pop(next(iter(_VERIFIED)))  # oldest first: dicts keep insertion order
+        _VERIFIED[key] = ok
+        return ok
 
     def to_json(self) -> dict[str, object]:
         v = self.vote

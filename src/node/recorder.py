@@ -100,7 +100,7 @@ class Recorder:
         for i in todo:
             cmd = commands[i]
             try:
-                events = scratch.decide(cmd)
+                events = scratch.execute(cmd)
             except CommandRejected as e:
                 results[i] = Result(Status.REJECTED, error=e)
                 continue
@@ -112,7 +112,6 @@ class Recorder:
             expected = {s: versions.get(s, 0) for s in read}
             written: dict[str, int] = {}
             for e in events:
-                scratch.apply(e)
                 versions[e.stream] = versions.get(e.stream, 0) + 1
                 written[e.stream] = written.get(e.stream, 0) + 1
             batch.append((i, Unit.of(expected, events), self._claim(expected, written, events, scratch), events))

@@ -1,0 +1,483 @@
+"""Every Prometheus metric of the service, defined once, and the one mapping from log events to them.
+
+Names follow seed section 13.1; the dashboard and the alert rules (``monitoring/``) refer to
+these names and a test checks they exist here.
+
+Label conventions (bounded cardinality: N members, a handful of reasons):
+
+* ``node_id`` / ``peer_id``: the *member a fact is about* (the voter, the blamed or banned member).
+  Never a name taken from unauthenticated input: outsiders are counted by ``reason`` only.
+* ``node``: the process instance reporting (a recorder's writer id, a gossip host's node id),
+  so one process running several nodes (``tvote up``) still tells them apart.
+
+Who updates what:
+
+* :class:`EventMetrics` (business counters and cluster gauges) is fed the *log*, each event
+  once: the projector calls ``observe`` after each committed batch (it sees every event
+  exactly once, whoever appended it: nodes, the submitter, operator commands). Run it in
+  one process only, or totals double.
+* Recorders call :func:`observe_results` (append outcomes, votes dropped at the edge),
+  ``etcd_timer`` around etcd calls and :func:`store_error` on outages.
+* Gossip hosts register their counters with :func:`register_gossip` (read at scrape time).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from threading import Lock
+from typing import Any, Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from events import errors
+from events import model as m
+
+# The seed's names (section 13.1). Tests assert each is exposed.
+SEED_METRICS = (
+    "votes_received_total",
+    "votes_rejected_byzantine_total",
+    "threshold_reached_total",
+    "transactions_aborted_byzantine_total",
+    "blockchain_submissions_total",
+    "submission_latency_seconds",
+    "active_votes",
+    "peer_reputation",
+    "etcd_operation_duration_seconds",
+    "gossipsub_messages_total",
+    "banned_peers_total",
+)
+
+BYZANTINE_KINDS = ("DOUBLE_VOTING", "MINORITY_VOTE", "INVALID_SIGNATURE")
+# A vote rejected by the rules never reaches the log; R1/R10 say "dropped, counted".
+DROP_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (errors.OutsiderVote, "outsider"),
+    (errors.BannedSender, "banned"),
+    (errors.InvalidCommand, "invalid"),  # includes InvalidVote
+    (errors.NotConfigured, "not_configured"),
+    (errors.CommandRejected, "rejected"),
+)
+# GossipCounters field -> (direction, outcome) for gossipsub_messages_total.
+GOSSIP_FIELDS = {
+    "published": ("out", "published"),
+    "publish_rejected": ("out", "dropped_queue_full"),
+    "own_publish_drops": ("out", "dropped_own"),
+    "forward_drops": ("out", "dropped_forward"),
+    "spam_limited": ("out", "spam_limited"),
+    "duplicate_payloads": ("out", "duplicate"),
+    "delivered": ("in", "delivered"),
+    "delivery_drops": ("in", "dropped_delivery"),
+    "validated": ("in", "validated"),
+    "rejected_invalid": ("in", "rejected_invalid"),
+    "rejected_oversize": ("in", "rejected_oversize"),
+    "rejected_rate": ("in", "rejected_rate"),
+    "rejected_banned": ("in", "rejected_banned"),
+    "validator_errors": ("in", "rejected_error"),
+    "wrong_topic": ("in", "wrong_topic"),
+}
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+ETCD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _GossipCollector(Collector):
+    """Exposes each registered host's GossipCounters at scrape time (the host owns the numbers)."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Callable[[], dict[str, int]]] = {}
+        self.lock = Lock()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        fam = CounterMetricFamily(
+            "gossipsub_messages",
+            "GossipSub messages by direction and outcome, per host: spot a node that stops publishing, "
+            "or peers sending invalid/banned/rate-limited traffic (flood defence at work).",
+            labels=["node", "direction", "outcome"],
+        )
+        with self.lock:
+            sources = list(self.sources.items())
+        for node, snapshot in sources:
+            try:
+                snap = snapshot()
+            except Exception:  # a host being torn down must not break the scrape
+                continue
+            for name, (direction, outcome) in GOSSIP_FIELDS.items():
+                if name in snap:
+                    fam.add_metric([node, direction, outcome], float(snap[name]))
+        yield fam
+
+
+@dataclass
+class Metrics:
+    """The metric objects, bound to one registry (a fresh one per test; ``REGISTRY`` in processes)."""
+
+    registry: CollectorRegistry
+    gossip: _GossipCollector = field(init=False)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        # --- votes and transactions (from the log, via EventMetrics) ---------------------------
+        self.votes_received = Counter(
+            "votes_received_total",
+            "Votes recorded in the log (VoteAccepted), by voter: a member whose rate stalls is silent or "
+            "partitioned; the cluster rate is the throughput the partition alert watches.",
+            ["node_id"], registry=r)
+        self.votes_rejected_byzantine = Counter(
+            "votes_rejected_byzantine_total",
+            "Byzantine votes detected (double, minority, forged signature), by blamed member and kind: "
+            "each one bans its member and may abort a transaction.",
+            ["node_id", "kind"], registry=r)
+        self.silent_failures = Counter(
+            "silent_failures_total",
+            "Eligible members that did not vote before a deadline (R9): costs reputation, not a ban by itself.",
+            ["node_id"], registry=r)
+        self.transactions_opened = Counter(
+            "transactions_opened_total", "Transactions opened by their first accepted vote.", registry=r)
+        self.threshold_reached = Counter(
+            "threshold_reached_total", "Transactions that reached t identical votes with no dissent (R6).",
+            registry=r)
+        self.transactions_aborted_byzantine = Counter(
+            "transactions_aborted_byzantine_total",
+            "Transactions aborted because of a Byzantine vote (ABORTED_BYZANTINE): each one is a value "
+            "that will not be written; page someone.", registry=r)
+        self.transactions_closed = Counter(
+            "transactions_closed_total",
+            "Transactions reaching a final state, by status: the mix shows whether votes turn into writes.",
+            ["status"], registry=r)
+        self.blockchain_submissions = Counter(
+            "blockchain_submissions_total",
+            "Chain submissions by result: confirmed (the value is on chain, exactly once) or failed attempts.",
+            ["result"], registry=r)
+        self.submission_latency = Histogram(
+            "submission_latency_seconds",
+            "Time from claiming a submission (SubmissionStarted) to its confirmation on chain, from the "
+            "log's timestamps: slow RPC, gas or lock contention shows here.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.node_bans = Counter(
+            "node_bans_total", "Bans recorded in the log, by member and reason (a violation kind or "
+            "REPUTATION_FLOOR).", ["node_id", "reason"], registry=r)
+        self.active_votes = Gauge(
+            "active_votes", "Transactions still collecting votes: a growing backlog means votes are not "
+            "arriving or not reaching t.", registry=r)
+        self.peer_reputation = Gauge(
+            "peer_reputation", "Reputation of each current member, 0..1: silence lowers it, a Byzantine "
+            "ban sets it to 0; below the floor the member is banned.", ["node_id", "peer_id"], registry=r)
+        self.banned_peers = Gauge(
+            "banned_peers_total", "Members currently banned (R10): they no longer count toward t.", registry=r)
+        self.eligible_members = Gauge(
+            "eligible_members", "Members that are active and not banned: the voters that can still reach t.",
+            registry=r)
+        self.cluster_threshold = Gauge(
+            "cluster_threshold", "The configured threshold t (0 until the cluster is configured).", registry=r)
+        self.quorum_possible = Gauge(
+            "quorum_possible", "1 while at least t members are eligible; 0 means no transaction can succeed "
+            "(R10) until an operator unbans, admits members or lowers t.", registry=r)
+        self.projector_position = Gauge(
+            "projector_position", "Last log position folded into the SQL projections: compare with the "
+            "log head to see projection lag; flat while votes arrive means the projector is stuck.",
+            ["projector"], registry=r)
+        self.events_projected = Counter(
+            "events_projected_total", "Log events seen by the metrics observer, by type.", ["event_type"],
+            registry=r)
+        # --- the write path of each node (process-local) --------------------------------------
+        self.log_appends = Counter(
+            "log_appends_total",
+            "Recorder command outcomes: appended, duplicate (R3/retry), rejected, deferred (claimed by a "
+            "live peer); many conflicts or deferrals mean writers are contending.",
+            ["node", "outcome"], registry=r)
+        self.votes_dropped = Counter(
+            "votes_dropped_total",
+            "Votes dropped at the edge by the rules, never logged: outsider (R1), banned sender (R10), "
+            "invalid input; a burst of outsiders or banned senders is an attack or a misconfiguration.",
+            ["node", "reason"], registry=r)
+        self.store_errors = Counter(
+            "store_errors_total", "Failed calls to Postgres or etcd (StoreUnavailable): appends pause "
+            "while these grow.", ["node", "store"], registry=r)
+        self.etcd_duration = Histogram(
+            "etcd_operation_duration_seconds",
+            "etcd call latency by operation (claim, repair_head, get, ...) and outcome: every vote waits on "
+            "one claim transaction, so this bounds vote latency.",
+            ["operation", "outcome"], buckets=ETCD_BUCKETS, registry=r)
+        # --- retention (Algorithm 7) ------------------------------------------------------------
+        self.gc_runs = Counter(
+            "gc_runs_total", "Retention runs by outcome (ok, failed): failed runs let etcd and the "
+            "projections grow without bound.", ["outcome"], registry=r)
+        self.gc_deleted = Counter(
+            "gc_deleted_total", "Items expired or archived by retention, by kind.", ["kind"], registry=r)
+        self.gc_last_success = Gauge(
+            "gc_last_success_timestamp_seconds", "Unix time of the last successful retention run.",
+            registry=r)
+        # --- gossip (read from the hosts at scrape time) ----------------------------------------
+        self.gossip = _GossipCollector()
+        r.register(self.gossip)
+
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+METRICS = Metrics(REGISTRY)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> Any:
+    """Serve ``/metrics`` from a daemon thread; returns the server (``.shutdown()`` stops it).
+
+    Port 0 picks a free port: read it back from ``server.server_address[1]``.
+    """
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
+
+
+# --- the log -> metrics mapping ----------------------------------------------------------------
+
+
+class _Recordedish(Protocol):
+    position: int
+    recorded_at_us: int
+
+    def event(self) -> m.Event: ...
+
+
+@dataclass
+class _MemberView:
+    peer_id: str
+    active: bool = True
+    banned: bool = False
+    reputation: float = 1.0
+
+
+class EventMetrics:
+    """Folds log events into the metrics: the one place where an event type maps to a metric.
+
+    Counters count what it is fed; gauges reflect a small state kept here (open transactions,
+    members, t). A process that starts mid-log (the projector after a restart) calls
+    :meth:`prime_from_db` or :meth:`prime` first so gauges start right without re-counting.
+    """
+
+    MAX_PENDING_SUBMISSIONS = 100_000  # start times kept for latency; oldest dropped beyond this
+
+    def __init__(self, metrics: Metrics = METRICS, projector: str = "main") -> None:
+        self.m = metrics
+        self.projector = projector
+        self.open: set[str] = set()
+        self.members: dict[str, _MemberView] = {}
+        self.threshold = 0
+        self.started_at: OrderedDict[str, float] = OrderedDict()  # tx_id -> SubmissionStarted time (s)
+        self.lock = Lock()
+
+    def observe(self, items: Iterable[m.Event | _Recordedish]) -> None:
+        """Count new events (each event must be fed once, in log order) and refresh the gauges."""
+        with self.lock:
+            for item in items:
+                self._fold(item, count=True)
+            self._set_gauges()
+
+    def prime(self, items: Iterable[m.Event | _Recordedish]) -> None:
+        """Rebuild the gauge state from past events without counting them."""
+        with self.lock:
+            for item in items:
+                self._fold(item, count=False)
+            self._set_gauges()
+
+    def prime_from_db(self, conn: Any, upto: int) -> None:
+        """Rebuild the gauge state from the projections at position ``upto`` (psycopg connection).
+
+        Reads ``members``, ``node_reputation``, open ``tx_state`` rows and the last
+        ``ClusterConfigured`` event at or before ``upto``; call it in the projector's transaction
+        (or right after catching up) so tables and position agree.
+        """
+        rep = dict(conn.execute("SELECT peer_id, reputation_score FROM node_reputation").fetchall())
+        members = conn.execute("SELECT node_id, peer_id, active, banned FROM members").fetchall()
+        open_txs = conn.execute("SELECT tx_id FROM tx_state WHERE status = 'COLLECTING'").fetchall()
+        cfg = conn.execute(
+            "SELECT payload FROM events WHERE event_type = 'ClusterConfigured' AND position <= %s "
+            "ORDER BY position DESC LIMIT 1", (upto,)).fetchone()
+        with self.lock:
+            self.members = {n: _MemberView(p, a, b, float(rep.get(p, 1.0))) for n, p, a, b in members}
+            self.open = {t for (t,) in open_txs}
+            self.threshold = int(cfg[0]["threshold"]) if cfg else 0
+            self.m.projector_position.labels(self.projector).set(upto)
+            self._set_gauges()
+
+    def _fold(self, item: m.Event | _Recordedish, count: bool) -> None:
+        if isinstance(item, m.Event):
+            e, at, position = item, time.time(), None
+        else:
+            e, at, position = item.event(), item.recorded_at_us / 1e6, item.position
+        mt = self.m
+        if count:
+            mt.events_projected.labels(e.TYPE).inc()
+        match e:
+            case m.ClusterConfigured():
+                self.threshold = e.threshold
+            case m.MemberAdmitted():
+                self.members[e.node_id] = _MemberView(e.peer_id)
+            case m.MemberRemoved():
+                if v := self.members.get(e.node_id):
+                    v.active = False
+            case m.NodeBanned():
+                if v := self.members.get(e.node_id):
+                    v.banned = True
+                if count:
+                    mt.node_bans.labels(e.node_id, e.reason).inc()
+            case m.NodeUnbanned():
+                if v := self.members.get(e.node_id):
+                    v.banned = False
+            case m.ReputationChanged():
+                if v := self.members.get(e.node_id):
+                    v.reputation = e.score / 1000
+            case m.TransactionOpened():
+                self.open.add(e.tx_id)
+                if count:
+                    mt.transactions_opened.inc()
+            case m.VoteAccepted():
+                if count:
+                    mt.votes_received.labels(e.node_id).inc()
+            case m.ViolationDetected():
+                if count and e.kind in BYZANTINE_KINDS:
+                    mt.votes_rejected_byzantine.labels(e.node_id, e.kind).inc()
+                elif count:
+                    mt.silent_failures.labels(e.node_id).inc()
+            case m.ThresholdReached():
+                self.open.discard(e.tx_id)
+                if count:
+                    mt.threshold_reached.inc()
+            case m.TransactionAborted():
+                self.open.discard(e.tx_id)
+                self.started_at.pop(e.tx_id, None)
+                if count:
+                    status = "ABORTED_BYZANTINE" if e.reason == "BYZANTINE" else "ABORTED_NO_QUORUM"
+                    mt.transactions_closed.labels(status).inc()
+                    if e.reason == "BYZANTINE":
+                        mt.transactions_aborted_byzantine.inc()
+            case m.TransactionExpired():
+                self.open.discard(e.tx_id)
+                if count:
+                    mt.transactions_closed.labels("EXPIRED").inc()
+            case m.SubmissionStarted():
+                self.started_at.setdefault(e.tx_id, at)
+                while len(self.started_at) > self.MAX_PENDING_SUBMISSIONS:
+                    self.started_at.popitem(last=False)
+            case m.SubmissionFailed():
+                if count:
+                    mt.blockchain_submissions.labels("failed").inc()
+            case m.SubmissionConfirmed():
+                started = self.started_at.pop(e.tx_id, None)
+                if count:
+                    mt.blockchain_submissions.labels("confirmed").inc()
+                    mt.transactions_closed.labels("CONFIRMED").inc()
+                    if started is not None:
+                        mt.submission_latency.observe(max(0.0, at - started))
+        if position is not None:
+            mt.projector_position.labels(self.projector).set(position)
+
+    def _set_gauges(self) -> None:
+        mt = self.m
+        mt.active_votes.set(len(self.open))
+        mt.banned_peers.set(sum(1 for v in self.members.values() if v.banned))
+        eligible = sum(1 for v in self.members.values() if v.active and not v.banned)
+        mt.eligible_members.set(eligible)
+        mt.cluster_threshold.set(self.threshold)
+        mt.quorum_possible.set(1 if self.threshold and eligible >= self.threshold else 0)
+        current = {(n, v.peer_id) for n, v in self.members.items() if v.active}
+        for labels in _label_sets(mt.peer_reputation):
+            if labels not in current:
+                mt.peer_reputation.remove(*labels)  # a removed member leaves the reputation table
+        for n, v in self.members.items():
+            if v.active:
+                mt.peer_reputation.labels(n, v.peer_id).set(v.reputation)
+
+
+def _label_sets(metric: Gauge) -> list[tuple[str, ...]]:
+    return [tuple(s.labels[k] for k in ("node_id", "peer_id"))
+            for fam in metric.collect() for s in fam.samples]
+
+
+def metrics_from_events(events: Iterable[m.Event | _Recordedish]) -> Metrics:
+    """Feed a sequence of events to a fresh registry and return its metrics (tests, `replay`)."""
+    metrics = Metrics(CollectorRegistry())
+    EventMetrics(metrics).observe(events)
+    return metrics
+
+
+# --- process-local helpers for nodes, the submitter and GC -------------------------------------
+
+
+def drop_reason(error: BaseException) -> str:
+    for cls, reason in DROP_REASONS:
+        if isinstance(error, cls):
+            return reason
+    return "error"
+
+
+def observe_results(node: str, commands: Sequence[Any], results: Sequence[Any], metrics: Metrics = METRICS) -> None:
+    """Count a Recorder batch: one outcome per command; rejected votes become ``votes_dropped_total``.
+
+    ``results[i].status.value`` is the outcome; a rejected ``ReceiveVote`` (by class name, so this
+    module does not depend on the rules) is a vote dropped at the edge, by reason.
+    """
+    for cmd, res in zip(commands, results, strict=False):
+        metrics.log_appends.labels(node, res.status.value).inc()
+        if res.error is not None and type(cmd).__name__ == "ReceiveVote":
+            metrics.votes_dropped.labels(node, drop_reason(res.error)).inc()
+
+
+def store_error(node: str, store: str, metrics: Metrics = METRICS) -> None:
+    """Count one failed call to ``store`` ("postgres" or "etcd")."""
+    metrics.store_errors.labels(node, store).inc()
+
+
+@contextmanager
+def etcd_timer(operation: str, metrics: Metrics = METRICS) -> Iterator[None]:
+    """Time one etcd call; an exception is recorded as outcome="error" and re-raised."""
+    t0 = time.perf_counter()
+    outcome = "error"
+    try:
+        yield
+        outcome = "ok"
+    finally:
+        metrics.etcd_duration.labels(operation, outcome).observe(time.perf_counter() - t0)
+
+
+def register_gossip(node: str, snapshot: Callable[[], dict[str, int]], metrics: Metrics = METRICS) -> None:
+    """Expose a gossip host's counters (e.g. ``host.counters.snapshot``) as gossipsub_messages_total."""
+    with metrics.gossip.lock:
+        metrics.gossip.sources[node] = snapshot
+
+
+def unregister_gossip(node: str, metrics: Metrics = METRICS) -> None:
+    with metrics.gossip.lock:
+        metrics.gossip.sources.pop(node, None)
+
+
+def observe_gc(ok: bool, deleted: dict[str, int] | None = None, metrics: Metrics = METRICS) -> None:
+    """Record one retention run: its outcome and what it expired/archived, by kind."""
+    metrics.gc_runs.labels("ok" if ok else "failed").inc()
+    for kind, n in (deleted or {}).items():
+        metrics.gc_deleted.labels(kind).inc(n)
+    if ok:
+        metrics.gc_last_success.set(time.time())
+
+
+def exposed_names(registry: CollectorRegistry = REGISTRY) -> set[str]:
+    """Every sample name the registry can expose (counter families with their ``_total``)."""
+    names: set[str] = set()
+    for fam in registry.collect():
+        names.add(fam.name)
+        if fam.type == "counter":
+            names.add(fam.name + "_total")
+        elif fam.type == "histogram":
+            names.update(fam.name + s for s in ("_bucket", "_sum", "_count"))
+        names.update(s.name for s in fam.samples)
+    return names
