@@ -50,7 +50,7 @@ def _seed(i: int) -> bytes:
 # ------------------------------------------------------------------------------ node process
 
 
-def node_main(index: int, bootstrap: list[str], n_peers: int, verify: bool) -> None:
+def node_main(index: int, bootstrap: list[str], n_peers: int, verify: bool, baseline: bool) -> None:
     """One host. Commands arrive as JSON lines on stdin, results leave as JSON on stdout."""
     import trio
     from nacl.bindings import crypto_sign_open
@@ -85,6 +85,10 @@ def node_main(index: int, bootstrap: list[str], n_peers: int, verify: bool) -> N
         return True
 
     cfg = GossipConfig(seed=_seed(index), bootstrap=bootstrap)
+    if baseline:  # py-libp2p's own behaviour: window update per read, records re-verified per RPC
+        cfg.yamux_release_on_read = True
+        cfg.memoize_peer_records = False
+        os.environ["PY_YAMUX_RELEASE_ON_READ"] = "1"
     host = ThreadedGossipHost(cfg, validate=validate).start()
     print(json.dumps({"addr": host.listen_addrs[0], "peer_id": host.peer_id}), flush=True)
     deadline = time.monotonic() + 30
@@ -213,12 +217,13 @@ DROP_KEYS = ("publish_rejected", "delivery_drops", "own_publish_drops", "forward
 class Proc:
     last: dict[str, int]
 
-    def __init__(self, index: int, bootstrap: list[str], n_peers: int, verify: bool) -> None:
+    def __init__(self, index: int, bootstrap: list[str], n_peers: int, verify: bool, baseline: bool) -> None:
         self.last = {}
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
         args = [sys.executable, __file__, "--node", str(index), "--peers", str(n_peers)]
         args += ["--no-verify"] if not verify else []
+        args += ["--baseline"] if baseline else []
         args += [a for b in bootstrap for a in ("--bootstrap", b)]
         self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, text=True, env=env)
@@ -285,12 +290,13 @@ def run_round(procs: list[Proc], rnd: int, batch: int, count: int, rate: float |
 def orchestrate(args: argparse.Namespace) -> None:
     n = 4
     t0 = time.monotonic()
-    first = Proc(0, [], n - 1, args.verify)
-    procs = [first] + [Proc(i, [first.addr], n - 1, args.verify) for i in range(1, n)]
+    first = Proc(0, [], n - 1, args.verify, args.baseline)
+    procs = [first] + [Proc(i, [first.addr], n - 1, args.verify, args.baseline) for i in range(1, n)]
     for p in procs:
         p.read()  # mesh ready
     print(f"4 hosts up, full mesh in {time.monotonic() - t0:.1f}s "
-          f"(vote verification in validator: {'on' if args.verify else 'off'})")
+          f"(vote verification in validator: {'on' if args.verify else 'off'}; "
+          f"{'BASELINE: yamux update per read, peer records re-verified' if args.baseline else 'tuned'})")
     batches = [1, 16, 64, 256]
     sat_count = 120 if args.quick else 300
     lat_count = 100 if args.quick else 200
@@ -358,12 +364,14 @@ def main() -> None:
     ap.add_argument("--bootstrap", action="append", default=[], help=argparse.SUPPRESS)
     ap.add_argument("--no-verify", dest="verify", action="store_false", help="skip per-vote Ed25519 verify")
     ap.add_argument("--quick", action="store_true", help="smaller message counts")
+    ap.add_argument("--baseline", action="store_true",
+                    help="switch off our two library tunings (yamux window updates, peer-record memo)")
     ap.add_argument("--rate", type=float, default=40.0, help="max gossip messages/s in the latency rounds")
     ap.add_argument("--max-votes", type=float, default=2560.0, help="max votes/s in the latency rounds")
     args = ap.parse_args()
     if args.node is not None:
         sys.path.insert(0, str(SRC))
-        node_main(args.node, args.bootstrap, args.peers, args.verify)
+        node_main(args.node, args.bootstrap, args.peers, args.verify, args.baseline)
     else:
         orchestrate(args)
 
