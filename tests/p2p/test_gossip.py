@@ -205,6 +205,26 @@ def test_oversized_payload_rejected_at_edge() -> None:
     trio.run(main)
 
 
+def test_author_rate_limit_rejects_excess_before_node_validator() -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            r = await start_node(nursery, "rl-r", author_rate_limit=(5.0, 5.0))
+            s = await start_node(nursery, "rl-s", bootstrap=[r.addr])
+            await wait_full_mesh([r, s])
+            for k in range(60):
+                s.host.publish_nowait(b"rl:%02d" % k)
+            assert await wait_until(lambda: s.host.counters.published == 60, 10)
+            await trio.sleep(0.5)
+            c = r.host.counters
+            assert c.rejected_rate > 0 and c.validated + c.rejected_rate == 60
+            assert len(r.validated) == c.validated  # the node's validator never saw the excess
+            for n in (r, s):
+                await n.host.close()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 def test_ban_disconnects_refuses_messages_and_reconnects() -> None:
     async def main() -> None:
         async with cluster(["ba", "bb", "bc", "bx"]) as (_, nodes):

@@ -412,6 +412,8 @@ class GossipHost:
             return True
         rate, burst = limit
         now = time.monotonic()
+        if len(self._buckets) > 4096:  # authors are cheap to mint: keep the table bounded
+            self._buckets.clear()
         tokens, last = self._buckets.get(author, (burst, now))
         tokens = min(burst, tokens + (now - last) * rate)
         if tokens < 1.0:
