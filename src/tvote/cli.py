@@ -171,6 +171,60 @@ def projector(dsn: Dsn, once: Annotated[bool, typer.Option(help="Catch up and ex
 
 
 @app.command()
+def node(
+    node_id: Annotated[str, typer.Option(help="This trustee's node id, as admitted.")],
+    key_file: Annotated[Path, typer.Option(help="Ed25519 seed (32 bytes or 64 hex), mode 0600.")],
+    dsn: Dsn,
+    etcd: EtcdEndpoint,
+    api_token_file: Annotated[Path, typer.Option(help="Bearer token for the local API, mode 0600.")],
+    etcd_prefix: EtcdPrefix = "/tvote",
+    listen_port: Annotated[int, typer.Option(help="libp2p TCP port on 127.0.0.1 (0: any).")] = 0,
+    bootstrap: Annotated[list[str] | None, typer.Option(help="Bootstrap peer multiaddr (repeatable).")] = None,
+    api_port: Annotated[int, typer.Option(help="Local API port on 127.0.0.1 (0: any).")] = 0,
+    byzantine: Annotated[str, typer.Option(help="Tests only: none|double|minority|forge|silent")] = "none",
+    status_file: Annotated[Path | None, typer.Option(help="Write peer id, addresses and API port here.")] = None,
+) -> None:
+    """Run a trustee node: libp2p gossip, the decider, the cluster log, the local API."""
+    from node.api import NodeAPI
+    from node.p2p.identity import KeyFileError
+    from node.service import NodeConfig, NodeStartError, TrusteeNode
+
+    _connect_check(dsn)
+    try:
+        token = _read_secret(api_token_file)
+        n = TrusteeNode(NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, listen_port, bootstrap or [],
+                                   api_port, token, byzantine)).start()
+        api = NodeAPI(n, api_port, token).start()
+    except (NodeStartError, KeyFileError, OSError) as e:
+        raise fail(str(e)) from None
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
+    if status_file:
+        status_file.write_text(json.dumps({"node_id": node_id, "peer_id": n.gossip.peer_id,
+                                           "listen_addrs": n.gossip.listen_addrs, "api_port": api.port}))
+    console.print(f"{node_id} up: peer {n.gossip.peer_id}, api 127.0.0.1:{api.port}")
+    try:
+        while not stop["now"] and n.healthy:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        api.stop()
+        n.stop()
+    if not stop["now"]:
+        raise fail("a node thread died; see the log above")
+
+
+def _read_secret(path: Path) -> str:
+    from node.service import NodeStartError
+
+    st = path.stat()
+    if st.st_mode & 0o077:
+        raise NodeStartError(f"{path} is readable by others (mode {oct(st.st_mode & 0o777)}): chmod 600 it")
+    return path.read_text().strip()
+
+
+@app.command()
 def replay(dsn: Dsn, keep: Annotated[bool, typer.Option(help="Keep the replay schema.")] = False) -> None:
     """Rebuild every projection from the log into fresh tables; print both digests (R12)."""
     _connect_check(dsn)

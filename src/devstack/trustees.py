@@ -1,0 +1,178 @@
+"""N trustee node processes on loopback, for tests and ``tvote up``.
+
+Generates each trustee's Ed25519 key file (mode 0600; the libp2p peer id derives from it),
+admits them as members through the real write path (R1), configures t, starts one
+``tvote node`` process each (the first bootstraps the others), and talks to their local APIs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nacl.signing
+
+from devstack.procs import wait_until
+from events import rules
+from events.postgres_store import PostgresStore
+from node.guard import EtcdGuard
+from node.p2p.identity import generate_key_file, peer_id_from_seed
+from node.recorder import Recorder
+
+SRC = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Trustee:
+    node_id: str
+    key_file: Path
+    seed: bytes
+    byzantine: str = "none"
+    proc: subprocess.Popen | None = None
+    status: dict = field(default_factory=dict)
+    log: Path | None = None
+
+    @property
+    def peer_id(self) -> str:
+        return peer_id_from_seed(self.seed)
+
+    @property
+    def vote_key(self) -> bytes:
+        return bytes(nacl.signing.SigningKey(self.seed).verify_key)
+
+
+class TrusteeCluster:
+    def __init__(self, n: int, threshold: int, dsn: str, etcd: str, etcd_prefix: str = "/tvote",
+                 byzantine: dict[int, str] | None = None, base_dir: Path | None = None,
+                 deadline_ms: int = 30_000) -> None:
+        self.dsn, self.etcd, self.prefix = dsn, etcd, etcd_prefix
+        self.threshold, self.deadline_ms = threshold, deadline_ms
+        self.base = Path(base_dir or tempfile.mkdtemp(prefix="tvote-nodes-"))
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.token = secrets.token_hex(16)
+        self.token_file = self.base / "api.token"
+        self.token_file.write_text(self.token)
+        self.token_file.chmod(0o600)
+        self.trustees: list[Trustee] = []
+        for i in range(1, n + 1):
+            key = self.base / f"trustee-{i}.key"
+            if not key.exists():
+                generate_key_file(key)
+            from node.p2p.identity import load_seed
+
+            self.trustees.append(Trustee(f"trustee-{i}", key, load_seed(key), (byzantine or {}).get(i - 1, "none")))
+
+    def admit(self, trustees: list[Trustee] | None = None, configure: bool = True) -> None:
+        rec = Recorder(PostgresStore(self.dsn), EtcdGuard(self.etcd, self.prefix, "operator"), "operator")
+        try:
+            rec.execute([rules.AdmitMember(t.node_id, t.vote_key, t.peer_id, "devstack")
+                         for t in trustees or self.trustees])
+            if configure:
+                rec.execute([rules.Configure(self.threshold, "devstack", deadline_ms=self.deadline_ms)])
+        finally:
+            rec.guard.close()
+            rec.store.close()
+
+    def start_node(self, t: Trustee, bootstrap: list[str]) -> None:
+        status = self.base / f"{t.node_id}.status"
+        status.unlink(missing_ok=True)
+        t.log = self.base / f"{t.node_id}.log"
+        argv = [sys.executable, "-c", "from tvote.cli import app; app()", "node", "--node-id", t.node_id,
+                "--key-file", str(t.key_file), "--dsn", self.dsn, "--etcd", self.etcd, "--etcd-prefix", self.prefix,
+                "--api-token-file", str(self.token_file), "--byzantine", t.byzantine, "--status-file", str(status)]
+        for b in bootstrap:
+            argv += ["--bootstrap", b]
+        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        with open(t.log, "ab") as log:
+            t.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+        def up() -> bool:
+            if t.proc.poll() is not None:
+                raise RuntimeError(f"{t.node_id} exited: {t.log.read_text()[-2000:]}")
+            return status.exists() and status.stat().st_size > 0
+
+        wait_until(up, 60, t.node_id)
+        t.status = json.loads(status.read_text())
+
+    def start(self) -> TrusteeCluster:
+        self.admit()
+        first = self.trustees[0]
+        self.start_node(first, [])
+        for t in self.trustees[1:]:
+            self.start_node(t, first.status["listen_addrs"][:1] + self._some_addrs(t))
+        for t in self.trustees:
+            wait_until(lambda t=t: self._get(t, "/readyz")[0] == 200, 60, f"{t.node_id} ready")
+        time.sleep(2.5)  # two GossipSub heartbeats: meshes form
+        return self
+
+    def _some_addrs(self, exclude: Trustee) -> list[str]:
+        """A second bootstrap peer where there is one (eclipse: never rely on one peer)."""
+        started = [t for t in self.trustees[1:] if t.status and t is not exclude]
+        return started[-1].status["listen_addrs"][:1] if started else []
+
+    # API --------------------------------------------------------------------------------------
+
+    def _request(self, t: Trustee, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{t.status['api_port']}{path}", method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def _get(self, t: Trustee, path: str) -> tuple[int, dict]:
+        try:
+            return self._request(t, "GET", path)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, {}
+
+    def cast(self, i: int, tx_id: str, value: int) -> tuple[int, dict]:
+        return self._request(self.trustees[i], "POST", "/votes", {"tx_id": tx_id, "value": value})
+
+    def tx(self, i: int, tx_id: str) -> dict | None:
+        code, body = self._get(self.trustees[i], f"/tx/{tx_id}")
+        return body if code == 200 else None
+
+    def counters(self, i: int) -> dict:
+        return self._get(self.trustees[i], "/counters")[1]
+
+    # lifecycle --------------------------------------------------------------------------------
+
+    def alive(self) -> list[Trustee]:
+        return [t for t in self.trustees if t.proc and t.proc.poll() is None]
+
+    def stop(self, timeout: float = 30.0) -> dict[str, float]:
+        """SIGTERM every node; returns how long each took to exit."""
+        took = {}
+        for t in self.alive():
+            t.proc.send_signal(signal.SIGTERM)
+        for t in self.trustees:
+            if t.proc is None:
+                continue
+            t0 = time.monotonic()
+            try:
+                t.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                t.proc.kill()
+                t.proc.wait()
+            took[t.node_id] = time.monotonic() - t0
+        return took
+
+    def __enter__(self) -> TrusteeCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,106 @@
+"""The node's local API on 127.0.0.1, for clients and operators, behind a bearer token.
+
+``POST /votes`` {"tx_id", "value"} casts this node's vote; ``GET /tx/<tx_id>`` reads a
+transaction's state; ``GET /healthz`` (threads alive) and ``GET /readyz`` (caught up with the
+log) are unauthenticated, for supervisors. Anyone else gets 401: the token is read from a
+file only the operator can read.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from events.errors import InvalidVote, ThresholdVoteError
+from events.vote import check_tx_id, check_u64
+from node.service import NodeStartError, TrusteeNode
+
+MAX_BODY = 4096
+
+
+class NodeAPI:
+    def __init__(self, node: TrusteeNode, port: int, token: str) -> None:
+        if len(token) < 16:
+            raise NodeStartError("the API token must be at least 16 characters")
+        self.node = node
+        self.token = token
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, name="api", daemon=True)
+
+    def start(self) -> NodeAPI:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # requests are counted, not logged
+            pass
+
+        def _send(self, code: int, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _authorised(self) -> bool:
+            given = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            if hmac.compare_digest(given.encode(), api.token.encode()):
+                return True
+            self._send(401, {"error": "missing or wrong bearer token"})
+            return False
+
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                self._send(200 if api.node.healthy else 503, {"healthy": api.node.healthy})
+            elif self.path == "/readyz":
+                self._send(200 if api.node.ready else 503, {"ready": api.node.ready})
+            elif self.path.startswith("/tx/"):
+                if not self._authorised():
+                    return
+                try:
+                    tx_id = check_tx_id(self.path[4:])
+                except InvalidVote as e:
+                    self._send(400, {"error": str(e)})
+                    return
+                view = api.node.tx_view(tx_id)
+                self._send(200 if view else 404, view or {"error": f"no transaction {tx_id}"})
+            elif self.path == "/counters":
+                if self._authorised():
+                    self._send(200, api.node.counters.snapshot())
+            else:
+                self._send(404, {"error": "no such endpoint"})
+
+        def do_POST(self) -> None:
+            if self.path != "/votes":
+                self._send(404, {"error": "no such endpoint"})
+                return
+            if not self._authorised():
+                return
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+                if not 0 < length <= MAX_BODY:
+                    raise InvalidVote(f"body must be 1..{MAX_BODY} bytes")
+                body = json.loads(self.rfile.read(length))
+                if not isinstance(body, dict):
+                    raise InvalidVote("body must be a JSON object")
+                tx_id, value = check_tx_id(body.get("tx_id")), check_u64("value", body.get("value"))
+                votes = api.node.cast(tx_id, value)
+            except (InvalidVote, ValueError) as e:
+                self._send(400, {"error": str(e)})
+                return
+            except (NodeStartError, ThresholdVoteError) as e:
+                self._send(503, {"error": str(e)})
+                return
+            self._send(202, {"accepted": [sv.to_json() for sv in votes]})
+
+    return Handler

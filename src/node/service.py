@@ -1,0 +1,314 @@
+"""A trustee node: libp2p gossip in, the decider, the cluster log out, bans at the edge.
+
+Threads and why (the Trio boundary is described in ``node/p2p/README.md``):
+
+- the gossip host runs Trio on its own thread; our ``_validate`` runs there, before a
+  message is forwarded: it parses the batch, drops outsiders (R1, counted, never logged),
+  and verifies every signature (memoised, so the decider's check is a cache hit);
+- ``pump`` moves accepted deliveries from the host into the inbox;
+- ``worker`` is the only writer: it drains the inbox in short windows, runs the batch
+  through the ``Recorder`` (decide -> etcd CAS -> Postgres), ticks deadlines, retries
+  deferred votes, follows the log written by the other nodes, and enforces bans on the
+  gossip host (R10);
+- ``publisher`` sends this node's own votes in batches on a short window;
+- the local API serves operators and clients on 127.0.0.1 (``node.api``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import nacl.signing
+
+from events import rules
+from events.errors import InvalidVote, StoreUnavailable
+from events.postgres_store import PostgresStore
+from events.vote import SignedVote, Vote, sign
+from node import wire
+from node.guard import EtcdGuard
+from node.p2p import GossipConfig, ThreadedGossipHost
+from node.p2p.identity import load_seed
+from node.recorder import Recorder, Status, now_ms
+
+BYZANTINE_MODES = ("none", "double", "minority", "forge", "silent")
+
+
+class NodeStartError(RuntimeError):
+    """The node cannot start as configured; the message says what to fix."""
+
+
+@dataclass
+class NodeConfig:
+    node_id: str
+    key_file: str
+    dsn: str
+    etcd: str
+    etcd_prefix: str = "/tvote"
+    listen_port: int = 0
+    bootstrap: list[str] = field(default_factory=list)
+    api_port: int = 0
+    api_token: str = ""
+    byzantine: str = "none"
+    batch_window_ms: float = 5.0
+    max_batch: int = 500
+    tick_ms: float = 100.0
+
+
+@dataclass
+class Counters:
+    """What the node dropped or did, by reason; exported as metrics."""
+
+    values: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.values[name] = self.values.get(name, 0) + n
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.values)
+
+
+class TrusteeNode:
+    def __init__(self, cfg: NodeConfig) -> None:
+        if cfg.byzantine not in BYZANTINE_MODES:
+            raise NodeStartError(f"byzantine mode must be one of {', '.join(BYZANTINE_MODES)}")
+        self.cfg = cfg
+        self.seed = load_seed(cfg.key_file)  # refuses key files readable by others
+        self.signing_key = nacl.signing.SigningKey(self.seed)
+        self.counters = Counters()
+        self.inbox: queue.Queue[tuple[str, SignedVote]] = queue.Queue(maxsize=200_000)
+        self.outbox: queue.Queue[SignedVote] = queue.Queue(maxsize=100_000)
+        self.recorder: Recorder | None = None
+        self.gossip: ThreadedGossipHost | None = None
+        self._banned: set[str] = set()
+        self._stop_intake = threading.Event()
+        self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._caught_up = False
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> TrusteeNode:
+        store = PostgresStore(self.cfg.dsn)
+        guard = EtcdGuard(self.cfg.etcd, self.cfg.etcd_prefix, self.cfg.node_id)
+        self.recorder = Recorder(store, guard, self.cfg.node_id)
+        self.recorder.catch_up()
+        me = self.recorder.ledger.cluster.members.get(self.cfg.node_id)
+        if me is None or not me.active:
+            raise NodeStartError(f"{self.cfg.node_id} is not an admitted member: run `tvote members add` first (R1)")
+        if me.vote_key != bytes(self.signing_key.verify_key):
+            raise NodeStartError(f"the key file's public key is not the vote key admitted for {self.cfg.node_id}")
+        self._banned = {m.peer_id for m in self.recorder.ledger.cluster.members.values() if m.banned}
+        self.gossip = ThreadedGossipHost(
+            GossipConfig(seed=self.seed, listen_port=self.cfg.listen_port, bootstrap=list(self.cfg.bootstrap),
+                         banned=sorted(self._banned)),
+            validate=self._validate,
+        ).start()
+        if self.gossip.peer_id != me.peer_id:
+            self.gossip.close()
+            raise NodeStartError(f"libp2p peer id {self.gossip.peer_id} is not the one admitted ({me.peer_id})")
+        for target in (self._pump, self._work, self._publish):
+            t = threading.Thread(target=target, name=target.__name__, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self, timeout: float = 25.0) -> None:
+        """SIGTERM: stop intake, finish in-flight votes, leave the mesh, close connections."""
+        self._stop_intake.set()
+        deadline = time.monotonic() + timeout
+        while not self.outbox.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)  # our own votes still go out
+        if self.gossip is not None:
+            self.gossip.close(timeout=max(1.0, deadline - time.monotonic()))
+        self._stopped.set()
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        if self.recorder is not None:
+            if self.recorder.guard is not None:
+                self.recorder.guard.close()
+            self.recorder.store.close()
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self._threads) and all(t.is_alive() for t in self._threads) and not self._stopped.is_set()
+
+    @property
+    def ready(self) -> bool:
+        return self.healthy and self._caught_up
+
+    # votes of our own ------------------------------------------------------------------------
+
+    def cast(self, tx_id: str, value: int) -> list[SignedVote]:
+        """Sign and send this node's vote (or, in a Byzantine mode for tests, misbehave)."""
+        if self._stop_intake.is_set():
+            raise NodeStartError("the node is stopping: no new votes")
+        mode = self.cfg.byzantine
+        mine = [] if mode == "silent" else [self._sign(tx_id, value + (1 if mode == "minority" else 0))]
+        if mode == "double":
+            mine.append(self._sign(tx_id, value + 1))
+        for sv in mine:
+            self.inbox.put((self.gossip.peer_id, sv))  # record it ourselves (own publishes are not delivered)
+            self.outbox.put(sv)
+        if mode == "forge":
+            victim = next((n for n in sorted(self.recorder.ledger.cluster.members) if n != self.cfg.node_id), None)
+            if victim is not None:
+                v = Vote(tx_id, value + 1, victim, now_ms())
+                forged = SignedVote(v, sign(v, self.signing_key).signature)  # our key, their name (R7)
+                self.outbox.put(forged)
+        return mine
+
+    def _sign(self, tx_id: str, value: int) -> SignedVote:
+        return sign(Vote(tx_id, value, self.cfg.node_id, now_ms()), self.signing_key)
+
+    # the edge (runs on the Trio thread: cheap, no I/O) ----------------------------------------
+
+    def _validate(self, author: str, payload: bytes) -> bool:
+        try:
+            votes = wire.decode(payload)
+        except InvalidVote:
+            self.counters.add("dropped_garbage")
+            return False
+        cluster = self.recorder.ledger.cluster
+        member = cluster.member_by_peer(author)
+        if member is None:
+            self.counters.add("dropped_outsider", len(votes))  # R1: counted, never logged
+            return False
+        if member.banned:
+            self.counters.add("dropped_banned", len(votes))  # R10
+            return False
+        ok = True
+        for sv in votes:
+            voter = cluster.members.get(sv.vote.node_id)
+            if voter is None or not voter.active:
+                self.counters.add("dropped_outsider")
+                ok = False
+            elif not sv.verifies_under(voter.vote_key):
+                # R7: not forwarded, but recorded: the decider blames the author peer.
+                self.counters.add("invalid_signature")
+                self.inbox.put((author, sv))
+                ok = False
+        return ok
+
+    # threads ---------------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                d = self.gossip.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            except Exception:
+                if self._stopped.is_set():
+                    return
+                raise
+            try:
+                for sv in wire.decode(d.payload):
+                    self.inbox.put((d.author, sv))
+            except InvalidVote:
+                self.counters.add("dropped_garbage")
+
+    def _publish(self) -> None:
+        window = self.cfg.batch_window_ms / 1000
+        while not (self._stopped.is_set() and self.outbox.empty()):
+            try:
+                first = self.outbox.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            batch = [first]
+            end = time.monotonic() + window
+            while len(batch) < wire.MAX_BATCH and time.monotonic() < end:
+                try:
+                    batch.append(self.outbox.get(timeout=max(0.0, end - time.monotonic())))
+                except queue.Empty:
+                    break
+            if self.gossip is not None and not self._stopped.is_set():
+                self.gossip.publish(wire.encode(batch))
+                self.counters.add("published_votes", len(batch))
+
+    def _work(self) -> None:
+        tick = self.cfg.tick_ms / 1000
+        next_tick = 0.0
+        while True:
+            items = self._drain(self.cfg.batch_window_ms / 1000)
+            if items:
+                self._record([rules.ReceiveVote(sv, author, now_ms()) for author, sv in items])
+            elif self._stopped.is_set():
+                if not self.recorder.deferred:
+                    return
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + tick
+                self.recorder.catch_up()
+                self._caught_up = True
+                if self.recorder.deferred:
+                    self._count(self.recorder.retry_deferred())
+                self._tick_deadlines()
+                self._enforce_bans()
+            if self._stopped.is_set() and not items and self.recorder.deferred:
+                time.sleep(0.05)
+
+    def _drain(self, window: float) -> list[tuple[str, SignedVote]]:
+        try:
+            items = [self.inbox.get(timeout=0.02)]
+        except queue.Empty:
+            return []
+        end = time.monotonic() + window
+        while len(items) < self.cfg.max_batch:
+            try:
+                items.append(self.inbox.get(timeout=max(0.0, end - time.monotonic())))
+            except queue.Empty:
+                break
+        return items
+
+    def _record(self, cmds: list[rules.Command]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                results = self.recorder.execute(cmds)
+                break
+            except StoreUnavailable:
+                # Postgres or etcd is down: keep the votes and retry, never drop them.
+                self.counters.add("store_unavailable")
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self._count(results)
+        self._enforce_bans()
+
+    def _count(self, results) -> None:
+        for r in results:
+            if r.status is Status.REJECTED:
+                self.counters.add(f"dropped_{type(r.error).__name__}")
+            else:
+                self.counters.add(r.status.value)
+
+    def _tick_deadlines(self) -> None:
+        now = now_ms()
+        due = [rules.CheckDeadline(tx.tx_id, now) for tx in self.recorder.ledger.txs.values()
+               if not tx.deadline_fired and now >= tx.deadline_at_ms]
+        if due:
+            self._record(due)
+
+    def _enforce_bans(self) -> None:
+        """R10 at the network edge: blacklist, disconnect, drop from the DHT, refuse reconnects."""
+        members = self.recorder.ledger.cluster.members.values()
+        banned = {m.peer_id for m in members if m.banned and m.node_id != self.cfg.node_id}
+        for peer in banned - self._banned:
+            self.gossip.ban(peer)
+            self.counters.add("peers_banned")
+        for peer in self._banned - banned:
+            self.gossip.unban(peer)
+        self._banned = banned
+
+    # reads for the API -----------------------------------------------------------------------
+
+    def tx_view(self, tx_id: str) -> dict | None:
+        tx = self.recorder.ledger.txs.get(tx_id)
+        if tx is None:
+            return None
+        return {"tx_id": tx.tx_id, "status": tx.status, "value": tx.value,
+                "votes": {n: v.value for n, v in sorted(tx.votes.items())}, "deadline_at_ms": tx.deadline_at_ms}
