@@ -238,9 +238,8 @@ class TrusteeNode:
             items = self._drain(self.cfg.batch_window_ms / 1000)
             if items:
                 self._record([rules.ReceiveVote(sv, author, now_ms()) for author, sv in items])
-            elif self._stopped.is_set():
-                if not self.recorder.deferred:
-                    return
+            elif self._stopped.is_set() and not self.recorder.deferred:
+                return
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + tick
                 self.recorder.catch_up()
