@@ -23,13 +23,15 @@ Who updates what:
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from threading import Lock
 from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -38,9 +40,10 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import CounterMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from events import errors
@@ -61,6 +64,8 @@ SEED_METRICS = (
     "banned_peers_total",
 )
 
+METRICS_PORT_VAR = "TVOTE_METRICS_PORT"
+METRICS_HOST_VAR = "TVOTE_METRICS_HOST"
 BYZANTINE_KINDS = ("DOUBLE_VOTING", "MINORITY_VOTE", "INVALID_SIGNATURE")
 # A vote rejected by the rules never reaches the log; R1/R10 say "dropped, counted".
 DROP_REASONS: tuple[tuple[type[Exception], str], ...] = (
@@ -97,7 +102,7 @@ class _GossipCollector(Collector):
 
     def __init__(self) -> None:
         self.sources: dict[str, Callable[[], dict[str, int]]] = {}
-        self.lock = Lock()
+        self.lock = threading.Lock()
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         fam = CounterMetricFamily(
@@ -230,13 +235,45 @@ PlatformCollector(registry=REGISTRY)
 METRICS = Metrics(REGISTRY)
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> Any:
-    """Serve ``/metrics`` from a daemon thread; returns the server (``.shutdown()`` stops it).
+def serve_metrics(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY,
+                  health: Callable[[], bool] | None = None) -> WSGIServer:
+    """Serve ``/metrics`` (and ``/health``) from a daemon thread; ``.shutdown()`` stops it.
 
-    Port 0 picks a free port: read it back from ``server.server_address[1]``.
+    ``/health`` answers 200 ``ok`` while ``health()`` is true (or always, without one) and 503
+    otherwise: the compose healthchecks call it. Port 0 picks a free port
+    (``server.server_address[1]``). Loopback by default; containers pass ``host="0.0.0.0"``.
     """
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/health":
+            try:
+                ok = health() if health else True
+            except Exception:
+                ok = False
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"ok\n" if ok else b"unhealthy\n"]
+        return metrics_app(environ, start_response)
+
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name=f"metrics:{port}", daemon=True).start()
     return server
+
+
+def serve_from_env(health: Callable[[], bool] | None = None) -> WSGIServer | None:
+    """Serve metrics if ``TVOTE_METRICS_PORT`` is set (host ``TVOTE_METRICS_HOST``, default loopback).
+
+    One line per role's entry point; the deploy files set these variables.
+    """
+    port = os.environ.get(METRICS_PORT_VAR)
+    if not port:
+        return None
+    return serve_metrics(int(port), os.environ.get(METRICS_HOST_VAR, "127.0.0.1"), health=health)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes every 15 s must not flood stderr
+        return None
 
 
 # --- the log -> metrics mapping ----------------------------------------------------------------
@@ -274,7 +311,7 @@ class EventMetrics:
         self.members: dict[str, _MemberView] = {}
         self.threshold = 0
         self.started_at: OrderedDict[str, float] = OrderedDict()  # tx_id -> SubmissionStarted time (s)
-        self.lock = Lock()
+        self.lock = threading.Lock()
 
     def observe(self, items: Iterable[m.Event | _Recordedish]) -> None:
         """Count new events (each event must be fed once, in log order) and refresh the gauges."""
@@ -347,7 +384,7 @@ class EventMetrics:
             case m.ViolationDetected():
                 if count and e.kind in BYZANTINE_KINDS:
                     mt.votes_rejected_byzantine.labels(e.node_id, e.kind).inc()
-                elif count:
+                elif count and e.kind == "SILENT_FAILURE":
                     mt.silent_failures.labels(e.node_id).inc()
             case m.ThresholdReached():
                 self.open.discard(e.tx_id)
