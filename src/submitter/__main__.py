@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         client = None
         for attempt in Retrying(retry=retry_if_exception_type(ChainUnreachable), reraise=True,
                                 stop=stop_after_delay(args.startup_timeout),
-                                wait=wait_exponential_jitter(initial=0.1, max=5.0)):
+                                wait=wait_exponential_jitter(multiplier=0.1, max=5.0)):
             with attempt:
                 client = ThresholdRecordClient.connect(args.rpc, args.contract, chain_id=args.chain_id)
                 authorised = client.is_submitter(account.address)

@@ -104,7 +104,7 @@ class Work:
     error_logged: str | None = None
 
 
-_BACKOFF = wait_exponential_jitter(initial=0.05, max=5.0, exp_base=2, jitter=0.05)
+_BACKOFF = wait_exponential_jitter(multiplier=0.05, max=5.0, exp_base=2, jitter=0.05)
 
 
 def backoff_delay(attempt: int) -> float:

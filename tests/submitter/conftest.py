@@ -78,8 +78,10 @@ class Cluster:
     members: list[Trustee] = field(default_factory=list)
 
     def consensus(self, tx_ids: list[str], value: int = 7) -> None:
+        self.recorder.catch_up()
+        eligible = [m for m in self.members if self.recorder.ledger.cluster.members[m.node_id].eligible]
         cmds = [m.receive(tx, value + i, now=int(time.time() * 1000)) for i, tx in enumerate(tx_ids)
-                for m in self.members[:T]]
+                for m in eligible[:T]]
         results = self.recorder.execute(cmds)
         assert all(r.status is Status.APPENDED for r in results), results
 
@@ -180,3 +182,25 @@ def all_confirmed(cluster: Cluster, tx_ids: list[str]) -> Callable[[], bool]:
         return all(txs[t].status == rules.CONFIRMED for t in tx_ids)
 
     return check
+
+
+@pytest.fixture
+def make_submitter(cluster: Cluster, chain: Chain) -> Iterator[Callable[..., object]]:
+    """In-process Submitters (for steps a process cannot be paused between); closed after."""
+    from submitter.core import Submitter
+
+    made: list[tuple[object, EtcdGuard, PostgresStore]] = []
+
+    def _make(name: str, **kwargs) -> Submitter:
+        guard = EtcdGuard(cluster.etcd, cluster.prefix, name)
+        store = PostgresStore(cluster.database.app_dsn)
+        account = Account.from_key(chain.key_file.read_text())
+        sub = Submitter(store, guard, chain.client, account, name=name, **kwargs)
+        made.append((sub, guard, store))
+        return sub
+
+    yield _make
+    for sub, guard, store in made:
+        sub.close()
+        guard.close()
+        store.close()

@@ -1,0 +1,116 @@
+"""Faults around a running submitter: anvil down and back with its state, two racing submitters,
+a fenced-out holder, a stuck transaction, an on-chain record the log did not write."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import all_confirmed, wait_until
+
+from devstack.anvil import rpc
+from events import rules
+
+
+def test_anvil_stopped_and_restarted_with_its_state(cluster, chain, spawn):
+    proc = spawn()
+    first = [f"tx_a{i}" for i in range(5)]
+    cluster.consensus(first)
+    wait_until(all_confirmed(cluster, first), 20, "first batch", proc)
+    chain.node.stop()  # SIGTERM: anvil dumps its state
+    later = [f"tx_b{i}" for i in range(5)]
+    cluster.consensus(later)  # consensus while the chain is down
+    time.sleep(2)
+    assert all(cluster.txs()[t].status != rules.CONFIRMED for t in later)
+    chain.node.start()  # same port, state loaded back
+    wait_until(all_confirmed(cluster, later), 30, "second batch after anvil came back", proc)
+    assert chain.recorded() == {t: 1 for t in first + later}
+    assert proc.popen.poll() is None  # it rode the outage out
+
+
+def test_chain_unreachable_at_start_and_mid_flight(cluster, chain, spawn):
+    chain.node.stop()
+    tx_ids = [f"tx_u{i}" for i in range(4)]
+    cluster.consensus(tx_ids)
+    proc = spawn()  # the chain is down: it waits (startup retries with backoff)
+    time.sleep(1.5)
+    assert proc.popen.poll() is None
+    chain.node.start()
+    wait_until(all_confirmed(cluster, tx_ids), 30, "confirmed once the chain is back", proc)
+    more = [f"tx_v{i}" for i in range(4)]
+    chain.node.stop()
+    cluster.consensus(more)
+    time.sleep(3)  # claimed, maybe signed, broadcast refused: backing off
+    chain.node.start()
+    wait_until(all_confirmed(cluster, more), 30, "confirmed after a mid-flight outage", proc)
+    assert chain.recorded() == {t: 1 for t in tx_ids + more}
+
+
+def test_two_submitters_race_and_one_takes_over_when_the_other_dies(cluster, chain, spawn):
+    a, b = spawn(name="sub-a"), spawn(name="sub-b")
+    batch1 = [f"tx_r{i}" for i in range(20)]
+    cluster.consensus(batch1)
+    wait_until(all_confirmed(cluster, batch1), 30, "racing batch", a)
+    a.kill()
+    batch2 = [f"tx_s{i}" for i in range(10)]
+    cluster.consensus(batch2)
+    wait_until(all_confirmed(cluster, batch2), 30, "takeover by the survivor", b)
+    assert chain.recorded() == {t: 1 for t in batch1 + batch2}
+    signed = cluster.events("SubmissionSigned")
+    by_nonce: dict[int, set[str]] = {}
+    for e in signed:
+        by_nonce.setdefault(e.nonce, set()).add(e.tx_id)
+    assert all(len(v) == 1 for v in by_nonce.values()), by_nonce  # never one nonce for two txs
+    assert sorted(by_nonce) == list(range(len(by_nonce)))  # and no gaps
+
+
+def test_a_holder_whose_lease_expired_is_fenced_out(cluster, chain, make_submitter):
+    cluster.consensus(["tx_f"])
+    a = make_submitter("sub-a", lock_ttl=3)
+    a.recorder.catch_up()
+    a._claim()  # holds the lock, SubmissionStarted at its revision, then "pauses"
+    rev_a = a.work["tx_f"].revision
+    a.locks._stop.set()
+    a.locks.lease.revoke()  # its lease is gone, as after a long GC pause or partition
+    b = make_submitter("sub-b", lock_ttl=3)
+    b.recorder.catch_up()
+    b._claim()  # takes the free lock: a later revision, recorded as the current claim
+    assert b.work["tx_f"].revision > rev_a
+    a._sign(list(a.work.values()))  # a wakes up and tries to act on its old claim: the log refuses
+    assert a.work == {} and a.stats["stale"] == 1 and a.stats["signed"] == 0
+    deadline = time.monotonic() + 20
+    while cluster.txs()["tx_f"].status != rules.CONFIRMED and time.monotonic() < deadline:
+        b.run_once()
+    assert cluster.txs()["tx_f"].status == rules.CONFIRMED
+    assert {e.lock_revision for e in cluster.events("SubmissionSigned")} == {cluster.txs()["tx_f"].lock_revision}
+    assert chain.recorded() == {"tx_f": 1}
+
+
+def test_stuck_transaction_is_replaced_at_the_same_nonce(cluster, chain, spawn):
+    rpc(chain.node.url, "evm_setAutomine", [False])
+    cluster.consensus(["tx_stuck"])
+    proc = spawn("--stuck-after", "1")
+    wait_until(lambda: len(cluster.events("SubmissionSigned")) >= 2, 20, "a replacement", proc)
+    rpc(chain.node.url, "evm_setAutomine", [True])
+    rpc(chain.node.url, "evm_mine", [])
+    wait_until(all_confirmed(cluster, ["tx_stuck"]), 20, "confirmed", proc)
+    signed = cluster.events("SubmissionSigned")
+    assert len({e.nonce for e in signed}) == 1 and len({e.tx_hash for e in signed}) >= 2
+    confirmed = cluster.events("SubmissionConfirmed")[0]
+    assert confirmed.tx_hash in {e.tx_hash for e in signed}
+    assert chain.recorded() == {"tx_stuck": 1}
+
+
+def test_record_written_outside_the_log_is_an_alert_not_a_confirmation(cluster, chain, spawn):
+    from eth_account import Account
+
+    owner = Account.from_key(chain.node.private_key(0))
+    chain.client.set_submitter(owner, owner.address, True)
+    chain.client.record(owner, "tx_x", 7, b"\x11" * 32)  # someone else wrote tx_x first
+    cluster.consensus(["tx_x", "tx_y"])
+    proc = spawn()
+    wait_until(all_confirmed(cluster, ["tx_y"]), 20, "tx_y", proc)
+    wait_until(lambda: any(not e.retryable for e in cluster.events("SubmissionFailed")), 20, "the alert", proc)
+    failed = [e for e in cluster.events("SubmissionFailed") if not e.retryable]
+    assert [e.tx_id for e in failed] == ["tx_x"] and "alert" in failed[0].error
+    assert chain.recorded() == {"tx_x": 1, "tx_y": 1}
+    assert cluster.txs()["tx_x"].status == rules.SUBMITTING  # not confirmed: an operator must look
