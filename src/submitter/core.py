@@ -102,6 +102,7 @@ class Work:
     next_try: float = 0.0
     attempt: int = 0
     error_logged: str | None = None
+    first: bool = False  # claimed for the first time: it cannot hold a nonce reservation yet
 
 
 _BACKOFF = wait_exponential_jitter(multiplier=0.05, max=5.0, exp_base=2, jitter=0.05)
@@ -148,7 +149,7 @@ class Submitter:
         self.nonces = NonceBook(guard.client, guard.prefix, self.chain_id, account.address)
         self.work: dict[str, Work] = {}
         self._claim_after: dict[str, float] = {}
-        self._chain_backoff = 0
+        self._fee_cache: tuple[float, Fees] | None = None
         self.stats = {"claimed": 0, "signed": 0, "sent": 0, "rebroadcast": 0, "replaced": 0, "confirmed": 0,
                       "stale": 0, "failed": 0}
 
@@ -226,7 +227,8 @@ class Submitter:
         for tx_id, res in zip(order, results, strict=True):
             rev = held[tx_id]
             if res.status in (Status.APPENDED, Status.DUPLICATE):
-                self.work[tx_id] = Work(tx_id, rev, Phase.RECONCILE if prior[tx_id] else Phase.SIGN)
+                self.work[tx_id] = Work(tx_id, rev, Phase.RECONCILE if prior[tx_id] else Phase.SIGN,
+                                        first=not prior[tx_id])
                 self._claim_after.pop(tx_id, None)
                 self.stats["claimed"] += 1
                 continue
@@ -320,14 +322,16 @@ class Submitter:
             return 0
         me = self.account.address
         try:
-            fees = self.client.suggest_fees()
+            fees = self._fees()
             fresh = [w for w, _, _ in ready if not self._replacing(w)]
             nonces: dict[str, int] = {}
             if fresh:
                 pending = self.client.pending_nonce(me)
-                mined = self.client.mined_nonce(me)
+                first = frozenset(w.tx_id for w in fresh if w.first)
+                # the mined nonce only matters to an earlier reservation, which a first claim cannot hold
+                mined = 0 if len(first) == len(fresh) else self.client.mined_nonce(me)
                 floor = max(pending, self.index.next_nonce_floor(self.chain_id, me))
-                nonces = self.nonces.reserve([w.tx_id for w in fresh], floor, mined)
+                nonces = self.nonces.reserve([w.tx_id for w in fresh], floor, mined, first)
         except ChainError as e:
             self._retry_later([w for w, _, _ in ready], e)
             return 0
@@ -354,11 +358,19 @@ class Submitter:
             if self._refused(w, res):
                 continue
             w.current = self.index.signed[w.tx_id]["0x" + s.tx_hash.hex()]
-            w.replace, w.phase, w.attempt = False, Phase.SEND, 0
+            w.replace, w.phase, w.attempt, w.first = False, Phase.SEND, 0, False
             self.stats["signed"] += 1
             done += 1
         self._fail_at("signed")
         return done
+
+    def _fees(self) -> Fees:
+        """Suggested fees, cached for a second: the base fee moves per block, and a fee that fell
+        behind is answered by the node (FeeTooLow) and re-signed higher."""
+        now = time.monotonic()
+        if self._fee_cache is None or now - self._fee_cache[0] > 1.0:
+            self._fee_cache = (now, self.client.suggest_fees())
+        return self._fee_cache[1]
 
     def _replacing(self, w: Work) -> bool:
         """A same-nonce replacement is possible only for a transaction signed with our own key."""
@@ -380,6 +392,7 @@ class Submitter:
             except NonceTooLow:
                 w.phase = Phase.RECONCILE  # used already: by this very transaction, or another one
             except (ReplacementUnderpriced, FeeTooLow) as e:
+                self._fee_cache = None
                 log.info("%s: %s; re-signing nonce %d with higher fees", w.tx_id, type(e).__name__, w.current.nonce)
                 w.replace, w.phase = True, Phase.SIGN
             except WrongChainId as e:
@@ -391,13 +404,31 @@ class Submitter:
             except TxRejected as e:
                 self._retry_later([w], e, record=True)
         self._fail_at("sent")
+        # Fast path: with automine (or a fast block) the receipt is often there already; then the
+        # broadcast and the confirmation are appended together (one etcd CAS, one Postgres commit).
+        # The "broadcast" failpoint keeps them apart so a kill can land between the two.
+        mined: dict[str, int] = {}
+        if self.confirmations == 0 and self.failpoint != "broadcast":
+            for w in sent:
+                try:
+                    receipt = self.client.get_receipt(w.current.hash_bytes)  # type: ignore[union-attr]
+                except ChainUnreachable:
+                    continue
+                if receipt is not None and receipt["status"] == 1:
+                    mined[w.tx_id] = int(receipt["blockNumber"])
         todo = [w for w in sent if w.current and w.current.tx_hash not in w.announced]
-        if todo:
-            results = self.recorder.execute(
-                [rules.RecordBroadcast(w.tx_id, w.revision, w.current.tx_hash) for w in todo])  # type: ignore[union-attr]
-            for w, res in zip(todo, results, strict=True):
-                if not self._refused(w, res):
-                    w.announced.add(w.current.tx_hash)  # type: ignore[union-attr]
+        cmds: list[rules.Command] = [rules.RecordBroadcast(w.tx_id, w.revision, w.current.tx_hash)  # type: ignore[union-attr]
+                                     for w in todo]
+        if mined:
+            self._fail_at("mined")
+        done = [w for w in sent if w.tx_id in mined]
+        cmds += [rules.RecordConfirmed(w.tx_id, w.revision, w.current.tx_hash, mined[w.tx_id])  # type: ignore[union-attr]
+                 for w in done]
+        results = self.recorder.execute(cmds) if cmds else []
+        for w, res in zip(todo, results[:len(todo)], strict=True):
+            if not self._refused(w, res):
+                w.announced.add(w.current.tx_hash)  # type: ignore[union-attr]
+        self._finish([(w, res) for w, res in zip(done, results[len(todo):], strict=True)])
         now = time.monotonic()
         for w in sent:
             if w.tx_id in self.work:
@@ -439,8 +470,13 @@ class Submitter:
         self._fail_at("mined")
         results = self.recorder.execute(
             [rules.RecordConfirmed(w.tx_id, w.revision, w.current.tx_hash, b) for w, b in confirmed])  # type: ignore[union-attr]
+        self._finish([(w, res) for (w, _), res in zip(confirmed, results, strict=True)])
+        return len(confirmed)
+
+    def _finish(self, outcomes: list[tuple[Work, Result]]) -> None:
+        """SubmissionConfirmed is in the log: forget the transaction and release its lock."""
         release = []
-        for (w, _), res in zip(confirmed, results, strict=True):
+        for w, res in outcomes:
             if self._refused(w, res):
                 continue
             self.work.pop(w.tx_id, None)
@@ -448,7 +484,6 @@ class Submitter:
             release.append(Held(w.tx_id, w.revision))
             self.stats["confirmed"] += 1
         self.locks.release(release)
-        return len(confirmed)
 
     # helpers ------------------------------------------------------------------------------------------
 

@@ -169,6 +169,7 @@ class NonceBook:
     def __init__(self, client: pyetcd.client, prefix: str, chain_id: int, sender: str) -> None:
         self.client = client
         self.base = f"{prefix.rstrip('/')}/nonces/{chain_id}/{sender.lower()}"
+        self._cache: tuple[int, int] | None = None  # (next, its mod revision) after our last reservation
 
     def _next_key(self) -> str:
         return f"{self.base}/next"
@@ -183,44 +184,55 @@ class NonceBook:
         value, _ = _call(self.client.get, self._nonce_key(nonce))
         return value.decode() if value is not None else None
 
-    def reserve(self, tx_ids: list[str], floor: int, mined: int) -> dict[str, int]:
+    def reserve(self, tx_ids: list[str], floor: int, mined: int, fresh: frozenset[str] = frozenset()) -> dict[str, int]:
         """A nonce for each transaction: its earlier reservation if still unconsumed, else a new one.
 
         ``floor``: the lowest nonce a new reservation may take (chain pending nonce, and one past the
         log's highest signed nonce). ``mined``: the chain's mined nonce; a reservation below it was
         consumed by another transaction and is replaced. New nonces are contiguous from
-        ``max(next, floor)`` and are handed out in the order of ``tx_ids``.
+        ``max(next, floor)`` and are handed out in the order of ``tx_ids``. ``fresh`` names
+        transactions claimed for the first time (they cannot hold a reservation): when every one is
+        fresh and we made the last reservation, one CAS on the cached ``next`` does it (no reads).
         """
         out: dict[str, int] = {}
         t = self.client.transactions
+        cached = self._cache if set(tx_ids) <= fresh else None
         for _ in range(MAX_CAS_ATTEMPTS):
-            reads = [t.get(self._next_key())] + [t.get(self._tx_key(x)) for x in tx_ids if x not in out]
-            _, got = _call(self.client.transaction, compare=[], success=reads, failure=[])
-            nxt = got[0]
-            next_value = int(nxt[0][0]) if nxt else 0
-            next_mod = nxt[0][1].mod_revision if nxt else 0
-            fresh: list[tuple[str, int]] = []  # (tx_id, mod revision of its tx key; 0 if absent)
-            for tx_id, r in zip([x for x in tx_ids if x not in out], got[1:], strict=True):
-                if r and int(r[0][0]) >= mined:
-                    out[tx_id] = int(r[0][0])  # ours already, and not consumed on chain
-                else:
-                    fresh.append((tx_id, r[0][1].mod_revision if r else 0))
-            if not fresh:
-                return out
+            todo = [x for x in tx_ids if x not in out]
+            if cached is not None:
+                next_value, next_mod = cached
+                fresh_todo = [(x, 0) for x in todo]
+                cached = None  # only one optimistic try
+            else:
+                reads = [t.get(self._next_key())] + [t.get(self._tx_key(x)) for x in todo]
+                _, got = _call(self.client.transaction, compare=[], success=reads, failure=[])
+                nxt = got[0]
+                next_value = int(nxt[0][0]) if nxt else 0
+                next_mod = nxt[0][1].mod_revision if nxt else 0
+                fresh_todo = []  # (tx_id, mod revision of its tx key; 0 if absent)
+                for tx_id, r in zip(todo, got[1:], strict=True):
+                    if r and int(r[0][0]) >= mined:
+                        out[tx_id] = int(r[0][0])  # ours already, and not consumed on chain
+                    else:
+                        fresh_todo.append((tx_id, r[0][1].mod_revision if r else 0))
+                if not fresh_todo:
+                    return out
             start = max(next_value, floor)
             compare = [t.mod(self._next_key()) == next_mod]
-            success = [t.put(self._next_key(), str(start + len(fresh)))]
-            for i, (tx_id, tx_mod) in enumerate(fresh):
+            success = [t.put(self._next_key(), str(start + len(fresh_todo)))]
+            for i, (tx_id, tx_mod) in enumerate(fresh_todo):
                 n = start + i
                 compare.append(t.create(self._nonce_key(n)) == 0)
                 compare.append(t.mod(self._tx_key(tx_id)) == tx_mod)
                 success.append(t.put(self._nonce_key(n), tx_id))
                 success.append(t.put(self._tx_key(tx_id), str(n)))
-            ok, _ = _call(self.client.transaction, compare=compare, success=success, failure=[])
+            ok, responses = _call(self.client.transaction, compare=compare, success=success, failure=[])
             if ok:
-                for i, (tx_id, _) in enumerate(fresh):
+                for i, (tx_id, _) in enumerate(fresh_todo):
                     out[tx_id] = start + i
+                self._cache = (start + len(fresh_todo), responses[0].response_put.header.revision)
                 return out
+            self._cache = None
             # Someone moved `next`, or a nonce key exists above it (etcd restored from an old
             # snapshot): skip past what is taken and try again.
             if self.owner_of(start) is not None:
