@@ -67,6 +67,8 @@ SEED_METRICS = (
 METRICS_PORT_VAR = "TVOTE_METRICS_PORT"
 METRICS_HOST_VAR = "TVOTE_METRICS_HOST"
 BYZANTINE_KINDS = ("DOUBLE_VOTING", "MINORITY_VOTE", "INVALID_SIGNATURE")
+CLOSED_STATUSES = ("CONFIRMED", "ABORTED_BYZANTINE", "ABORTED_NO_QUORUM", "EXPIRED")
+OUTCOMES = ("appended", "duplicate", "rejected", "deferred")  # node.recorder.Status values
 # A vote rejected by the rules never reaches the log; R1/R10 say "dropped, counted".
 DROP_REASONS: tuple[tuple[type[Exception], str], ...] = (
     (errors.OutsiderVote, "outsider"),
@@ -130,6 +132,7 @@ class Metrics:
 
     registry: CollectorRegistry
     gossip: _GossipCollector = field(init=False)
+    nodes_seen: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -227,6 +230,14 @@ class Metrics:
         # --- gossip (read from the hosts at scrape time) ----------------------------------------
         self.gossip = _GossipCollector()
         r.register(self.gossip)
+        # Known label values start at 0: a counter whose first sample is already 1 hides that
+        # first increment from rate() and increase(), and so from the alerts.
+        for status in CLOSED_STATUSES:
+            self.transactions_closed.labels(status)
+        for result in ("confirmed", "failed"):
+            self.blockchain_submissions.labels(result)
+        for outcome in ("ok", "failed"):
+            self.gc_runs.labels(outcome)
 
 
 REGISTRY = CollectorRegistry()
@@ -360,6 +371,11 @@ class EventMetrics:
                 self.threshold = e.threshold
             case m.MemberAdmitted():
                 self.members[e.node_id] = _MemberView(e.peer_id)
+                # Series exist at 0 from admission, so rate()/increase() see a member's first violation.
+                mt.votes_received.labels(e.node_id)
+                mt.silent_failures.labels(e.node_id)
+                for kind in BYZANTINE_KINDS:
+                    mt.votes_rejected_byzantine.labels(e.node_id, kind)
             case m.MemberRemoved():
                 if v := self.members.get(e.node_id):
                     v.active = False
@@ -464,6 +480,12 @@ def observe_results(node: str, commands: Sequence[Any], results: Sequence[Any], 
     ``results[i].status.value`` is the outcome; a rejected ``ReceiveVote`` (by class name, so this
     module does not depend on the rules) is a vote dropped at the edge, by reason.
     """
+    if node not in metrics.nodes_seen:
+        metrics.nodes_seen.add(node)
+        for outcome in OUTCOMES:
+            metrics.log_appends.labels(node, outcome)
+        for _, reason in DROP_REASONS:
+            metrics.votes_dropped.labels(node, reason)
     for cmd, res in zip(commands, results, strict=False):
         metrics.log_appends.labels(node, res.status.value).inc()
         if res.error is not None and type(cmd).__name__ == "ReceiveVote":

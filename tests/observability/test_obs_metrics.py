@@ -48,7 +48,9 @@ def test_event_sequence_updates_the_right_metrics() -> None:
     assert value(mt, "votes_received_total", node_id="node-1") == 2  # tx1 and tx2's first vote
     assert value(mt, "votes_received_total", node_id="node-2") == 2  # tx1, tx3
     assert value(mt, "votes_received_total", node_id="node-3") == 1
-    assert value(mt, "votes_received_total", node_id="node-4") is None
+    assert value(mt, "votes_received_total", node_id="node-4") == 0  # exists from admission, for rate()
+    assert value(mt, "votes_rejected_byzantine_total", node_id="node-4", kind="MINORITY_VOTE") == 0
+    assert value(mt, "transactions_closed_total", status="ABORTED_NO_QUORUM") == 0
     assert value(mt, "votes_rejected_byzantine_total", node_id="node-1", kind="DOUBLE_VOTING") == 1
     assert value(mt, "votes_rejected_byzantine_total", node_id="node-2", kind="INVALID_SIGNATURE") == 1
     assert value(mt, "silent_failures_total", node_id="node-3") == 1
@@ -122,6 +124,7 @@ def test_removed_member_leaves_the_reputation_gauge() -> None:
 def test_recorder_results_count_outcomes_and_edge_drops() -> None:
     from node.recorder import Result, Status
 
+    assert {s.value for s in Status} == set(om.OUTCOMES)
     mt = om.Metrics(CollectorRegistry())
     tr = trustees(1)[0]
     vote = tr.receive("tx1", 1)
@@ -138,6 +141,8 @@ def test_recorder_results_count_outcomes_and_edge_drops() -> None:
     assert value(mt, "log_appends_total", node="n1", outcome="rejected") == 3
     assert value(mt, "votes_dropped_total", node="n1", reason="outsider") == 1
     assert value(mt, "votes_dropped_total", node="n1", reason="banned") == 1
+    assert value(mt, "votes_dropped_total", node="n1", reason="invalid") == 0  # initialised for rate()
+    assert value(mt, "log_appends_total", node="n1", outcome="deferred") == 0
     assert om.drop_reason(errors.InvalidVote("bad")) == "invalid"
 
 
