@@ -6,6 +6,10 @@
 4318) through a batch processor, named by ``OTEL_SERVICE_NAME``. Otherwise ``span`` returns
 a shared no-op object and the OpenTelemetry packages are never imported, so a node that
 does not trace pays one global lookup per span.
+
+A vote's trace crosses processes (node -> log -> submitter): :func:`inject` gives the current
+span's ``traceparent`` to carry along (a gossip envelope, an event's metadata), and
+``span(..., carrier=...)`` continues it on the other side.
 """
 
 from __future__ import annotations
@@ -65,15 +69,34 @@ _provider: Any = None
 _lock = threading.Lock()
 
 
-def span(name: str, **attrs: Any) -> Any:
+def span(name: str, carrier: dict[str, str] | None = None, **attrs: Any) -> Any:
     """A context manager for one span named ``name`` (use the constants above), with attributes.
 
     Attribute values must be str, bool, int, float or sequences of them; None values are left out.
+    ``carrier`` (from :func:`inject` in another process, e.g. carried in a gossip envelope) makes
+    this span a child of the remote one, so one trace follows a vote across nodes.
     """
     tracer = _tracer if _tracer is not _UNSET else _from_env()
     if tracer is None:
         return NOOP
-    return tracer.start_as_current_span(name, attributes={k: v for k, v in attrs.items() if v is not None})
+    context = None
+    if carrier:
+        from opentelemetry.propagate import extract
+
+        context = extract(carrier)
+    return tracer.start_as_current_span(name, context=context,
+                                        attributes={k: v for k, v in attrs.items() if v is not None})
+
+
+def inject() -> dict[str, str]:
+    """The current span as W3C trace-context headers (``traceparent``) to send along; {} when off."""
+    if _tracer is _UNSET or _tracer is None:
+        return {}
+    from opentelemetry.propagate import inject as _inject
+
+    carrier: dict[str, str] = {}
+    _inject(carrier)
+    return carrier
 
 
 def enabled() -> bool:

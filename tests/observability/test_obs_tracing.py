@@ -49,6 +49,9 @@ def test_off_path_never_imports_opentelemetry_and_is_cheap() -> None:
         from observability import tracing
         with tracing.span(tracing.VOTE_RECEIVE, tx_id="tx1") as s:
             s.set_attribute("k", 1)
+        assert tracing.inject() == {}
+        with tracing.span(tracing.VOTE_STORE, carrier={"traceparent": "00-x"}):
+            pass
         assert not tracing.enabled()
         assert tracing.current_ids() is None
         t0 = time.perf_counter()
@@ -81,6 +84,17 @@ def test_spans_nest_and_carry_attributes(traced) -> None:
     assert spans["vote.validate"].attributes["valid"] is True
     assert root.resource.attributes["service.name"] == "tvote-test"
     assert ids is not None and ids[0] == f"{root.context.trace_id:032x}"
+
+
+def test_context_crosses_processes_through_a_carrier(traced) -> None:
+    assert tracing.inject() == {}  # no active span: nothing to carry
+    with tracing.span(tracing.VOTE_RECEIVE, tx_id="tx1"):
+        carrier = tracing.inject()
+    assert carrier["traceparent"].startswith("00-")
+    with tracing.span(tracing.SUBMISSION_LOCK, carrier=carrier, tx_id="tx1"):
+        pass
+    recv, lock = traced.get_finished_spans()
+    assert lock.context.trace_id == recv.context.trace_id and lock.parent.span_id == recv.context.span_id
 
 
 def test_exception_is_recorded_on_the_span(traced) -> None:
