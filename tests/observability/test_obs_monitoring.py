@@ -31,7 +31,7 @@ DASHBOARD = MON / "grafana" / "dashboard.json"
 EXTERNAL = {"up", "etcd_server_has_leader", "pg_up"}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "and", "or",
                 "unless", "inf", "nan"}
-SEED_ALERTS = {  # seed 13.3 (and R10) -> severity
+SEED_ALERTS = {  # seed 13.3, R10 and ours -> severity
     "HighByzantineRate": "critical",
     "TransactionAbortedByzantine": "critical",
     "EtcdClusterUnhealthy": "critical",
@@ -41,6 +41,7 @@ SEED_ALERTS = {  # seed 13.3 (and R10) -> severity
     "NetworkPartitionSuspected": "warning",
     "GarbageCollectionFailed": "warning",
     "QuorumImpossible": "critical",
+    "ProjectorStalled": "warning",  # ours: the tables operators query went stale
 }
 
 
