@@ -52,6 +52,8 @@ ASSUME
     \* t > N/2: two different values can never both hold t votes (the seed's
     \* configurations N=4,t=3 and N=5,t=4 satisfy it).
     /\ 2 * T > Cardinality(Members)
+    \* Byzantine members alone cannot make a value reach t.
+    /\ Cardinality(Byz) < T
     /\ RepInit \subseteq Nat /\ Floor \in Nat /\ \A r \in RepInit : r >= Floor
     /\ Bug \in {"none", "banned_vote_counts", "blame_claimed", "no_fencing",
                 "abort_after_claim"}
@@ -122,8 +124,10 @@ VotersFor(acc, out, w) ==
     THEN {m \in Members : acc[m] = w}
     ELSE {m \in Members \ out : acc[m] = w}
 
-\* Counted members whose accepted vote names a value other than w.
-Dissenters(acc, out, w) == {m \in Members \ out : acc[m] \notin {NoVal, w}}
+\* Members whose accepted vote names a value other than w.  All of them,
+\* banned or removed ones included: R5 "every member whose accepted vote is
+\* not w", R6 "no accepted vote names another value".
+Dissenters(acc, w) == {m \in Members : acc[m] \notin {NoVal, w}}
 
 \* R6: can w still reach t?  Its counted votes plus every counted member that
 \* has not voted yet (a member that voted another value cannot switch
@@ -135,12 +139,13 @@ CanReach(acc, out, w) ==
 \* byz0 = this event already found a Byzantine violation), settle the
 \* transaction: R5 minority check, R8 abort, R6 consensus or no quorum.
 \* Returns the new txState, bans, new violations, decided, certificate.
+\* (rules.py: _Decision.evaluate + abort_if_abortable.)
 Settle(st, acc, bans0, rem, byz0) ==
     LET out0     == bans0 \cup rem
         heavy    == {w \in Values : Cardinality(VotersFor(acc, out0, w)) >= T}
         \* R5: whenever some w holds t counted votes, every counted dissenter
         \* is Byzantine, in whatever order the votes arrived.
-        minority == UNION {Dissenters(acc, out0, w) : w \in heavy}
+        minority == UNION {Dissenters(acc, w) : w \in heavy}
         bans1    == bans0 \cup minority
         out1     == bans1 \cup rem
         byz      == byz0 \/ minority # {}
@@ -148,7 +153,7 @@ Settle(st, acc, bans0, rem, byz0) ==
                                \/ (Bug = "abort_after_claim" /\ st = Submitting))
                     THEN AbortedByz ELSE st
         \* R6: consensus (uniform), decided by the event that makes it true.
-        cons     == {w \in heavy : Dissenters(acc, out1, w) = {}}
+        cons     == {w \in heavy : Dissenters(acc, w) = {}}
         reach    == st1 = Collecting /\ cons # {}
         \* R6: no value can reach t any more -> ABORTED_NO_QUORUM, nobody blamed.
         noq      == st1 = Collecting /\ ~reach
@@ -160,9 +165,11 @@ Settle(st, acc, bans0, rem, byz0) ==
         cert  |-> IF reach THEN VotersFor(acc, out1, CHOOSE w \in cons : TRUE)
                            ELSE certificate]
 
+\* A Byzantine ban also drops the member's reputation to 0 (seed 3.3).
 ApplySettle(r) ==
     /\ txState'     = r.st
     /\ banned'      = r.bans
+    /\ rep'         = [m \in Members |-> IF m \in r.bans \ banned THEN 0 ELSE rep[m]]
     /\ decided'     = decided \cup r.dec
     /\ certificate' = r.cert
 
@@ -186,29 +193,30 @@ ReceiveVote(m, v) ==
             IN /\ accepted' = acc
                /\ ApplySettle(r)
                /\ violations' = violations \cup r.viols
-               /\ UNCHANGED <<removed, rep, deadlineFired>>
+               /\ UNCHANGED <<removed, deadlineFired>>
        ELSE \* R4: a second, different value: DOUBLE_VOTING, whatever the state.
             LET r == Settle(txState, accepted, banned \cup {m}, removed, TRUE)
             IN /\ ApplySettle(r)
                /\ violations' = violations \cup {<<m, "DOUBLE_VOTING">>} \cup r.viols
-               /\ UNCHANGED <<accepted, removed, rep, deadlineFired>>
+               /\ UNCHANGED <<accepted, removed, deadlineFired>>
     /\ UNCHANGED <<subVars, chainVars, envVars>>
 
 \* R7: a gossip message authored (envelope-signed) by peer p claims to carry
 \* member m's vote, but m's signature does not verify.  The author peer is
 \* blamed and banned, never the claimed member; the transaction is not aborted
 \* (but the ban may leave too few members: R6 no quorum).  Only Byzantine
-\* peers author such messages.
+\* peers author such messages.  A message from a banned/removed author, or
+\* in the name of a banned/removed member, is dropped at the edge first.
 ReceiveForged(p, m) ==
     /\ p \in Byz
-    /\ IF p \in banned \cup removed
+    /\ IF p \in banned \cup removed \/ m \in banned \cup removed
        THEN UNCHANGED vars                 \* dropped at the edge
        ELSE LET culprit == IF Bug = "blame_claimed" THEN m ELSE p
                 r == Settle(txState, accepted, banned \cup {culprit}, removed, FALSE)
             IN /\ ApplySettle(r)
                /\ violations' = violations \cup {<<culprit, "INVALID_SIGNATURE">>}
                                            \cup r.viols
-               /\ UNCHANGED <<accepted, removed, rep, deadlineFired>>
+               /\ UNCHANGED <<accepted, removed, deadlineFired>>
     /\ UNCHANGED <<subVars, chainVars, envVars>>
 
 \* R9: the deadline fires once.  Every counted member that has not voted gets
@@ -230,15 +238,18 @@ Deadline ==
 
 \* An operator removes member m (audited command).  Removed members count
 \* toward nothing (R6), so this can end a collecting transaction without
-\* quorum.
+\* quorum.  The threshold stays t, so a removal must leave >= t eligible
+\* members (rules.py refuses it otherwise).  The shell then asks the decider
+\* to re-evaluate the open transaction (Reevaluate): folded in here.
 RemoveMember(m) ==
     /\ Cardinality(removed) < MaxRemovals
     /\ m \notin removed
+    /\ Cardinality(Members \ (banned \cup removed \cup {m})) >= T
     /\ LET r == Settle(txState, accepted, banned, removed \cup {m}, FALSE)
        IN /\ removed' = removed \cup {m}
           /\ ApplySettle(r)
           /\ violations' = violations \cup r.viols
-    /\ UNCHANGED <<accepted, rep, deadlineFired, subVars, chainVars, envVars>>
+    /\ UNCHANGED <<accepted, deadlineFired, subVars, chainVars, envVars>>
 
 -----------------------------------------------------------------------------
 (* Submitters, etcd lease lock, chain.                                      *)
@@ -349,10 +360,11 @@ Recover(s) ==
     /\ UNCHANGED <<voteVars, subRev, signedRaw, lockHolder, lockRev, myRev, myRaw,
                    chainVars, envVars>>
 
-\* The lease of a crashed holder runs out.
+\* The lease of a crashed holder runs out (also once the process has
+\* restarted: the new incarnation does not keep the old lease alive).
 ExpireCrashedLease ==
     /\ lockHolder # NoSub
-    /\ pc[lockHolder] = "down"
+    /\ pc[lockHolder] \in {"down", "idle"}
     /\ lockHolder' = NoSub
     /\ UNCHANGED <<voteVars, subRev, signedRaw, lockRev, pc, myRev, myRaw,
                    chainVars, envVars>>
@@ -362,7 +374,7 @@ ExpireCrashedLease ==
 ExpireLiveLease ==
     /\ expiries < MaxExpiries
     /\ lockHolder # NoSub
-    /\ pc[lockHolder] # "down"
+    /\ pc[lockHolder] \notin {"down", "idle"}
     /\ lockHolder' = NoSub
     /\ expiries' = expiries + 1
     /\ UNCHANGED <<voteVars, subRev, signedRaw, lockRev, pc, myRev, myRaw,
@@ -489,11 +501,11 @@ BannedNeverCounted ==
     [][decided' # decided => certificate' \cap (banned' \cup removed') = {}]_vars
 
 \* Consensus is uniform (R6): when ThresholdReached is recorded for w, w holds
-\* >= t counted votes and no counted member's accepted vote names another value.
+\* >= t votes of counted members and no accepted vote names another value.
 ConsensusUniform ==
     [][(\A w \in decided' \ decided :
           /\ Cardinality({m \in Members \ (banned' \cup removed') : accepted'[m] = w}) >= T
-          /\ \A m \in Members \ (banned' \cup removed') : accepted'[m] \in {NoVal, w})]_vars
+          /\ \A m \in Members : accepted'[m] \in {NoVal, w})]_vars
 
 \* An abort is final (R8), and so are the other terminal states.
 AbortFinal == [][(txState \in Terminal) => txState' = txState]_vars

