@@ -150,6 +150,7 @@ class Submitter:
         self.work: dict[str, Work] = {}
         self._claim_after: dict[str, float] = {}
         self._fee_cache: tuple[float, Fees] | None = None
+        self._nonce_cache: tuple[float, int] | None = None
         self.stats = {"claimed": 0, "signed": 0, "sent": 0, "rebroadcast": 0, "replaced": 0, "confirmed": 0,
                       "stale": 0, "failed": 0}
 
@@ -282,7 +283,8 @@ class Submitter:
                 w.current, w.phase = None, Phase.SIGN
                 return
             latest = signed[-1]
-            if latest.nonce < self.client.mined_nonce(latest.sender):
+            mined = self.client.mined_nonce(latest.sender)
+            if latest.nonce < mined:
                 if self.client.get_receipt(latest.hash_bytes) is None:
                     # Its nonce was consumed by another transaction: ours can never be mined.
                     log.warning("%s: nonce %d consumed by another transaction; signing anew", w.tx_id, latest.nonce)
@@ -293,6 +295,12 @@ class Submitter:
             if known is None:
                 w.phase = Phase.SEND  # R11: re-broadcast the recorded raw transaction, byte for byte
                 self.stats["rebroadcast"] += 1
+            elif w.stuck and latest.nonce > mined:
+                # Not underpriced: waiting for a lower nonce of the sender. Fill the gap with the raw
+                # transactions the log holds for it (a dead holder's, signed but never broadcast); a
+                # nonce reserved but never signed is filled when its own transaction is taken over.
+                self._fill_gap(latest.sender, mined, latest.nonce)
+                w.phase, w.sent_at = Phase.WAIT, time.monotonic()
             elif w.stuck and latest.sender.lower() == self.account.address.lower():
                 w.replace, w.phase = True, Phase.SIGN
             else:
@@ -302,6 +310,19 @@ class Submitter:
             self._retry_later([w], e)
         except ChainError as e:
             self._retry_later([w], e, record=True)
+
+    def _fill_gap(self, sender: str, low: int, high: int) -> None:
+        book = self.index.by_nonce.get((self.chain_id, sender.lower()), {})
+        for n in range(low, high):
+            s = book.get(n)
+            if s is None:
+                log.info("nonce %d of %s: reserved but not signed yet; its transaction will fill it", n, sender)
+                continue
+            try:
+                self.client.send_raw(s.raw_bytes)
+                self.stats["rebroadcast"] += 1
+            except (TxRejected, ChainUnreachable) as e:
+                log.info("gap nonce %d (%s): %s", n, s.tx_id, type(e).__name__)
 
     # step 4: sign -----------------------------------------------------------------------------------
 
@@ -326,7 +347,7 @@ class Submitter:
             fresh = [w for w, _, _ in ready if not self._replacing(w)]
             nonces: dict[str, int] = {}
             if fresh:
-                pending = self.client.pending_nonce(me)
+                pending = self._pending_nonce()
                 first = frozenset(w.tx_id for w in fresh if w.first)
                 # the mined nonce only matters to an earlier reservation, which a first claim cannot hold
                 mined = 0 if len(first) == len(fresh) else self.client.mined_nonce(me)
@@ -372,6 +393,18 @@ class Submitter:
             self._fee_cache = (now, self.client.suggest_fees())
         return self._fee_cache[1]
 
+    def _pending_nonce(self) -> int:
+        """The chain's pending nonce for our sender, cached for a second.
+
+        It is only a floor against transactions sent outside this system (or an etcd that lost its
+        keys): our own nonces are covered by the log and the etcd reservations. A stale floor costs
+        a NonceTooLow, which clears the cache and sends the transaction through reconcile.
+        """
+        now = time.monotonic()
+        if self._nonce_cache is None or now - self._nonce_cache[0] > 1.0:
+            self._nonce_cache = (now, self.client.pending_nonce(self.account.address))
+        return self._nonce_cache[1]
+
     def _replacing(self, w: Work) -> bool:
         """A same-nonce replacement is possible only for a transaction signed with our own key."""
         return w.replace and w.current is not None and w.current.sender.lower() == self.account.address.lower()
@@ -390,6 +423,7 @@ class Submitter:
             except AlreadyKnown:
                 sent.append(w)
             except NonceTooLow:
+                self._nonce_cache = None
                 w.phase = Phase.RECONCILE  # used already: by this very transaction, or another one
             except (ReplacementUnderpriced, FeeTooLow) as e:
                 self._fee_cache = None

@@ -70,6 +70,7 @@ class LogIndex:
     dead: dict[str, str] = field(default_factory=dict)  # tx_id -> non-retryable failure
     pending: set[str] = field(default_factory=set)  # reached consensus, not confirmed/aborted/dead
     max_nonce: dict[tuple[int, str], int] = field(default_factory=dict)  # (chain, sender) -> highest signed
+    by_nonce: dict[tuple[int, str], dict[int, Signed]] = field(default_factory=dict)  # latest signed per nonce
     problems: list[str] = field(default_factory=list)
 
     def on_event(self, event: Event, ledger: rules.Ledger) -> None:
@@ -89,6 +90,7 @@ class LogIndex:
                 self.signed.setdefault(event.tx_id, {})[event.tx_hash] = s
                 k = (event.chain_id, event.sender.lower())
                 self.max_nonce[k] = max(self.max_nonce.get(k, -1), event.nonce)
+                self.by_nonce.setdefault(k, {})[event.nonce] = s  # a replacement pays more: keep the latest
             case SubmissionConfirmed() | TransactionAborted() | TransactionExpired():
                 self.pending.discard(event.tx_id)
             case SubmissionFailed() if not event.retryable:

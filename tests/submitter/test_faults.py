@@ -114,3 +114,20 @@ def test_record_written_outside_the_log_is_an_alert_not_a_confirmation(cluster, 
     assert [e.tx_id for e in failed] == ["tx_x"] and "alert" in failed[0].error
     assert chain.recorded() == {"tx_x": 1, "tx_y": 1}
     assert cluster.txs()["tx_x"].status == rules.SUBMITTING  # not confirmed: an operator must look
+
+
+def test_a_dead_holders_logged_nonce_gap_is_filled_before_its_lock_expires(cluster, chain, spawn):
+    """A dies after logging tx_1 at nonce 0 (never broadcast); B's tx_2 at nonce 1 waits for nonce 0.
+    B re-broadcasts the logged raw tx_1 (R11: the log holds it) instead of waiting out A's lock."""
+    cluster.consensus(["tx_1"])
+    a = spawn("--crash-at", "signed", lock_ttl=15)
+    assert a.popen.wait(30) == -9
+    cluster.consensus(["tx_2"])
+    b = spawn("--stuck-after", "1")
+    t0 = time.monotonic()
+    wait_until(all_confirmed(cluster, ["tx_2"]), 12, "tx_2 while tx_1's lock is still held", b)
+    assert time.monotonic() - t0 < 12 and cluster.txs()["tx_1"].status == rules.SUBMITTING
+    assert chain.recorded() == {"tx_1": 1, "tx_2": 1}  # tx_1 is on chain, written by its logged raw tx
+    wait_until(all_confirmed(cluster, ["tx_1"]), 30, "tx_1 after A's lock expired", b)
+    assert chain.recorded() == {"tx_1": 1, "tx_2": 1}
+    assert len(cluster.events("SubmissionSigned")) == 2  # nothing re-signed

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from conftest import all_confirmed, wait_until
 
+from devstack.anvil import rpc
 from events import rules
 
 
@@ -25,3 +28,18 @@ def test_every_consensus_tx_is_written_once_with_the_logs_certificate(cluster, c
     wait_until(all_confirmed(cluster, ["tx_late"]), 20, "late tx confirmed", proc)
     assert chain.recorded()["tx_late"] == 1
     assert cluster.txs()["tx_late"].status == rules.CONFIRMED
+
+
+def test_confirmation_waits_for_the_configured_depth(cluster, chain, spawn):
+    cluster.consensus(["tx_deep"])
+    proc = spawn("--confirmations", "2")
+    wait_until(lambda: cluster.events("SubmissionBroadcast"), 20, "broadcast", proc)
+    wait_until(lambda: chain.recorded() == {"tx_deep": 1}, 10, "mined", proc)
+    mined_at = chain.client.record_of("tx_deep").block_number
+    rpc(chain.node.url, "evm_mine", [])
+    time.sleep(0.5)
+    assert cluster.txs()["tx_deep"].status == rules.SUBMITTING  # one block on top is not enough
+    rpc(chain.node.url, "evm_mine", [])
+    wait_until(all_confirmed(cluster, ["tx_deep"]), 10, "confirmed at depth 2", proc)
+    (confirmed,) = cluster.events("SubmissionConfirmed")
+    assert confirmed.block_number == mined_at
