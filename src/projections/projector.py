@@ -2,8 +2,9 @@
 
 Exactly once, resumable after kill -9: each batch is read, applied and its last position
 stored in ``projector_tracking`` inside *one* Postgres transaction, so a crash leaves either
-the whole batch or none of it. Only one projector per database projects at a time (a
-session advisory lock); a second one waits for the lock rather than double-applying.
+the whole batch or none of it. Batches from several projector processes never interleave
+(a transaction-scoped advisory lock, plus the tracking row read FOR UPDATE), so running two
+is safe, merely useless.
 
 Rows depend on the events alone, never on the clock at projection time (timestamps come
 from ``recorded_at``, violation ids are log positions), so a replay into empty tables
@@ -62,12 +63,16 @@ class Projector:
         self.conn = psycopg.connect(dsn, autocommit=True)
         if schema:
             self.conn.execute(f'SET search_path TO "{schema}", public')
-        lock = PROJECTOR_LOCK if not schema else zlib.crc32(schema.encode())
-        self.conn.execute("SELECT pg_advisory_lock(%s)", (lock,))
+        self.lock_key = PROJECTOR_LOCK if not schema else zlib.crc32(schema.encode())
         self.conn.autocommit = False
 
     def close(self) -> None:
         self.conn.close()
+
+    def pause_others(self) -> None:
+        """Hold the projection lock for this session: every other projector waits (for replay)."""
+        self.conn.execute("SELECT pg_advisory_lock(%s)", (self.lock_key,))
+        self.conn.commit()
 
     def position(self) -> int:
         row = self.conn.execute("SELECT position FROM projector_tracking WHERE name = %s", (self.name,)).fetchone()
@@ -78,6 +83,9 @@ class Projector:
         """Project one batch; returns how many events it applied (0: caught up)."""
         with self.conn.transaction():
             cur = self.conn.cursor()
+            # One batch at a time per database, whoever runs it; `replay` holds the same lock at
+            # session level to pause every live projector while it compares.
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
             row = cur.execute(
                 "SELECT position FROM projector_tracking WHERE name = %s FOR UPDATE", (self.name,)
             ).fetchone()

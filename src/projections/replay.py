@@ -34,7 +34,8 @@ class ReplayReport:
 
 
 def replay(dsn: str, keep: bool = False, batch: int = 5000) -> ReplayReport:
-    live = Projector(dsn)  # holds the live projector's lock until closed
+    live = Projector(dsn)
+    live.pause_others()  # live projectors wait until we close: both sides end at one position
     schema = f"replay_{int(time.time() * 1000)}"
     try:
         position = _last_position(dsn)

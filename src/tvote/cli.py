@@ -64,87 +64,38 @@ def _connect_check(dsn: str) -> None:
 
 @app.command()
 def up(
-    nodes: Annotated[int, typer.Option(help="Trustees (N).", min=1, max=50)] = 5,
+    nodes: Annotated[int, typer.Option(help="Trustees (N), one process each.", min=1, max=20)] = 5,
     threshold: Annotated[int, typer.Option(help="Identical votes needed (t).", min=1)] = 4,
     transactions: Annotated[int, typer.Option(help="Transactions in the scenario.", min=1)] = 30,
-    byzantine: Annotated[str, typer.Option(help="double | minority | forge | silent | none")] = "minority",
-    recorders: Annotated[int, typer.Option(help="Nodes recording every vote (R13).", min=1, max=10)] = 3,
+    byzantine: Annotated[str, typer.Option(help="The last trustee's behaviour: double|minority|forge|silent|none")]
+    = "minority",
+    rate: Annotated[float, typer.Option(help="Transactions offered per second.", min=0.1)] = 10.0,
+    deadline_ms: Annotated[int, typer.Option(help="Per-transaction deadline (R9).", min=100)] = 5000,
     data_dir: Annotated[Path | None, typer.Option(help="Keep the services' data here (default: temp).")] = None,
-    keep_running: Annotated[bool, typer.Option(help="Leave services up until Ctrl-C.")] = False,
+    keep_running: Annotated[bool, typer.Option(help="Leave everything up until Ctrl-C.")] = False,
 ) -> None:
-    """Start Postgres and a 3-member etcd on loopback, run a real scenario, and summarise it."""
-    from devstack.etcd import Etcd
-    from devstack.postgres import Postgres
-    from tvote import db
-    from tvote.scenario import BYZANTINE_MODES, run_scenario
+    """Start Postgres, etcd x3 and N trustee nodes on loopback, run a real scenario, summarise it."""
+    from tvote.up import UpOptions, run
 
-    if byzantine not in BYZANTINE_MODES:
-        raise fail(f"--byzantine must be one of {', '.join(BYZANTINE_MODES)}")
+    if byzantine not in ("double", "minority", "forge", "silent", "none"):
+        raise fail("--byzantine must be one of double, minority, forge, silent, none")
     if threshold > nodes:
         raise fail(f"--threshold {threshold} > --nodes {nodes}: need 1 <= t <= N")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    pg = Postgres(data_dir / "postgres" if data_dir else None)
-    etcd = Etcd(size=3, base_dir=data_dir / "etcd" if data_dir else None)
-    started = []
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with console.status("starting Postgres and a 3-member etcd on 127.0.0.1 ..."):
-            pg.start()
-            started.append(pg)
-            etcd.start()
-            started.append(etcd)
-            pg.create_database("tvote")
-            db.upgrade(pg.url("tvote"))
-        app_dsn = pg.dsn("tvote", user=db.APP_ROLE)
-        console.print(f"[green]up[/green] postgres 127.0.0.1:{pg.port} (db tvote), etcd {', '.join(etcd.endpoints)}")
-        console.print(f"scenario: N={nodes} t={threshold} f={(nodes - threshold) // 2} "
-                      f"byzantine={byzantine} transactions={transactions} recorders={recorders}")
-
-        def progress(k: int, r) -> None:
-            if k % max(1, transactions // 10) == 0 or k == transactions:
-                console.print(f"  {k}/{transactions} transactions, {r.deliveries} vote deliveries")
-
-        res = run_scenario(lambda: PostgresStore(app_dsn), etcd.endpoints[0], "/tvote", nodes, threshold,
-                           transactions, byzantine, nodes=recorders, progress=progress)
-        proj = Projector(app_dsn)
-        proj.catch_up()
-        proj.close()
-        _summary(app_dsn, pg.dsn("tvote"), res)
-        if keep_running:
-            console.print("services stay up; Ctrl-C stops them")
-            while True:
-                time.sleep(3600)
+        ok = run(UpOptions(nodes, threshold, transactions, byzantine, rate, deadline_ms, data_dir, keep_running),
+                 console)
     except KeyboardInterrupt:
-        console.print("stopping ...")
-    except ThresholdVoteError as e:
-        raise fail(str(e)) from None
-    except (RuntimeError, TimeoutError, FileNotFoundError) as e:
-        raise fail(str(e)) from None
-    finally:
-        for s in reversed(started):
-            s.destroy() if data_dir is None else s.stop()
-
-
-def _summary(app_dsn: str, owner_dsn: str, res) -> None:
-    t = Table(title="transactions")
-    t.add_column("status")
-    t.add_column("count", justify="right")
-    for k, v in sorted(res.statuses.items()):
-        t.add_row(k, str(v))
-    console.print(t)
-    console.print(f"{res.deliveries} vote deliveries in {res.seconds:.1f}s; "
-                  + ", ".join(f"{k}={v}" for k, v in sorted(res.outcomes.items())))
-    _print_bans(app_dsn)
-    report = verify(PostgresStore(app_dsn))
-    console.print(f"audit verify: {'[green]OK[/green]' if report.ok else '[red]FAILED[/red]'} "
-                  f"({report.events} events, chain head {report.last_hash[:16]}...)")
-    rep = do_replay(owner_dsn)
-    console.print(f"replay: {rep.events} events in {rep.seconds:.2f}s, digest "
-                  f"{'[green]equal[/green]' if rep.equal else '[red]DIFFERENT[/red]'} ({rep.live_digest[:16]}...)")
-    console.print("where to look: psql \"" + owner_dsn + "\" then e.g.\n"
-                  "  SELECT node_id, violation_type, tx_id, detected_at FROM byzantine_violations ORDER BY id;\n"
-                  "  SELECT * FROM vote_history WHERE tx_id = 'tx_0000' ORDER BY received_at;")
-    if not (report.ok and rep.equal):
+        console.print("stopped")
+        return
+    except (ThresholdVoteError, RuntimeError, TimeoutError, FileNotFoundError, OSError) as e:
+        raise fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    if not ok:
         raise typer.Exit(1)
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 # --- roles -------------------------------------------------------------------------------------
@@ -286,10 +237,10 @@ def tx_show(tx_id: str, dsn: Dsn) -> None:
 def bans_list(dsn: Dsn) -> None:
     """Banned members, why, and the evidence."""
     _connect_check(dsn)
-    _print_bans(dsn)
+    print_bans(dsn)
 
 
-def _print_bans(dsn: str) -> None:
+def print_bans(dsn: str) -> None:
     with psycopg.connect(dsn) as c:
         rows = c.execute(
             "SELECT m.node_id, m.ban_reason, v.tx_id, v.evidence_json FROM members m "
@@ -302,6 +253,8 @@ def _print_bans(dsn: str) -> None:
     for node, reason, tx, ev in rows:
         t.add_row(node, reason or "", tx or "", json.dumps(ev)[:90] if ev else "")
     console.print(t if rows else "bans: none")
+
+
 
 
 def _recorder(dsn: str, etcd: str, prefix: str, who: str) -> Recorder:

@@ -53,3 +53,22 @@ def test_sigkill_mid_stream_then_restart_equals_replay(database):
     with psycopg.connect(database.app_dsn) as c:
         assert c.execute("SELECT sum(count) FROM vote_counts").fetchone()[0] == 2400
         assert c.execute("SELECT count(*) FROM vote_history").fetchone()[0] == 2400
+
+
+def test_replay_pauses_a_running_projector_instead_of_waiting_forever(database):
+    rec = Recorder(PostgresStore(database.app_dsn), None, "node-a")
+    ts = trustees(3)
+    rec.execute([rules.AdmitMember(x.node_id, x.vote_key, x.peer_id, "op") for x in ts])
+    rec.execute([rules.Configure(2, "op")])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    p = subprocess.Popen([*TVOTE, "projector", "--dsn", database.app_dsn, "--batch", "10"], env=env)
+    try:
+        for k in range(30):  # the log keeps growing while we replay
+            rec.execute([x.receive(f"tx_{k}", k, now=1) for x in ts])
+        report = replay(database.owner_dsn)
+        assert report.equal, report.differing_tables
+        assert p.poll() is None, "the live projector must survive a replay"
+    finally:
+        p.terminate()
+        p.wait(10)
+        rec.store.close()
