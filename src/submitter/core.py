@@ -156,9 +156,49 @@ class Submitter:
 
     # the loop ---------------------------------------------------------------------------------------
 
+    def recover(self) -> int:
+        """On start: replay the log, then re-broadcast every logged raw transaction that is neither mined
+        nor known to the node (R11), whoever's lock covers its transaction.
+
+        Broadcasting a raw transaction the log already holds is always safe: it is the very transaction
+        that was recorded as signed, at most one transaction per nonce can be mined, and it can only
+        write its own tx id (which the contract writes once). Doing it at once, rather than when each
+        transaction's lock is free again, closes the nonce gaps a crash left behind, so transactions
+        signed after the restart are not held up for a lock TTL. Everything else about an unfinished
+        submission (receipts, ``recordOf``, confirmation) happens when its lock is taken, in
+        ``_reconcile``, before anything new is signed for it. Returns how many were re-broadcast.
+        """
+        self.recorder.catch_up()
+        mined: dict[str, int] = {}
+        sent = 0
+        for (chain_id, sender), book in self.index.by_nonce.items():
+            if chain_id != self.chain_id:
+                continue
+            for nonce in sorted(book):
+                s = book[nonce]
+                if s.tx_id not in self.index.pending:
+                    continue
+                try:
+                    if sender not in mined:
+                        mined[sender] = self.client.mined_nonce(s.sender)
+                    if nonce < mined[sender] or self.client.get_transaction(s.hash_bytes) is not None:
+                        continue
+                    self.client.send_raw(s.raw_bytes)
+                    sent += 1
+                except (TxRejected, ChainUnreachable) as e:
+                    log.info("recovery: re-broadcast of %s (nonce %d) not done now: %s", s.tx_id, nonce, e)
+        self.stats["rebroadcast"] += sent
+        if sent:
+            log.warning("recovery: re-broadcast %d logged raw transaction(s)", sent)
+        return sent
+
     def run(self, stop: threading.Event) -> None:
         """Rounds until ``stop`` is set; outages of Postgres, etcd or the chain only slow it down."""
         failures = 0
+        try:
+            self.recover()
+        except (StoreUnavailable, ChainError) as e:
+            log.warning("recovery pass skipped (%s); each transaction is reconciled when claimed", e)
         while not stop.is_set():
             try:
                 progress = self.run_once()

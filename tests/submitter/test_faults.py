@@ -116,18 +116,62 @@ def test_record_written_outside_the_log_is_an_alert_not_a_confirmation(cluster, 
     assert cluster.txs()["tx_x"].status == rules.SUBMITTING  # not confirmed: an operator must look
 
 
-def test_a_dead_holders_logged_nonce_gap_is_filled_before_its_lock_expires(cluster, chain, spawn):
-    """A dies after logging tx_1 at nonce 0 (never broadcast); B's tx_2 at nonce 1 waits for nonce 0.
-    B re-broadcasts the logged raw tx_1 (R11: the log holds it) instead of waiting out A's lock."""
+def test_restart_rebroadcasts_a_dead_holders_logged_tx_before_its_lock_expires(cluster, chain, spawn):
+    """A dies after logging tx_1 at nonce 0 (never broadcast); B's tx_2 gets nonce 1. B's recovery
+    re-broadcasts the logged raw tx_1 (R11: the log holds it) at once, instead of leaving a nonce gap
+    until A's lock expires; tx_1 is confirmed once B can take its lock."""
     cluster.consensus(["tx_1"])
-    a = spawn("--crash-at", "signed", lock_ttl=15)
+    a = spawn("--crash-at", "signed", lock_ttl=8)
     assert a.popen.wait(30) == -9
     cluster.consensus(["tx_2"])
-    b = spawn("--stuck-after", "1")
-    t0 = time.monotonic()
-    wait_until(all_confirmed(cluster, ["tx_2"]), 12, "tx_2 while tx_1's lock is still held", b)
-    assert time.monotonic() - t0 < 12 and cluster.txs()["tx_1"].status == rules.SUBMITTING
+    b = spawn()
+    wait_until(all_confirmed(cluster, ["tx_2"]), 6, "tx_2 while tx_1's lock is still held", b)
+    assert cluster.txs()["tx_1"].status == rules.SUBMITTING
     assert chain.recorded() == {"tx_1": 1, "tx_2": 1}  # tx_1 is on chain, written by its logged raw tx
     wait_until(all_confirmed(cluster, ["tx_1"]), 30, "tx_1 after A's lock expired", b)
     assert chain.recorded() == {"tx_1": 1, "tx_2": 1}
     assert len(cluster.events("SubmissionSigned")) == 2  # nothing re-signed
+
+
+def test_a_tx_waiting_on_a_lower_nonce_fills_the_gap_from_the_log(cluster, chain, make_submitter):
+    """The running-process path of the same gap: tx_2 sits behind nonce 0, whose raw tx (tx_1) only the
+    log holds; after stuck_after the submitter re-broadcasts it rather than replacing tx_2."""
+    cluster.consensus(["tx_1"])
+    a = make_submitter("sub-a", lock_ttl=30)
+    a.recorder.catch_up()
+    a._claim()
+    a._sign(list(a.work.values()))  # tx_1 signed and logged at nonce 0, then a "dies"
+    a.locks._stop.set()
+    cluster.consensus(["tx_2"])
+    b = make_submitter("sub-b", stuck_after=0.5)
+    deadline = time.monotonic() + 15
+    while cluster.txs()["tx_2"].status != rules.CONFIRMED and time.monotonic() < deadline:
+        b.run_once()  # no recover(): the gap is found by the stuck check
+        time.sleep(0.01)
+    assert cluster.txs()["tx_2"].status == rules.CONFIRMED
+    assert b.stats["rebroadcast"] == 1 and b.stats["replaced"] == 0
+    assert chain.recorded() == {"tx_1": 1, "tx_2": 1}
+
+
+def test_insufficient_funds_backs_off_logs_once_and_resumes_when_funded(cluster, chain, spawn, tmp_path):
+    from eth_account import Account
+
+    from chain import make_web3
+
+    poor = Account.create()
+    owner = Account.from_key(chain.node.private_key(0))
+    chain.client.set_submitter(owner, poor.address, True)
+    key = tmp_path / "poor.key"
+    key.write_text(poor.key.hex())
+    cluster.consensus(["tx_poor"])
+    proc = spawn(key_file=key)
+    wait_until(lambda: cluster.events("SubmissionFailed"), 20, "the failure", proc)
+    time.sleep(1.5)  # several retries with backoff...
+    failed = cluster.events("SubmissionFailed")
+    assert len(failed) == 1 and failed[0].retryable and "InsufficientFunds" in failed[0].error  # ...logged once
+    assert chain.recorded() == {}
+    w3 = make_web3(chain.node.url)
+    w3.eth.send_transaction({"from": owner.address, "to": poor.address, "value": 10**18})
+    wait_until(all_confirmed(cluster, ["tx_poor"]), 20, "confirmed once funded", proc)
+    assert chain.recorded() == {"tx_poor": 1}
+    assert len(cluster.events("SubmissionSigned")) == 1  # the logged transaction, re-sent as it was
