@@ -39,7 +39,7 @@ CONSTANTS
     MaxOutages,    \* bound: times the chain becomes unreachable
     ContractGuard, \* TRUE: the contract reverts a second write for the same id
     Bug            \* "none" | "banned_vote_counts" | "blame_claimed"
-                   \*   | "no_fencing" | "abort_after_claim"
+                   \*   | "no_fencing" | "abort_after_claim" | "lease_outlives_restart"
 
 Members == Honest \cup Byz
 
@@ -56,7 +56,7 @@ ASSUME
     /\ Cardinality(Byz) < T
     /\ RepInit \subseteq Nat /\ Floor \in Nat /\ \A r \in RepInit : r >= Floor
     /\ Bug \in {"none", "banned_vote_counts", "blame_claimed", "no_fencing",
-                "abort_after_claim"}
+                "abort_after_claim", "lease_outlives_restart"}
 
 \* Transaction states (names as in the Python decider's TxState).
 Idle       == "IDLE"
@@ -361,10 +361,12 @@ Recover(s) ==
                    chainVars, envVars>>
 
 \* The lease of a crashed holder runs out (also once the process has
-\* restarted: the new incarnation does not keep the old lease alive).
+\* restarted: the new incarnation does not keep the old lease alive).  Bug
+\* "lease_outlives_restart": the restarted process keeps the old lease alive
+\* without knowing it holds the lock, and nobody ever submits.
 ExpireCrashedLease ==
     /\ lockHolder # NoSub
-    /\ pc[lockHolder] \in {"down", "idle"}
+    /\ pc[lockHolder] \in IF Bug = "lease_outlives_restart" THEN {"down"} ELSE {"down", "idle"}
     /\ lockHolder' = NoSub
     /\ UNCHANGED <<voteVars, subRev, signedRaw, lockRev, pc, myRev, myRaw,
                    chainVars, envVars>>
