@@ -117,6 +117,7 @@ class Tx:
     deadline_fired: bool = False
     lock_revision: int = 0  # fencing token of the current submission claim
     signed: tuple[str, ...] = ()  # tx hashes signed so far (R11)
+    nonce: tuple[int, str, int] | None = None  # (chain id, sender, nonce) of the first signature
     failures: int = 0
 
 
@@ -343,7 +344,9 @@ class _Decision:
             if dissent:
                 self.abort_if_abortable("BYZANTINE", f"{MINORITY_VOTE} against {w}")
             elif self.tx.status == COLLECTING:  # R6: uniform, recorded once
-                voters = tuple(sorted(n for n, v in self.tx.votes.items() if v.value == w))
+                # The certificate names the votes that counted: eligible members only (R10).
+                members = self.cluster.members
+                voters = tuple(sorted(n for n, v in self.tx.votes.items() if v.value == w and members[n].eligible))
                 cert = certificate_hash([SignedVote.from_json(self.tx.votes[n].vote) for n in voters])
                 self.emit(ThresholdReached(tx.tx_id, w, voters, cert))
         elif outcome == LOST and self.tx.status == COLLECTING:
@@ -568,9 +571,14 @@ def _fenced(d: _Decision, tx_id: str, lock_revision: int) -> Tx:
 
 
 def _record_signed(d: _Decision, c: RecordSigned) -> None:
-    _fenced(d, c.tx_id, c.lock_revision)
+    tx = _fenced(d, c.tx_id, c.lock_revision)
     _int("chain_id", c.chain_id, 1, 2**63 - 1)
     _int("nonce", c.nonce, 0, 2**63 - 1)
+    if tx.nonce is not None and tx.nonce != (c.chain_id, c.sender, c.nonce):
+        # R11: a later signature may only replace the first at the same nonce (a fee bump),
+        # so at most one of them can ever be mined.
+        raise errors.CommandRejected(f"{tx.tx_id} was signed at nonce {tx.nonce[2]} by {tx.nonce[1]}; "
+                                     "a replacement must use the same chain, sender and nonce")
     d.emit(
         SubmissionSigned(
             c.tx_id, c.lock_revision, c.chain_id, _text("sender", c.sender), c.nonce,
@@ -677,7 +685,8 @@ def evolve(state: State, event: Event) -> State:
         case SubmissionStarted():
             tx = replace(tx, status=SUBMITTING, lock_revision=event.lock_revision)
         case SubmissionSigned():
-            tx = replace(tx, signed=(*tx.signed, event.tx_hash))
+            tx = replace(tx, signed=(*tx.signed, event.tx_hash),
+                         nonce=tx.nonce or (event.chain_id, event.sender, event.nonce))
         case SubmissionConfirmed():
             tx = replace(tx, status=CONFIRMED)
         case SubmissionFailed():

@@ -26,6 +26,7 @@ from events.errors import CommandRejected, StoreUnavailable
 from events.model import CLUSTER_STREAM, Event, VoteAccepted, tx_stream
 from events.store import EventStore, Outcome, Unit
 from node.guard import Claim, EtcdGuard, Refusal, vote_json
+from observability.metrics import observe_results
 
 MAX_ATTEMPTS = 8
 CLAIMS_PER_ETCD_TXN = 500  # ~5 ops each: needs etcd --max-txn-ops >= 4096 (devstack sets 8192)
@@ -86,7 +87,9 @@ class Recorder:
             self.deferred.append(commands[i])
             results[i] = Result(Status.DEFERRED)
             self.stats["deferred"] += 1
-        return [r for r in results if r is not None]
+        out = [r for r in results if r is not None]
+        observe_results(self.writer, commands, out)
+        return out
 
     def retry_deferred(self) -> list[Result]:
         pending, self.deferred = self.deferred, []

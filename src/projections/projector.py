@@ -31,6 +31,7 @@ import psycopg
 from events import model as m
 from events.postgres_store import SELECT, _recorded, us_to_datetime
 from events.store import Recorded
+from observability.metrics import EventMetrics
 
 PROJECTOR_LOCK = 0x7076_6A63  # "pvjc": one projector per database at a time
 DEFAULT_NAME = "main"
@@ -65,6 +66,13 @@ class Projector:
             self.conn.execute(f'SET search_path TO "{schema}", public')
         self.lock_key = PROJECTOR_LOCK if not schema else zlib.crc32(schema.encode())
         self.conn.autocommit = False
+        # Only the live projector feeds the metrics (a replay must not count twice); a restart
+        # primes its gauges from the tables instead of re-counting the log.
+        self.metrics: EventMetrics | None = None
+        if schema is None:
+            self.metrics = EventMetrics(projector=name)
+            self.metrics.prime_from_db(self.conn, self.position())
+            self.conn.commit()  # end the read: each batch must run in a transaction of its own
 
     def close(self) -> None:
         self.conn.close()
@@ -106,7 +114,9 @@ class Projector:
                 "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
                 (self.name, events[-1].position),
             )
-            return len(events)
+        if self.metrics is not None:
+            self.metrics.observe(events)  # after the commit: a rolled-back batch is not counted
+        return len(events)
 
     def catch_up(self, until: int | None = None, batch: int = 5000) -> int:
         n = 0

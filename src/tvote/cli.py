@@ -8,6 +8,8 @@ actions (unban, members) are events in the log, naming the operator and the reas
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
 import sys
 import time
@@ -25,6 +27,8 @@ from events.errors import ThresholdVoteError
 from events.postgres_store import PostgresStore
 from node.guard import EtcdGuard
 from node.recorder import Recorder, Status
+from observability.logging import configure_logging
+from observability.metrics import register_gossip, serve_from_env
 from projections.projector import Projector
 from projections.replay import replay as do_replay
 
@@ -106,9 +110,11 @@ def projector(dsn: Dsn, once: Annotated[bool, typer.Option(help="Catch up and ex
               batch: Annotated[int, typer.Option(help="Events per transaction.", min=1)] = 5000) -> None:
     """Run the projector: follow the log into the SQL projections (exactly once, resumable)."""
     _connect_check(dsn)
+    configure_logging(service="tvote-projector")
     p = Projector(dsn)
     stopping = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.__setitem__("now", True))
+    serve_from_env(health=lambda: not stopping["now"])
     try:
         if once:
             n = p.catch_up(batch=batch)
@@ -141,6 +147,9 @@ def node(
     from node.service import NodeConfig, NodeStartError, TrusteeNode
 
     _connect_check(dsn)
+    configure_logging(service="tvote-node")
+    # py-libp2p logs expected connection churn (closing peers, DHT reads) at ERROR level.
+    logging.getLogger("libp2p").setLevel(os.environ.get("TVOTE_LIBP2P_LOG_LEVEL", "CRITICAL"))
     try:
         token = _read_secret(api_token_file)
         n = TrusteeNode(NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, listen_port, bootstrap or [],
@@ -150,6 +159,8 @@ def node(
         raise fail(str(e)) from None
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
+    register_gossip(node_id, n.gossip.counters.snapshot)
+    serve_from_env(health=lambda: n.healthy)  # /metrics when TVOTE_METRICS_PORT is set
     if status_file:
         status_file.write_text(json.dumps({"node_id": node_id, "peer_id": n.gossip.peer_id,
                                            "listen_addrs": n.gossip.listen_addrs, "api_port": api.port}))

@@ -57,7 +57,7 @@ def command(words: list[str], ts: list) -> r.Command:
     if op == "claim":
         return r.StartSubmission(a[0], "submitter-1", int(a[1]))
     if op == "signed":
-        return r.RecordSigned(a[0], int(a[1]), 31337, "0xabc", 0, a[2], "0x00")
+        return r.RecordSigned(a[0], int(a[1]), 31337, "0xabc", int(kw.get("nonce", 0)), a[2], "0x00")
     if op == "broadcast":
         return r.RecordBroadcast(a[0], int(a[1]), a[2])
     if op == "confirm":
