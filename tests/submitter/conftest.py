@@ -40,6 +40,12 @@ class Chain:
     key_file: Path
     sender: str
 
+    def audit(self, cluster: Cluster) -> list[str]:
+        """Findings of the chain-vs-log audit (empty: every record is a logged consensus, written once)."""
+        from submitter.audit import audit_chain
+
+        return audit_chain(cluster.recorder.store, self.client).findings
+
     def recorded(self) -> dict[str, int]:
         """tx_id -> number of successful writes on chain (the contract's Recorded events)."""
         counts: dict[str, int] = {}

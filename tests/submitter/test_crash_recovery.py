@@ -58,6 +58,7 @@ def test_sigkill_at_each_step_boundary_then_restart(cluster, chain, spawn, point
         assert revs == sorted(set(revs)), revs
     nonces = [(e.sender, e.nonce, e.tx_id) for e in cluster.events("SubmissionSigned")]
     assert len({(s, n) for s, n, _ in nonces}) == len({(s, n, t) for s, n, t in nonces})  # one tx per nonce
+    assert chain.audit(cluster) == []
 
 
 def test_repeated_external_sigkills_under_load(cluster, chain, spawn):
@@ -74,3 +75,4 @@ def test_repeated_external_sigkills_under_load(cluster, chain, spawn):
     recorded = chain.recorded()
     assert recorded == {t: 1 for t in tx_ids}
     assert all(cluster.txs()[t].status == rules.CONFIRMED for t in tx_ids)
+    assert chain.audit(cluster) == []

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 from conftest import all_confirmed, wait_until
 
 from devstack.anvil import rpc
 from events import rules
+from projections.projector import Projector
 
 
 def test_anvil_stopped_and_restarted_with_its_state(cluster, chain, spawn):
@@ -61,6 +63,13 @@ def test_two_submitters_race_and_one_takes_over_when_the_other_dies(cluster, cha
         by_nonce.setdefault(e.nonce, set()).add(e.tx_id)
     assert all(len(v) == 1 for v in by_nonce.values()), by_nonce  # never one nonce for two txs
     assert sorted(by_nonce) == list(range(len(by_nonce)))  # and no gaps
+    assert chain.audit(cluster) == []
+    p = Projector(cluster.database.app_dsn)  # the projection's UNIQUE (chain, sender, nonce) holds too
+    p.catch_up()
+    p.close()
+    with psycopg.connect(cluster.database.app_dsn) as c:
+        rows = c.execute("SELECT state, count(*) FROM blockchain_submissions GROUP BY state").fetchall()
+    assert rows == [("CONFIRMED", 30)]
 
 
 def test_a_holder_whose_lease_expired_is_fenced_out(cluster, chain, make_submitter):
@@ -114,6 +123,9 @@ def test_record_written_outside_the_log_is_an_alert_not_a_confirmation(cluster, 
     assert [e.tx_id for e in failed] == ["tx_x"] and "alert" in failed[0].error
     assert chain.recorded() == {"tx_x": 1, "tx_y": 1}
     assert cluster.txs()["tx_x"].status == rules.SUBMITTING  # not confirmed: an operator must look
+    findings = chain.audit(cluster)  # the chain audit names it too: other certificate, unlogged writer
+    assert all(f.startswith("tx_x:") for f in findings) and any("never recorded as signed" in f for f in findings)
+    assert any("certificate" in f for f in findings)
 
 
 def test_restart_rebroadcasts_a_dead_holders_logged_tx_before_its_lock_expires(cluster, chain, spawn):

@@ -28,6 +28,7 @@ def test_every_consensus_tx_is_written_once_with_the_logs_certificate(cluster, c
     wait_until(all_confirmed(cluster, ["tx_late"]), 20, "late tx confirmed", proc)
     assert chain.recorded()["tx_late"] == 1
     assert cluster.txs()["tx_late"].status == rules.CONFIRMED
+    assert chain.audit(cluster) == []
 
 
 def test_confirmation_waits_for_the_configured_depth(cluster, chain, spawn):
