@@ -55,6 +55,14 @@ class NodeConfig:
     batch_window_ms: float = 5.0
     max_batch: int = 500
     tick_ms: float = 100.0
+    # Edge replay protection beside the seen-cache: a vote signed further in the past or the
+    # future than this is dropped before it costs a signature check. Wide enough for the
+    # +-5 s clock skew the chaos suite injects; R3 makes any replay inside it harmless anyway.
+    max_vote_age_ms: int = 300_000
+    max_vote_future_ms: int = 30_000
+    # Per-author gossip rate limit (messages/s, burst), applied before our validator, so a
+    # flood of invalid votes from one peer cannot starve honest ones of CPU.
+    author_rate_limit: tuple[float, float] | None = (200.0, 400.0)
 
 
 @dataclass
@@ -106,7 +114,7 @@ class TrusteeNode:
         self._banned = {m.peer_id for m in self.recorder.ledger.cluster.members.values() if m.banned}
         self.gossip = ThreadedGossipHost(
             GossipConfig(seed=self.seed, listen_port=self.cfg.listen_port, bootstrap=list(self.cfg.bootstrap),
-                         banned=sorted(self._banned)),
+                         banned=sorted(self._banned), author_rate_limit=self.cfg.author_rate_limit),
             validate=self._validate,
         ).start()
         if self.gossip.peer_id != me.peer_id:
@@ -183,7 +191,13 @@ class TrusteeNode:
             self.counters.add("dropped_banned", len(votes))  # R10
             return False
         ok = True
+        now = now_ms()
         for sv in votes:
+            age = now - sv.vote.timestamp_ms
+            if age > self.cfg.max_vote_age_ms or -age > self.cfg.max_vote_future_ms:
+                self.counters.add("dropped_stale")  # an old message replayed, or a wild clock
+                ok = False
+                continue
             voter = cluster.members.get(sv.vote.node_id)
             if voter is None or not voter.active:
                 self.counters.add("dropped_outsider")

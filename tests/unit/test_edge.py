@@ -1,0 +1,102 @@
+"""The node's network edge (the gossip validator): one test per kind of bad input (issue 5).
+
+Runs the real validator with real signatures over a ledger from the pure core; no host needed.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from helpers import bootstrap, run, trustees
+
+from events import rules
+from events.vote import SignedVote, Vote, sign
+from node import wire
+from node.p2p.identity import generate_key_file
+from node.recorder import now_ms
+from node.service import NodeConfig, TrusteeNode
+
+
+@pytest.fixture
+def edge(tmp_path):
+    ledger, ts = bootstrap(4, 3)
+    key = tmp_path / "k"
+    generate_key_file(key, seed=bytes([2]) * 32)  # trustee node-1's key (helpers.trustees)
+    node = TrusteeNode(NodeConfig("node-1", str(key), "dsn", "etcd"))
+    node.recorder = SimpleNamespace(ledger=ledger)
+    return node, ledger, ts
+
+
+def vote(t, tx="tx", value=1, ts=None):
+    return sign(Vote(tx, value, t.node_id, now_ms() if ts is None else ts), t.key)
+
+
+def test_a_valid_batch_passes_and_is_forwarded(edge):
+    node, _, ts = edge
+    assert node._validate(ts[1].peer_id, wire.encode([vote(ts[1]), vote(ts[2])]))
+    assert node.inbox.empty()  # delivered later through the host, not through the side channel
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x00\xff garbage", b"", b"[]", b'{"v": 2, "votes": []}', b'{"v": 1, "votes": []}',
+    b"x" * (wire.MAX_BYTES + 1),
+    json.dumps({"v": 1, "votes": [{"tx_id": "bad id!", "value": 1, "node_id": "node-2", "timestamp_ms": 1,
+                                   "signature": "00" * 64}]}).encode(),
+    json.dumps({"v": 1, "votes": [{"tx_id": "tx", "value": 2**64, "node_id": "node-2", "timestamp_ms": 1,
+                                   "signature": "00" * 64}]}).encode(),
+])
+def test_garbage_is_dropped_and_counted(edge, payload):
+    node, _, ts = edge
+    assert not node._validate(ts[1].peer_id, payload)
+    assert node.counters.snapshot() == {"dropped_garbage": 1}
+    assert node.inbox.empty()
+
+
+def test_outsider_author_is_dropped_counted_never_logged(edge):
+    node, _, ts = edge
+    assert not node._validate("12D3KooWoutsider", wire.encode([vote(ts[1])]))
+    assert node.counters.snapshot() == {"dropped_outsider": 1}
+    assert node.inbox.empty()
+
+
+def test_vote_signed_by_a_non_member_is_dropped(edge):
+    node, _, ts = edge
+    stranger = trustees(9)[8]
+    assert not node._validate(ts[1].peer_id, wire.encode([vote(stranger)]))
+    assert node.counters.snapshot() == {"dropped_outsider": 1}
+
+
+def test_banned_author_is_dropped(edge):
+    node, ledger, ts = edge
+    run(ledger, ts[3].receive("t1", 1))
+    run(ledger, ts[3].receive("t1", 2))  # double vote: node-4 banned
+    assert not node._validate(ts[3].peer_id, wire.encode([vote(ts[3])]))
+    assert node.counters.snapshot() == {"dropped_banned": 1}
+
+
+@pytest.mark.parametrize("offset_ms", [-301_000, -10**9, 31_000])
+def test_replayed_old_or_future_votes_are_dropped(edge, offset_ms):
+    node, _, ts = edge
+    assert not node._validate(ts[1].peer_id, wire.encode([vote(ts[1], ts=now_ms() + offset_ms)]))
+    assert node.counters.snapshot() == {"dropped_stale": 1}
+
+
+def test_skew_of_five_seconds_is_accepted(edge):
+    node, _, ts = edge
+    assert node._validate(ts[1].peer_id, wire.encode([vote(ts[1], ts=now_ms() + 5000)]))
+    assert node._validate(ts[1].peer_id, wire.encode([vote(ts[2], ts=now_ms() - 5000)]))
+
+
+def test_forged_signature_is_not_forwarded_but_handed_on_for_r7(edge):
+    node, _, ts = edge
+    v = Vote("tx", 1, ts[0].node_id, now_ms())
+    forged = SignedVote(v, sign(v, ts[2].key).signature)  # node-3's key, node-1's name
+    assert not node._validate(ts[2].peer_id, wire.encode([forged]))
+    assert node.counters.snapshot() == {"invalid_signature": 1}
+    author, sv = node.inbox.get_nowait()
+    assert author == ts[2].peer_id and sv == forged  # the decider will blame node-3's peer (R7)
+    events = run(node.recorder.ledger, rules.ReceiveVote(sv, author, now_ms()))
+    assert [(e.TYPE, getattr(e, "node_id", None)) for e in events][:2] == [
+        ("ViolationDetected", "node-3"), ("NodeBanned", "node-3")]
