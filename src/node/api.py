@@ -76,7 +76,8 @@ def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
                 self._send(200 if view else 404, view or {"error": f"no transaction {tx_id}"})
             elif self.path == "/counters":
                 if self._authorised():
-                    self._send(200, api.node.counters.snapshot())
+                    gossip = api.node.gossip.counters.snapshot() if api.node.gossip else {}
+                    self._send(200, api.node.counters.snapshot() | {f"gossip_{k}": v for k, v in gossip.items()})
             else:
                 self._send(404, {"error": "no such endpoint"})
 

@@ -1,0 +1,101 @@
+"""Trustee nodes end to end: N real node processes on loopback, votes cast through their APIs.
+
+Prints, per N and offered rate: vote ingest (cluster and per node), gossip messages against
+votes (the batching gain), reception latency (signed -> recorded) and end-to-end latency
+(first vote signed -> ThresholdReached recorded) p50/p99, and gossip drops. Asserts nothing.
+Run: ``.venv/bin/python bench/node_bench.py [--nodes 4 7 10] [--txs 200] [--rates 20 50]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src")]
+
+import psycopg  # noqa: E402
+
+from devstack.etcd import Etcd  # noqa: E402
+from devstack.postgres import Postgres  # noqa: E402
+from devstack.trustees import TrusteeCluster  # noqa: E402
+from tvote import db  # noqa: E402
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
+
+
+def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float) -> dict:
+    name = f"n{n}_r{int(rate)}_{int(time.time())}"
+    pg.create_database(name)
+    db.upgrade(pg.url(name))
+    dsn = pg.dsn(name, user=db.APP_ROLE)
+    t = math.ceil(2 * n / 3)
+    cluster = TrusteeCluster(n, t, dsn, etcd.endpoints[0], f"/bench/{name}", deadline_ms=120_000).start()
+    try:
+        pool = ThreadPoolExecutor(n)
+        t0 = time.monotonic()
+        for k in range(txs):
+            list(pool.map(lambda i, k=k: cluster.cast(i, f"tx_{k}", k), range(n)))
+            sleep = t0 + (k + 1) / rate - time.monotonic()
+            if sleep > 0:
+                time.sleep(sleep)
+        offered_s = time.monotonic() - t0
+        deadline = time.monotonic() + 120
+        with psycopg.connect(dsn, autocommit=True) as c:
+            while time.monotonic() < deadline:
+                done = c.execute("SELECT count(*) FROM events WHERE event_type = 'ThresholdReached'").fetchone()[0]
+                if done >= txs:
+                    break
+                time.sleep(0.2)
+            rows = c.execute(
+                "SELECT event_type, payload, (extract(epoch FROM recorded_at) * 1000)::bigint FROM events "
+                "WHERE event_type IN ('VoteAccepted', 'ThresholdReached') ORDER BY position").fetchall()
+        counters = [cluster.counters(i) for i in range(n)]
+    finally:
+        cluster.stop()
+    first_vote: dict[str, int] = {}
+    reception, e2e, times = [], [], []
+    for etype, p, at in rows:
+        if etype == "VoteAccepted":
+            ts = p["vote"]["timestamp_ms"]
+            first_vote[p["tx_id"]] = min(first_vote.get(p["tx_id"], ts), ts)
+            reception.append(at - ts)
+            times.append(at)
+        else:
+            e2e.append(at - first_vote[p["tx_id"]])
+    votes = len(reception)
+    span = (max(times) - min(times)) / 1000 if times else float("nan")
+    msgs = sum(c.get("gossip_published", 0) for c in counters) or sum(1 for _ in counters)
+    published_votes = sum(c.get("published_votes", 0) for c in counters)
+    drops = sum(v for c in counters for k, v in c.items() if k.startswith("gossip_") and "drop" in k)
+    return {
+        "N": n, "t": t, "offered_tx_per_s": rate, "txs": txs, "consensus": len(e2e),
+        "offered_s": round(offered_s, 1), "votes_recorded": votes,
+        "cluster_votes_per_s": round(votes / span) if span else None,
+        "node_ingest_votes_per_s": round(votes / span) if span else None,  # every node follows every vote
+        "gossip_msgs": msgs, "votes_per_gossip_msg": round(published_votes / msgs, 1) if msgs else None,
+        "reception_p50_ms": pct(reception, 0.5), "reception_p99_ms": pct(reception, 0.99),
+        "e2e_p50_ms": pct(e2e, 0.5), "e2e_p99_ms": pct(e2e, 0.99), "gossip_drops": drops,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--nodes", type=int, nargs="+", default=[4, 7, 10])
+    ap.add_argument("--txs", type=int, default=200)
+    ap.add_argument("--rates", type=float, nargs="+", default=[20.0])
+    args = ap.parse_args()
+    with Postgres(fsync=True) as pg, Etcd(size=1) as etcd:
+        for n in args.nodes:
+            for rate in args.rates:
+                print(one_run(pg, etcd, n, args.txs, rate), flush=True)
+
+
+if __name__ == "__main__":
+    main()
