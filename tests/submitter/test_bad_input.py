@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from conftest import all_confirmed, wait_until
 from eth_account import Account
+from submitter_harness import all_confirmed, wait_until
 
 from events import rules
 from events.errors import NotSubmittable

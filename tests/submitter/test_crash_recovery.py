@@ -13,7 +13,7 @@ import random
 import time
 
 import pytest
-from conftest import all_confirmed, wait_until
+from submitter_harness import all_confirmed, wait_until
 
 from events import rules
 

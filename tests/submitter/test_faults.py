@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import psycopg
-from conftest import all_confirmed, wait_until
+from submitter_harness import all_confirmed, wait_until
 
 from devstack.anvil import rpc
 from events import rules
