@@ -308,6 +308,25 @@ class SubmissionFailed(Event):
         return f"sub-failed:{self.tx_id}:{self.lock_revision}:{self.attempt}"
 
 
+@dataclass(frozen=True)
+class RetentionApplied(Event):
+    """Projection rows older than the cutoffs move to the archive tables (seed Algorithm 7).
+
+    An event, not a cron job on the tables, so a replay archives exactly the same rows (R12).
+    The log itself is never rewritten.
+    """
+
+    TYPE = "RetentionApplied"
+    submissions_before_ms: int  # CONFIRMED submissions confirmed before this are archived
+    votes_before_ms: int  # vote history received before this is archived
+    operator: str
+    seq: int
+
+    @property
+    def key(self) -> str:
+        return f"retention:{self.seq}"
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
@@ -329,5 +348,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SubmissionBroadcast,
         SubmissionConfirmed,
         SubmissionFailed,
+        RetentionApplied,
     )
 }

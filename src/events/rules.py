@@ -25,6 +25,7 @@ from events.model import (
     NodeBanned,
     NodeUnbanned,
     ReputationChanged,
+    RetentionApplied,
     SubmissionBroadcast,
     SubmissionConfirmed,
     SubmissionFailed,
@@ -93,6 +94,7 @@ class Member:
 class Cluster:
     config: Config | None = None
     config_seq: int = 0
+    retention_seq: int = 0
     members: dict[str, Member] = field(default_factory=dict)
 
     def member_by_peer(self, peer_id: str) -> Member | None:
@@ -229,8 +231,19 @@ class RecordFailed:
     retryable: bool
 
 
+@dataclass(frozen=True)
+class ApplyRetention:
+    """Archive old projection rows: submissions after ``submission_days``, votes after ``vote_days``."""
+
+    now_ms: int
+    operator: str
+    submission_days: int = 30
+    vote_days: int = 90
+
+
 Command = (
-    Configure
+    ApplyRetention
+    | Configure
     | AdmitMember
     | RemoveMember
     | Unban
@@ -618,7 +631,17 @@ def _record_failed(d: _Decision, c: RecordFailed) -> None:
                             tx.failures))
 
 
+def _apply_retention(d: _Decision, c: ApplyRetention) -> None:
+    _int("now_ms", c.now_ms, 0, 2**63 - 1)
+    _int("submission_days", c.submission_days, 1, 36_500)
+    _int("vote_days", c.vote_days, 1, 36_500)
+    day = 86_400_000
+    d.emit(RetentionApplied(c.now_ms - c.submission_days * day, c.now_ms - c.vote_days * day,
+                            _text("operator", c.operator), d.cluster.retention_seq))
+
+
 _HANDLERS: dict[type, Any] = {
+    ApplyRetention: _apply_retention,
     Configure: _configure,
     AdmitMember: _admit,
     RemoveMember: _remove,
@@ -667,6 +690,8 @@ def evolve(state: State, event: Event) -> State:
             return _with_member(state, replace(cl.members[event.node_id], reputation=event.score))
         case TransactionOpened():
             return replace(state, tx=Tx(event.tx_id, COLLECTING, event.opened_at_ms, event.deadline_at_ms))
+        case RetentionApplied():
+            return replace(state, cluster=replace(cl, retention_seq=cl.retention_seq + 1))
     if tx is None:
         return state  # e.g. a forged vote's violation for a tx nobody opened (R7)
     match event:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 
 import pyetcd
@@ -40,6 +41,7 @@ import pyetcd.exceptions
 from events.errors import StoreUnavailable
 
 LEASE_TTL = 10
+RETENTION_TTL = 24 * 3600  # seed 9.1: etcd's fast-path keys expire; Postgres keeps the truth
 
 
 @dataclass
@@ -68,6 +70,8 @@ class EtcdGuard:
         self.prefix = prefix.rstrip("/")
         self.node_id = node_id
         self.lease = self.client.lease(lease_ttl)
+        self._retention = self.client.lease(RETENTION_TTL)
+        self._retention_at = time.monotonic()
         self._stop = threading.Event()
         self._keepalive = threading.Thread(target=self._keep_alive, args=(lease_ttl,), daemon=True)
         self._keepalive.start()
@@ -101,9 +105,20 @@ class EtcdGuard:
 
     # the CAS ----------------------------------------------------------------------------------
 
+    def retention_lease(self):
+        """The lease that makes heads and counters expire within 24 h (rotated every 12 h).
+
+        An expired head is harmless: the next claim finds it missing and repairs it from PG.
+        """
+        if time.monotonic() - self._retention_at > RETENTION_TTL / 2:
+            self._retention = self.client.lease(RETENTION_TTL)
+            self._retention_at = time.monotonic()
+        return self._retention
+
     def claim(self, claims: list[Claim]) -> Refusal | None:
         """One etcd transaction for the whole batch: None when granted, else why not."""
         t = self.client.transactions
+        keep = self.retention_lease()
         compare, success, failure = [], [], []
         heads = sorted({s for c in claims for s in c.expected})
         start = {}
@@ -125,7 +140,7 @@ class EtcdGuard:
             failure.append(t.get(self.vote_key(k)))
         for s in heads:
             if end[s] != start[s]:
-                success.append(t.put(self.head_key(s), str(end[s])))
+                success.append(t.put(self.head_key(s), str(end[s]), lease=keep))
                 success.append(t.put(self.writer_key(s), f"{end[s]}:{self.node_id}", lease=self.lease))
         for k, v in votes:
             success.append(t.put(self.vote_key(k), v, lease=self.lease))
@@ -133,7 +148,7 @@ class EtcdGuard:
         for c in claims:
             counters.update(c.counters)
         for k, v in counters.items():
-            success.append(t.put(self.key(k), v))
+            success.append(t.put(self.key(k), v, lease=keep))
         ok, responses = self._txn(compare, success, failure)
         if ok:
             return None
@@ -157,7 +172,8 @@ class EtcdGuard:
         t = self.client.transactions
         cmp = t.create(self.head_key(stream)) == 0 if seen is None else t.value(self.head_key(stream)) == str(seen)
         # version 0 is "no head key" (the claim compares create_revision == 0), never "0"
-        op = t.delete(self.head_key(stream)) if truth == 0 else t.put(self.head_key(stream), str(truth))
+        head = self.head_key(stream)
+        op = t.delete(head) if truth == 0 else t.put(head, str(truth), lease=self.retention_lease())
         ok, _ = self._txn([cmp], [op], [])
         return ok
 

@@ -20,6 +20,8 @@ TABLES: dict[str, str] = {
     "members": "node_id",
     "node_reputation": "peer_id",
     "blockchain_submissions": "tx_id",
+    "blockchain_submissions_archive": "tx_id",
+    "vote_history_archive": "tx_id, node_id",
 }
 
 

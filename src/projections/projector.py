@@ -105,10 +105,16 @@ class Projector:
                 SELECT + " WHERE position > %s ORDER BY position LIMIT %s", (pos, limit))]
             if not events:
                 return 0
+            # A retention event acts on rows written before it: end the batch there.
+            cut = next((i for i, r in enumerate(events) if r.event_type == "RetentionApplied"), None)
+            if cut is not None:
+                events = events[:cut + 1]
             t = self._load(cur, events)
             for r in events:
                 apply(t, r)
             self._write(cur, t)
+            if cut is not None:
+                _archive(cur, events[-1].event())
             cur.execute(
                 "INSERT INTO projector_tracking (name, position) VALUES (%s, %s) "
                 "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
@@ -159,6 +165,16 @@ class Projector:
         _upsert(cur, "blockchain_submissions", ["tx_id"], list(t.submissions.values()))
         _insert(cur, "vote_history", t.vote_history)
         _insert(cur, "byzantine_violations", t.violations)
+
+
+def _archive(cur: psycopg.Cursor, e: m.RetentionApplied) -> None:
+    """Move rows older than the event's cutoffs to the archive tables (seed Algorithm 7, steps 3-4)."""
+    subs, votes = (naive(us_to_datetime(ms * 1000)) for ms in (e.submissions_before_ms, e.votes_before_ms))
+    cur.execute("WITH moved AS (DELETE FROM blockchain_submissions WHERE state = 'CONFIRMED' "
+                "AND confirmed_at < %s RETURNING *) INSERT INTO blockchain_submissions_archive SELECT * FROM moved",
+                (subs,))
+    cur.execute("WITH moved AS (DELETE FROM vote_history WHERE received_at < %s RETURNING *) "
+                "INSERT INTO vote_history_archive SELECT * FROM moved", (votes,))
 
 
 def _row(cur: psycopg.Cursor, r: tuple) -> Row:

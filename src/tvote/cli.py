@@ -313,6 +313,28 @@ def members_remove(node_id: str, dsn: Dsn, etcd: EtcdEndpoint, operator: Operato
 
 
 @app.command()
+def gc(dsn: Dsn, etcd: EtcdEndpoint, operator: Operator,
+       submission_days: Annotated[int, typer.Option(help="Archive confirmed submissions older than this.", min=1)]
+       = 30,
+       vote_days: Annotated[int, typer.Option(help="Archive vote history older than this.", min=1)] = 90,
+       etcd_prefix: EtcdPrefix = "/tvote") -> None:
+    """Retention (seed Algorithm 7): archive old projection rows via an event, so replays agree.
+
+    etcd's fast-path keys need no sweep: they live under 24 h leases. The log is never rewritten.
+    """
+    from observability.metrics import observe_gc
+
+    rec = _recorder(dsn, etcd, etcd_prefix, f"operator:{operator}")
+    try:
+        _execute_one(rec, rules.ApplyRetention(int(time.time() * 1000), operator, submission_days, vote_days))
+    except typer.Exit:
+        observe_gc(False)
+        raise
+    observe_gc(True)
+    console.print("the projector archives the rows when it reaches the event")
+
+
+@app.command()
 def migrate(dsn_url: Annotated[str, typer.Option("--url", envvar="TVOTE_DB_URL",
                                                  help="postgresql+psycopg://owner@host:port/db")],
             revision: str = "head", down: bool = False) -> None:

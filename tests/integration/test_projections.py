@@ -126,3 +126,25 @@ def test_audit_catches_a_false_event_written_by_a_node(database, log):
     report = verify(log.store)
     assert not report.integrity
     assert [f.problem for f in report.evidence] == ["accepted vote of node-3 on tx_fake does not verify"]
+
+
+def test_retention_is_an_event_so_replay_archives_the_same_rows(database, log):
+    import time as _time
+
+    later = int(_time.time() * 1000) + 100 * 86_400_000  # as if a hundred days had passed
+    r = log.execute([rules.ApplyRetention(later, "alice")])
+    assert r[0].events[0].TYPE == "RetentionApplied"
+    p = Projector(database.app_dsn)
+    p.catch_up()
+    p.close()
+    with psycopg.connect(database.app_dsn) as c:
+        assert c.execute("SELECT count(*) FROM vote_history").fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM vote_history_archive").fetchone()[0] > 0
+        assert c.execute("SELECT count(*) FROM blockchain_submissions").fetchone()[0] == 0
+        assert c.execute("SELECT tx_id FROM blockchain_submissions_archive").fetchall() == [("tx_ok",)]
+        assert c.execute("SELECT count(*) FROM events").fetchone()[0] == log.store.last_position()  # log intact
+    ts = trustees(5)
+    log.execute([ts[1].receive("tx_after", 5, now=1)])  # new rows keep flowing after an archive
+    report = replay(database.owner_dsn)
+    assert report.equal, report.differing_tables
+    assert verify(log.store).ok
