@@ -36,6 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import grpc
 import pyetcd
 import pyetcd.exceptions
 
@@ -47,10 +48,17 @@ LOCK_TTL = 30
 MAX_CAS_ATTEMPTS = 64
 
 
+class LeaseGone(StoreUnavailable):
+    """etcd no longer knows our lease (it expired or was revoked): every lock under it is lost."""
+
+
 def _call(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
-    except pyetcd.exceptions.Etcd3Exception as e:
+    except (pyetcd.exceptions.Etcd3Exception, grpc.RpcError) as e:
+        # pyetcd passes some gRPC statuses through untranslated (e.g. NOT_FOUND for a lease)
+        if "lease not found" in str(e):
+            raise LeaseGone(f"etcd: {e}") from e
         raise StoreUnavailable(f"etcd failed: {e}") from e
 
 
@@ -140,7 +148,13 @@ class SubmissionLocks:
             k = self.key(tx_id)
             ops.append(t.txn(compare=[t.create(k) == 0], success=[t.put(k, self.owner, lease=self.lease), t.get(k)],
                              failure=[t.get(k)]))
-        _, responses = _call(self.client.transaction, compare=[], success=ops, failure=[])
+        try:
+            _, responses = _call(self.client.transaction, compare=[], success=ops, failure=[])
+        except LeaseGone:
+            with self._mutex:
+                if self.lease.id == lease_id:
+                    self._valid_until = 0.0  # the next round sees alive() False and takes a new lease
+            return {}
         held: dict[str, int] = {}
         for tx_id, resp in zip(tx_ids, responses, strict=True):
             inner = resp.response_txn
