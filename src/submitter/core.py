@@ -152,7 +152,7 @@ class Submitter:
         self._fee_cache: tuple[float, Fees] | None = None
         self._nonce_cache: tuple[float, int] | None = None
         self.stats = {"claimed": 0, "signed": 0, "sent": 0, "rebroadcast": 0, "replaced": 0, "confirmed": 0,
-                      "stale": 0, "failed": 0}
+                      "stale": 0, "failed": 0, "filled": 0}
 
     # the loop ---------------------------------------------------------------------------------------
 
@@ -352,17 +352,41 @@ class Submitter:
             self._retry_later([w], e, record=True)
 
     def _fill_gap(self, sender: str, low: int, high: int) -> None:
+        """Nonces ``low..high-1`` of ``sender`` are missing on chain and hold up ``high``.
+
+        A nonce the log holds a raw transaction for is filled with it (re-broadcast, R11). A nonce
+        reserved for a transaction that will never sign it (it ended in an alert, or was written with
+        another nonce) is filled with a zero-value transfer to ourselves: it cannot write a record, it
+        only lets the sender's later nonces be mined. A nonce whose transaction is still live is left
+        to that transaction (if a filler took it first, that transaction finds its nonce consumed and
+        signs anew, see ``_reconcile``).
+        """
         book = self.index.by_nonce.get((self.chain_id, sender.lower()), {})
+        ours = sender.lower() == self.account.address.lower()
         for n in range(low, high):
             s = book.get(n)
-            if s is None:
-                log.info("nonce %d of %s: reserved but not signed yet; its transaction will fill it", n, sender)
-                continue
             try:
-                self.client.send_raw(s.raw_bytes)
-                self.stats["rebroadcast"] += 1
-            except (TxRejected, ChainUnreachable) as e:
-                log.info("gap nonce %d (%s): %s", n, s.tx_id, type(e).__name__)
+                if s is not None:
+                    self.client.send_raw(s.raw_bytes)
+                    self.stats["rebroadcast"] += 1
+                    continue
+                owner = self.nonces.owner_of(n) if ours else None
+                if ours and (owner is None or owner in self.index.dead or owner not in self.index.pending):
+                    log.warning("nonce %d of %s is orphaned (reserved for %s); filling it with a no-op", n, sender,
+                                owner)
+                    self.client.send_raw(self._noop(n))
+                    self.stats["filled"] += 1
+                else:
+                    log.info("nonce %d of %s: reserved for %s, not signed yet; it will fill it", n, sender, owner)
+            except (TxRejected, ChainUnreachable, StoreUnavailable) as e:
+                log.info("gap nonce %d: %s", n, type(e).__name__)
+
+    def _noop(self, nonce: int) -> bytes:
+        fees = self._fees()
+        tx = {"type": 2, "chainId": self.chain_id, "nonce": nonce, "to": self.account.address, "value": 0,
+              "gas": 21_000, "maxFeePerGas": fees.max_fee_per_gas,
+              "maxPriorityFeePerGas": fees.max_priority_fee_per_gas}
+        return bytes(self.account.sign_transaction(tx).raw_transaction)
 
     # step 4: sign -----------------------------------------------------------------------------------
 

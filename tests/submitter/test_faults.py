@@ -187,3 +187,24 @@ def test_insufficient_funds_backs_off_logs_once_and_resumes_when_funded(cluster,
     wait_until(all_confirmed(cluster, ["tx_poor"]), 20, "confirmed once funded", proc)
     assert chain.recorded() == {"tx_poor": 1}
     assert len(cluster.events("SubmissionSigned")) == 1  # the logged transaction, re-sent as it was
+
+
+def test_a_nonce_orphaned_by_an_alerted_tx_is_filled_with_a_noop(cluster, chain, spawn):
+    """tx_o reserves nonce 0 and its submitter dies before signing; then someone else writes tx_o on
+    chain, so its takeover ends in an alert and nonce 0 would stay empty for good, holding up tx_p at 1."""
+    from eth_account import Account
+
+    cluster.consensus(["tx_o"])
+    a = spawn("--crash-at", "signed-locally")
+    assert a.popen.wait(30) == -9
+    owner = Account.from_key(chain.node.private_key(0))
+    chain.client.set_submitter(owner, owner.address, True)
+    chain.client.record(owner, "tx_o", 7, b"\x22" * 32)
+    cluster.consensus(["tx_p"])
+    b = spawn("--stuck-after", "1")
+    wait_until(all_confirmed(cluster, ["tx_p"]), 30, "tx_p behind the orphaned nonce", b)
+    assert [e.tx_id for e in cluster.events("SubmissionFailed") if not e.retryable] == ["tx_o"]
+    assert chain.recorded() == {"tx_o": 1, "tx_p": 1}
+    (signed,) = cluster.events("SubmissionSigned")
+    assert signed.tx_id == "tx_p" and signed.nonce == 1
+    assert "filling it with a no-op" in b.output()
