@@ -41,6 +41,8 @@ class Trustee:
     proc: subprocess.Popen | None = None
     status: dict = field(default_factory=dict)
     log: Path | None = None
+    wrapper: list[str] = field(default_factory=list)  # e.g. ["faketime", "-f", "+5s"] for clock skew
+    extra_args: list[str] = field(default_factory=list)  # e.g. ["--fault-drop-rate", "0.2"]
 
     @property
     def peer_id(self) -> str:
@@ -92,6 +94,7 @@ class TrusteeCluster:
                 "--api-token-file", str(self.token_file), "--byzantine", t.byzantine, "--status-file", str(status)]
         for b in bootstrap:
             argv += ["--bootstrap", b]
+        argv = [*t.wrapper, *argv, *t.extra_args]
         env = {**os.environ, "PYTHONPATH": str(SRC)}
         with open(t.log, "ab") as log:
             t.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -150,6 +153,20 @@ class TrusteeCluster:
         return self._get(self.trustees[i], "/counters")[1]
 
     # lifecycle --------------------------------------------------------------------------------
+
+    def kill(self, i: int) -> None:
+        """SIGKILL one node (chaos): no drain, no goodbye."""
+        t = self.trustees[i]
+        if t.proc and t.proc.poll() is None:
+            t.proc.kill()
+            t.proc.wait()
+
+    def restart(self, i: int) -> None:
+        """Start a stopped or killed node again with the same key, bootstrapping from live peers."""
+        t = self.trustees[i]
+        peers = [x.status["listen_addrs"][0] for x in self.alive() if x is not t][:2]
+        self.start_node(t, peers)
+        wait_until(lambda: self._get(t, "/readyz")[0] == 200, 60, f"{t.node_id} ready")
 
     def alive(self) -> list[Trustee]:
         return [t for t in self.trustees if t.proc and t.proc.poll() is None]

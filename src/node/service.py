@@ -17,6 +17,7 @@ Threads and why (the Trio boundary is described in ``node/p2p/README.md``):
 from __future__ import annotations
 
 import queue
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ class NodeConfig:
     # Per-author gossip rate limit (messages/s, burst), applied before our validator, so a
     # flood of invalid votes from one peer cannot starve honest ones of CPU.
     author_rate_limit: tuple[float, float] | None = (200.0, 400.0)
+    # Chaos testing only: drop this fraction of gossip deliveries after they were accepted, as
+    # lost packets would (tc netem is not available here; loss is injected above the kernel).
+    fault_drop_rate: float = 0.0
 
 
 @dataclass
@@ -221,6 +225,9 @@ class TrusteeNode:
                 if self._stopped.is_set():
                     return
                 raise
+            if self.cfg.fault_drop_rate and random.random() < self.cfg.fault_drop_rate:
+                self.counters.add("fault_dropped_messages")
+                continue
             try:
                 for sv in wire.decode(d.payload):
                     self.inbox.put((d.author, sv))

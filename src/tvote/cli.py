@@ -140,6 +140,8 @@ def node(
     api_port: Annotated[int, typer.Option(help="Local API port on 127.0.0.1 (0: any).")] = 0,
     byzantine: Annotated[str, typer.Option(help="Tests only: none|double|minority|forge|silent")] = "none",
     status_file: Annotated[Path | None, typer.Option(help="Write peer id, addresses and API port here.")] = None,
+    fault_drop_rate: Annotated[float, typer.Option(help="Chaos tests only: drop this fraction of received gossip.",
+                                                   min=0.0, max=1.0)] = 0.0,
 ) -> None:
     """Run a trustee node: libp2p gossip, the decider, the cluster log, the local API."""
     from node.api import NodeAPI
@@ -153,7 +155,7 @@ def node(
     try:
         token = _read_secret(api_token_file)
         n = TrusteeNode(NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, listen_port, bootstrap or [],
-                                   api_port, token, byzantine)).start()
+                                   api_port, token, byzantine, fault_drop_rate=fault_drop_rate)).start()
         api = NodeAPI(n, api_port, token).start()
     except (NodeStartError, KeyFileError, OSError) as e:
         raise fail(str(e)) from None
