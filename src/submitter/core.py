@@ -506,12 +506,12 @@ class Submitter:
         # broadcast and the confirmation are appended together (one etcd CAS, one Postgres commit).
         # The "broadcast" failpoint keeps them apart so a kill can land between the two.
         mined: dict[str, int] = {}
-        if self.confirmations == 0 and self.failpoint != "broadcast":
-            for w in sent:
-                try:
-                    receipt = self.client.get_receipt(w.current.hash_bytes)  # type: ignore[union-attr]
-                except ChainUnreachable:
-                    continue
+        if self.confirmations == 0 and self.failpoint != "broadcast" and sent:
+            try:
+                receipts = self.client.get_receipts([w.current.hash_bytes for w in sent])  # type: ignore[union-attr]
+            except ChainUnreachable:
+                receipts = [None] * len(sent)
+            for w, receipt in zip(sent, receipts, strict=True):
                 if receipt is not None and receipt["status"] == 1:
                     mined[w.tx_id] = int(receipt["blockNumber"])
         todo = [w for w in sent if w.current and w.current.tx_hash not in w.announced]
@@ -540,20 +540,22 @@ class Submitter:
     def _watch(self, works: list[Work]) -> int:
         if not works:
             return 0
-        try:
-            head = int(self.client.w3.eth.block_number)
-        except Exception as e:  # transport errors of a bare web3 call
-            self._retry_later(works, ChainUnreachable(str(e)))
-            return 0
+        head = 0
+        if self.confirmations:
+            try:
+                head = int(self.client.w3.eth.block_number)
+            except Exception as e:  # transport errors of a bare web3 call
+                self._retry_later(works, ChainUnreachable(str(e)))
+                return 0
         now = time.monotonic()
         confirmed: list[tuple[Work, int]] = []
-        for w in works:
+        try:
+            receipts = self.client.get_receipts([w.current.hash_bytes for w in works])  # type: ignore[union-attr]
+        except ChainUnreachable as e:
+            self._retry_later(works, e)
+            return 0
+        for w, receipt in zip(works, receipts, strict=True):
             assert w.current is not None
-            try:
-                receipt = self.client.get_receipt(w.current.hash_bytes)
-            except ChainUnreachable as e:
-                self._retry_later([w], e)
-                continue
             if receipt is None:
                 if now - w.sent_at > self.stuck_after:
                     w.stuck, w.phase = True, Phase.RECONCILE  # dropped, nonce taken, or underpriced
@@ -561,7 +563,7 @@ class Submitter:
             if receipt["status"] != 1:
                 w.phase = Phase.RECONCILE  # AlreadyRecorded (ours or not?) or another revert: look
                 continue
-            if head - int(receipt["blockNumber"]) >= self.confirmations:
+            if self.confirmations == 0 or head - int(receipt["blockNumber"]) >= self.confirmations:
                 confirmed.append((w, int(receipt["blockNumber"])))
         if not confirmed:
             return 0
