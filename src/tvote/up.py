@@ -1,9 +1,10 @@
 """``tvote up``: the whole system on one machine, on loopback, running a real scenario.
 
-Starts Postgres, a 3-member etcd, N trustee node processes (real libp2p), and the projector
-process; streams transactions through the nodes' local APIs with one Byzantine trustee;
-shows progress; ends with a summary (verdicts, bans with evidence, audit, replay digest) and
-where to look. Everything it started is stopped on exit, Ctrl-C included.
+Starts Postgres, a 3-member etcd, anvil with the ThresholdRecord contract, N trustee node
+processes (real libp2p), the projector and the submitter; streams transactions through the
+nodes' local APIs with one Byzantine trustee; shows progress; ends with a summary (verdicts,
+values written on chain, bans with evidence, audit, replay digest) and where to look.
+Everything it started is stopped on exit, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from eth_account import Account
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from chain import ThresholdRecordClient, make_web3
+from devstack.anvil import Anvil
 from devstack.etcd import Etcd
 from devstack.postgres import Postgres
 from devstack.trustees import SRC, TrusteeCluster
 from tvote import db
 
-FINAL = {"THRESHOLD_REACHED", "SUBMITTING", "CONFIRMED", "ABORTED_BYZANTINE", "ABORTED_NO_QUORUM", "EXPIRED"}
+CHAIN_ID = 31337
+FINAL = {"CONFIRMED", "ABORTED_BYZANTINE", "ABORTED_NO_QUORUM", "EXPIRED"}
 
 
 @dataclass
@@ -45,19 +50,25 @@ class UpOptions:
 class Stack:
     pg: Postgres
     etcd: Etcd
+    anvil: Anvil | None = None
+    client: ThresholdRecordClient | None = None
     cluster: TrusteeCluster | None = None
-    projector: subprocess.Popen | None = None
+    procs: list[subprocess.Popen] = field(default_factory=list)  # projector, submitter
     started: list = field(default_factory=list)
 
     def stop(self, keep_data: bool) -> None:
-        if self.projector and self.projector.poll() is None:
-            self.projector.terminate()
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
             try:
-                self.projector.wait(10)
+                p.wait(15)
             except subprocess.TimeoutExpired:
-                self.projector.kill()
+                p.kill()
         if self.cluster:
             self.cluster.stop()
+        if self.anvil:
+            self.anvil.stop()
         for s in reversed(self.started):
             s.stop() if keep_data else s.destroy()
 
@@ -81,10 +92,29 @@ def run(opts: UpOptions, console: Console) -> bool:
                                            byzantine=byz, base_dir=data / "nodes" if data else None,
                                            deadline_ms=opts.deadline_ms)
             stack.cluster.start()
+        base = Path(stack.cluster.base)
+        with console.status("starting anvil and deploying ThresholdRecord ..."):
+            stack.anvil = Anvil(log_path=base / "anvil.log")
+            stack.anvil.start()
+            owner, submitter = Account.from_key(stack.anvil.private_key(0)), Account.from_key(
+                stack.anvil.private_key(1))
+            stack.client = ThresholdRecordClient.deploy(make_web3(stack.anvil.url), owner, [submitter.address],
+                                                        chain_id=CHAIN_ID)
+            key_file = base / "submitter.key"
+            key_file.write_text(stack.anvil.private_key(1))
+            key_file.chmod(0o600)
+        console.print(f"[green]up[/green] anvil {stack.anvil.url}, ThresholdRecord {stack.client.address}")
         env = {**os.environ, "PYTHONPATH": str(SRC)}
-        stack.projector = subprocess.Popen(
-            [sys.executable, "-c", "from tvote.cli import app; app()", "projector", "--dsn", app_dsn],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tvote = [sys.executable, "-c", "from tvote.cli import app; app()"]
+        etcd_hostport = stack.etcd.endpoints[0].removeprefix("http://")
+        for argv, log in (
+            ([*tvote, "projector", "--dsn", app_dsn], "projector.log"),
+            ([sys.executable, "-m", "submitter", "--dsn", app_dsn, "--etcd", etcd_hostport, "--etcd-prefix", "/tvote",
+              "--rpc", stack.anvil.url, "--contract", stack.client.address, "--key-file", str(key_file),
+              "--chain-id", str(CHAIN_ID), "--name", "submitter-1"], "submitter.log"),
+        ):
+            with open(base / log, "ab") as out:
+                stack.procs.append(subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT))
         for t in stack.cluster.trustees:
             console.print(f"  {t.node_id} peer {t.peer_id[:20]}... api 127.0.0.1:{t.status['api_port']}"
                           + (f" [red]byzantine: {t.byzantine}[/red]" if t.byzantine != "none" else ""))
@@ -93,7 +123,7 @@ def run(opts: UpOptions, console: Console) -> bool:
         t0 = time.monotonic()
         _stream(stack.cluster, opts, app_dsn, console)
         console.print(f"all transactions settled in {time.monotonic() - t0:.1f}s")
-        ok = _summary(app_dsn, owner_dsn, stack.cluster, console)
+        ok = _summary(app_dsn, owner_dsn, stack.cluster, stack.client, console)
         if opts.keep_running:
             console.print(f"services stay up (psql \"{owner_dsn}\"); Ctrl-C stops everything")
             while True:
@@ -146,10 +176,12 @@ def _progress_table(dsn: str, offered: int, total: int) -> Table:
     return t
 
 
-def _summary(app_dsn: str, owner_dsn: str, cluster: TrusteeCluster, console: Console) -> bool:
+def _summary(app_dsn: str, owner_dsn: str, cluster: TrusteeCluster, client: ThresholdRecordClient,
+             console: Console) -> bool:
     from events.audit import verify
     from events.postgres_store import PostgresStore
     from projections.replay import replay
+    from submitter.audit import audit_chain
     from tvote.cli import print_bans
 
     table = Table(title="verdicts (projections)")
@@ -167,7 +199,11 @@ def _summary(app_dsn: str, owner_dsn: str, cluster: TrusteeCluster, console: Con
                       + ", ".join(f"{k.removeprefix('dropped_')}={v}" for k, v in sorted(drops.items())))
     store = PostgresStore(app_dsn)
     report = verify(store)
+    chain = audit_chain(store, client)
     store.close()
+    verdict = "[green]each consensus written once[/green]" if not chain.findings else f"[red]{chain.findings}[/red]"
+    console.print(f"on chain: {client.record_count()} values recorded by ThresholdRecord {client.address}; "
+                  f"chain vs log: {verdict}")
     console.print(f"audit verify: {'[green]OK[/green]' if report.ok else '[red]FAILED[/red]'} "
                   f"({report.events} events, chain head {report.last_hash[:16]}...)")
     rep = replay(owner_dsn)
@@ -178,4 +214,4 @@ def _summary(app_dsn: str, owner_dsn: str, cluster: TrusteeCluster, console: Con
                   "  SELECT node_id, violation_type, tx_id, detected_at FROM byzantine_violations ORDER BY id;\n"
                   "  SELECT node_id, value, received_at FROM vote_history WHERE tx_id = 'tx_0000' ORDER BY position;\n"
                   "  node logs and keys: " + str(cluster.base))
-    return report.ok and rep.equal
+    return report.ok and rep.equal and not chain.findings
