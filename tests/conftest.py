@@ -8,4 +8,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from services import database, etcd_prefix, etcd_server, pg_server  # noqa: E402, F401
+from services import database, etcd_prefix, etcd_server, pg_server  # noqa: F401
