@@ -30,18 +30,22 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
 
 
-def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float) -> dict:
+def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float, flood: bool = False) -> dict:
     name = f"n{n}_r{int(rate)}_{int(time.time())}"
     pg.create_database(name)
     db.upgrade(pg.url(name))
     dsn = pg.dsn(name, user=db.APP_ROLE)
     t = math.ceil(2 * n / 3)
-    cluster = TrusteeCluster(n, t, dsn, etcd.endpoints[0], f"/bench/{name}", deadline_ms=120_000).start()
+    # With --flood one extra member floods the topic with garbage; it never votes, so honest
+    # throughput with and without it can be compared (rate limiting per author, peer scoring).
+    size = n + 1 if flood else n
+    cluster = TrusteeCluster(size, t, dsn, etcd.endpoints[0], f"/bench/{name}", deadline_ms=120_000,
+                             byzantine={n: "flood"} if flood else None).start()
     try:
         pool = ThreadPoolExecutor(n)
         t0 = time.monotonic()
         for k in range(txs):
-            list(pool.map(lambda i, k=k: cluster.cast(i, f"tx_{k}", k), range(n)))
+            list(pool.map(lambda i, k=k: cluster.cast(i, f"tx_{k}", k), range(n)))  # the flooder never votes
             sleep = t0 + (k + 1) / rate - time.monotonic()
             if sleep > 0:
                 time.sleep(sleep)
@@ -57,6 +61,7 @@ def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float) -> dict:
                 "SELECT event_type, payload, (extract(epoch FROM recorded_at) * 1000)::bigint FROM events "
                 "WHERE event_type IN ('VoteAccepted', 'ThresholdReached') ORDER BY position").fetchall()
         counters = [cluster.counters(i) for i in range(n)]
+        flood_dropped = sum(c.get("dropped_garbage", 0) + c.get("gossip_rejected_rate", 0) for c in counters)
     finally:
         cluster.stop()
     first_vote: dict[str, int] = {}
@@ -75,13 +80,14 @@ def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float) -> dict:
     published_votes = sum(c.get("published_votes", 0) for c in counters)
     drops = sum(v for c in counters for k, v in c.items() if k.startswith("gossip_") and "drop" in k)
     return {
-        "N": n, "t": t, "offered_tx_per_s": rate, "txs": txs, "consensus": len(e2e),
+        "N": n, "t": t, "flood": flood, "offered_tx_per_s": rate, "txs": txs, "consensus": len(e2e),
         "offered_s": round(offered_s, 1), "votes_recorded": votes,
         "cluster_votes_per_s": round(votes / span) if span else None,
         "node_ingest_votes_per_s": round(votes / span) if span else None,  # every node follows every vote
         "gossip_msgs": msgs, "votes_per_gossip_msg": round(published_votes / msgs, 1) if msgs else None,
         "reception_p50_ms": pct(reception, 0.5), "reception_p99_ms": pct(reception, 0.99),
         "e2e_p50_ms": pct(e2e, 0.5), "e2e_p99_ms": pct(e2e, 0.99), "gossip_drops": drops,
+        "flood_dropped_at_edge": flood_dropped if flood else 0,
     }
 
 
@@ -90,11 +96,14 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, nargs="+", default=[4, 7, 10])
     ap.add_argument("--txs", type=int, default=200)
     ap.add_argument("--rates", type=float, nargs="+", default=[20.0])
+    ap.add_argument("--flood", action="store_true", help="also run each point with a garbage-flooding member")
     args = ap.parse_args()
     with Postgres(fsync=True) as pg, Etcd(size=1) as etcd:
         for n in args.nodes:
             for rate in args.rates:
                 print(one_run(pg, etcd, n, args.txs, rate), flush=True)
+                if args.flood:
+                    print(one_run(pg, etcd, n, args.txs, rate, flood=True), flush=True)
 
 
 if __name__ == "__main__":

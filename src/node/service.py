@@ -34,7 +34,8 @@ from node.p2p import GossipConfig, ThreadedGossipHost
 from node.p2p.identity import load_seed
 from node.recorder import Recorder, Status, now_ms
 
-BYZANTINE_MODES = ("none", "double", "minority", "forge", "silent")
+BYZANTINE_MODES = ("none", "double", "minority", "forge", "silent", "flood")
+FLOOD_RATE = 2000  # garbage gossip messages/s sent by a node in "flood" mode (DoS tests)
 
 
 class NodeStartError(RuntimeError):
@@ -124,7 +125,8 @@ class TrusteeNode:
         if self.gossip.peer_id != me.peer_id:
             self.gossip.close()
             raise NodeStartError(f"libp2p peer id {self.gossip.peer_id} is not the one admitted ({me.peer_id})")
-        for target in (self._pump, self._work, self._publish):
+        targets = [self._pump, self._work, self._publish] + ([self._flood] if self.cfg.byzantine == "flood" else [])
+        for target in targets:
             t = threading.Thread(target=target, name=target.__name__, daemon=True)
             t.start()
             self._threads.append(t)
@@ -251,6 +253,19 @@ class TrusteeNode:
             if self.gossip is not None and not self._stopped.is_set():
                 self.gossip.publish(wire.encode(batch))
                 self.counters.add("published_votes", len(batch))
+
+    def _flood(self) -> None:
+        """Tests only: a member peer that floods the topic with invalid batches (seed 15: DoS).
+
+        Garbage never bans its author (only a verifiable violation does), so the per-author rate
+        limit and peer scoring are what must keep it from slowing honest votes.
+        """
+        n = 0
+        while not self._stopped.is_set():
+            self.gossip.publish(b'{"v":1,"votes":[{"flood":%d}]}' % n, block=False)
+            n += 1
+            self.counters.add("flood_sent")
+            time.sleep(1 / FLOOD_RATE)
 
     def _work(self) -> None:
         tick = self.cfg.tick_ms / 1000

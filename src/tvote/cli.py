@@ -138,7 +138,7 @@ def node(
     listen_port: Annotated[int, typer.Option(help="libp2p TCP port on 127.0.0.1 (0: any).")] = 0,
     bootstrap: Annotated[list[str] | None, typer.Option(help="Bootstrap peer multiaddr (repeatable).")] = None,
     api_port: Annotated[int, typer.Option(help="Local API port on 127.0.0.1 (0: any).")] = 0,
-    byzantine: Annotated[str, typer.Option(help="Tests only: none|double|minority|forge|silent")] = "none",
+    byzantine: Annotated[str, typer.Option(help="Tests only: none|double|minority|forge|silent|flood")] = "none",
     status_file: Annotated[Path | None, typer.Option(help="Write peer id, addresses and API port here.")] = None,
     fault_drop_rate: Annotated[float, typer.Option(help="Chaos tests only: drop this fraction of received gossip.",
                                                    min=0.0, max=1.0)] = 0.0,
