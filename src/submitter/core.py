@@ -73,7 +73,7 @@ from submitter.index import FollowingRecorder, LogIndex, Signed
 log = logging.getLogger(__name__)
 
 FAILPOINT_ENV = "TVOTE_SUBMITTER_CRASH"
-FAILPOINTS = ("started", "signed-locally", "signed", "sent", "broadcast", "mined")
+FAILPOINTS = ("started", "signed-locally", "signed", "sent", "broadcast", "mined", "confirmed")
 
 
 class Phase(Enum):
@@ -583,6 +583,8 @@ class Submitter:
             self.index.pending.discard(w.tx_id)
             release.append(Held(w.tx_id, w.revision))
             self.stats["confirmed"] += 1
+        if release:
+            self._fail_at("confirmed")
         self.locks.release(release)
 
     # helpers ------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Each case uses the process's own failpoint (``--crash-at``), so the kill lands exactly on the boundary:
 after SubmissionStarted, after signing (not yet logged), after SubmissionSigned (not yet broadcast),
 after the broadcast (not yet logged), after SubmissionBroadcast (receipt not yet seen), after the
-receipt (SubmissionConfirmed not yet logged). A restart must finish every transaction without a second
-on-chain write and, where a raw transaction was logged, without signing a new one.
+receipt (SubmissionConfirmed not yet logged), after SubmissionConfirmed (lock not released). A
+restart must finish every transaction without a second on-chain write and, where a raw transaction
+was logged, without signing a new one.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _types_by_tx(cluster, type_: str) -> dict[str, int]:
     return out
 
 
-@pytest.mark.parametrize("point", ["started", "signed-locally", "signed", "sent", "broadcast", "mined"])
+@pytest.mark.parametrize("point", ["started", "signed-locally", "signed", "sent", "broadcast", "mined", "confirmed"])
 def test_sigkill_at_each_step_boundary_then_restart(cluster, chain, spawn, point):
     cluster.consensus(TXS)
     first = spawn("--crash-at", point)
@@ -47,7 +48,7 @@ def test_sigkill_at_each_step_boundary_then_restart(cluster, chain, spawn, point
     wait_until(all_confirmed(cluster, TXS), 40, f"recovery after a kill at {point}", second)
     assert chain.recorded() == {t: 1 for t in TXS}
     signed_after = _types_by_tx(cluster, "SubmissionSigned")
-    if point in ("signed", "sent", "broadcast", "mined"):
+    if point in ("signed", "sent", "broadcast", "mined", "confirmed"):
         # the logged raw transaction was re-broadcast or looked up, never re-signed
         assert signed_after == {t: 1 for t in TXS}, cluster.events("SubmissionSigned")
     confirmed = {e.tx_id: e.tx_hash for e in cluster.events("SubmissionConfirmed")}
