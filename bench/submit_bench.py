@@ -12,7 +12,9 @@ four log appends (Started, Signed, Broadcast, Confirmed), signing, the broadcast
 
 - ``paced``: consensus offered at a fixed rate for a few seconds; achieved confirmations/s, p50/p99;
 - ``burst``: many consensus transactions at once; sustained submissions/s while draining the backlog;
-- ``baseline``: bare web3 sign/send/wait loop, one transaction at a time (and through the client).
+- ``baseline``: bare web3 sign/send/wait loop, one transaction at a time (and through the client);
+- ``breakdown``: one transaction at a time through an in-process Submitter, time per step (ms/tx),
+  to show where the latency goes (the three fenced log appends dominate).
 
 Run: ``.venv/bin/python bench/submit_bench.py`` (``--quick`` for a short run).
 """
@@ -63,6 +65,7 @@ class Setup:
         db.upgrade(pg.url(name))
         self.dsn = pg.dsn(name, user=db.APP_ROLE)
         self.prefix = f"/bench/{tag}"
+        self.endpoint = etcd_endpoint
         self.guard = EtcdGuard(etcd_endpoint, self.prefix, "bench-voter")
         self.rec = Recorder(PostgresStore(self.dsn), self.guard, "bench-voter")
         self.members = trustees(N)
@@ -172,6 +175,59 @@ def burst(s: Setup, count: int) -> dict:
             "drain_s": round(span, 2)}
 
 
+def breakdown(s: Setup, count: int) -> dict:
+    """Sequential single transactions through an in-process Submitter; wall time per step per tx."""
+    import collections
+    import functools
+
+    from submitter.core import Submitter
+
+    s.proc.terminate()
+    s.proc.wait(15)
+    guard = EtcdGuard(s.endpoint, s.prefix, "bd")
+    sub = Submitter(PostgresStore(s.dsn), guard, s.client, Account.from_key(s.anvil.private_key(1)), name="bd")
+    spent: collections.Counter[str] = collections.Counter()
+
+    def wrap(obj: object, name: str, label: str) -> None:
+        fn = getattr(obj, name)
+
+        @functools.wraps(fn)
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[label] += time.perf_counter() - t0
+
+        setattr(obj, name, timed)
+
+    wrap(sub.recorder, "execute", "log append (etcd CAS + PG commit)")
+    wrap(sub.recorder, "catch_up", "log follow")
+    wrap(sub.locks, "acquire", "etcd lock")
+    wrap(sub.locks, "release", "etcd unlock")
+    wrap(sub.nonces, "reserve", "etcd nonce CAS")
+    for name in ("send_raw", "get_receipts", "pending_nonce", "suggest_fees"):
+        wrap(sub.client, name, f"rpc {name}")
+    wrap(sub.client, "sign_record", "sign (eth-account)")
+    lat = []
+    try:
+        while sub.run_once():
+            pass
+        spent.clear()
+        for i in range(count):
+            s.consensus(1)
+            t0 = time.perf_counter()
+            while sub.stats["confirmed"] < i + 1:
+                sub.run_once()
+            lat.append((time.perf_counter() - t0) * 1000)
+    finally:
+        sub.close()
+        guard.close()
+    per_tx = {k: round(v / count * 1000, 2) for k, v in spent.most_common()}
+    return {"phase": "breakdown", "count": count, "latency_ms_p50": round(pct(lat, 0.5), 1),
+            "latency_ms_p99": round(pct(lat, 0.99), 1), "ms_per_tx": per_tx}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short phases")
@@ -195,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         s = Setup(pg, endpoint, workdir, uuid.uuid4().hex[:6])
         try:
             print(json.dumps(burst(s, args.burst)), flush=True)
+        finally:
+            s.close()
+        s = Setup(pg, endpoint, workdir, uuid.uuid4().hex[:6])
+        try:
+            print(json.dumps(breakdown(s, 50 if args.quick else 200)), flush=True)
         finally:
             s.close()
     for mode in ("bare", "client"):
