@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import psycopg
+import pytest
 from submitter_harness import all_confirmed, wait_until
 
 from devstack.anvil import rpc
@@ -13,12 +14,20 @@ from events import rules
 from projections.projector import Projector
 
 
-def test_anvil_stopped_and_restarted_with_its_state(cluster, chain, spawn):
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_anvil_stopped_and_restarted_with_its_state(cluster, chain, spawn, how):
+    if how == "sigkill":
+        chain.node.state_interval = 1  # anvil dumps its state every second; a SIGKILL loses what came after
+        chain.node.restart()
     proc = spawn()
     first = [f"tx_a{i}" for i in range(5)]
     cluster.consensus(first)
     wait_until(all_confirmed(cluster, first), 20, "first batch", proc)
-    chain.node.stop()  # SIGTERM: anvil dumps its state
+    if how == "sigterm":
+        chain.node.stop()  # anvil dumps its state on the way out
+    else:
+        time.sleep(2.5)  # a dump after the last confirmation: a confirmed write must not be lost
+        chain.node.kill()
     later = [f"tx_b{i}" for i in range(5)]
     cluster.consensus(later)  # consensus while the chain is down
     time.sleep(2)
