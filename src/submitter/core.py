@@ -326,9 +326,10 @@ class Submitter:
             mined = self.client.mined_nonce(latest.sender)
             if latest.nonce < mined:
                 if self.client.get_receipt(latest.hash_bytes) is None:
-                    # Its nonce was consumed by another transaction: ours can never be mined.
-                    log.warning("%s: nonce %d consumed by another transaction; signing anew", w.tx_id, latest.nonce)
-                    w.current, w.replace, w.phase = None, False, Phase.SIGN
+                    # Its nonce was consumed by a transaction outside the log, so none of ours can be
+                    # mined, and R11 allows no other nonce for this transaction: an operator decides.
+                    self._fail(w, f"nonce {latest.nonce} of {latest.sender} was consumed by a transaction the "
+                                  "log does not hold; no other nonce may be signed (R11): alert", retryable=False)
                 return  # else: mined just now; the next reconcile confirms it
             known = self.client.get_transaction(latest.hash_bytes)
             w.current = latest
@@ -342,7 +343,7 @@ class Submitter:
                 self._fill_gap(latest.sender, mined, latest.nonce)
                 w.phase, w.sent_at = Phase.WAIT, time.monotonic()
             elif w.stuck and latest.sender.lower() == self.account.address.lower():
-                w.replace, w.phase = True, Phase.SIGN
+                w.replace, w.phase = True, Phase.SIGN  # same nonce, higher fees
             else:
                 w.phase, w.sent_at = Phase.WAIT, time.monotonic()
             w.stuck = False
@@ -391,9 +392,18 @@ class Submitter:
     # step 4: sign -----------------------------------------------------------------------------------
 
     def _sign(self, works: list[Work]) -> int:
+        """Sign a record transaction for each, and log it (SubmissionSigned) before anything is sent.
+
+        A transaction's first signature fixes its (chain, sender, nonce): the decider accepts a later
+        signature only at that nonce (a fee bump), so at most one of them can ever be mined (R11). A
+        first signature takes a reserved nonce; a later one re-uses the fixed nonce with fees above
+        every signature logged there. A transaction first signed with another submitter's key cannot
+        be re-signed by us: we can only re-broadcast its logged raw transactions.
+        """
         if not works:
             return 0
-        ready: list[tuple[Work, int, bytes]] = []
+        me = self.account.address
+        ready: list[tuple[Work, int, bytes, int | None]] = []
         for w in works:
             tx = self.recorder.ledger.txs[w.tx_id]
             try:
@@ -402,13 +412,20 @@ class Submitter:
             except (BadInput, ValueError) as e:
                 self._fail(w, f"bad input, nothing sent: {e}", retryable=False)
                 continue
-            ready.append((w, tx.value, cert))  # type: ignore[arg-type]
+            fixed = tx.nonce
+            if fixed is not None and (fixed[0] != self.chain_id or fixed[1].lower() != me.lower()):
+                logged = list(self.index.signed.get(w.tx_id, {}).values())
+                w.replace = False
+                w.current = logged[-1] if logged else None
+                w.phase, w.sent_at = (Phase.SEND, 0.0) if w.current else (Phase.RECONCILE, 0.0)
+                self._retry_later([w], ChainError(f"first signed by {fixed[1]} on chain {fixed[0]}: re-broadcast only"))
+                continue
+            ready.append((w, tx.value, cert, fixed[2] if fixed else None))  # type: ignore[arg-type]
         if not ready:
             return 0
-        me = self.account.address
         try:
             fees = self._fees()
-            fresh = [w for w, _, _ in ready if not self._replacing(w)]
+            fresh = [w for w, _, _, fixed in ready if fixed is None]
             nonces: dict[str, int] = {}
             if fresh:
                 pending = self._pending_nonce()
@@ -417,19 +434,14 @@ class Submitter:
                 mined = 0 if len(first) == len(fresh) else self.client.mined_nonce(me)
                 floor = max(pending, self.index.next_nonce_floor(self.chain_id, me))
                 nonces = self.nonces.reserve([w.tx_id for w in fresh], floor, mined, first)
-        except ChainError as e:
-            self._retry_later([w for w, _, _ in ready], e)
-            return 0
-        except StoreUnavailable as e:
-            self._retry_later([w for w, _, _ in ready], e)
+        except (ChainError, StoreUnavailable) as e:
+            self._retry_later([w for w, _, _, _ in ready], e)
             return 0
         signed: list[tuple[Work, Any]] = []
-        for w, value, cert in sorted(ready, key=lambda r: nonces.get(r[0].tx_id, -1)):
-            if self._replacing(w):
-                assert w.current is not None
-                nonce = w.current.nonce
-                top = _max_fees([s.fees for s in self.index.signed.get(w.tx_id, {}).values() if s.nonce == nonce])
-                use = _max_fees([top.bumped(), fees]) if top else fees
+        for w, value, cert, fixed in sorted(ready, key=lambda r: r[3] if r[3] is not None else nonces[r[0].tx_id]):
+            if fixed is not None:
+                top = _max_fees([s.fees for s in self.index.signed.get(w.tx_id, {}).values() if s.nonce == fixed])
+                nonce, use = fixed, (_max_fees([top.bumped(), fees]) if top else fees)
                 self.stats["replaced"] += 1
             else:
                 nonce, use = nonces[w.tx_id], fees
@@ -468,10 +480,6 @@ class Submitter:
         if self._nonce_cache is None or now - self._nonce_cache[0] > 1.0:
             self._nonce_cache = (now, self.client.pending_nonce(self.account.address))
         return self._nonce_cache[1]
-
-    def _replacing(self, w: Work) -> bool:
-        """A same-nonce replacement is possible only for a transaction signed with our own key."""
-        return w.replace and w.current is not None and w.current.sender.lower() == self.account.address.lower()
 
     # step 5: broadcast ------------------------------------------------------------------------------
 

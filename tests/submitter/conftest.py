@@ -1,6 +1,6 @@
 """Real Postgres, etcd and anvil for the submitter tests, and the submitter as an OS process.
 
-The Postgres/etcd fixtures are the integration suite's own (imported, so one definition);
+The Postgres/etcd fixtures (pg_server, etcd_server, database, etcd_prefix) come from tests/conftest.py;
 each test gets its own anvil (it may be killed and restarted with its state), a freshly deployed
 ThresholdRecord, and a key file for dev account 1 (authorised). Consensus transactions are made the
 real way: trustees' signed votes through a Recorder guarded by the same etcd prefix.
@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 from helpers import trustees
-from integration.conftest import database, etcd_prefix, etcd_server, pg_server  # noqa: F401
 from submitter_harness import REPO, Chain, Cluster, N, Proc, T
 
 from chain import ThresholdRecordClient, make_web3
@@ -49,7 +48,7 @@ def chain(tmp_path: Path) -> Iterator[Chain]:
 
 
 @pytest.fixture
-def cluster(database, etcd_server, etcd_prefix) -> Iterator[Cluster]:  # noqa: F811
+def cluster(database, etcd_server, etcd_prefix) -> Iterator[Cluster]:
     endpoint = f"127.0.0.1:{etcd_server.members[0].client_port}"
     guard = EtcdGuard(endpoint, etcd_prefix, "voter-node")
     rec = Recorder(PostgresStore(database.app_dsn), guard, "voter-node")
