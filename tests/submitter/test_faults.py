@@ -217,3 +217,27 @@ def test_a_nonce_orphaned_by_an_alerted_tx_is_filled_with_a_noop(cluster, chain,
     (signed,) = cluster.events("SubmissionSigned")
     assert signed.tx_id == "tx_p" and signed.nonce == 1
     assert "filling it with a no-op" in b.output()
+
+
+def test_nonce_consumed_outside_the_log_is_an_alert(cluster, chain, make_submitter):
+    """Our logged transaction's nonce is used by a transaction of the same key that the log does not
+    hold; R11 lets no other nonce be signed for the tx, so the submitter alerts instead of re-signing."""
+    from eth_account import Account
+
+    cluster.consensus(["tx_n"])
+    sub = make_submitter("sub-a")
+    sub.recorder.catch_up()
+    sub._claim()
+    sub._sign(list(sub.work.values()))  # logged at nonce 0, not broadcast yet
+    key = Account.from_key(chain.key_file.read_text())
+    fees = chain.client.suggest_fees()
+    stray = key.sign_transaction({"type": 2, "chainId": chain.node.chain_id, "nonce": 0, "to": key.address,
+                                  "value": 0, "gas": 21_000, "maxFeePerGas": fees.max_fee_per_gas,
+                                  "maxPriorityFeePerGas": fees.max_priority_fee_per_gas})
+    chain.client.send_raw(bytes(stray.raw_transaction))  # someone used the key by hand
+    deadline = time.monotonic() + 15
+    while not cluster.events("SubmissionFailed") and time.monotonic() < deadline:
+        sub.run_once()
+    (failed,) = cluster.events("SubmissionFailed")
+    assert not failed.retryable and "consumed" in failed.error and "alert" in failed.error
+    assert len(cluster.events("SubmissionSigned")) == 1 and chain.recorded() == {}
