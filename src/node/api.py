@@ -41,8 +41,8 @@ class NodeAPI:
 
 def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:  # requests are counted, not logged
-            pass
+        def log_message(self, *args: object) -> None:
+            """Requests are counted, not logged (a client loop must not flood the node's log)."""
 
         def _send(self, code: int, body: object) -> None:
             data = json.dumps(body).encode()

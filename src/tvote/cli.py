@@ -7,6 +7,7 @@ actions (unban, members) are events in the log, naming the operator and the reas
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -116,13 +117,12 @@ def projector(dsn: Dsn, once: Annotated[bool, typer.Option(help="Catch up and ex
     signal.signal(signal.SIGTERM, lambda *_: stopping.__setitem__("now", True))
     serve_from_env(health=lambda: not stopping["now"])
     try:
-        if once:
-            n = p.catch_up(batch=batch)
-            console.print(f"projected {n} events; position {p.position()}")
-        else:
-            p.follow(lambda: stopping["now"], batch=batch)
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the loop; the batch in flight is atomic
+            if once:
+                n = p.catch_up(batch=batch)
+                console.print(f"projected {n} events; position {p.position()}")
+            else:
+                p.follow(lambda: stopping["now"], batch=batch)
     finally:
         p.close()
 
@@ -168,10 +168,9 @@ def node(
                                            "listen_addrs": n.gossip.listen_addrs, "api_port": api.port}))
     console.print(f"{node_id} up: peer {n.gossip.peer_id}, api 127.0.0.1:{api.port}")
     try:
-        while not stop["now"] and n.healthy:
-            time.sleep(0.1)
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops like SIGTERM
+            while not stop["now"] and n.healthy:
+                time.sleep(0.1)
     finally:
         api.stop()
         n.stop()

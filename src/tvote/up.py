@@ -9,6 +9,7 @@ Everything it started is stopped on exit, Ctrl-C included.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -168,11 +169,9 @@ def _progress_table(dsn: str, offered: int, total: int) -> Table:
     t = Table(title=f"offered {offered}/{total} transactions (projected state)")
     t.add_column("status")
     t.add_column("count", justify="right")
-    try:
+    with contextlib.suppress(psycopg.Error):  # the projector may not have made its tables yet
         for k, v in sorted(_statuses(dsn).items()):
             t.add_row(k, str(v))
-    except psycopg.Error:
-        pass
     return t
 
 
