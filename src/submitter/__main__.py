@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                     lock_ttl=args.lock_ttl, stuck_after=args.stuck_after, batch=args.batch,
                     failpoint=args.crash_at)
     stop = threading.Event()
+    from observability.metrics import serve_from_env
+
+    serve_from_env(health=lambda: sub.locks.alive(margin=0))  # /metrics and /health when TVOTE_METRICS_PORT is set
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     log.warning("%s ready: sender %s, chain %d, contract %s", name, account.address, args.chain_id, client.address)

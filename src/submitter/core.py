@@ -67,6 +67,7 @@ from events.errors import NotSubmittable, StaleLock, StoreUnavailable, UnknownTr
 from events.store import EventStore
 from node.guard import EtcdGuard
 from node.recorder import Result, Status
+from observability import tracing
 from submitter.fence import LOCK_TTL, Held, NonceBook, SubmissionLocks
 from submitter.index import FollowingRecorder, LogIndex, Signed
 
@@ -256,7 +257,8 @@ class Submitter:
                 break
         if not candidates:
             return 0
-        held = self.locks.acquire(candidates)
+        with tracing.span(tracing.SUBMISSION_LOCK, transactions=len(candidates)):
+            held = self.locks.acquire(candidates)
         for tx_id in candidates:
             if tx_id not in held:  # another live submitter holds it; look again soon (takeover < TTL)
                 self._claim_after[tx_id] = now + min(0.5, self.locks.ttl / 6)
@@ -449,7 +451,8 @@ class Submitter:
         self._fail_at("signed-locally")
         cmds = [rules.RecordSigned(w.tx_id, w.revision, self.chain_id, s.sender, s.nonce, "0x" + s.tx_hash.hex(),
                                    "0x" + s.raw.hex()) for w, s in signed]
-        results = self.recorder.execute(cmds)
+        with tracing.span(tracing.SUBMISSION_PERSIST, step="signed", transactions=len(cmds)):
+            results = self.recorder.execute(cmds)
         done = 0
         for (w, s), res in zip(signed, results, strict=True):
             if self._refused(w, res):
@@ -487,6 +490,45 @@ class Submitter:
         if not works:
             return 0
         sent: list[Work] = []
+        with tracing.span(tracing.SUBMISSION_SUBMIT, transactions=len(works)):
+            self._broadcast(works, sent)
+        self._fail_at("sent")
+        # Fast path: with automine (or a fast block) the receipt is often there already; then the
+        # broadcast and the confirmation are appended together (one etcd CAS, one Postgres commit).
+        # The "broadcast" failpoint keeps them apart so a kill can land between the two.
+        mined: dict[str, int] = {}
+        if self.confirmations == 0 and self.failpoint != "broadcast" and sent:
+            try:
+                receipts = self.client.get_receipts([w.current.hash_bytes for w in sent])  # type: ignore[union-attr]
+            except ChainUnreachable:
+                receipts = [None] * len(sent)
+            for w, receipt in zip(sent, receipts, strict=True):
+                if receipt is not None and receipt["status"] == 1:
+                    mined[w.tx_id] = int(receipt["blockNumber"])
+        todo = [w for w in sent if w.current and w.current.tx_hash not in w.announced]
+        cmds: list[rules.Command] = [rules.RecordBroadcast(w.tx_id, w.revision, w.current.tx_hash)  # type: ignore[union-attr]
+                                     for w in todo]
+        if mined:
+            self._fail_at("mined")
+        done = [w for w in sent if w.tx_id in mined]
+        cmds += [rules.RecordConfirmed(w.tx_id, w.revision, w.current.tx_hash, mined[w.tx_id])  # type: ignore[union-attr]
+                 for w in done]
+        with tracing.span(tracing.SUBMISSION_PERSIST, step="broadcast", transactions=len(cmds)):
+            results = self.recorder.execute(cmds) if cmds else []
+        for w, res in zip(todo, results[:len(todo)], strict=True):
+            if not self._refused(w, res):
+                w.announced.add(w.current.tx_hash)  # type: ignore[union-attr]
+        self._finish([(w, res) for w, res in zip(done, results[len(todo):], strict=True)])
+        now = time.monotonic()
+        for w in sent:
+            if w.tx_id in self.work:
+                w.phase, w.sent_at, w.attempt = Phase.WAIT, now, 0
+                self.stats["sent"] += 1
+        self._fail_at("broadcast")
+        return len(sent)
+
+    def _broadcast(self, works: list[Work], sent: list[Work]) -> None:
+        """send_raw in nonce order; classify the node's answer (chain.errors) into the next phase."""
         for w in sorted(works, key=lambda w: w.current.nonce if w.current else -1):
             assert w.current is not None
             try:
@@ -509,39 +551,6 @@ class Submitter:
                 self._retry_later([w], e)
             except TxRejected as e:
                 self._retry_later([w], e, record=True)
-        self._fail_at("sent")
-        # Fast path: with automine (or a fast block) the receipt is often there already; then the
-        # broadcast and the confirmation are appended together (one etcd CAS, one Postgres commit).
-        # The "broadcast" failpoint keeps them apart so a kill can land between the two.
-        mined: dict[str, int] = {}
-        if self.confirmations == 0 and self.failpoint != "broadcast" and sent:
-            try:
-                receipts = self.client.get_receipts([w.current.hash_bytes for w in sent])  # type: ignore[union-attr]
-            except ChainUnreachable:
-                receipts = [None] * len(sent)
-            for w, receipt in zip(sent, receipts, strict=True):
-                if receipt is not None and receipt["status"] == 1:
-                    mined[w.tx_id] = int(receipt["blockNumber"])
-        todo = [w for w in sent if w.current and w.current.tx_hash not in w.announced]
-        cmds: list[rules.Command] = [rules.RecordBroadcast(w.tx_id, w.revision, w.current.tx_hash)  # type: ignore[union-attr]
-                                     for w in todo]
-        if mined:
-            self._fail_at("mined")
-        done = [w for w in sent if w.tx_id in mined]
-        cmds += [rules.RecordConfirmed(w.tx_id, w.revision, w.current.tx_hash, mined[w.tx_id])  # type: ignore[union-attr]
-                 for w in done]
-        results = self.recorder.execute(cmds) if cmds else []
-        for w, res in zip(todo, results[:len(todo)], strict=True):
-            if not self._refused(w, res):
-                w.announced.add(w.current.tx_hash)  # type: ignore[union-attr]
-        self._finish([(w, res) for w, res in zip(done, results[len(todo):], strict=True)])
-        now = time.monotonic()
-        for w in sent:
-            if w.tx_id in self.work:
-                w.phase, w.sent_at, w.attempt = Phase.WAIT, now, 0
-                self.stats["sent"] += 1
-        self._fail_at("broadcast")
-        return len(sent)
 
     # step 6: receipts and confirmations -------------------------------------------------------------
 
@@ -576,8 +585,9 @@ class Submitter:
         if not confirmed:
             return 0
         self._fail_at("mined")
-        results = self.recorder.execute(
-            [rules.RecordConfirmed(w.tx_id, w.revision, w.current.tx_hash, b) for w, b in confirmed])  # type: ignore[union-attr]
+        with tracing.span(tracing.SUBMISSION_PERSIST, step="confirmed", transactions=len(confirmed)):
+            results = self.recorder.execute(
+                [rules.RecordConfirmed(w.tx_id, w.revision, w.current.tx_hash, b) for w, b in confirmed])  # type: ignore[union-attr]
         self._finish([(w, res) for (w, _), res in zip(confirmed, results, strict=True)])
         return len(confirmed)
 
