@@ -181,11 +181,12 @@ NOTES = """
   etcd, Postgres), its TCP connections stay open and its etcd lease (10 s) runs out: a partition that isolates
   the minority from everything. A split in which both sides still reach the stores is not modelled; with one
   log it only costs gossip (the message-loss row).
-- **Clock skew**: two node processes run with their wall clock shifted +5 s and -5 s (`python -m chaos.skew`,
-  a fixed offset on `time.time`/`time.time_ns`, monotonic clock untouched). Debian's libfaketime 0.9.10 could
-  not be used: with the monotonic clock faked CPython's timed waits never return, with
-  `FAKETIME_DONT_FAKE_MONOTONIC=1` `time.sleep` fails with EINVAL; a node never gets ready under either.
-  (`faketime` stays in the `./dev` bootstrap for a fixed libfaketime.)
+- **Clock skew**: two node processes run with their wall clock shifted +5 s and -5 s by `python -m chaos.skew`:
+  the clocks the node's code reads (vote timestamps, the edge's age window, deadlines, the log's `recorded_at`)
+  are offset; monotonic clocks and libraries are not. Debian's libfaketime 0.9.10 could not be used: with the
+  monotonic clock faked CPython's timed waits never return, with `FAKETIME_DONT_FAKE_MONOTONIC=1` `time.sleep`
+  fails with EINVAL; a node never gets ready under either. A process-wide `time.time` patch fails too (gRPC
+  computes deadlines with it, so a -5 s node's etcd calls all time out). `faketime` stays in `./dev` bootstrap.
 - **etcd**: nodes take one endpoint (`--etcd`). "not the nodes'" kills a member they do not use; "the nodes'
   own" kills the one they use; quorum loss kills 2 of 3 (the nodes' member stays up without quorum).
 - **Postgres**: `pg_ctl stop -m immediate` (no checkpoint: crash recovery at start), restarted after 5 s.

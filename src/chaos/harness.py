@@ -51,7 +51,9 @@ class ChaosEnv:
     """A private Postgres (fsync on: chaos kills it) and a 3-member etcd, for many scenarios."""
 
     def __init__(self, base: Path | None = None, etcd_size: int = 3) -> None:
-        self.pg = Postgres(data_dir=(base / "pg" / "data") if base else None, fsync=True)
+        # Postgres always in a directory of its own: as root it runs as `postgres`, which cannot
+        # traverse a caller's 0700 directories (pytest's tmp_path, for one).
+        self.pg = Postgres(fsync=True)
         self.etcd = Etcd(size=etcd_size, base_dir=(base / "etcd") if base else None)
 
     def start(self) -> ChaosEnv:

@@ -17,7 +17,8 @@ Checks (each one a row of the report):
   ran); offered transactions missing from the log count as lost;
 - ``projection_matches_log`` and ``replay_digest``: tx_state agrees with the fold; replay equals live;
 - ``chain_exactly_once`` (when a chain client is given): one ``Recorded`` per CONFIRMED transaction,
-  none for aborted or expired ones, none for ids the log never decided.
+  none for aborted or expired ones, none for ids the log never decided; ``chain_matches_log``: the
+  submitter's chain audit (each record carries the log's value and certificate hash).
 """
 
 from __future__ import annotations
@@ -254,4 +255,13 @@ def check(
         problems += [f"{t} on chain, never decided in the log" for t in counts]
         rep.add("chain_exactly_once", problems, f"{sum(1 for t in txs.values() if t.status == rules.CONFIRMED)} "
                 f"confirmed")
+        if hasattr(chain, "address"):  # a real ThresholdRecordClient: value and certificate too (issue 6's audit)
+            from submitter.audit import audit_chain
+
+            store = PostgresStore(dsn)
+            try:
+                audit_c = audit_chain(store, chain)  # type: ignore[arg-type]
+            finally:
+                store.close()
+            rep.add("chain_matches_log", audit_c.findings, f"{audit_c.checked} consensus txs audited on chain")
     return rep

@@ -16,8 +16,8 @@ How each fault maps to a real one (no ``tc netem`` on this machine):
   is a partition that cuts the minority off from *everything* (peers and stores), healed at SIGCONT.
   It does not model a split where both sides still reach the stores; with one log (R13) that split
   only costs gossip, which the message-loss scenario covers.
-- clock skew: two node processes run with their wall clock shifted +5 s / -5 s (fixed offset, no drift,
-  monotonic clock untouched) by ``chaos.skew``; libfaketime hangs or breaks CPython's timed waits here.
+- clock skew: two node processes run with the clocks their code reads shifted +5 s / -5 s (fixed offset,
+  no drift, monotonic clocks untouched) by ``chaos.skew``; libfaketime breaks CPython's timed waits here.
 """
 
 from __future__ import annotations
@@ -51,6 +51,11 @@ from events import rules
 SETTLED = set(rules.FINAL) | {rules.THRESHOLD_REACHED}
 
 
+_SHORT = {rules.THRESHOLD_REACHED: "TR", rules.CONFIRMED: "CONF", rules.ABORTED_BYZANTINE: "ABORT_BYZ",
+          rules.ABORTED_NO_QUORUM: "ABORT_NQ", rules.EXPIRED: "EXP", rules.COLLECTING: "COLL",
+          rules.SUBMITTING: "SUB"}
+
+
 @dataclass
 class Result:
     name: str
@@ -78,6 +83,10 @@ class Result:
                 "held": "yes" if self.held else "NO", "recovery_s": rec,
                 "settle_s": "-" if self.settle_s is None else f"{self.settle_s:.1f}",
                 "votes_lost": self.votes_lost, "txs_lost": self.txs_lost, "acked": self.acked,
+                "end_states": " ".join(f"{_SHORT.get(k, k)}={v}" for k, v in sorted(
+                    (self.report.statuses if self.report else {}).items())),
+                "bans": ",".join(f"{n}:{r}" for n, r in sorted((self.report.byzantine_bans if self.report else {})
+                                                                .items())) or "-",
                 "secs": f"{self.seconds:.0f}", "notes": "; ".join(self.notes)}
 
 
@@ -106,6 +115,8 @@ class Ctx:
     def healed(self, nodes: list[int] | None = None, timeout: float = 90) -> None:
         """Mark the heal; measure until every transaction offered so far has settled on the honest nodes."""
         self.healed_at = time.monotonic()
+        if self.result.exited:
+            timeout = min(timeout, 30)  # acked votes died with the nodes: the backlog may never settle
         backlog = self.load.tx_ids
         watch = [i for i in (nodes if nodes is not None else honest(self.cluster)) if i not in self.excluded]
         self.recovery = wait_converged(self.cluster, watch, backlog, SETTLED, timeout)
@@ -178,6 +189,8 @@ def run(env: ChaosEnv, name: str, fault: Fault | None = None, *, n: int = 5, t: 
                 load.retry(i)
         watch = [i for i in honest(cluster) if i not in ctx.excluded]
         ok = rules.FINAL if chain is not None else SETTLED
+        if res.exited:
+            settle_timeout = min(settle_timeout, 20)
         settle0 = time.monotonic()
         took = wait_converged(cluster, watch, load.tx_ids, set(ok), settle_timeout)
         res.settle_s = None if took is None else time.monotonic() - settle0
@@ -260,6 +273,8 @@ def partition(nodes: tuple[int, ...] = (1,), frozen_s: float = 12.0) -> Fault:
         time.sleep(frozen_s)
         for i in nodes:
             thaw(ctx.cluster, i)
+        time.sleep(5)  # a thawed node whose etcd lease expired meets it on its next etcd call
+        ctx.revive("after SIGCONT")
         for i in nodes:
             ctx.load.retry(i)
         ctx.healed()

@@ -1,11 +1,17 @@
-"""Run a ``python -c CODE args...`` command with its wall clock shifted: the clock-skew scenario's wrapper.
+"""Run a ``python -c CODE args...`` command with the node's wall clock shifted: the clock-skew wrapper.
 
-Why not libfaketime alone: Debian's libfaketime 0.9.10 breaks CPython 3.11 here. With the monotonic
-clock faked (its default) ``threading.Event.wait`` and ``queue.Queue.get(timeout=)`` never return;
-with ``FAKETIME_DONT_FAKE_MONOTONIC=1`` ``time.sleep`` fails with EINVAL (its absolute
-``clock_nanosleep``). A node under either never becomes ready. So the skew is applied in the process:
-``time.time`` and ``time.time_ns`` (every clock the node's code reads: vote timestamps, deadlines,
-``recorded_at``) are offset; the monotonic clock is left alone, as real skew would leave it.
+Why not libfaketime: Debian's libfaketime 0.9.10 breaks CPython 3.11 here. With the monotonic clock
+faked (its default) ``threading.Event.wait`` and ``queue.Queue.get(timeout=)`` never return; with
+``FAKETIME_DONT_FAKE_MONOTONIC=1`` ``time.sleep`` fails with EINVAL (its absolute ``clock_nanosleep``).
+A node under either never becomes ready.
+
+Why not a global ``time.time`` patch either: gRPC's Python layer turns a timeout into an absolute
+deadline with ``time.time()`` and C-core checks it against the real clock, so a -5 s process makes
+every etcd call time out at once (an artefact: under real skew both would read the same clock).
+
+So the clocks the node's own code reads are shifted: ``node.recorder.now_ms`` (vote timestamps, the
+edge's age check, deadlines, ``CheckDeadline``) and the log writer's ``recorded_at``
+(``events.postgres_store``). Monotonic clocks and libraries are left alone.
 
     [sys.executable, "-m", "chaos.skew", "+5000", "--", sys.executable, "-c", CODE, *args]
 """
@@ -17,10 +23,18 @@ import time
 
 
 def install(offset_ms: int) -> None:
-    """Shift this process's wall clock (Python level) by ``offset_ms``."""
-    real_ns, off_ns = time.time_ns, offset_ms * 1_000_000
-    time.time_ns = lambda: real_ns() + off_ns
-    time.time = lambda: (real_ns() + off_ns) / 1e9
+    """Shift the node's wall clock by ``offset_ms``; must run before ``node.service`` is imported."""
+    import types
+
+    import events.postgres_store as store
+    import node.recorder as recorder
+
+    off_ns = offset_ms * 1_000_000
+    skewed = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("__")})
+    skewed.time_ns = lambda: time.time_ns() + off_ns
+    skewed.time = lambda: (time.time_ns() + off_ns) / 1e9
+    recorder.now_ms = lambda: skewed.time_ns() // 1_000_000
+    store.time = skewed
 
 
 def wrapper(offset_ms: int) -> list[str]:

@@ -56,3 +56,19 @@ def test_scenario(env, name):
         pytest.xfail(f"{res.lost_in_flight} vote(s) acked <2 s before SIGKILL are not in the log")
     assert not failed, res.row()
     assert res.votes_lost == 0
+
+
+def test_submitter_sigkill_mid_submission(env, tmp_path):
+    """The submitter SIGKILLed three times while consensus flows: every tx CONFIRMED, one chain write each."""
+    rig = scenarios.SubmitterRig(tmp_path / "submitter")
+    try:
+        rig.start_chain()
+        start, fault = scenarios.submitter_crash(rig, kills=3)
+        res = scenarios.run(env, "submitter SIGKILL", fault, txs=16, rate=4.0, chain=rig.client, submitter=start,
+                            settle_timeout=90)
+    finally:
+        rig.close()
+    res.report.print(res.name)
+    assert res.held and res.txs_lost == 0 and res.votes_lost == 0, res.row()
+    assert res.report.statuses == {"CONFIRMED": 16}
+    assert {c.name for c in res.report.checks} >= {"chain_exactly_once", "chain_matches_log"}
