@@ -5,7 +5,6 @@ submitter branches on. Nothing here knows about the event log: the submitter com
 """
 
 from chain.contract import (
-    CERTIFICATE_DOMAIN,
     RECORD_GAS,
     Fees,
     Mined,
@@ -13,7 +12,6 @@ from chain.contract import (
     RecordedEvent,
     SignedRecordTx,
     ThresholdRecordClient,
-    certificate_hash,
     classify_rpc_error,
     load_artifact,
     make_web3,
@@ -43,7 +41,6 @@ from chain.errors import (
 )
 
 __all__ = [
-    "CERTIFICATE_DOMAIN",
     "RECORD_GAS",
     "AlreadyKnown",
     "AlreadyRecorded",
@@ -70,7 +67,6 @@ __all__ = [
     "TransactionReverted",
     "TxRejected",
     "WrongChainId",
-    "certificate_hash",
     "classify_rpc_error",
     "load_artifact",
     "make_web3",

@@ -18,10 +18,11 @@ import sys
 import time
 from typing import Any
 
+import blake3
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from chain.contract import Fees, ThresholdRecordClient, certificate_hash, make_web3
+from chain.contract import Fees, ThresholdRecordClient, make_web3
 from devstack.anvil import DEFAULT_CHAIN_ID, Anvil, dev_private_key
 
 
@@ -37,7 +38,7 @@ def run_loop(
     w3 = client.w3
     nonce = client.pending_nonce(account.address)
     fees: Fees = client.suggest_fees()
-    cert = certificate_hash(b"baseline")
+    cert = blake3.blake3(b"baseline").digest()  # any 32 bytes: the loop measures the chain, not the log
     latencies: list[float] = []
     started = time.perf_counter()
     for i in range(count):

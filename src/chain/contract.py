@@ -68,25 +68,6 @@ DEFAULT_PRIORITY_FEE = 1_000_000_000  # 1 gwei
 TX_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 U64_MAX = 2**64 - 1
 
-# Domain tag of the certificate hash; bump the version if the hashed encoding ever changes.
-CERTIFICATE_DOMAIN = b"threshold-vote/certificate/v1\x00"
-
-
-def certificate_hash(certificate: bytes) -> bytes:
-    """32-byte hash stored on chain for a consensus certificate.
-
-    keccak256(CERTIFICATE_DOMAIN || certificate), where `certificate` is the canonical encoding of
-    the t signed votes produced by the event core. keccak (not BLAKE3) so that anyone can recompute
-    it with standard Ethereum tooling, or in a contract, when auditing a record; the domain tag keeps
-    it from colliding with any other keccak use of the same bytes.
-    """
-    if not isinstance(certificate, bytes | bytearray | memoryview):
-        raise BadInput(f"certificate must be bytes, not {type(certificate).__name__}")
-    if len(certificate) == 0:
-        raise BadInput("empty certificate")
-    return keccak(CERTIFICATE_DOMAIN + bytes(certificate))
-
-
 def validate_record_args(tx_id: str, value: int, cert_hash: bytes) -> None:
     """R2 checks done before anything is signed, so bad input never reaches the chain."""
     if not isinstance(tx_id, str) or TX_ID_RE.fullmatch(tx_id) is None:

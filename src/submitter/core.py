@@ -29,7 +29,7 @@ one of our logged transactions wrote it, else an alert (SubmissionFailed, retrya
 
 The value written is the log's consensus value and the certificate hash is the log's BLAKE3
 ``ThresholdReached.certificate_hash``, so the on-chain record can be compared with the log directly.
-(``chain.certificate_hash`` is a keccak over the certificate bytes; the submitter does not use it.)
+(There is no second, chain-side certificate hash: the log's is the one on chain.)
 """
 
 from __future__ import annotations

@@ -212,6 +212,28 @@ def audit_verify(dsn: Dsn) -> None:
     console.print(f"[green]OK[/green]: {report.events} events, chain head {report.last_hash}")
 
 
+@audit_app.command("chain")
+def audit_chain_cmd(dsn: Dsn,
+                    rpc: Annotated[str, typer.Option(help="JSON-RPC URL of the chain node.")],
+                    contract: Annotated[str, typer.Option(help="ThresholdRecord address.")],
+                    chain_id: Annotated[int, typer.Option(help="Expected chain id.")] = 31337) -> None:
+    """The chain against the log: each consensus recorded once, with the log's value and certificate."""
+    from chain import ChainError, ThresholdRecordClient
+    from submitter.audit import audit_chain
+
+    _connect_check(dsn)
+    try:
+        client = ThresholdRecordClient.connect(rpc, contract, chain_id=chain_id)
+        report = audit_chain(PostgresStore(dsn), client)
+    except ChainError as e:
+        raise fail(str(e)) from None
+    for f in report.findings:
+        console.print(f"[red]finding[/red]: {f}")
+    if report.findings:
+        raise typer.Exit(1)
+    console.print(f"[green]OK[/green]: {client.record_count()} records on chain, each a consensus of the log, once")
+
+
 @app.command()
 def status(dsn: Dsn) -> None:
     """Transactions by state, members, bans, and whether a quorum is still possible (R10)."""

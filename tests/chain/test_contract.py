@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import blake3
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -21,7 +22,6 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError
 
 from chain import (
-    CERTIFICATE_DOMAIN,
     RECORD_GAS,
     AlreadyKnown,
     AlreadyRecorded,
@@ -40,7 +40,6 @@ from chain import (
     ThresholdRecordClient,
     WrongChainId,
     baseline,
-    certificate_hash,
     load_artifact,
     tx_id_hash,
 )
@@ -49,8 +48,8 @@ from devstack.anvil import DEFAULT_CHAIN_ID, Anvil, AnvilError, find_anvil, rpc
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CERT = certificate_hash(b"t signed votes, canonically encoded")
-OTHER_CERT = certificate_hash(b"some other certificate")
+CERT = blake3.blake3(b"t signed votes, canonically encoded").digest()  # as ThresholdReached.certificate_hash
+OTHER_CERT = blake3.blake3(b"some other certificate").digest()
 
 Deploy = Callable[[Anvil], tuple[ThresholdRecordClient, LocalAccount, LocalAccount]]
 
@@ -483,21 +482,6 @@ def test_anvil_that_cannot_start_is_a_clear_error(anvil_binary: str) -> None:
     assert not node.running
 
 
-# -- certificate hash ---------------------------------------------------------------------------------
-
-
-def test_certificate_hash_is_domain_separated_keccak() -> None:
-    cert = b"\x00\x01votes"
-    digest = certificate_hash(cert)
-    assert len(digest) == 32
-    assert digest == keccak(CERTIFICATE_DOMAIN + cert)
-    assert digest != keccak(cert)
-    assert certificate_hash(bytearray(cert)) == digest
-    assert certificate_hash(cert + b"x") != digest
-    with pytest.raises(BadInput):
-        certificate_hash(b"")
-    with pytest.raises(BadInput):
-        certificate_hash("not bytes")  # type: ignore[arg-type]
 
 
 def test_misconfigured_contract_address_is_refused(
