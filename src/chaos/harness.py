@@ -197,7 +197,7 @@ def views(cluster: TrusteeCluster, nodes: list[int], tx_ids: list[str]) -> dict[
 
 
 def wait_converged(cluster: TrusteeCluster, nodes: list[int], tx_ids: list[str], ok: set[str],
-                   timeout: float) -> float | None:
+                   timeout: float, abort_on_exit: bool = False) -> float | None:
     """Seconds until every listed node shows every tx in an ``ok`` state with one view; None on timeout.
 
     Polls transactions not yet settled only (a node's /tx answer is cheap, but N x txs adds up).
@@ -205,6 +205,8 @@ def wait_converged(cluster: TrusteeCluster, nodes: list[int], tx_ids: list[str],
     t0 = time.monotonic()
     left = list(tx_ids)
     while time.monotonic() - t0 < timeout:
+        if abort_on_exit and any(cluster.trustees[i].proc.poll() is not None for i in nodes):
+            return None  # a node died: waiting on it is pointless, the caller restarts it
         still = []
         for tx in left:
             vs = [cluster.tx(i, tx) for i in nodes]

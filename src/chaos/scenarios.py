@@ -119,7 +119,12 @@ class Ctx:
             timeout = min(timeout, 30)  # acked votes died with the nodes: the backlog may never settle
         backlog = self.load.tx_ids
         watch = [i for i in (nodes if nodes is not None else honest(self.cluster)) if i not in self.excluded]
-        self.recovery = wait_converged(self.cluster, watch, backlog, SETTLED, timeout)
+        self.recovery = wait_converged(self.cluster, watch, backlog, SETTLED, timeout, abort_on_exit=True)
+        if self.recovery is None and any(self.cluster.trustees[i].proc.poll() is not None for i in watch):
+            self.revive("after the heal")
+            self.recovery = wait_converged(self.cluster, watch, backlog, SETTLED, 30)
+            if self.recovery is not None:
+                self.recovery = time.monotonic() - self.healed_at
         if self.recovery is None:
             self.note(f"backlog of {len(backlog)} txs not settled {timeout:.0f}s after heal")
 
@@ -184,6 +189,7 @@ def run(env: ChaosEnv, name: str, fault: Fault | None = None, *, n: int = 5, t: 
         if fault is not None:
             fault(ctx)
         load.join(txs / rate + 120)
+        ctx.revive("during the run")  # a node that died after the heal check is a finding too
         for i in list(load.pending):
             if load.pending[i] and i not in ctx.excluded and cluster.trustees[i].proc.poll() is None:
                 load.retry(i)
@@ -287,6 +293,8 @@ def etcd_kill(members: tuple[int, ...], down_s: float = 5.0) -> Fault:
 
     def fault(ctx: Ctx) -> None:
         ctx.wait_offered(0.3)
+        leader = etcd_leader(ctx.env)
+        ctx.note(f"killed {[ctx.env.etcd.members[m].name for m in members]}, leader was {leader}")
         for m in members:
             ctx.env.etcd.kill_member(m)
         p0 = ctx.log_position()
@@ -301,6 +309,22 @@ def etcd_kill(members: tuple[int, ...], down_s: float = 5.0) -> Fault:
         ctx.healed()
 
     return fault
+
+
+def etcd_leader(env: ChaosEnv) -> str | None:
+    """The etcd member that leads right now (whether the kill forces an election matters)."""
+    import pyetcd
+
+    for m in env.etcd.members:
+        try:
+            c = pyetcd.client(host="127.0.0.1", port=m.client_port, timeout=2)
+            try:
+                return str(c.status().leader.name)
+            finally:
+                c.close()
+        except Exception:  # that member is down: ask the next
+            continue
+    return None
 
 
 def postgres_kill(down_s: float = 5.0) -> Fault:
