@@ -6,6 +6,14 @@ Every error here means: nothing was appended, no counter changed.
 from __future__ import annotations
 
 
+def show(value: object, limit: int = 80) -> str:
+    """repr() for error messages that cannot itself fail (an int over 4300 digits makes repr raise)."""
+    try:
+        return repr(value)[:limit]
+    except ValueError:
+        return f"<{type(value).__name__} too large to print>"
+
+
 class ThresholdVoteError(Exception):
     """Base of every error this service raises on purpose."""
 

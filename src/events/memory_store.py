@@ -23,18 +23,21 @@ class MemoryStore:
             planned = plan(units, versions, keys)
             results = []
             now_us = time.time_ns() // 1000
+            new_rows: list[Recorded] = []  # built first, appended at once: a batch lands whole or not at all
+            prev = self._rows[-1].hash if self._rows else GENESIS
             for result, rows in planned:
                 positions = []
                 for e, version in rows:
-                    pos = len(self._rows) + 1
-                    prev = self._rows[-1].hash if self._rows else GENESIS
+                    pos = len(self._rows) + len(new_rows) + 1
                     h = chain_hash(prev, pos, e.stream_id, version, e.event_type, e.schema_version, e.body,
                                    now_us, e.idempotency_key, writer)
-                    self._rows.append(Recorded(pos, e.stream_id, version, e.event_type, e.schema_version,
-                                               e.payload, now_us, e.idempotency_key, writer, prev, h))
+                    new_rows.append(Recorded(pos, e.stream_id, version, e.event_type, e.schema_version,
+                                             e.payload, now_us, e.idempotency_key, writer, prev, h))
+                    prev = h
                     positions.append(pos)
                 results.append(replace(result, positions=tuple(positions)) if result.outcome is Outcome.APPENDED
                                else result)
+            self._rows.extend(new_rows)
             self._versions, self._keys = versions, keys
             return results
 

@@ -43,14 +43,35 @@ class Event:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Event:
+        """The event from its stored payload, refusing unknown fields and values of the wrong JSON type.
+
+        The log is written by the decider, but it is read by anyone: a row that does not have the
+        shape of its type is reported (TypeError -> InvalidCommand in ``decode``), never folded.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         if extra := payload.keys() - names:
             raise TypeError(f"unknown fields {sorted(extra)}")  # a newer shape needs a new VERSION
         kwargs = {}
         for f in dataclasses.fields(cls):
             v = payload[f.name]
+            _check_json_type(f.name, f.type, v)
             kwargs[f.name] = tuple(v) if isinstance(v, list) else v
         return cls(**kwargs)
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "bool": (bool,), "dict[str, Any]": (dict,), "tuple[str, ...]": (list, tuple),
+}
+
+
+def _check_json_type(name: str, annotation: object, v: Any) -> None:
+    want = _JSON_TYPES.get(str(annotation))
+    if want is None:
+        return
+    if not isinstance(v, want) or (want == (int,) and isinstance(v, bool)):
+        raise TypeError(f"field {name} must be {annotation}, got {type(v).__name__}")
+    if want == (list, tuple) and not all(isinstance(x, str) for x in v):
+        raise TypeError(f"field {name} must hold strings")
 
 
 def _jsonable(v: Any) -> Any:

@@ -393,7 +393,7 @@ def _text(name: str, value: object) -> str:
 
 def _int(name: str, value: object, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise errors.InvalidCommand(f"{name} must be an integer in {lo}..{hi}, got {value!r:.40}")
+        raise errors.InvalidCommand(f"{name} must be an integer in {lo}..{hi}, got {errors.show(value, 40)}")
     return value
 
 
@@ -434,9 +434,9 @@ def _admit(d: _Decision, c: AdmitMember) -> None:
 
 
 def _remove(d: _Decision, c: RemoveMember) -> None:
-    m = d.cluster.members.get(c.node_id)
+    m = d.cluster.members.get(check_node_id(c.node_id))
     if m is None or not m.active:
-        raise errors.CommandRejected(f"{c.node_id!r:.80} is not a member")
+        raise errors.CommandRejected(f"{errors.show(c.node_id)} is not a member")
     _text("operator", c.operator)
     _text("reason", c.reason)
     cfg = d.cluster.config
@@ -444,10 +444,10 @@ def _remove(d: _Decision, c: RemoveMember) -> None:
     new_t = c.new_threshold if c.new_threshold is not None else (cfg.threshold if cfg else None)
     if remaining < 1:
         raise errors.CommandRejected("cannot remove the last eligible member")
-    if new_t is not None and not (isinstance(new_t, int) and 1 <= new_t <= remaining):
+    if new_t is not None and not (isinstance(new_t, int) and not isinstance(new_t, bool) and 1 <= new_t <= remaining):
         raise errors.CommandRejected(
-            f"removing {c.node_id} leaves {remaining} eligible members; threshold {new_t} needs 1 <= t <= "
-            f"{remaining}: pass a new threshold"
+            f"removing {c.node_id} leaves {remaining} eligible members; threshold {errors.show(new_t, 40)} needs "
+            f"1 <= t <= {remaining}: pass a new threshold"
         )
     d.emit(MemberRemoved(c.node_id, c.operator, c.reason, m.removals))
     if cfg is not None and new_t != cfg.threshold:
@@ -460,9 +460,9 @@ def _remove(d: _Decision, c: RemoveMember) -> None:
 
 
 def _unban(d: _Decision, c: Unban) -> None:
-    m = d.cluster.members.get(c.node_id)
+    m = d.cluster.members.get(check_node_id(c.node_id))
     if m is None or not m.banned:
-        raise errors.CommandRejected(f"{c.node_id!r:.80} is not banned")
+        raise errors.CommandRejected(f"{errors.show(c.node_id)} is not banned")
     ev = NodeUnbanned(c.node_id, _text("operator", c.operator), _text("reason", c.reason), m.unbans)
     d.emit(ev)
     d.emit(ReputationChanged(c.node_id, FULL_REPUTATION, FULL_REPUTATION - m.reputation, "UNBANNED", ev.key))
@@ -576,6 +576,7 @@ def _start_submission(d: _Decision, c: StartSubmission) -> None:
 
 def _fenced(d: _Decision, tx_id: str, lock_revision: int) -> Tx:
     tx = _require_tx(d, tx_id)
+    _int("lock_revision", lock_revision, 1, 2**63 - 1)
     if tx.status != SUBMITTING:
         raise errors.NotSubmittable(f"{tx.tx_id} is {tx.status}")
     if lock_revision != tx.lock_revision:
@@ -627,8 +628,10 @@ def _record_confirmed(d: _Decision, c: RecordConfirmed) -> None:
 
 def _record_failed(d: _Decision, c: RecordFailed) -> None:
     tx = _fenced(d, c.tx_id, c.lock_revision)
-    d.emit(SubmissionFailed(c.tx_id, c.lock_revision, _text("error", c.error[:MAX_TEXT]), bool(c.retryable),
-                            tx.failures))
+    error = c.error[:MAX_TEXT] if isinstance(c.error, str) else c.error
+    if not isinstance(c.retryable, bool):
+        raise errors.InvalidCommand("retryable must be true or false")
+    d.emit(SubmissionFailed(c.tx_id, c.lock_revision, _text("error", error), c.retryable, tx.failures))
 
 
 def _apply_retention(d: _Decision, c: ApplyRetention) -> None:
@@ -661,7 +664,18 @@ _HANDLERS: dict[type, Any] = {
 
 
 def evolve(state: State, event: Event) -> State:
-    """Fold one event into the state. Total over recorded events: it never rejects a fact."""
+    """Fold one event into the state. Total over the events the decider writes.
+
+    An event naming a member no earlier event admitted cannot have come from the decider;
+    it is reported as InvalidCommand rather than folded (the log was written by something else).
+    """
+    try:
+        return _evolve(state, event)
+    except KeyError as e:
+        raise errors.InvalidCommand(f"{event.TYPE} names unknown {e.args[0]!r:.80}") from None
+
+
+def _evolve(state: State, event: Event) -> State:
     cl, tx = state.cluster, state.tx
     match event:
         case ClusterConfigured():
@@ -741,6 +755,8 @@ class Ledger:
         self.txs: dict[str, Tx] = {}
 
     def view(self, tx_id: str | None) -> State:
+        if tx_id is not None:
+            check_tx_id(tx_id)  # before it is used as a key: bad input is an InvalidCommand
         return State(self.cluster, self.txs.get(tx_id) if tx_id is not None else None)
 
     def apply(self, event: Event) -> None:

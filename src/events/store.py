@@ -131,6 +131,16 @@ class EventStore(Protocol):
     def last_position(self) -> int: ...
 
 
+def _check_new_event(e: NewEvent) -> None:
+    """A malformed row is refused before anything of its batch is written."""
+    if not (isinstance(e.stream_id, str) and 0 < len(e.stream_id) <= 200 and isinstance(e.event_type, str)
+            and isinstance(e.idempotency_key, str) and e.idempotency_key and isinstance(e.payload, dict)):
+        raise ValueError("stream id, event type and idempotency key must be strings and the payload an object")
+    v = e.schema_version
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 32767:
+        raise ValueError("schema version must be an integer in 1..32767 (the column is a SMALLINT)")
+
+
 def plan(
     units: list[Unit], versions: dict[str, int], existing_keys: set[str]
 ) -> list[tuple[UnitResult, list[tuple[NewEvent, int]]]]:
@@ -160,6 +170,7 @@ def plan(
             continue
         rows = []
         for e in u.events:
+            _check_new_event(e)
             if e.stream_id not in u.expected:
                 raise ValueError(f"unit writes {e.stream_id} without naming its expected version")
             if len(e.body) > MAX_PAYLOAD:

@@ -48,8 +48,13 @@ def upcast(event_type: str, version: int, payload: Payload) -> Payload:
 
 def decode(event_type: str, version: int, payload: Payload) -> Event:
     """A stored (type, version, payload) as the current event class; bad payloads raise InvalidCommand."""
-    payload = upcast(event_type, version, payload)
+    if not isinstance(event_type, str) or isinstance(version, bool) or not isinstance(version, int):
+        raise InvalidCommand("event type must be a string and schema version an integer")
+    if not isinstance(payload, dict):
+        raise InvalidCommand(f"{event_type} payload must be a JSON object")
     try:
-        return EVENT_TYPES[event_type].from_payload(payload)
-    except (KeyError, TypeError) as e:
-        raise InvalidCommand(f"malformed {event_type} payload: {e}") from None
+        return EVENT_TYPES[event_type].from_payload(upcast(event_type, version, payload))
+    except InvalidCommand:
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as e:
+        raise InvalidCommand(f"malformed {event_type} v{version} payload: {type(e).__name__}: {e}"[:300]) from None

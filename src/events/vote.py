@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import nacl.exceptions
 import nacl.signing
 
-from events.errors import InvalidVote
+from events.errors import InvalidVote, show
 
 DOMAIN_TAG = b"threshold-vote/v1/vote"
 TX_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -28,20 +28,20 @@ _VERIFIED: dict[tuple[bytes, bytes, bytes], bool] = {}
 
 def check_tx_id(tx_id: object) -> str:
     if not isinstance(tx_id, str) or not TX_ID_RE.fullmatch(tx_id):
-        raise InvalidVote(f"tx_id must be 1..128 characters of [A-Za-z0-9_.:-], got {tx_id!r:.80}")
+        raise InvalidVote(f"tx_id must be 1..128 characters of [A-Za-z0-9_.:-], got {show(tx_id)}")
     return tx_id
 
 
 def check_node_id(node_id: object) -> str:
     if not isinstance(node_id, str) or not NODE_ID_RE.fullmatch(node_id):
-        raise InvalidVote(f"node_id must be 1..64 characters of [A-Za-z0-9_.:-], got {node_id!r:.80}")
+        raise InvalidVote(f"node_id must be 1..64 characters of [A-Za-z0-9_.:-], got {show(node_id)}")
     return node_id
 
 
 def check_u64(name: str, value: object) -> int:
     # bool is an int subclass: True must not pass as the value 1.
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64_MAX:
-        raise InvalidVote(f"{name} must be an integer in 0..2^64-1, got {value!r:.80}")
+        raise InvalidVote(f"{name} must be an integer in 0..2^64-1, got {show(value)}")
     return value
 
 

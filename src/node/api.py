@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import threading
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from events.errors import InvalidVote, ThresholdVoteError
@@ -41,6 +42,31 @@ class NodeAPI:
 
 def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = 5  # a client that announces more body than it sends must not hold a thread forever
+
+        def parse_request(self) -> bool:
+            for _ in range(4):  # RFC 9112 2.2: ignore a few empty lines before the request line
+                if self.raw_requestline not in (b"\r\n", b"\n"):
+                    break
+                self.raw_requestline = self.rfile.readline(65537)
+            ok = super().parse_request()
+            if ok and self.request_version == "HTTP/0.9":
+                self.request_version = "HTTP/1.0"  # so that our answer has a status line
+                self.send_error(400, "HTTP/0.9 is not supported")
+                return False
+            return ok
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """http.server's own errors (bad request line, 501, 414, 431) answer JSON like ours."""
+            self.close_connection = True
+            if self.request_version == "HTTP/0.9":  # http.server's default before a version was parsed
+                self.request_version = "HTTP/1.0"
+            try:
+                phrase = HTTPStatus(code).phrase
+            except ValueError:
+                phrase = "error"
+            self._send(code, {"error": message or phrase})
+
         def log_message(self, *args: object) -> None:
             """Requests are counted, not logged (a client loop must not flood the node's log)."""
 
@@ -91,7 +117,15 @@ def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
                 length = int(self.headers.get("Content-Length", "0"))
                 if not 0 < length <= MAX_BODY:
                     raise InvalidVote(f"body must be 1..{MAX_BODY} bytes")
-                body = json.loads(self.rfile.read(length))
+                try:
+                    raw = self.rfile.read(length)
+                except (TimeoutError, OSError):
+                    self.close_connection = True
+                    self._send(408, {"error": f"the body did not arrive within {self.timeout}s"})
+                    return
+                if len(raw) < length:
+                    raise InvalidVote("the body is shorter than its Content-Length")
+                body = json.loads(raw)
                 if not isinstance(body, dict):
                     raise InvalidVote("body must be a JSON object")
                 tx_id, value = check_tx_id(body.get("tx_id")), check_u64("value", body.get("value"))

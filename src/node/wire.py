@@ -28,8 +28,9 @@ def decode(payload: bytes) -> list[SignedVote]:
         raise InvalidVote(f"gossip payload of {len(payload)} bytes is over {MAX_BYTES}")
     try:
         doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidVote(f"gossip payload is not JSON: {e}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        # ValueError also covers ints over Python's digit limit; RecursionError, deep nesting.
+        raise InvalidVote(f"gossip payload is not acceptable JSON: {type(e).__name__}") from None
     if not isinstance(doc, dict) or doc.get("v") != WIRE_VERSION or not isinstance(doc.get("votes"), list):
         raise InvalidVote("gossip payload is not a vote batch of this version")
     votes = doc["votes"]

@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 
 from events import model as m
+from events.errors import InvalidCommand
 from events.postgres_store import SELECT, _recorded, us_to_datetime
 from events.store import Recorded
 from observability.metrics import EventMetrics
@@ -209,7 +210,22 @@ def _sql(v: Any) -> Any:
 # --- the fold: one event into the touched rows ---------------------------------------------------
 
 
+class ProjectionError(InvalidCommand):
+    """An event the tables cannot hold (it names a member or transaction no earlier event created).
+
+    The decider never writes one; a log that holds one was written by something else, and the
+    projector stops on it loudly (``audit verify`` says more) rather than guess.
+    """
+
+
 def apply(t: Tables, r: Recorded) -> None:
+    try:
+        _apply(t, r)
+    except KeyError as e:
+        raise ProjectionError(f"event {r.position} ({r.event_type}) names unknown {e.args[0]!r:.80}") from None
+
+
+def _apply(t: Tables, r: Recorded) -> None:
     e = r.event()
     at = us_to_datetime(r.recorded_at_us)
     match e:

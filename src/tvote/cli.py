@@ -59,8 +59,8 @@ def fail(msg: str) -> typer.Exit:
 def _connect_check(dsn: str) -> None:
     try:
         psycopg.connect(dsn, connect_timeout=3).close()
-    except psycopg.OperationalError as e:
-        first = str(e).strip().splitlines()[0]
+    except (psycopg.Error, ValueError) as e:  # unreachable, refused, or not a DSN at all
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise fail(f"cannot reach Postgres ({first}); check --dsn / TVOTE_DSN") from None
 
 
@@ -404,9 +404,15 @@ def migrate(dsn_url: Annotated[str, typer.Option("--url", envvar="TVOTE_DB_URL",
                                                  help="postgresql+psycopg://owner@host:port/db")],
             revision: str = "head", down: bool = False) -> None:
     """Apply (or with --down, revert) schema migrations, as the database owner."""
+    import sqlalchemy.exc
+
     from tvote import db
 
-    (db.downgrade if down else db.upgrade)(dsn_url, revision if revision != "head" or not down else "base")
+    try:
+        (db.downgrade if down else db.upgrade)(dsn_url, revision if revision != "head" or not down else "base")
+    except (sqlalchemy.exc.SQLAlchemyError, psycopg.Error, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise fail(f"migration failed ({first[:200]}); check --url / TVOTE_DB_URL") from None
     console.print("done")
 
 
