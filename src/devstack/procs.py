@@ -27,3 +27,16 @@ def wait_until(probe: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
+def die_with_parent() -> None:
+    """preexec_fn for children of a harness: the kernel sends them SIGTERM when the harness dies.
+
+    So a crashed test run or a killed `tvote up` leaves no node, projector or submitter behind.
+    Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op.
+    """
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG

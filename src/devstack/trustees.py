@@ -22,7 +22,7 @@ from pathlib import Path
 
 import nacl.signing
 
-from devstack.procs import wait_until
+from devstack.procs import die_with_parent, wait_until
 from events import rules
 from events.postgres_store import PostgresStore
 from node.guard import EtcdGuard
@@ -97,7 +97,7 @@ class TrusteeCluster:
         argv = [*t.wrapper, *argv, *t.extra_args]
         env = {**os.environ, "PYTHONPATH": str(SRC)}
         with open(t.log, "ab") as log:
-            t.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+            t.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
 
         def up() -> bool:
             if t.proc.poll() is not None:

@@ -28,6 +28,7 @@ from chain import ThresholdRecordClient, make_web3
 from devstack.anvil import Anvil
 from devstack.etcd import Etcd
 from devstack.postgres import Postgres
+from devstack.procs import die_with_parent
 from devstack.trustees import SRC, TrusteeCluster
 from tvote import db
 
@@ -115,7 +116,8 @@ def run(opts: UpOptions, console: Console) -> bool:
               "--chain-id", str(CHAIN_ID), "--name", "submitter-1"], "submitter.log"),
         ):
             with open(base / log, "ab") as out:
-                stack.procs.append(subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT))
+                stack.procs.append(subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                                    preexec_fn=die_with_parent))
         for t in stack.cluster.trustees:
             console.print(f"  {t.node_id} peer {t.peer_id[:20]}... api 127.0.0.1:{t.status['api_port']}"
                           + (f" [red]byzantine: {t.byzantine}[/red]" if t.byzantine != "none" else ""))
