@@ -32,8 +32,8 @@ def wait_until(probe: Callable[[], bool], timeout: float, what: str) -> None:
 def die_with_parent() -> None:
     """preexec_fn for children of a harness: the kernel sends them SIGTERM when the harness dies.
 
-    So a crashed test run or a killed `tvote up` leaves no node, projector or submitter behind.
-    Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op.
+    So a killed `tvote up` leaves no node, projector or submitter behind. Linux only (prctl
+    PR_SET_PDEATHSIG), and tied to the forking *thread*: use it only when forking from the main thread.
     """
     import ctypes
     import signal

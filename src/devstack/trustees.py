@@ -56,8 +56,9 @@ class Trustee:
 class TrusteeCluster:
     def __init__(self, n: int, threshold: int, dsn: str, etcd: str, etcd_prefix: str = "/tvote",
                  byzantine: dict[int, str] | None = None, base_dir: Path | None = None,
-                 deadline_ms: int = 30_000) -> None:
+                 deadline_ms: int = 30_000, die_with_parent: bool = False) -> None:
         self.dsn, self.etcd, self.prefix = dsn, etcd, etcd_prefix
+        self.die_with_parent = die_with_parent
         self.threshold, self.deadline_ms = threshold, deadline_ms
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="tvote-nodes-"))
         self.base.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,10 @@ class TrusteeCluster:
         argv = [*t.wrapper, *argv, *t.extra_args]
         env = {**os.environ, "PYTHONPATH": str(SRC)}
         with open(t.log, "ab") as log:
-            t.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+            # die_with_parent is tied to the *thread* that forks (prctl semantics): only for callers that
+            # start nodes from their main thread, like `tvote up`.
+            t.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      preexec_fn=die_with_parent if self.die_with_parent else None)
 
         def up() -> bool:
             if t.proc.poll() is not None:

@@ -92,7 +92,7 @@ def run(opts: UpOptions, console: Console) -> bool:
         with console.status(f"starting {opts.nodes} trustee nodes (libp2p on loopback) ..."):
             stack.cluster = TrusteeCluster(opts.nodes, opts.threshold, app_dsn, stack.etcd.endpoints[0], "/tvote",
                                            byzantine=byz, base_dir=data / "nodes" if data else None,
-                                           deadline_ms=opts.deadline_ms)
+                                           deadline_ms=opts.deadline_ms, die_with_parent=True)
             stack.cluster.start()
         base = Path(stack.cluster.base)
         with console.status("starting anvil and deploying ThresholdRecord ..."):
