@@ -27,6 +27,7 @@ from events.model import CLUSTER_STREAM, Event, VoteAccepted, tx_stream
 from events.store import EventStore, Outcome, Unit
 from node.guard import Claim, EtcdGuard, Refusal, vote_json
 from observability.metrics import observe_results
+from observability.tracing import VOTE_AGGREGATE, VOTE_STORE, span
 
 MAX_ATTEMPTS = 8
 CLAIMS_PER_ETCD_TXN = 500  # ~5 ops each: needs etcd --max-txn-ops >= 4096 (devstack sets 8192)
@@ -99,6 +100,15 @@ class Recorder:
         scratch = rules.Ledger()
         scratch.cluster, scratch.txs = self.ledger.cluster, dict(self.ledger.txs)
         versions = dict(self.versions)
+        with span(VOTE_AGGREGATE, commands=len(todo)):
+            batch = self._decide(commands, todo, results, scratch, versions)
+        if not batch:
+            return []
+        return self._claim_and_append(commands, batch, results, scratch, versions)
+
+    def _decide(self, commands: list[rules.Command], todo: list[int], results: list[Result | None],
+                scratch: rules.Ledger, versions: dict[str, int]) -> list[tuple[int, Unit, Claim, list[Event]]]:
+        """Decide each command on the scratch state; a decision becomes a unit and an etcd claim."""
         batch: list[tuple[int, Unit, Claim, list[Event]]] = []
         for i in todo:
             cmd = commands[i]
@@ -118,14 +128,17 @@ class Recorder:
                 versions[e.stream] = versions.get(e.stream, 0) + 1
                 written[e.stream] = written.get(e.stream, 0) + 1
             batch.append((i, Unit.of(expected, events), self._claim(expected, written, events, scratch), events))
-        if not batch:
-            return []
+        return batch
 
+    def _claim_and_append(self, commands: list[rules.Command], batch: list[tuple[int, Unit, Claim, list[Event]]],
+                          results: list[Result | None], scratch: rules.Ledger, versions: dict[str, int]) -> list[int]:
+        """etcd claims (per chunk), then one Postgres append; returns the commands to decide again."""
         granted: list[tuple[int, Unit, Claim, list[Event]]] = []
         retry: list[int] = []
         for start in range(0, len(batch), CLAIMS_PER_ETCD_TXN):
             chunk = batch[start:start + CLAIMS_PER_ETCD_TXN]
-            refusal = self.guard.claim([c for _, _, c, _ in chunk]) if self.guard else None
+            with span(VOTE_STORE, claims=len(chunk)):
+                refusal = self.guard.claim([c for _, _, c, _ in chunk]) if self.guard else None
             if refusal is None:
                 granted.extend(chunk)
                 continue

@@ -33,6 +33,7 @@ from node.guard import EtcdGuard
 from node.p2p import GossipConfig, ThreadedGossipHost
 from node.p2p.identity import load_seed
 from node.recorder import Recorder, Status, now_ms
+from observability.tracing import VOTE_RECEIVE, VOTE_VALIDATE, span
 
 BYZANTINE_MODES = ("none", "double", "minority", "forge", "silent", "flood")
 FLOOD_RATE = 2000  # garbage gossip messages/s sent by a node in "flood" mode (DoS tests)
@@ -183,6 +184,10 @@ class TrusteeNode:
     # the edge (runs on the Trio thread: cheap, no I/O) ----------------------------------------
 
     def _validate(self, author: str, payload: bytes) -> bool:
+        with span(VOTE_VALIDATE, peer_id=author):
+            return self._check_at_edge(author, payload)
+
+    def _check_at_edge(self, author: str, payload: bytes) -> bool:
         try:
             votes = wire.decode(payload)
         except InvalidVote:
@@ -231,8 +236,9 @@ class TrusteeNode:
                 self.counters.add("fault_dropped_messages")
                 continue
             try:
-                for sv in wire.decode(d.payload):
-                    self.inbox.put((d.author, sv))
+                with span(VOTE_RECEIVE, peer_id=d.author):
+                    for sv in wire.decode(d.payload):
+                        self.inbox.put((d.author, sv))
             except InvalidVote:
                 self.counters.add("dropped_garbage")
 
