@@ -41,7 +41,8 @@ def server_pids(env: ChaosEnv) -> dict[str, int]:
 def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: float = 120) -> dict[str, Any]:
     t = default_threshold(n)
     scope = env.scope()
-    cluster = TrusteeCluster(n, t, scope.app_dsn, env.endpoint(0), scope.prefix, deadline_ms=600_000)
+    cluster = TrusteeCluster(n, t, scope.app_dsn, env.endpoint(0), scope.prefix, deadline_ms=600_000,
+                             die_with_parent=True)  # started from the main thread: no orphans
     cluster.start()
     load = Load(cluster, rate)
     try:

@@ -172,7 +172,7 @@ def run(env: ChaosEnv, name: str, fault: Fault | None = None, *, n: int = 5, t: 
     t0 = time.monotonic()
     scope = env.scope()
     cluster = TrusteeCluster(n, t, scope.app_dsn, env.endpoint(etcd_member), scope.prefix, byzantine=byzantine,
-                             deadline_ms=deadline_ms, base_dir=base_dir)
+                             deadline_ms=deadline_ms, base_dir=base_dir, die_with_parent=True)
     for i, tr in enumerate(cluster.trustees):
         tr.wrapper = list((wrappers or {}).get(i, []))
         tr.extra_args = list(extra_args or [])
