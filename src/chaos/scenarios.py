@@ -23,7 +23,6 @@ How each fault maps to a real one (no ``tc netem`` on this machine):
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -458,8 +457,3 @@ def catalogue(full: bool) -> list[tuple[str, dict[str, Any]]]:
         ("byzantine silent under load", {"byzantine": {4: "silent"}, "deadline_ms": 4000, "txs": txs, "rate": rate}),
     ]
 
-
-def run_threaded(fn: Callable[[], Any]) -> threading.Thread:
-    th = threading.Thread(target=fn, daemon=True)
-    th.start()
-    return th
