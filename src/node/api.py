@@ -1,6 +1,7 @@
 """The node's local API on 127.0.0.1, for clients and operators, behind a bearer token.
 
-``POST /votes`` {"tx_id", "value"} casts this node's vote; ``GET /tx/<tx_id>`` reads a
+``POST /votes`` {"tx_id", "value"} casts this node's vote and answers 202 once it is in the cluster
+log (503 if it is not within 10 s: retrying is idempotent); ``GET /tx/<tx_id>`` reads a
 transaction's state; ``GET /healthz`` (threads alive) and ``GET /readyz`` (caught up with the
 log) are unauthenticated, for supervisors. Anyone else gets 401: the token is read from a
 file only the operator can read.
@@ -19,6 +20,7 @@ from events.vote import check_tx_id, check_u64
 from node.service import NodeStartError, TrusteeNode
 
 MAX_BODY = 4096
+RECORD_WAIT = 10.0  # seconds a cast waits for its vote to be in the log before answering 503
 
 
 class NodeAPI:
@@ -136,6 +138,13 @@ def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
             except (NodeStartError, ThresholdVoteError) as e:
                 self._send(503, {"error": str(e)})
                 return
-            self._send(202, {"accepted": [sv.to_json() for sv in votes]})
+            # 202 means durable: the vote is in the cluster log, so a crash after the answer loses
+            # nothing. (Byzantine test modes send what an honest node would never record.)
+            durable = api.node.cfg.byzantine not in ("none", "minority") or api.node.wait_recorded(votes, RECORD_WAIT)
+            if not durable:
+                self._send(503, {"error": f"the vote is not in the log after {RECORD_WAIT:g}s "
+                                          "(is Postgres or etcd down?); retry: casting again is idempotent (R3)"})
+                return
+            self._send(202, {"accepted": [sv.to_json() for sv in votes], "recorded": True})
 
     return Handler

@@ -35,8 +35,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import pyetcd
+import grpc
 import pyetcd.exceptions
+from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 
 from events.errors import StoreUnavailable
 
@@ -65,12 +66,19 @@ class Refusal:
 
 class EtcdGuard:
     def __init__(self, endpoint: str, prefix: str, node_id: str, lease_ttl: int = LEASE_TTL) -> None:
-        host, port = endpoint.removeprefix("http://").rsplit(":", 1)
-        self.client = pyetcd.client(host=host, port=int(port), timeout=5)
+        """``endpoint``: one etcd client URL, or several separated by commas (failover between them)."""
+        endpoints = []
+        for url in endpoint.split(","):
+            host, port = url.strip().removeprefix("http://").rsplit(":", 1)
+            # A failed endpoint is retried after 1 s, not pyetcd's default 300 s: with one endpoint
+            # the default turns a blip into five minutes of "Trying to use a failed node".
+            endpoints.append(Endpoint(host, int(port), secure=False, time_retry=1.0))
+        self.client = MultiEndpointEtcd3Client(endpoints, timeout=5, failover=True)
         self.prefix = prefix.rstrip("/")
         self.node_id = node_id
-        self.lease = self.client.lease(lease_ttl)
-        self._retention = self.client.lease(RETENTION_TTL)
+        self._lease_ttl = lease_ttl
+        self.lease = self._call(self.client.lease, lease_ttl)
+        self._retention = self._call(self.client.lease, RETENTION_TTL)
         self._retention_at = time.monotonic()
         self._stop = threading.Event()
         self._keepalive = threading.Thread(target=self._keep_alive, args=(lease_ttl,), daemon=True)
@@ -79,9 +87,15 @@ class EtcdGuard:
     def _keep_alive(self, ttl: int) -> None:
         while not self._stop.wait(ttl / 3):
             try:
-                self.lease.refresh()
+                responses = self.lease.refresh()
+                if responses and responses[0].TTL <= 0:
+                    self._renew_lease()  # it lapsed (we were frozen or cut off longer than the TTL)
             except Exception:
-                continue  # etcd unavailable: the next refresh retries; the lease may lapse
+                continue  # etcd unavailable: the next refresh retries
+
+    def _renew_lease(self) -> None:
+        """A new lease after ours lapsed; our old claims died with it, which is what claims are for."""
+        self.lease = self.client.lease(self._lease_ttl)
 
     def close(self) -> None:
         self._stop.set()
@@ -111,7 +125,7 @@ class EtcdGuard:
         An expired head is harmless: the next claim finds it missing and repairs it from PG.
         """
         if time.monotonic() - self._retention_at > RETENTION_TTL / 2:
-            self._retention = self.client.lease(RETENTION_TTL)
+            self._retention = self._call(self.client.lease, RETENTION_TTL)
             self._retention_at = time.monotonic()
         return self._retention
 
@@ -184,14 +198,22 @@ class EtcdGuard:
         return ok
 
     def get(self, suffix: str) -> str | None:
-        value, _ = self.client.get(self.key(suffix))
+        value, _ = self._call(self.client.get, self.key(suffix))
         return value.decode() if value is not None else None
 
     def _txn(self, compare, success, failure):
+        return self._call(self.client.transaction, compare=compare, success=success, failure=failure)
+
+    def _call(self, fn, *args, **kwargs):
+        """Every etcd failure is a StoreUnavailable (retried by the caller), never a crash of its thread."""
         try:
-            return self.client.transaction(compare=compare, success=success, failure=failure)
-        except pyetcd.exceptions.Etcd3Exception as e:
-            raise StoreUnavailable(f"etcd failed: {e}") from e
+            return fn(*args, **kwargs)
+        except (pyetcd.exceptions.Etcd3Exception, grpc.RpcError, ValueError) as e:
+            text = str(e)
+            if "lease not found" in text:
+                with contextlib.suppress(Exception):
+                    self._renew_lease()
+            raise StoreUnavailable(f"etcd failed: {type(e).__name__}: {text[:200]}") from e
 
 
 def vote_json(tx_id: str, node_id: str, signed: dict, peer_id: str) -> str:

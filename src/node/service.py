@@ -284,14 +284,42 @@ class TrusteeNode:
                 return
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + tick
-                self.recorder.catch_up()
-                self._caught_up = True
-                if self.recorder.deferred:
-                    self._count(self.recorder.retry_deferred())
-                self._tick_deadlines()
-                self._enforce_bans()
+                try:
+                    self._periodic()
+                except StoreUnavailable:
+                    # Postgres or etcd is down: the worker waits and tries again; nothing is dropped.
+                    self.counters.add("store_unavailable")
+                    self._caught_up = False
+                    next_tick = time.monotonic() + min(2.0, 5 * tick)
             if self._stopped.is_set() and not items and self.recorder.deferred:
                 time.sleep(0.05)
+
+    def _periodic(self) -> None:
+        self.recorder.catch_up()
+        self._caught_up = True
+        if self.recorder.deferred:
+            self._count(self.recorder.retry_deferred())
+        self._tick_deadlines()
+        self._enforce_bans()
+
+    def recorded(self, votes: list[SignedVote]) -> bool:
+        """True once every one of these votes of ours is an accepted vote in the cluster log."""
+        txs = self.recorder.ledger.txs
+        for sv in votes:
+            tx = txs.get(sv.vote.tx_id)
+            accepted = tx.votes.get(sv.vote.node_id) if tx else None
+            if accepted is None or accepted.value != sv.vote.value:
+                return False
+        return True
+
+    def wait_recorded(self, votes: list[SignedVote], timeout: float) -> bool:
+        """Wait until our votes are durable in the log (or the timeout passes)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.recorded(votes):
+                return True
+            time.sleep(0.005)
+        return self.recorded(votes)
 
     def _drain(self, window: float) -> list[tuple[str, SignedVote]]:
         try:

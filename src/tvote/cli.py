@@ -45,7 +45,8 @@ app.add_typer(members_app, name="members")
 console = Console()
 
 Dsn = Annotated[str, typer.Option("--dsn", envvar="TVOTE_DSN", help="Postgres connection string (libpq form).")]
-EtcdEndpoint = Annotated[str, typer.Option("--etcd", envvar="TVOTE_ETCD", help="etcd endpoint, http://host:port")]
+EtcdEndpoint = Annotated[str, typer.Option("--etcd", envvar="TVOTE_ETCD",
+                                           help="etcd endpoint(s), http://host:port[,http://host:port...]")]
 EtcdPrefix = Annotated[str, typer.Option("--etcd-prefix", envvar="TVOTE_ETCD_PREFIX", help="Key prefix")]
 Operator = Annotated[str, typer.Option("--operator", help="Who does this (recorded in the log).")]
 Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in the log).")]

@@ -90,8 +90,10 @@ def run(opts: UpOptions, console: Console) -> bool:
         console.print(f"[green]up[/green] postgres 127.0.0.1:{stack.pg.port}, etcd {' '.join(stack.etcd.endpoints)}")
         byz = {opts.nodes - 1: opts.byzantine} if opts.byzantine != "none" else {}
         with console.status(f"starting {opts.nodes} trustee nodes (libp2p on loopback) ..."):
-            stack.cluster = TrusteeCluster(opts.nodes, opts.threshold, app_dsn, stack.etcd.endpoints[0], "/tvote",
-                                           byzantine=byz, base_dir=data / "nodes" if data else None,
+            # every etcd member, so a node fails over when the one it talks to dies
+            etcd_all = ",".join(stack.etcd.endpoints)
+            stack.cluster = TrusteeCluster(opts.nodes, opts.threshold, app_dsn, etcd_all, "/tvote", byzantine=byz,
+                                           base_dir=data / "nodes" if data else None,
                                            deadline_ms=opts.deadline_ms, die_with_parent=True)
             stack.cluster.start()
         base = Path(stack.cluster.base)
