@@ -23,14 +23,12 @@ failure can be reproduced).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
-import sys
 from collections import Counter
-from pathlib import Path
 
 import nacl.signing
 import pytest
+from tla_runner import TLA_DIR, run_tlc
 
 from events import errors
 from events.model import ThresholdReached, ViolationDetected
@@ -50,20 +48,6 @@ from events.rules import (
     evolve,
 )
 from events.vote import SignedVote, Vote, sign
-
-TLA_DIR = Path(__file__).resolve().parents[2] / "tla"
-
-
-def _load_runner():
-    spec = importlib.util.spec_from_file_location("run_tlc", TLA_DIR / "run_tlc.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_tlc"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-run_tlc = _load_runner()
 
 TX = "tx-conformance-1"
 VALUE = {"v1": 1, "v2": 2}
