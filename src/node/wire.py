@@ -22,10 +22,32 @@ def encode(votes: list[SignedVote]) -> bytes:
                       separators=(",", ":"), sort_keys=True).encode()
 
 
+MAX_DEPTH = 8  # a batch is 3 deep; anything much deeper is hostile
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _too_deep(payload: bytes) -> bool:
+    """Nesting deeper than MAX_DEPTH, found without recursing.
+
+    json.loads recurses in C; it stops at the interpreter's recursion limit, which web3's py_ecc
+    raises to 100,000 in any process that imports it; 100k nested brackets then overflow the C
+    stack (a segfault, seen in CI) instead of raising. So depth is checked first, over the
+    brackets alone (our votes' strings never contain any).
+    """
+    depth = 0
+    for c in payload.translate(None, _NOT_BRACKETS):
+        depth += 1 if c in (0x5B, 0x7B) else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
 def decode(payload: bytes) -> list[SignedVote]:
     """Parse a batch; anything malformed raises InvalidVote (the message is dropped at the edge)."""
     if len(payload) > MAX_BYTES:
         raise InvalidVote(f"gossip payload of {len(payload)} bytes is over {MAX_BYTES}")
+    if _too_deep(payload):
+        raise InvalidVote(f"gossip payload nests deeper than {MAX_DEPTH}")
     try:
         doc = json.loads(payload)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:

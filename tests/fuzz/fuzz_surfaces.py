@@ -535,6 +535,9 @@ class ApiSurface:
         self.edge = GossipEdge()
         self.node = self.edge.node
         self.node.gossip = SimpleNamespace(peer_id=TS[0].peer_id, counters=Counters())  # type: ignore[assignment]
+        # No worker runs here: stand in for one that records every queued vote at once, so a cast
+        # answers 202 as it would once its vote is in the log (the API waits for that).
+        self.node.wait_recorded = lambda votes, timeout: True  # type: ignore[method-assign]
         self.api = NodeAPI(self.node, 0, TOKEN).start()
         self.port = self.api.port
 
