@@ -7,6 +7,7 @@ scenarios; each scenario gets a fresh database and etcd prefix.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -255,13 +256,11 @@ class ProcSampler:
     def __post_init__(self) -> None:
         self._procs = {}
         for name, pid in self.pids.items():
-            try:
+            with contextlib.suppress(psutil.Error):  # a process that is already gone is not sampled
                 p = psutil.Process(pid)
                 self._procs[name] = p
                 t = p.cpu_times()
                 self.cpu0[name] = t.user + t.system + _children_cpu(p)
-            except psutil.Error:
-                pass
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -272,13 +271,11 @@ class ProcSampler:
 
     def _sample(self) -> None:
         for name, p in self._procs.items():
-            try:
+            with contextlib.suppress(psutil.Error):  # it exited between two samples: keep the last figures
                 rss = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
                 self.rss_peak[name] = max(self.rss_peak.get(name, 0), rss)
                 t = p.cpu_times()
                 self.cpu[name] = t.user + t.system + _children_cpu(p) - self.cpu0.get(name, 0.0)
-            except psutil.Error:
-                pass
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -294,9 +291,7 @@ class ProcSampler:
 def _children_cpu(p: psutil.Process) -> float:
     total = 0.0
     for c in p.children(recursive=True):
-        try:
+        with contextlib.suppress(psutil.Error):  # a child that just exited adds nothing
             t = c.cpu_times()
             total += t.user + t.system
-        except psutil.Error:
-            pass
     return total
