@@ -7,7 +7,7 @@ installed by `npm ci` at the repo root); nothing is downloaded at run time.
 
     with Anvil(state_path=tmp / "anvil.json") as node:
         w3 = Web3(Web3.HTTPProvider(node.url))
-        ...
+        w3.eth.block_number   # use the chain
         node.stop()   # SIGTERM: anvil dumps its state to state_path
         node.start()  # same port, state loaded back
 
