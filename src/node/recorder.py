@@ -18,6 +18,8 @@ A command the rules reject changes nothing and is reported as ``REJECTED`` with 
 from __future__ import annotations
 
 import time
+from collections import ChainMap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -57,6 +59,9 @@ class Recorder:
         self.position = 0
         self.deferred: list[rules.Command] = []
         self.stats = {"conflicts": 0, "etcd_refusals": 0, "heads_repaired": 0, "deferred": 0}
+        # Called with every event the ledger takes in, ours or another node's, in log order: lets a
+        # shell keep its own indexes (the node's deadline queue) without scanning the ledger.
+        self.on_event: Callable[[Event], None] | None = None
 
     # following the log ------------------------------------------------------------------------
 
@@ -66,9 +71,12 @@ class Recorder:
         while True:
             rows = self.store.read_all(after=self.position, limit=batch)
             for r in rows:
-                self.ledger.apply(r.event())
+                e = r.event()
+                self.ledger.apply(e)
                 self.versions[r.stream_id] = r.stream_version
                 self.position = r.position
+                if self.on_event is not None:
+                    self.on_event(e)
             n += len(rows)
             if len(rows) < batch:
                 return n
@@ -97,9 +105,11 @@ class Recorder:
         return self.execute(pending) if pending else []
 
     def _attempt(self, commands: list[rules.Command], todo: list[int], results: list[Result | None]) -> list[int]:
+        # Copy-on-write views of the ledger and the stream versions: a batch touches a few
+        # transactions, the ledger may hold millions; copying it per attempt would grow without bound.
         scratch = rules.Ledger()
-        scratch.cluster, scratch.txs = self.ledger.cluster, dict(self.ledger.txs)
-        versions = dict(self.versions)
+        scratch.cluster, scratch.txs = self.ledger.cluster, ChainMap({}, self.ledger.txs)  # type: ignore[assignment]
+        versions: ChainMap[str, int] = ChainMap({}, self.versions)
         with span(VOTE_AGGREGATE, commands=len(todo)):
             batch = self._decide(commands, todo, results, scratch, versions)
         if not batch:
@@ -107,7 +117,7 @@ class Recorder:
         return self._claim_and_append(commands, batch, results, scratch, versions)
 
     def _decide(self, commands: list[rules.Command], todo: list[int], results: list[Result | None],
-                scratch: rules.Ledger, versions: dict[str, int]) -> list[tuple[int, Unit, Claim, list[Event]]]:
+                scratch: rules.Ledger, versions: ChainMap[str, int]) -> list[tuple[int, Unit, Claim, list[Event]]]:
         """Decide each command on the scratch state; a decision becomes a unit and an etcd claim."""
         batch: list[tuple[int, Unit, Claim, list[Event]]] = []
         for i in todo:
@@ -131,7 +141,8 @@ class Recorder:
         return batch
 
     def _claim_and_append(self, commands: list[rules.Command], batch: list[tuple[int, Unit, Claim, list[Event]]],
-                          results: list[Result | None], scratch: rules.Ledger, versions: dict[str, int]) -> list[int]:
+                          results: list[Result | None], scratch: rules.Ledger,
+                          versions: ChainMap[str, int]) -> list[int]:
         """etcd claims (per chunk), then one Postgres append; returns the commands to decide again."""
         granted: list[tuple[int, Unit, Claim, list[Event]]] = []
         retry: list[int] = []
@@ -158,8 +169,14 @@ class Recorder:
                 # Nobody else wrote between our last read and this append, and every unit
                 # landed as decided: the scratch state *is* the log's state. Adopt it rather
                 # than reading back and re-folding what we just wrote.
-                self.ledger, self.versions = scratch, versions
+                self.ledger.cluster = scratch.cluster
+                self.ledger.txs.update(scratch.txs.maps[0])  # type: ignore[attr-defined]
+                self.versions.update(versions.maps[0])
                 self.position = outcomes[-1].positions[-1]
+                if self.on_event is not None:
+                    for _, _, _, events in granted:
+                        for e in events:
+                            self.on_event(e)
             conflicted = []
             for (i, _, claim, events), res in zip(granted, outcomes, strict=True):
                 if res.outcome is Outcome.APPENDED:

@@ -16,6 +16,8 @@ Threads and why (the Trio boundary is described in ``node/p2p/README.md``):
 
 from __future__ import annotations
 
+import collections
+import heapq
 import queue
 import random
 import threading
@@ -26,9 +28,10 @@ import nacl.signing
 
 from events import rules
 from events.errors import InvalidVote, StoreUnavailable
+from events.model import Event, TransactionOpened
 from events.postgres_store import PostgresStore
 from events.vote import SignedVote, Vote, sign
-from node import wire
+from node import duty, wire
 from node.guard import EtcdGuard
 from node.p2p import GossipConfig, ThreadedGossipHost
 from node.p2p.identity import load_seed
@@ -66,6 +69,11 @@ class NodeConfig:
     # Per-author gossip rate limit (messages/s, burst), applied before our validator, so a
     # flood of invalid votes from one peer cannot starve honest ones of CPU.
     author_rate_limit: tuple[float, float] | None = (200.0, 400.0)
+    # R13, scheduled (node.duty): the member ranked r for a transaction records its votes and
+    # ticks its deadline only if they are still not in the log r * grace after they arrived.
+    record_grace_ms: int = duty.DEFAULT_GRACE_MS
+    # How often the worker reads what the other nodes appended (it also reads after each append).
+    follow_ms: float = 20.0
     # Chaos testing only: drop this fraction of gossip deliveries after they were accepted, as
     # lost packets would (tc netem is not available here; loss is injected above the kernel).
     fault_drop_rate: float = 0.0
@@ -104,6 +112,13 @@ class TrusteeNode:
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self._caught_up = False
+        self._log_moved = threading.Condition()
+        # votes left to the member ranked before us: (tx, node, value) -> (command, due, monotonic)
+        self.standby: dict[tuple[str, str, int], tuple[rules.ReceiveVote, float]] = {}
+        self._delays: dict[str, int] = {}  # tx_id -> our delay in ms, for the membership of _delays_for
+        self._delays_for: tuple[rules.Cluster | None, list[str]] = (None, [])
+        # (deadline + our delay, tx_id) of transactions whose deadline has not fired, fed from the log
+        self._deadlines: list[tuple[int, str]] = []
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -111,6 +126,7 @@ class TrusteeNode:
         store = PostgresStore(self.cfg.dsn)
         guard = EtcdGuard(self.cfg.etcd, self.cfg.etcd_prefix, self.cfg.node_id)
         self.recorder = Recorder(store, guard, self.cfg.node_id)
+        self.recorder.on_event = self._on_event
         self.recorder.catch_up()
         me = self.recorder.ledger.cluster.members.get(self.cfg.node_id)
         if me is None or not me.active:
@@ -161,21 +177,33 @@ class TrusteeNode:
 
     def cast(self, tx_id: str, value: int) -> list[SignedVote]:
         """Sign and send this node's vote (or, in a Byzantine mode for tests, misbehave)."""
+        return self.cast_many([(tx_id, value)])
+
+    def cast_many(self, ballots: list[tuple[str, int]]) -> list[SignedVote]:
+        """Sign and send this node's votes for many transactions at once.
+
+        A client voting on many transactions hands them over together, so they leave in one
+        gossip batch and reach the log in one append instead of one round trip each.
+        """
         if self._stop_intake.is_set():
             raise NodeStartError("the node is stopping: no new votes")
         mode = self.cfg.byzantine
-        mine = [] if mode == "silent" else [self._sign(tx_id, value + (1 if mode == "minority" else 0))]
-        if mode == "double":
-            mine.append(self._sign(tx_id, value + 1))
+        mine: list[SignedVote] = []
+        forged: list[SignedVote] = []
+        victim = next((n for n in sorted(self.recorder.ledger.cluster.members) if n != self.cfg.node_id), None)
+        for tx_id, value in ballots:
+            if mode != "silent":
+                mine.append(self._sign(tx_id, value + (1 if mode == "minority" else 0)))
+            if mode == "double":
+                mine.append(self._sign(tx_id, value + 1))
+            if mode == "forge" and victim is not None:
+                v = Vote(tx_id, value + 1, victim, now_ms())
+                forged.append(SignedVote(v, sign(v, self.signing_key).signature))  # our key, their name (R7)
         for sv in mine:
             self.inbox.put((self.gossip.peer_id, sv))  # record it ourselves (own publishes are not delivered)
             self.outbox.put(sv)
-        if mode == "forge":
-            victim = next((n for n in sorted(self.recorder.ledger.cluster.members) if n != self.cfg.node_id), None)
-            if victim is not None:
-                v = Vote(tx_id, value + 1, victim, now_ms())
-                forged = SignedVote(v, sign(v, self.signing_key).signature)  # our key, their name (R7)
-                self.outbox.put(forged)
+        for sv in forged:
+            self.outbox.put(sv)
         return mine
 
     def _sign(self, tx_id: str, value: int) -> SignedVote:
@@ -274,33 +302,107 @@ class TrusteeNode:
             time.sleep(1 / FLOOD_RATE)
 
     def _work(self) -> None:
-        tick = self.cfg.tick_ms / 1000
-        next_tick = 0.0
+        tick, follow = self.cfg.tick_ms / 1000, self.cfg.follow_ms / 1000
+        next_tick = next_follow = 0.0
         while True:
             items = self._drain(self.cfg.batch_window_ms / 1000)
-            if items:
-                self._record([rules.ReceiveVote(sv, author, now_ms()) for author, sv in items])
-            elif self._stopped.is_set() and not self.recorder.deferred:
-                return
-            if time.monotonic() >= next_tick:
-                next_tick = time.monotonic() + tick
-                try:
+            try:
+                if items:
+                    now = self._route([rules.ReceiveVote(sv, author, now_ms()) for author, sv in items])
+                    if now:
+                        self._record(now)
+                elif self._stopped.is_set() and not self.recorder.deferred and not self.standby:
+                    return
+                if time.monotonic() >= next_follow:
+                    next_follow = time.monotonic() + follow
+                    if self.recorder.catch_up():
+                        self._moved()
+                    self._sweep_standby()
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + tick
                     self._periodic()
-                except StoreUnavailable:
-                    # Postgres or etcd is down: the worker waits and tries again; nothing is dropped.
-                    self.counters.add("store_unavailable")
-                    self._caught_up = False
-                    next_tick = time.monotonic() + min(2.0, 5 * tick)
-            if self._stopped.is_set() and not items and self.recorder.deferred:
+            except StoreUnavailable:
+                # Postgres or etcd is down: the worker waits and tries again; nothing is dropped.
+                self.counters.add("store_unavailable")
+                self._caught_up = False
+                next_tick = next_follow = time.monotonic() + min(2.0, 5 * tick)
+            if self._stopped.is_set() and not items and (self.recorder.deferred or self.standby):
                 time.sleep(0.05)
 
     def _periodic(self) -> None:
-        self.recorder.catch_up()
+        if self.recorder.catch_up():
+            self._moved()
         self._caught_up = True
         if self.recorder.deferred:
             self._count(self.recorder.retry_deferred())
         self._tick_deadlines()
         self._enforce_bans()
+
+    # who records what (node.duty) --------------------------------------------------------------
+
+    def _delay_ms(self, tx_id: str) -> int:
+        cluster = self.recorder.ledger.cluster
+        if cluster is not self._delays_for[0]:  # the cluster changed (it is immutable): rankings may have
+            eligible = sorted(n for n, m in cluster.members.items() if m.eligible)
+            if eligible != self._delays_for[1]:
+                self._delays = {}
+            self._delays_for = (cluster, eligible)
+        d = self._delays.get(tx_id)
+        if d is None:
+            if len(self._delays) >= 100_000:
+                self._delays.clear()
+            d = duty.delay_ms(tx_id, self.cfg.node_id, self._delays_for[1], self.cfg.record_grace_ms)
+            self._delays[tx_id] = d
+        return d
+
+    def _on_event(self, e: Event) -> None:
+        if isinstance(e, TransactionOpened):
+            heapq.heappush(self._deadlines, (e.deadline_at_ms + self._delay_ms(e.tx_id), e.tx_id))
+
+    def _route(self, cmds: list[rules.ReceiveVote]) -> list[rules.ReceiveVote]:
+        """The votes to record now; the rest wait on standby for the member ranked before us."""
+        now: list[rules.ReceiveVote] = []
+        members = self.recorder.ledger.cluster.members
+        txs = self.recorder.ledger.txs
+        for c in cmds:
+            v = c.vote.vote
+            voter = members.get(v.node_id)
+            if voter is None or not c.vote.verifies_under(voter.vote_key):
+                now.append(c)  # bad input or R7 evidence: only we may have it (never forwarded)
+                continue
+            tx = txs.get(v.tx_id)
+            held = tx.votes.get(v.node_id) if tx else None
+            if held is not None and held.value == v.value:
+                self.counters.add("duplicate")  # already in the log (R3)
+                continue
+            delay = self._delay_ms(v.tx_id)
+            if delay == 0:
+                now.append(c)
+                continue
+            key = (v.tx_id, v.node_id, v.value)
+            if key not in self.standby:
+                self.standby[key] = (c, time.monotonic() + delay / 1000)
+                self.counters.add("standby")
+        return now
+
+    def _sweep_standby(self) -> None:
+        """Forget standby votes the log now holds; record those whose turn has come."""
+        if not self.standby:
+            return
+        txs = self.recorder.ledger.txs
+        clock = time.monotonic()
+        due: list[rules.ReceiveVote] = []
+        for key, (cmd, at) in list(self.standby.items()):
+            tx = txs.get(key[0])
+            held = tx.votes.get(key[1]) if tx else None
+            if held is not None and held.value == key[2]:
+                del self.standby[key]
+            elif clock >= at:
+                del self.standby[key]
+                due.append(cmd)
+        if due:
+            self.counters.add("standby_taken_over", len(due))
+            self._record(due)
 
     def recorded(self, votes: list[SignedVote]) -> bool:
         """True once every one of these votes of ours is an accepted vote in the cluster log."""
@@ -313,13 +415,27 @@ class TrusteeNode:
         return True
 
     def wait_recorded(self, votes: list[SignedVote], timeout: float) -> bool:
-        """Wait until our votes are durable in the log (or the timeout passes)."""
+        """Wait until our votes are durable in the log (or the timeout passes).
+
+        Woken by the worker whenever the log moved, not by polling: many API threads may wait
+        on hundreds of votes each, and they must not take the worker's CPU.
+        """
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.recorded(votes):
-                return True
-            time.sleep(0.005)
-        return self.recorded(votes)
+        pending = collections.deque(votes)
+        with self._log_moved:
+            while True:
+                while pending and self.recorded([pending[0]]):
+                    pending.popleft()
+                if not pending:
+                    return True
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._log_moved.wait(min(0.1, left))
+
+    def _moved(self) -> None:
+        with self._log_moved:
+            self._log_moved.notify_all()
 
     def _drain(self, window: float) -> list[tuple[str, SignedVote]]:
         try:
@@ -346,6 +462,7 @@ class TrusteeNode:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self._count(results)
+        self._moved()
         self._enforce_bans()
 
     def _count(self, results) -> None:
@@ -356,11 +473,22 @@ class TrusteeNode:
                 self.counters.add(r.status.value)
 
     def _tick_deadlines(self) -> None:
+        """R9 at each deadline; the member ranked r ticks r * grace late (the one before it usually has)."""
         now = now_ms()
-        due = [rules.CheckDeadline(tx.tx_id, now) for tx in self.recorder.ledger.txs.values()
-               if not tx.deadline_fired and now >= tx.deadline_at_ms]
-        if due:
-            self._record(due)
+        txs = self.recorder.ledger.txs
+        due: list[str] = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, tx_id = heapq.heappop(self._deadlines)
+            tx = txs.get(tx_id)
+            if tx is not None and not tx.deadline_fired:
+                due.append(tx_id)
+        if not due:
+            return
+        self._record([rules.CheckDeadline(tx_id, now) for tx_id in due])
+        for tx_id in due:  # not fired after all (a refused or deferred tick): look again next tick
+            tx = txs.get(tx_id)
+            if tx is not None and not tx.deadline_fired:
+                heapq.heappush(self._deadlines, (now + int(self.cfg.tick_ms), tx_id))
 
     def _enforce_bans(self) -> None:
         """R10 at the network edge: blacklist, disconnect, drop from the DHT, refuse reconnects."""

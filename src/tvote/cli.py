@@ -143,6 +143,9 @@ def node(
     status_file: Annotated[Path | None, typer.Option(help="Write peer id, addresses and API port here.")] = None,
     fault_drop_rate: Annotated[float, typer.Option(help="Chaos tests only: drop this fraction of received gossip.",
                                                    min=0.0, max=1.0)] = 0.0,
+    record_grace_ms: Annotated[int, typer.Option(
+        help="Wait this long per rank before recording a vote another member is first to record "
+             "(node.duty); 0: every node records every vote at once.", min=0, max=60_000)] = 400,
 ) -> None:
     """Run a trustee node: libp2p gossip, the decider, the cluster log, the local API."""
     from node.api import NodeAPI
@@ -156,7 +159,8 @@ def node(
     try:
         token = _read_secret(api_token_file)
         n = TrusteeNode(NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, listen_port, bootstrap or [],
-                                   api_port, token, byzantine, fault_drop_rate=fault_drop_rate)).start()
+                                   api_port, token, byzantine, fault_drop_rate=fault_drop_rate,
+                                   record_grace_ms=record_grace_ms)).start()
         api = NodeAPI(n, api_port, token).start()
     except (NodeStartError, KeyFileError, OSError) as e:
         raise fail(str(e)) from None
