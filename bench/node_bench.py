@@ -30,7 +30,8 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
 
 
-def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float, flood: bool = False) -> dict:
+def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float, flood: bool = False, bulk: int = 1,
+            node_args: list[str] | None = None) -> dict:
     name = f"n{n}_r{int(rate)}_{int(time.time())}"
     pg.create_database(name)
     db.upgrade(pg.url(name))
@@ -40,15 +41,30 @@ def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float, flood: bool
     # throughput with and without it can be compared (rate limiting per author, peer scoring).
     size = n + 1 if flood else n
     cluster = TrusteeCluster(size, t, dsn, etcd.endpoints[0], f"/bench/{name}", deadline_ms=120_000,
-                             byzantine={n: "flood"} if flood else None).start()
+                             byzantine={n: "flood"} if flood else None)
+    for tr in cluster.trustees:
+        tr.extra_args = list(node_args or [])
+    cluster.start()
     try:
-        pool = ThreadPoolExecutor(n)
         t0 = time.monotonic()
-        for k in range(txs):
-            list(pool.map(lambda i, k=k: cluster.cast(i, f"tx_{k}", k), range(n)))  # the flooder never votes
-            sleep = t0 + (k + 1) / rate - time.monotonic()
-            if sleep > 0:
-                time.sleep(sleep)
+        refused = 0
+        if bulk == 1:  # closed loop: each transaction's N casts return before the next is offered
+            pool = ThreadPoolExecutor(n)
+            for k in range(txs):
+                list(pool.map(lambda i, k=k: cluster.cast(i, f"tx_{k}", k), range(n)))  # the flooder never votes
+                sleep = t0 + (k + 1) / rate - time.monotonic()
+                if sleep > 0:
+                    time.sleep(sleep)
+        else:  # open loop: every node gets one request of `bulk` ballots per round, rounds paced at rate/bulk
+            pool = ThreadPoolExecutor(n * 16)
+            futures = []
+            for r in range(math.ceil(txs / bulk)):
+                ballots = [(f"tx_{k}", k) for k in range(r * bulk, min(txs, (r + 1) * bulk))]
+                futures += [pool.submit(cluster.cast_many, i, ballots) for i in range(n)]
+                sleep = t0 + (r + 1) * bulk / rate - time.monotonic()
+                if sleep > 0:
+                    time.sleep(sleep)
+            refused = sum(1 for f in futures if f.result()[0] != 202)
         offered_s = time.monotonic() - t0
         deadline = time.monotonic() + 120
         with psycopg.connect(dsn, autocommit=True) as c:
@@ -61,6 +77,8 @@ def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float, flood: bool
                 "SELECT event_type, payload, (extract(epoch FROM recorded_at) * 1000)::bigint FROM events "
                 "WHERE event_type IN ('VoteAccepted', 'ThresholdReached') ORDER BY position").fetchall()
         counters = [cluster.counters(i) for i in range(n)]
+        recorder = {k: sum(c.get(f"recorder_{k}", 0) for c in counters)
+                    for k in ("conflicts", "etcd_refusals", "deferred", "heads_repaired")}
         flood_dropped = sum(c.get("dropped_garbage", 0) + c.get("gossip_rejected_rate", 0) for c in counters)
     finally:
         cluster.stop()
@@ -80,14 +98,15 @@ def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float, flood: bool
     published_votes = sum(c.get("published_votes", 0) for c in counters)
     drops = sum(v for c in counters for k, v in c.items() if k.startswith("gossip_") and "drop" in k)
     return {
-        "N": n, "t": t, "flood": flood, "offered_tx_per_s": rate, "txs": txs, "consensus": len(e2e),
+        "N": n, "t": t, "flood": flood, "bulk": bulk, "offered_tx_per_s": rate, "txs": txs, "consensus": len(e2e),
         "offered_s": round(offered_s, 1), "votes_recorded": votes,
         "cluster_votes_per_s": round(votes / span) if span else None,
         "node_ingest_votes_per_s": round(votes / span) if span else None,  # every node follows every vote
         "gossip_msgs": msgs, "votes_per_gossip_msg": round(published_votes / msgs, 1) if msgs else None,
         "reception_p50_ms": pct(reception, 0.5), "reception_p99_ms": pct(reception, 0.99),
         "e2e_p50_ms": pct(e2e, 0.5), "e2e_p99_ms": pct(e2e, 0.99), "gossip_drops": drops,
-        "flood_dropped_at_edge": flood_dropped if flood else 0,
+        "flood_dropped_at_edge": flood_dropped if flood else 0, "refused_requests": refused,
+        "recorder": recorder,
     }
 
 
@@ -97,13 +116,17 @@ def main() -> None:
     ap.add_argument("--txs", type=int, default=200)
     ap.add_argument("--rates", type=float, nargs="+", default=[20.0])
     ap.add_argument("--flood", action="store_true", help="also run each point with a garbage-flooding member")
+    ap.add_argument("--bulk", type=int, default=1,
+                    help="ballots per API request (open loop); 1 = one closed-loop request per vote")
+    ap.add_argument("--node-arg", action="append", default=[], help="extra `tvote node` option (repeatable)")
     args = ap.parse_args()
     with Postgres(fsync=True) as pg, Etcd(size=1) as etcd:
         for n in args.nodes:
             for rate in args.rates:
-                print(one_run(pg, etcd, n, args.txs, rate), flush=True)
+                print(one_run(pg, etcd, n, args.txs, rate, bulk=args.bulk, node_args=args.node_arg), flush=True)
                 if args.flood:
-                    print(one_run(pg, etcd, n, args.txs, rate, flood=True), flush=True)
+                    print(one_run(pg, etcd, n, args.txs, rate, flood=True, bulk=args.bulk,
+                                          node_args=args.node_arg), flush=True)
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ class TrusteeCluster:
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=15) as r:
                 return r.status, json.loads(r.read() or b"{}")
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
@@ -148,6 +148,11 @@ class TrusteeCluster:
 
     def cast(self, i: int, tx_id: str, value: int) -> tuple[int, dict]:
         return self._request(self.trustees[i], "POST", "/votes", {"tx_id": tx_id, "value": value})
+
+    def cast_many(self, i: int, ballots: list[tuple[str, int]]) -> tuple[int, dict]:
+        """One request casting trustee i's votes for many transactions (``POST /votes`` batch form)."""
+        return self._request(self.trustees[i], "POST", "/votes",
+                             {"votes": [{"tx_id": tx, "value": v} for tx, v in ballots]})
 
     def tx(self, i: int, tx_id: str) -> dict | None:
         code, body = self._get(self.trustees[i], f"/tx/{tx_id}")

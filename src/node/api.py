@@ -1,7 +1,9 @@
 """The node's local API on 127.0.0.1, for clients and operators, behind a bearer token.
 
 ``POST /votes`` {"tx_id", "value"} casts this node's vote and answers 202 once it is in the cluster
-log (503 if it is not within 10 s: retrying is idempotent); ``GET /tx/<tx_id>`` reads a
+log (503 if it is not within 10 s: retrying is idempotent); ``{"votes": [{"tx_id", "value"}, ...]}``
+casts up to 1,000 at once (all or nothing: one bad entry refuses the whole request, 400);
+``GET /tx/<tx_id>`` reads a
 transaction's state; ``GET /healthz`` (threads alive) and ``GET /readyz`` (caught up with the
 log) are unauthenticated, for supervisors. Anyone else gets 401: the token is read from a
 file only the operator can read.
@@ -18,8 +20,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from events.errors import InvalidVote, ThresholdVoteError
 from events.vote import check_tx_id, check_u64
 from node.service import NodeStartError, TrusteeNode
+from node.wire import MAX_DEPTH, too_deep
 
 MAX_BODY = 4096
+MAX_BATCH_BODY = 128 * 1024  # a batch of MAX_CAST ballots (~60 bytes each)
+MAX_CAST = 1000
 RECORD_WAIT = 10.0  # seconds a cast waits for its vote to be in the log before answering 503
 
 
@@ -105,7 +110,9 @@ def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
             elif self.path == "/counters":
                 if self._authorised():
                     gossip = api.node.gossip.counters.snapshot() if api.node.gossip else {}
-                    self._send(200, api.node.counters.snapshot() | {f"gossip_{k}": v for k, v in gossip.items()})
+                    recorder = api.node.recorder.stats if api.node.recorder else {}
+                    self._send(200, api.node.counters.snapshot() | {f"gossip_{k}": v for k, v in gossip.items()}
+                               | {f"recorder_{k}": v for k, v in recorder.items()})
             else:
                 self._send(404, {"error": "no such endpoint"})
 
@@ -117,8 +124,8 @@ def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
                 return
             try:
                 length = int(self.headers.get("Content-Length", "0"))
-                if not 0 < length <= MAX_BODY:
-                    raise InvalidVote(f"body must be 1..{MAX_BODY} bytes")
+                if not 0 < length <= MAX_BATCH_BODY:
+                    raise InvalidVote(f"body must be 1..{MAX_BATCH_BODY} bytes")
                 try:
                     raw = self.rfile.read(length)
                 except (TimeoutError, OSError):
@@ -127,11 +134,9 @@ def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
                     return
                 if len(raw) < length:
                     raise InvalidVote("the body is shorter than its Content-Length")
-                body = json.loads(raw)
-                if not isinstance(body, dict):
-                    raise InvalidVote("body must be a JSON object")
-                tx_id, value = check_tx_id(body.get("tx_id")), check_u64("value", body.get("value"))
-                votes = api.node.cast(tx_id, value)
+                if too_deep(raw):  # before json.loads: deep nesting overflows its C recursion
+                    raise InvalidVote(f"body nests deeper than {MAX_DEPTH}")
+                votes = api.node.cast_many(ballots(json.loads(raw), length))
             except (InvalidVote, ValueError) as e:
                 self._send(400, {"error": str(e)})
                 return
@@ -148,3 +153,27 @@ def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
             self._send(202, {"accepted": [sv.to_json() for sv in votes], "recorded": True})
 
     return Handler
+
+
+def ballots(body: object, length: int) -> list[tuple[str, int]]:
+    """The (tx_id, value) pairs of a POST /votes body, every one checked before any is cast."""
+    if not isinstance(body, dict):
+        raise InvalidVote("body must be a JSON object")
+    if "votes" not in body:
+        if length > MAX_BODY:
+            raise InvalidVote(f"a single vote's body must be 1..{MAX_BODY} bytes")
+        return [(check_tx_id(body.get("tx_id")), check_u64("value", body.get("value")))]
+    entries = body["votes"]
+    if not isinstance(entries, list) or not 0 < len(entries) <= MAX_CAST:
+        raise InvalidVote(f"votes must be a list of 1..{MAX_CAST} objects")
+    out = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise InvalidVote(f"votes[{i}] must be an object")
+        try:
+            out.append((check_tx_id(e.get("tx_id")), check_u64("value", e.get("value"))))
+        except InvalidVote as err:
+            raise InvalidVote(f"votes[{i}]: {err}") from None
+    if len({tx for tx, _ in out}) != len(out):
+        raise InvalidVote("votes name the same tx_id twice")
+    return out

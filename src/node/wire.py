@@ -26,7 +26,7 @@ MAX_DEPTH = 8  # a batch is 3 deep; anything much deeper is hostile
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
-def _too_deep(payload: bytes) -> bool:
+def too_deep(payload: bytes) -> bool:
     """Nesting deeper than MAX_DEPTH, found without recursing.
 
     json.loads recurses in C; it stops at the interpreter's recursion limit, which web3's py_ecc
@@ -46,7 +46,7 @@ def decode(payload: bytes) -> list[SignedVote]:
     """Parse a batch; anything malformed raises InvalidVote (the message is dropped at the edge)."""
     if len(payload) > MAX_BYTES:
         raise InvalidVote(f"gossip payload of {len(payload)} bytes is over {MAX_BYTES}")
-    if _too_deep(payload):
+    if too_deep(payload):
         raise InvalidVote(f"gossip payload nests deeper than {MAX_DEPTH}")
     try:
         doc = json.loads(payload)

@@ -206,7 +206,7 @@ class GossipEdge:
         generate_key_file(key, seed=bytes([2]) * 32)  # node-1's key (helpers.trustees)
         self.node = TrusteeNode(NodeConfig("node-1", str(key), "dsn", "etcd"))
         self.ledger = base_ledger()
-        self.node.recorder = SimpleNamespace(ledger=self.ledger)  # type: ignore[assignment]
+        self.node.recorder = SimpleNamespace(ledger=self.ledger, stats={"conflicts": 0})  # type: ignore[assignment]
         self.snapshot = (self.ledger.cluster, dict(self.ledger.txs))
 
     def close(self) -> None:
@@ -600,8 +600,10 @@ def http_requests(draw: st.DrawFn) -> bytes:
                        st.sampled_from(["/tx/", "/tx/bad id", "/tx/%00", "/votes?x=1", "//votes", "*", ""])
                        | st.text(max_size=20).map(lambda s: "/tx/" + s)))
     version = draw(either(st.just("HTTP/1.1"), st.sampled_from(["HTTP/1.0", "", "HTTP/2.0", "HTTP/1.1x"])))
-    body_doc = draw(either(st.fixed_dictionaries({"tx_id": either(st.sampled_from(["tf1", "tf2"]), json_value),
-                                                  "value": either(st.integers(0, 2**64 - 1), json_value)}), json_value))
+    ballot = st.fixed_dictionaries({"tx_id": either(st.sampled_from(["tf1", "tf2", "tf3"]), json_value),
+                                    "value": either(st.integers(0, 2**64 - 1), json_value)})
+    batch = st.fixed_dictionaries({"votes": either(st.lists(either(ballot, json_value), max_size=4), json_value)})
+    body_doc = draw(either(ballot | batch, json_value))
     body = json.dumps(body_doc).encode() if draw(st.integers(0, 5)) else draw(st.binary(max_size=60))
     if draw(st.integers(0, 19)) == 0:
         body = draw(st.sampled_from([b'{"tx_id":"t","value":' + b"9" * 5000 + b"}", b"[" * 50_000, b"x" * 5000]))

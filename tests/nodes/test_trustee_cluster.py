@@ -6,13 +6,17 @@ Every honest node must reach the same verdict and ban the same peer; the one clu
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from devstack.trustees import TrusteeCluster
 from events.audit import verify
 from events.postgres_store import PostgresStore
+from node import duty
 from projections.projector import Projector
 from projections.replay import replay
 
@@ -151,3 +155,36 @@ def test_join_leave_and_local_api_edges(database, etcd_server, etcd_prefix, tmp_
              if r.event_type == "VoteAccepted" and r.payload["tx_id"] == "tx_leave"]
     assert len(leave) == 5, "a vote cast before SIGTERM was lost"
     store.close()
+
+
+def test_batch_cast_and_take_over_from_a_frozen_first_recorder(database, etcd_server, etcd_prefix):
+    """A batch of ballots is durable when answered; a frozen first recorder delays, never loses, votes."""
+    cluster = TrusteeCluster(4, 3, database.app_dsn, etcd_server.endpoints[0], etcd_prefix)
+    cluster.start()
+    try:
+        batch = [(f"tx_b{k}", k) for k in range(50)]
+        for i in range(4):
+            code, body = cluster.cast_many(i, batch)
+            assert code == 202 and len(body["accepted"]) == 50
+        assert all(cluster.tx(0, tx)["status"] == "THRESHOLD_REACHED" for tx, _ in batch)
+        # one bad entry refuses the whole request: nothing of it is cast
+        code, body = cluster._request(cluster.trustees[0], "POST", "/votes",
+                                      {"votes": [{"tx_id": "tx_ok", "value": 1}, {"tx_id": "bad id", "value": 1}]})
+        assert code == 400 and "votes[1]" in body["error"]
+
+        members = [t.node_id for t in cluster.trustees]
+        firsts = [f"tx_f{k}" for k in range(400) if duty.ranking(f"tx_f{k}", members)[0] == "trustee-1"][:5]
+        os.kill(cluster.trustees[0].proc.pid, signal.SIGSTOP)  # trustee-1 would record these first
+        try:
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(3) as pool:
+                codes = list(pool.map(lambda i: cluster.cast_many(i, [(tx, 5) for tx in firsts])[0], (1, 2, 3)))
+            assert codes == [202, 202, 202] and time.monotonic() - t0 < 8
+            taken = sum(cluster.counters(i).get("standby_taken_over", 0) for i in (1, 2, 3))
+            assert taken >= 3 * len(firsts)  # every vote of those was recorded by a member ranked later
+        finally:
+            os.kill(cluster.trustees[0].proc.pid, signal.SIGCONT)
+        assert cluster.tx(0, "tx_ok") is None
+    finally:
+        cluster.stop()
+    check_log(database, [])
