@@ -1,9 +1,12 @@
 """Trustee nodes end to end: N real node processes on loopback, votes cast through their APIs.
 
 Prints, per N and offered rate: vote ingest (cluster and per node), gossip messages against
-votes (the batching gain), reception latency (signed -> recorded) and end-to-end latency
-(first vote signed -> ThresholdReached recorded) p50/p99, and gossip drops. Asserts nothing.
-Run: ``.venv/bin/python bench/node_bench.py [--nodes 4 7 10] [--txs 200] [--rates 20 50]``
+votes (the batching gain), reception at the edge (signed -> accepted by a receiver's validator,
+seed 11.1), reception in the log (signed -> recorded) and end-to-end latency (first vote signed ->
+ThresholdReached recorded) p50/p99, the recorders' contention, and gossip drops. Asserts nothing.
+Run: ``.venv/bin/python bench/node_bench.py [--nodes 4 7 10] [--txs 200] [--rates 20 50]``;
+``--open`` paces requests without waiting for answers, ``--bulk K`` casts K ballots per request,
+``--flood`` repeats each point with a member flooding garbage, ``--node-arg`` passes node options.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def pct(xs: list[float], p: float) -> float:
 
 
 def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float, flood: bool = False, bulk: int = 1,
-            node_args: list[str] | None = None) -> dict:
+            node_args: list[str] | None = None, open_loop: bool = False) -> dict:
     name = f"n{n}_r{int(rate)}_{int(time.time())}"
     pg.create_database(name)
     db.upgrade(pg.url(name))
@@ -48,7 +51,7 @@ def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float, flood: bool
     try:
         t0 = time.monotonic()
         refused = 0
-        if bulk == 1:  # closed loop: each transaction's N casts return before the next is offered
+        if bulk == 1 and not open_loop:  # closed loop: each transaction's N casts return before the next is offered
             pool = ThreadPoolExecutor(n)
             for k in range(txs):
                 list(pool.map(lambda i, k=k: cluster.cast(i, f"tx_{k}", k), range(n)))  # the flooder never votes
@@ -56,11 +59,14 @@ def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float, flood: bool
                 if sleep > 0:
                     time.sleep(sleep)
         else:  # open loop: every node gets one request of `bulk` ballots per round, rounds paced at rate/bulk
-            pool = ThreadPoolExecutor(n * 16)
+            pool = ThreadPoolExecutor(n * 32)
             futures = []
             for r in range(math.ceil(txs / bulk)):
                 ballots = [(f"tx_{k}", k) for k in range(r * bulk, min(txs, (r + 1) * bulk))]
-                futures += [pool.submit(cluster.cast_many, i, ballots) for i in range(n)]
+                if bulk == 1:
+                    futures += [pool.submit(cluster.cast, i, *ballots[0]) for i in range(n)]
+                else:
+                    futures += [pool.submit(cluster.cast_many, i, ballots) for i in range(n)]
                 sleep = t0 + (r + 1) * bulk / rate - time.monotonic()
                 if sleep > 0:
                     time.sleep(sleep)
@@ -77,6 +83,11 @@ def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float, flood: bool
                 "SELECT event_type, payload, (extract(epoch FROM recorded_at) * 1000)::bigint FROM events "
                 "WHERE event_type IN ('VoteAccepted', 'ThresholdReached') ORDER BY position").fetchall()
         counters = [cluster.counters(i) for i in range(n)]
+        flooder = cluster.counters(n) if flood else {}
+        edge = [c for c in counters[:n] if c.get("reception_edge_samples")]
+        reception_edge = {"reception_edge_p50_ms": round(sum(c["reception_edge_p50_ms"] for c in edge) / len(edge), 1),
+                          "reception_edge_p99_ms_worst_node": max(c["reception_edge_p99_ms"] for c in edge)} \
+            if edge else {}
         recorder = {k: sum(c.get(f"recorder_{k}", 0) for c in counters)
                     for k in ("conflicts", "etcd_refusals", "deferred", "heads_repaired")}
         flood_dropped = sum(c.get("dropped_garbage", 0) + c.get("gossip_rejected_rate", 0) for c in counters)
@@ -106,7 +117,10 @@ def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float, flood: bool
         "reception_p50_ms": pct(reception, 0.5), "reception_p99_ms": pct(reception, 0.99),
         "e2e_p50_ms": pct(e2e, 0.5), "e2e_p99_ms": pct(e2e, 0.99), "gossip_drops": drops,
         "flood_dropped_at_edge": flood_dropped if flood else 0, "refused_requests": refused,
-        "recorder": recorder,
+        **({"flood_sent": flooder.get("flood_sent", 0), "flood_published": flooder.get("gossip_published", 0),
+            "flood_rejected_by_validators": sum(c.get("gossip_rejected_invalid", 0) for c in counters),
+            "flood_rejected_by_rate_limit": sum(c.get("gossip_rejected_rate", 0) for c in counters)} if flood else {}),
+        "recorder": recorder, **reception_edge,
     }
 
 
@@ -118,15 +132,17 @@ def main() -> None:
     ap.add_argument("--flood", action="store_true", help="also run each point with a garbage-flooding member")
     ap.add_argument("--bulk", type=int, default=1,
                     help="ballots per API request (open loop); 1 = one closed-loop request per vote")
+    ap.add_argument("--open", action="store_true", help="open loop even with --bulk 1 (paced, not waiting)")
     ap.add_argument("--node-arg", action="append", default=[], help="extra `tvote node` option (repeatable)")
     args = ap.parse_args()
     with Postgres(fsync=True) as pg, Etcd(size=1) as etcd:
         for n in args.nodes:
             for rate in args.rates:
-                print(one_run(pg, etcd, n, args.txs, rate, bulk=args.bulk, node_args=args.node_arg), flush=True)
+                print(one_run(pg, etcd, n, args.txs, rate, bulk=args.bulk, node_args=args.node_arg,
+                              open_loop=args.open), flush=True)
                 if args.flood:
                     print(one_run(pg, etcd, n, args.txs, rate, flood=True, bulk=args.bulk,
-                                          node_args=args.node_arg), flush=True)
+                                          node_args=args.node_arg, open_loop=args.open), flush=True)
 
 
 if __name__ == "__main__":

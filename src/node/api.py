@@ -112,7 +112,7 @@ def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
                     gossip = api.node.gossip.counters.snapshot() if api.node.gossip else {}
                     recorder = api.node.recorder.stats if api.node.recorder else {}
                     self._send(200, api.node.counters.snapshot() | {f"gossip_{k}": v for k, v in gossip.items()}
-                               | {f"recorder_{k}": v for k, v in recorder.items()})
+                               | {f"recorder_{k}": v for k, v in recorder.items()} | api.node.reception_summary())
             else:
                 self._send(404, {"error": "no such endpoint"})
 

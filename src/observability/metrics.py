@@ -96,6 +96,7 @@ GOSSIP_FIELDS = {
     "wrong_topic": ("in", "wrong_topic"),
 }
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+RECEPTION_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 ETCD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -213,6 +214,12 @@ class Metrics:
         self.store_errors = Counter(
             "store_errors_total", "Failed calls to Postgres or etcd (StoreUnavailable): appends pause "
             "while these grow.", ["node", "store"], registry=r)
+        self.vote_reception = Histogram(
+            "vote_reception_seconds",
+            "Seed 11.1 'Vote Reception': from the voter signing a vote to this node's gossip edge accepting "
+            "it (publisher batching, GossipSub, parsing, signature check), by receiving node; clocks of "
+            "different machines skew it by their offset.",
+            ["node"], buckets=RECEPTION_BUCKETS, registry=r)
         self.etcd_duration = Histogram(
             "etcd_operation_duration_seconds",
             "etcd call latency by operation (claim, repair_head, get, ...) and outcome: every vote waits on "

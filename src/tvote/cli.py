@@ -146,6 +146,9 @@ def node(
     record_grace_ms: Annotated[int, typer.Option(
         help="Wait this long per rank before recording a vote another member is first to record "
              "(node.duty); 0: every node records every vote at once.", min=0, max=60_000)] = 400,
+    publish_interval_ms: Annotated[float, typer.Option(
+        help="Under load, send at most one gossip message per this interval (idle: at once).",
+        min=0.0, max=10_000.0)] = 50.0,
 ) -> None:
     """Run a trustee node: libp2p gossip, the decider, the cluster log, the local API."""
     from node.api import NodeAPI
@@ -160,7 +163,8 @@ def node(
         token = _read_secret(api_token_file)
         n = TrusteeNode(NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, listen_port, bootstrap or [],
                                    api_port, token, byzantine, fault_drop_rate=fault_drop_rate,
-                                   record_grace_ms=record_grace_ms)).start()
+                                   record_grace_ms=record_grace_ms,
+                                   publish_interval_ms=publish_interval_ms)).start()
         api = NodeAPI(n, api_port, token).start()
     except (NodeStartError, KeyFileError, OSError) as e:
         raise fail(str(e)) from None
