@@ -6,7 +6,8 @@ synchronous_commit=on, etcd on disk. Run: ``.venv/bin/python bench/append_bench.
 - decide+evolve per vote (pure core): p50/p99 microseconds
 - full path per node process: decide + etcd CAS guard + Postgres append, batch 1 / 100 / 500
 - the raw limit: psycopg executemany and COPY of the same rows into a plain table
-- the eventsourcing library's PostgreSQL application recorder appending the same events
+- our store alone (``PostgresStore.append``) and the eventsourcing library's PostgreSQL application
+  recorder appending the same pre-made events (the like-for-like comparison of the two recorders)
 - projection rebuild (replay into fresh tables): events/s
 """
 
@@ -14,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
+import statistics
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -29,7 +33,7 @@ from devstack.etcd import Etcd  # noqa: E402
 from devstack.postgres import Postgres  # noqa: E402
 from events import rules  # noqa: E402
 from events.postgres_store import PostgresStore  # noqa: E402
-from events.store import NewEvent, canonical_json  # noqa: E402
+from events.store import NewEvent, Unit, canonical_json  # noqa: E402
 from node.guard import EtcdGuard  # noqa: E402
 from node.recorder import Recorder  # noqa: E402
 from projections.replay import replay  # noqa: E402
@@ -67,24 +71,41 @@ def bench_pure(n_votes: int) -> dict:
             "votes_per_s": round(len(cmds) / (sum(lat) / 1e6))}
 
 
-def bench_full_path(dsn: str, endpoint: str, n_votes: int, batch: int) -> dict:
+def bench_full_path(dsn: str, endpoint: str, n_votes: int, batch: int, edge_thread: bool = False) -> dict:
+    """decide + etcd CAS + PG append; ``edge_thread``: as in a node process, another thread checks the
+    signatures of batch k+1 (the gossip edge; libsodium releases the GIL) while batch k is recorded."""
     tag = uuid.uuid4().hex[:6]
     rec = Recorder(PostgresStore(dsn), EtcdGuard(endpoint, f"/bench/{tag}", "bench-node"), "bench-node")
     boot, cmds = vote_commands(n_votes, tag=tag)
+    keys = {c.node_id: c.vote_key for c in boot}
     # each run has its own members and so its own cluster: use a fresh database per run
     rec.execute(boot)
     rec.execute([rules.Configure(5, "bench")])
     before = rec.store.last_position()
+    batches = [cmds[i:i + batch] for i in range(0, len(cmds), batch)]
     t0 = time.perf_counter()
-    for i in range(0, len(cmds), batch):
-        rec.execute(cmds[i:i + batch])
+    if edge_thread:
+        checked: queue.Queue = queue.Queue(maxsize=2)
+
+        def edge() -> None:
+            for b in batches:
+                for c in b:
+                    c.vote.verifies_under(keys[c.vote.vote.node_id])
+                checked.put(b)
+
+        threading.Thread(target=edge, daemon=True).start()
+        for _ in batches:
+            rec.execute(checked.get())
+    else:
+        for b in batches:
+            rec.execute(b)
     dt = time.perf_counter() - t0
     events = rec.store.last_position() - before
     vote_events = sum(1 for r in rec.store.read_all(after=before, limit=10**7) if r.event_type == "VoteAccepted")
     rec.guard.close()
     rec.store.close()
-    return {"batch": batch, "votes": len(cmds), "vote_events_per_s": round(vote_events / dt),
-            "events_per_s": round(events / dt), "seconds": round(dt, 2)}
+    return {"batch": batch, "edge_thread": edge_thread, "votes": len(cmds),
+            "vote_events_per_s": round(vote_events / dt), "events_per_s": round(events / dt), "seconds": round(dt, 2)}
 
 
 def sample_rows(n: int) -> list[NewEvent]:
@@ -126,12 +147,31 @@ def bench_raw(dsn: str, n: int) -> dict:
     return out
 
 
+def bench_store(dsn: str, n: int) -> dict:
+    """Our store alone appending the same pre-made events (as eventsourcing's recorder is measured):
+    idempotency and version checks, the BLAKE3 chain, COPY; no decision, no signature, no etcd."""
+    versions: dict[str, int] = {}
+    units = []
+    for e in sample_rows(n):
+        v = versions.get(e.stream_id, 0)
+        units.append(Unit({e.stream_id: v}, (e,)))
+        versions[e.stream_id] = v + 1
+    store = PostgresStore(dsn)
+    t0 = time.perf_counter()
+    for i in range(0, len(units), 500):
+        store.append(units[i:i + 500], "bench")
+    dt = time.perf_counter() - t0
+    store.close()
+    return {"batched_500_events_per_s": round(n / dt)}
+
+
 def bench_eventsourcing(pg: Postgres, n: int) -> dict:
     from eventsourcing.persistence import StoredEvent
     from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
-    pg.create_database("es_bench")
-    ds = PostgresDatastore("es_bench", "127.0.0.1", pg.port, "postgres", "")
+    name = f"es_{uuid.uuid4().hex[:8]}"
+    pg.create_database(name)
+    ds = PostgresDatastore(name, "127.0.0.1", pg.port, "postgres", "")
     rec = PostgresApplicationRecorder(ds)
     rec.create_table()
     rows = sample_rows(n)
@@ -155,11 +195,23 @@ def bench_eventsourcing(pg: Postgres, n: int) -> dict:
     return out
 
 
+def median_of(runs: list[dict]) -> dict:
+    """One row from repeated runs: the median of every number (this box is shared and noisy)."""
+    out = dict(runs[0])
+    for k, v in runs[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = statistics.median(r[k] for r in runs)
+    out["runs"] = len(runs)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--votes", type=int, default=20_000)
     ap.add_argument("--single-votes", type=int, default=1_000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per row; rows print the medians")
     args = ap.parse_args()
+    rep = range(args.repeat)
     results: dict = {}
     results["decide_evolve"] = bench_pure(args.votes)
     print("decide+evolve:", results["decide_evolve"], flush=True)
@@ -171,21 +223,24 @@ def main() -> None:
             return pg.dsn(name, user=db.APP_ROLE)
 
         results["full_path"] = []
-        for batch, votes in ((1, args.single_votes), (100, args.votes), (500, args.votes)):
-            r = bench_full_path(fresh_db(), etcd.endpoints[0], votes, batch)
+        for batch, votes, edge in ((1, args.single_votes, False), (100, args.votes, False),
+                                   (500, args.votes, False), (500, args.votes, True)):
+            r = median_of([bench_full_path(fresh_db(), etcd.endpoints[0], votes, batch, edge) for _ in rep])
             results["full_path"].append(r)
             print("full path (decide + etcd CAS + PG append):", r, flush=True)
         raw_dsn = fresh_db().replace(f"user={db.APP_ROLE}", "user=postgres")
-        results["raw_limit"] = bench_raw(raw_dsn, args.votes)
+        results["raw_limit"] = median_of([bench_raw(raw_dsn, args.votes) for _ in rep])
         print("raw limit (plain table, batches of 500):", results["raw_limit"], flush=True)
-        results["eventsourcing"] = bench_eventsourcing(pg, args.votes)
+        results["store"] = median_of([bench_store(fresh_db(), args.votes) for _ in rep])
+        print("our store alone (PostgresStore.append, same events, batches of 500):", results["store"], flush=True)
+        results["eventsourcing"] = median_of([bench_eventsourcing(pg, args.votes) for _ in rep])
         print("eventsourcing PostgresApplicationRecorder:", results["eventsourcing"], flush=True)
         # projection rebuild over a log of the full-path run's size
         dsn = fresh_db()
         bench_full_path(dsn, etcd.endpoints[0], args.votes, 500)
-        rep = replay(dsn.replace(f"user={db.APP_ROLE}", "user=postgres"))
-        results["rebuild"] = {"events": rep.events, "events_per_s": round(rep.events_per_second),
-                              "digest_equal": rep.equal}
+        replays = [replay(dsn.replace(f"user={db.APP_ROLE}", "user=postgres")) for _ in rep]
+        results["rebuild"] = median_of([{"events": r.events, "events_per_s": round(r.events_per_second),
+                                         "digest_equal": r.equal} for r in replays])
         print("projection rebuild:", results["rebuild"], flush=True)
     best = max(r["vote_events_per_s"] for r in results["full_path"])
     summary = {
@@ -193,6 +248,11 @@ def main() -> None:
         "vs_raw_copy": round(best / results["raw_limit"]["copy_rows_per_s"], 2),
         "vs_raw_executemany": round(best / results["raw_limit"]["executemany_rows_per_s"], 2),
         "vs_eventsourcing_batched": round(best / results["eventsourcing"]["batched_500_events_per_s"], 2),
+        "store_alone_events_per_s": results["store"]["batched_500_events_per_s"],
+        "store_alone_vs_raw_copy": round(results["store"]["batched_500_events_per_s"]
+                                         / results["raw_limit"]["copy_rows_per_s"], 2),
+        "store_alone_vs_eventsourcing": round(results["store"]["batched_500_events_per_s"]
+                                              / results["eventsourcing"]["batched_500_events_per_s"], 2),
     }
     results["summary"] = summary
     print("summary:", summary)

@@ -60,6 +60,17 @@ class StoreContract:
         r = s.append([Unit({CLUSTER_STREAM: 0, "tx:1": 0}, (ev("tx:1", "k1"),))], "w")
         assert r[0].outcome is Outcome.CONFLICT
 
+    def test_a_key_already_logged_under_another_stream_is_a_duplicate_and_writes_nothing(self):
+        # Its stream has not moved, so only the key says "already recorded" (for Postgres: the unique
+        # index refuses the optimistic append, which is then planned again against the logged keys).
+        s = self.make_store()
+        s.append([Unit({"a": 0}, (ev("a", "k1"),))], "w")
+        r = s.append([Unit({"b": 0}, (ev("b", "k1"),)), Unit({"c": 0}, (ev("c", "k2"),))], "w")
+        assert [x.outcome for x in r] == [Outcome.DUPLICATE, Outcome.APPENDED]
+        rows = s.read_all()
+        assert [(x.position, x.stream_id, x.idempotency_key) for x in rows] == [(1, "a", "k1"), (2, "c", "k2")]
+        assert rows[1].prev_hash == rows[0].hash and all(x.content_hash() == x.hash for x in rows)
+
     def test_hash_chain_links_every_row(self):
         s = self.make_store()
         for i in range(5):

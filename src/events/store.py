@@ -28,6 +28,7 @@ from events.model import Event
 from events.upcast import decode
 
 GENESIS = bytes(32)
+_LEN = struct.Struct(">I")
 MAX_PAYLOAD = 64 * 1024
 
 
@@ -84,12 +85,13 @@ def chain_hash(
 ) -> bytes:
     """BLAKE3 over the previous hash and the row; ``payload`` may be given already canonical."""
     body = payload if isinstance(payload, bytes) else canonical_json(payload)
-    h = blake3.blake3(prev)
-    h.update(struct.pack(">qiHq", position, version, schema_version, recorded_at_us))
-    for part in (stream_id.encode(), event_type.encode(), body, key.encode(), writer.encode()):
-        h.update(struct.pack(">I", len(part)))
-        h.update(part)
-    return h.digest()
+    sid, typ, k, w = stream_id.encode(), event_type.encode(), key.encode(), writer.encode()
+    # One buffer, one hash call: the same bytes as hashing each length-prefixed part in turn.
+    return blake3.blake3(b"".join((
+        prev, struct.pack(">qiHq", position, version, schema_version, recorded_at_us),
+        _LEN.pack(len(sid)), sid, _LEN.pack(len(typ)), typ, _LEN.pack(len(body)), body,
+        _LEN.pack(len(k)), k, _LEN.pack(len(w)), w,
+    ))).digest()
 
 
 @dataclass(frozen=True)
@@ -152,21 +154,19 @@ def plan(
     out: list[tuple[UnitResult, list[tuple[NewEvent, int]]]] = []
     for u in units:
         keys = [e.idempotency_key for e in u.events]
-        present = [k for k in keys if k in existing_keys]
+        present = [k for k in keys if k in existing_keys] if existing_keys else []
         if keys and len(present) == len(keys):
-            out.append((UnitResult(Outcome.DUPLICATE), []))
+            out.append((_DUPLICATE, []))
             continue
         if present:
             out.append((UnitResult(Outcome.CONFLICT, detail=f"already recorded: {present[0]}"), []))
             continue
-        if len(set(keys)) != len(keys):
+        if len(keys) > 1 and len(set(keys)) != len(keys):
             raise ValueError("a unit repeats an idempotency key")
-        moved = [s for s, v in u.expected.items() if versions.get(s, 0) != v]
-        if moved:
-            s = moved[0]
-            out.append(
-                (UnitResult(Outcome.CONFLICT, detail=f"{s} at {versions.get(s, 0)}, expected {u.expected[s]}"), [])
-            )
+        moved = next((s for s, v in u.expected.items() if versions.get(s, 0) != v), None)
+        if moved is not None:
+            detail = f"{moved} at {versions.get(moved, 0)}, expected {u.expected[moved]}"
+            out.append((UnitResult(Outcome.CONFLICT, detail=detail), []))
             continue
         rows = []
         for e in u.events:
@@ -178,5 +178,9 @@ def plan(
             versions[e.stream_id] = versions.get(e.stream_id, 0) + 1
             rows.append((e, versions[e.stream_id]))
             existing_keys.add(e.idempotency_key)
-        out.append((UnitResult(Outcome.APPENDED), rows))
+        out.append((_APPENDED, rows))
     return out
+
+
+_APPENDED = UnitResult(Outcome.APPENDED)  # frozen: one instance serves every unit
+_DUPLICATE = UnitResult(Outcome.DUPLICATE)
