@@ -11,8 +11,13 @@ conflicts, is decided again and defers (measured: N=4, 1,300 votes/s, 35 refusal
   evenly over members, and stable when a member leaves (only its transactions move);
 - the member ranked 0 records the transaction's votes (and ticks its deadline) at once;
 - the member ranked r holds each vote on standby and records it only if it is still not in
-  the log ``r * grace`` after it arrived (the node ranked 0 is down, partitioned, or
-  Byzantine and silent). Every node still tries; only the order is chosen.
+  the log ``r * grace`` after it arrived *and* the members ranked before it look gone: none
+  of them has appended anything to the log for a grace (down, partitioned, frozen). A member
+  ahead that is alive but behind is waited for, up to ``patience``: taking over from a busy
+  recorder only adds writers to its streams, and under overload those take-overs fed on each
+  other (measured, N=7 at 1,400 votes/s: 517 refusals, 10,180 deferrals, e2e p50 24 s).
+  ``patience`` still bounds a live recorder that drops votes (Byzantine). Every node still
+  tries; only the order is chosen.
 
 Safety never rests on this: the etcd CAS and Postgres's unique keys still decide, and two
 nodes that disagree on the ranking (a membership change in flight) merely race as before.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import blake3
 
 DEFAULT_GRACE_MS = 400
+DEFAULT_PATIENCE_MS = 5000
 
 
 def ranking(tx_id: str, eligible: list[str]) -> list[str]:
@@ -39,3 +45,24 @@ def rank(tx_id: str, node_id: str, eligible: list[str]) -> int:
 def delay_ms(tx_id: str, node_id: str, eligible: list[str], grace_ms: int = DEFAULT_GRACE_MS) -> int:
     """How long ``node_id`` leaves a vote (or a deadline) of ``tx_id`` to the members ranked before it."""
     return rank(tx_id, node_id, eligible) * grace_ms
+
+
+def ahead_of(tx_id: str, node_id: str, eligible: list[str]) -> list[str]:
+    """The members that take up ``tx_id``'s votes before ``node_id``."""
+    order = ranking(tx_id, eligible)
+    return order[:order.index(node_id)] if node_id in order else order
+
+
+def take_over(now: float, due: float, arrived: float, ahead_last_append: list[float | None],
+              grace_s: float, patience_s: float) -> bool:
+    """Should a standby vote be recorded by us now? (times in seconds, one monotonic clock)
+
+    ``ahead_last_append``: when each member ranked before us last appended to the log (None:
+    not since we started). Our turn has come (``due``) and either they all look gone, or the
+    vote has waited longer than ``patience`` whatever they are doing.
+    """
+    if now < due:
+        return False
+    if now >= arrived + patience_s:
+        return True
+    return all(t is None or now - t >= grace_s for t in ahead_last_append)

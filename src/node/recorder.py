@@ -63,6 +63,8 @@ class Recorder:
         # Called with every event the ledger takes in, ours or another node's, in log order: lets a
         # shell keep its own indexes (the node's deadline queue) without scanning the ledger.
         self.on_event: Callable[[Event], None] | None = None
+        # writer -> when (our monotonic clock) we last read an event of theirs: who is alive and appending
+        self.last_append: dict[str, float] = {}
 
     # following the log ------------------------------------------------------------------------
 
@@ -71,7 +73,9 @@ class Recorder:
         n = 0
         while True:
             rows = self.store.read_all(after=self.position, limit=batch)
+            seen = time.monotonic()
             for r in rows:
+                self.last_append[r.writer] = seen
                 e = r.event()
                 self.ledger.apply(e)
                 self.versions[r.stream_id] = r.stream_version
@@ -190,6 +194,7 @@ class Recorder:
                 self.ledger.txs.update(scratch.txs.maps[0])  # type: ignore[attr-defined]
                 self.versions.update(versions.maps[0])
                 self.position = outcomes[-1].positions[-1]
+                self.last_append[self.writer] = time.monotonic()
                 if self.on_event is not None:
                     for _, _, _, events in granted:
                         for e in events:

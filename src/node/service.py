@@ -77,6 +77,8 @@ class NodeConfig:
     # R13, scheduled (node.duty): the member ranked r for a transaction records its votes and
     # ticks its deadline only if they are still not in the log r * grace after they arrived.
     record_grace_ms: int = duty.DEFAULT_GRACE_MS
+    # ... and waits longer for a member ranked before it that is alive (still appending), up to this.
+    record_patience_ms: int = duty.DEFAULT_PATIENCE_MS
     # How often the worker reads what the other nodes appended (it also reads after each append).
     follow_ms: float = 20.0
     # Chaos testing only: drop this fraction of gossip deliveries after they were accepted, as
@@ -119,9 +121,9 @@ class TrusteeNode:
         self._caught_up = False
         self._log_moved = threading.Condition()
         self.reception: collections.deque[int] = collections.deque(maxlen=20_000)  # ms, signed -> our edge
-        # votes left to the member ranked before us: (tx, node, value) -> (command, due, monotonic)
-        self.standby: dict[tuple[str, str, int], tuple[rules.ReceiveVote, float]] = {}
-        self._delays: dict[str, int] = {}  # tx_id -> our delay in ms, for the membership of _delays_for
+        # votes left to the members ranked before us: (tx, node, value) -> (command, arrived, due), monotonic
+        self.standby: dict[tuple[str, str, int], tuple[rules.ReceiveVote, float, float]] = {}
+        self._delays: dict[str, tuple[int, list[str]]] = {}  # tx_id -> (our delay ms, members ahead of us)
         self._delays_for: tuple[rules.Cluster | None, list[str]] = (None, [])
         # (deadline + our delay, tx_id) of transactions whose deadline has not fired, fed from the log
         self._deadlines: list[tuple[int, str]] = []
@@ -363,7 +365,8 @@ class TrusteeNode:
 
     # who records what (node.duty) --------------------------------------------------------------
 
-    def _delay_ms(self, tx_id: str) -> int:
+    def _duty(self, tx_id: str) -> tuple[int, list[str]]:
+        """Our delay for ``tx_id`` (ms) and the members ranked before us, for the current membership."""
         cluster = self.recorder.ledger.cluster
         if cluster is not self._delays_for[0]:  # the cluster changed (it is immutable): rankings may have
             eligible = sorted(n for n, m in cluster.members.items() if m.eligible)
@@ -374,9 +377,14 @@ class TrusteeNode:
         if d is None:
             if len(self._delays) >= 100_000:
                 self._delays.clear()
-            d = duty.delay_ms(tx_id, self.cfg.node_id, self._delays_for[1], self.cfg.record_grace_ms)
+            eligible = self._delays_for[1]
+            d = (duty.delay_ms(tx_id, self.cfg.node_id, eligible, self.cfg.record_grace_ms),
+                 duty.ahead_of(tx_id, self.cfg.node_id, eligible))
             self._delays[tx_id] = d
         return d
+
+    def _delay_ms(self, tx_id: str) -> int:
+        return self._duty(tx_id)[0]
 
     def _on_event(self, e: Event) -> None:
         if isinstance(e, TransactionOpened):
@@ -404,7 +412,8 @@ class TrusteeNode:
                 continue
             key = (v.tx_id, v.node_id, v.value)
             if key not in self.standby:
-                self.standby[key] = (c, time.monotonic() + delay / 1000)
+                arrived = time.monotonic()
+                self.standby[key] = (c, arrived, arrived + delay / 1000)
                 self.counters.add("standby")
         return now
 
@@ -413,14 +422,17 @@ class TrusteeNode:
         if not self.standby:
             return
         txs = self.recorder.ledger.txs
+        seen = self.recorder.last_append
         clock = time.monotonic()
+        grace, patience = self.cfg.record_grace_ms / 1000, self.cfg.record_patience_ms / 1000
         due: list[rules.ReceiveVote] = []
-        for key, (cmd, at) in list(self.standby.items()):
+        for key, (cmd, arrived, at) in list(self.standby.items()):
             tx = txs.get(key[0])
             held = tx.votes.get(key[1]) if tx else None
             if held is not None and held.value == key[2]:
                 del self.standby[key]
-            elif clock >= at:
+            elif clock >= at and duty.take_over(clock, at, arrived, [seen.get(m) for m in self._duty(key[0])[1]],
+                                                grace, patience):
                 del self.standby[key]
                 due.append(cmd)
         if due:

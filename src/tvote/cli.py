@@ -146,6 +146,9 @@ def node(
     record_grace_ms: Annotated[int, typer.Option(
         help="Wait this long per rank before recording a vote another member is first to record "
              "(node.duty); 0: every node records every vote at once.", min=0, max=60_000)] = 400,
+    record_patience_ms: Annotated[int, typer.Option(
+        help="How long a vote may wait for a live member ranked before us (node.duty).",
+        min=0, max=600_000)] = 5000,
     publish_interval_ms: Annotated[float, typer.Option(
         help="Under load, send at most one gossip message per this interval (idle: at once).",
         min=0.0, max=10_000.0)] = 50.0,
@@ -163,7 +166,7 @@ def node(
         token = _read_secret(api_token_file)
         n = TrusteeNode(NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, listen_port, bootstrap or [],
                                    api_port, token, byzantine, fault_drop_rate=fault_drop_rate,
-                                   record_grace_ms=record_grace_ms,
+                                   record_grace_ms=record_grace_ms, record_patience_ms=record_patience_ms,
                                    publish_interval_ms=publish_interval_ms)).start()
         api = NodeAPI(n, api_port, token).start()
     except (NodeStartError, KeyFileError, OSError) as e:

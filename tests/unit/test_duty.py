@@ -46,3 +46,30 @@ def test_first_places_spread_evenly_over_members():
     firsts = Counter(duty.ranking(f"tx_{k}", members)[0] for k in range(7000))
     assert set(firsts) == set(members)
     assert all(800 <= c <= 1200 for c in firsts.values()), firsts  # 1,000 each, give or take
+
+
+@given(tx_ids, names, st.data())
+def test_the_members_ahead_are_those_ranked_before(tx, members, data):
+    me = data.draw(st.sampled_from(members))
+    order = duty.ranking(tx, members)
+    assert duty.ahead_of(tx, me, members) == order[:order.index(me)]
+    assert duty.ahead_of(tx, "not-a-member", members) == order
+
+
+def test_take_over_only_in_turn_and_from_members_that_look_gone():
+    grace, patience = 0.4, 5.0
+    # not our turn yet
+    assert not duty.take_over(10.0, due=10.4, arrived=10.0, ahead_last_append=[None], grace_s=grace,
+                              patience_s=patience)
+    # our turn; the member ahead appended a moment ago: alive but behind, so we wait ...
+    assert not duty.take_over(10.5, due=10.4, arrived=10.0, ahead_last_append=[10.3], grace_s=grace,
+                              patience_s=patience)
+    # ... until it has been silent for a grace (down, frozen, cut off) ...
+    assert duty.take_over(10.8, due=10.4, arrived=10.0, ahead_last_append=[10.3], grace_s=grace, patience_s=patience)
+    # ... or never appended since we started ...
+    assert duty.take_over(10.5, due=10.4, arrived=10.0, ahead_last_append=[None], grace_s=grace, patience_s=patience)
+    # ... and one live member ahead is enough to wait, up to patience (a live recorder dropping votes)
+    alive = [None, 14.9]
+    assert not duty.take_over(14.9, due=10.8, arrived=10.0, ahead_last_append=alive, grace_s=grace,
+                              patience_s=patience)
+    assert duty.take_over(15.0, due=10.8, arrived=10.0, ahead_last_append=alive, grace_s=grace, patience_s=patience)
