@@ -115,6 +115,7 @@ class Load:
         self.byz_acks: list[Ack] = []
         self.offers: list[Offer] = []
         self.failed_casts = 0
+        self.refused_ineligible = 0
         self.cast_latency: list[float] = []
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max(2, self.n))
@@ -129,6 +130,9 @@ class Load:
         except Exception:  # refused, reset, timed out: the client saw no ack
             code, body = 0, {}
         with self._lock:
+            if code == 403:  # this trustee is banned or removed: final, a client does not retry it
+                self.refused_ineligible += 1
+                return False
             if code != 202:
                 self.failed_casts += 1
                 self.pending[i].append((tx_id, value))

@@ -2,7 +2,8 @@
 
 ``POST /votes`` {"tx_id", "value"} casts this node's vote and answers 202 once it is in the cluster
 log (503 if it is not within 10 s: retrying is idempotent); ``{"votes": [{"tx_id", "value"}, ...]}``
-casts up to 1,000 at once (all or nothing: one bad entry refuses the whole request, 400);
+casts up to 1,000 at once (all or nothing: one bad entry refuses the whole request, 400); a trustee
+that is banned or removed answers 403 at once (its votes would never be recorded);
 ``GET /tx/<tx_id>`` reads a
 transaction's state; ``GET /healthz`` (threads alive) and ``GET /readyz`` (caught up with the
 log) are unauthenticated, for supervisors. Anyone else gets 401: the token is read from a
@@ -19,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from events.errors import InvalidVote, ThresholdVoteError
 from events.vote import check_tx_id, check_u64
-from node.service import NodeStartError, TrusteeNode
+from node.service import NodeStartError, NotEligible, TrusteeNode
 from node.wire import MAX_DEPTH, too_deep
 
 MAX_BODY = 4096
@@ -139,6 +140,9 @@ def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
                 votes = api.node.cast_many(ballots(json.loads(raw), length))
             except (InvalidVote, ValueError) as e:
                 self._send(400, {"error": str(e)})
+                return
+            except NotEligible as e:
+                self._send(403, {"error": str(e)})  # final: retrying cannot help
                 return
             except (NodeStartError, ThresholdVoteError) as e:
                 self._send(503, {"error": str(e)})

@@ -47,6 +47,10 @@ class NodeStartError(RuntimeError):
     """The node cannot start as configured; the message says what to fix."""
 
 
+class NotEligible(RuntimeError):
+    """This trustee is banned (R10) or removed (R1): its votes would never be recorded."""
+
+
 @dataclass
 class NodeConfig:
     node_id: str
@@ -195,6 +199,12 @@ class TrusteeNode:
         """
         if self._stop_intake.is_set():
             raise NodeStartError("the node is stopping: no new votes")
+        me = self.recorder.ledger.cluster.members.get(self.cfg.node_id)
+        if me is None or not me.active:
+            raise NotEligible(f"{self.cfg.node_id} is no longer a member (R1): an operator must admit it again")
+        if me.banned:
+            raise NotEligible(f"{self.cfg.node_id} is banned (R10): its votes are dropped by every node until "
+                              "an operator lifts the ban (`tvote unban`)")
         mode = self.cfg.byzantine
         mine: list[SignedVote] = []
         forged: list[SignedVote] = []

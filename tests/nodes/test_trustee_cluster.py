@@ -85,6 +85,12 @@ def test_byzantine_scenario(database, etcd_server, etcd_prefix, mode, status, ba
         assert len({str(v) for v in views}) == 1, "honest nodes disagree"
         # the ban reaches the network edge of every honest node (R10)
         wait_for(lambda: all(cluster.counters(i).get("peers_banned") == 1 for i in range(4)), 20, "bans")
+        # the banned trustee's own API refuses at once and says why (its votes would never be recorded)
+        wait_for(lambda: cluster.tx(4, "tx_001") and cluster.tx(4, "tx_001")["status"] == status, 20,
+                 "the banned node to follow the log")
+        t0 = time.monotonic()
+        code, body = cluster.cast(4, "tx_002", 1)
+        assert code == 403 and "banned (R10)" in body["error"] and time.monotonic() - t0 < 2
     finally:
         took = cluster.stop()
     assert max(took.values()) < 30
