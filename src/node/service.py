@@ -125,8 +125,8 @@ class TrusteeNode:
         self._caught_up = False
         self._log_moved = threading.Condition()
         self.reception: collections.deque[int] = collections.deque(maxlen=20_000)  # ms, signed -> our edge
-        # votes left to the members ranked before us: (tx, node, value) -> (command, arrived, due), monotonic
-        self.standby: dict[tuple[str, str, int], tuple[rules.ReceiveVote, float, float]] = {}
+        # votes left to the members ranked before us: (tx, node, value) -> (command, arrived, due, ours)
+        self.standby: dict[tuple[str, str, int], tuple[rules.ReceiveVote, float, float, bool]] = {}
         self._delays: dict[str, tuple[int, list[str]]] = {}  # tx_id -> (our delay ms, members ahead of us)
         self._delays_for: tuple[rules.Cluster | None, list[str]] = (None, [])
         # (deadline + our delay, tx_id) of transactions whose deadline has not fired, fed from the log
@@ -423,7 +423,12 @@ class TrusteeNode:
             key = (v.tx_id, v.node_id, v.value)
             if key not in self.standby:
                 arrived = time.monotonic()
-                self.standby[key] = (c, arrived, arrived + delay / 1000)
+                # Our own vote is, at first, only here: after one grace we record it ourselves. A vote
+                # gossip brought has reached the members ranked before us in the same flood: we wait for
+                # them while they are alive (node.duty.take_over).
+                own = c.author_peer == self.gossip.peer_id
+                due = arrived + (self.cfg.record_grace_ms if own else delay) / 1000
+                self.standby[key] = (c, arrived, due, own)
                 self.counters.add("standby")
         return now
 
@@ -436,13 +441,13 @@ class TrusteeNode:
         clock = time.monotonic()
         grace, patience = self.cfg.record_grace_ms / 1000, self.cfg.record_patience_ms / 1000
         due: list[rules.ReceiveVote] = []
-        for key, (cmd, arrived, at) in list(self.standby.items()):
+        for key, (cmd, arrived, at, own) in list(self.standby.items()):
             tx = txs.get(key[0])
             held = tx.votes.get(key[1]) if tx else None
             if held is not None and held.value == key[2]:
                 del self.standby[key]
-            elif clock >= at and duty.take_over(clock, at, arrived, [seen.get(m) for m in self._duty(key[0])[1]],
-                                                grace, patience):
+            elif clock >= at and (own or duty.take_over(
+                    clock, at, arrived, [seen.get(m) for m in self._duty(key[0])[1]], grace, patience)):
                 del self.standby[key]
                 due.append(cmd)
         if due:
