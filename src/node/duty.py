@@ -38,8 +38,7 @@ def ranking(tx_id: str, eligible: list[str]) -> list[str]:
 
 def rank(tx_id: str, node_id: str, eligible: list[str]) -> int:
     """Where ``node_id`` stands for ``tx_id``; a node that is not eligible stands after everyone."""
-    order = ranking(tx_id, eligible)
-    return order.index(node_id) if node_id in order else len(order)
+    return len(ahead_of(tx_id, node_id, eligible))
 
 
 def delay_ms(tx_id: str, node_id: str, eligible: list[str], grace_ms: int = DEFAULT_GRACE_MS) -> int:

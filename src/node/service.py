@@ -64,10 +64,7 @@ class NodeConfig:
     api_token: str = ""
     byzantine: str = "none"
     batch_window_ms: float = 5.0  # the worker gathers received votes this long into one recording batch
-    # The publisher sends at once when idle, and at most one gossip message per interval under load:
-    # votes per message then grow with the rate, and the per-message cost of the gossip stack (~1.6 ms,
-    # ~25x a signature check) stops growing with it.
-    publish_interval_ms: float = 50.0
+    publish_interval_ms: float = wire.PUBLISH_INTERVAL_MS  # the publisher's pace under load
     max_batch: int = 500
     tick_ms: float = 100.0
     # Edge replay protection beside the seen-cache: a vote signed further in the past or the
@@ -387,9 +384,8 @@ class TrusteeNode:
         if d is None:
             if len(self._delays) >= 100_000:
                 self._delays.clear()
-            eligible = self._delays_for[1]
-            d = (duty.delay_ms(tx_id, self.cfg.node_id, eligible, self.cfg.record_grace_ms),
-                 duty.ahead_of(tx_id, self.cfg.node_id, eligible))
+            ahead = duty.ahead_of(tx_id, self.cfg.node_id, self._delays_for[1])  # one ranking per transaction
+            d = (len(ahead) * self.cfg.record_grace_ms, ahead)
             self._delays[tx_id] = d
         return d
 

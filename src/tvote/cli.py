@@ -26,6 +26,7 @@ from events import rules
 from events.audit import verify
 from events.errors import ThresholdVoteError
 from events.postgres_store import PostgresStore
+from node import duty, wire
 from node.guard import EtcdGuard
 from node.recorder import Recorder, Status
 from observability.logging import configure_logging
@@ -145,13 +146,13 @@ def node(
                                                    min=0.0, max=1.0)] = 0.0,
     record_grace_ms: Annotated[int, typer.Option(
         help="Wait this long per rank before recording a vote another member is first to record "
-             "(node.duty); 0: every node records every vote at once.", min=0, max=60_000)] = 400,
+             "(node.duty); 0: every node records every vote at once.", min=0, max=60_000)] = duty.DEFAULT_GRACE_MS,
     record_patience_ms: Annotated[int, typer.Option(
         help="How long a vote may wait for a live member ranked before us (node.duty).",
-        min=0, max=600_000)] = 5000,
+        min=0, max=600_000)] = duty.DEFAULT_PATIENCE_MS,
     publish_interval_ms: Annotated[float, typer.Option(
         help="Under load, send at most one gossip message per this interval (idle: at once).",
-        min=0.0, max=10_000.0)] = 50.0,
+        min=0.0, max=10_000.0)] = wire.PUBLISH_INTERVAL_MS,
 ) -> None:
     """Run a trustee node: libp2p gossip, the decider, the cluster log, the local API."""
     from node.api import NodeAPI
