@@ -176,7 +176,7 @@ def write_results(args: argparse.Namespace, rows: list[dict[str, Any]], results:
 NOTES = """
 ## How the faults map to real ones
 
-- **Message loss**: `--fault-drop-rate 0.2` on every node drops 20 % of accepted gossip deliveries after the
+- **Message loss**: `chaos.trustee --drop-rate 0.2` on every node drops 20 % of accepted gossip deliveries after the
   router handled them, so GossipSub does not retransmit: loss above TCP, stricter than 20 % IP packet loss
   (which TCP turns into latency). Nodes recover through the one cluster log (R13).
 - **Partition**: the minority's processes are SIGSTOPped, then SIGCONTed. A frozen node reaches nobody (peers,
@@ -210,7 +210,7 @@ a lapsed etcd lease is renewed instead of killing the node. The original write-u
    the SIGKILL); 8 and 159 votes when every node exited on an etcd fault. Hook: answer 202 only once the
    vote is in the log (`cast()` returns a waiter the worker resolves when its `VoteAccepted` is appended or
    found), or keep an fsynced local journal of own signed votes that the node re-records at start.
-2. **An etcd fault kills every node** (`node/guard.py`): after one failed call pyetcd marks its only
+2. **An etcd fault kills every node** (`recording/etcd_guard.py`): after one failed call pyetcd marks its only
    endpoint failed for `time_retry` = 300 s and raises `ValueError('Trying to use a failed node')`, which is
    not mapped to `StoreUnavailable`; the worker thread dies and `tvote node` exits. Seen on: killing the
    member the nodes use, quorum loss (2 of 3), and in one CI run on killing a member they do not use (the
@@ -218,7 +218,7 @@ a lapsed etcd lease is renewed instead of killing the node. The original write-u
    Hook: map `ValueError`/`grpc.RpcError` from every pyetcd call to `StoreUnavailable` (the write path
    already retries those), set the endpoint's `time_retry` to ~1 s, and accept several `--etcd` endpoints
    (pyetcd `MultiEndpointEtcd3Client(failover=True)`) so one member's death is not the cluster's.
-3. **A node whose etcd lease expired dies** (`node/guard.py`): after a >10 s freeze (SIGSTOP partition, a
+3. **A node whose etcd lease expired dies** (`recording/etcd_guard.py`): after a >10 s freeze (SIGSTOP partition, a
    long GC pause) the next lease-bound put fails with gRPC NOT_FOUND "requested lease not found" and the node
    exits. Hook: on NOT_FOUND grant a new lease and retry (the submitter already does this, commit 41cce48).
 4. **Clock skew via libfaketime does not work with CPython 3.11 here** (see above): `Trustee.wrapper =

@@ -110,7 +110,8 @@ def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
 def cal_core(out: dict[str, float], notes: dict[str, str]) -> None:
     from events.memory_store import MemoryStore
     from node import wire
-    from node.recorder import Recorder
+    from recording.memory_guard import MemoryGuard
+    from recording.recorder import Recorder
 
     ms = [Member(i) for i in range(1, 11)]
     fresh = [ms[k % 10].vote(f"verify_{k}") for k in range(3000)]
@@ -137,11 +138,11 @@ def cal_core(out: dict[str, float], notes: dict[str, str]) -> None:
             ledger.execute(c)
         decide.append((time.process_time() - t0) / len(votes))
         store = MemoryStore()
-        rec = Recorder(store, None, "cal")
+        rec = Recorder(store, MemoryGuard("cal"), "cal")
         rec.execute(cmds)
         for i in range(0, len(votes), 500):
             rec.execute(list(votes[i:i + 500]))
-        follower = Recorder(store, None, "follower")
+        follower = Recorder(store, MemoryGuard("follower"), "follower")
         t0 = time.process_time()
         events = follower.catch_up()
         fold.append((time.process_time() - t0) / events)
@@ -204,8 +205,10 @@ def cal_servers(out: dict[str, float], notes: dict[str, str]) -> None:
     from chaos.harness import ChaosEnv
     from events.postgres_store import PostgresStore
     from events.store import Unit
-    from node.guard import Claim, EtcdGuard
-    from node.recorder import Recorder
+    from recording.etcd_guard import EtcdGuard
+    from recording.guard import Claim
+    from recording.memory_guard import MemoryGuard
+    from recording.recorder import Recorder
 
     with tempfile.TemporaryDirectory(prefix="scale-cal-") as tmp, ChaosEnv(Path(tmp)) as env:
         scope = env.scope()
@@ -298,7 +301,7 @@ def cal_servers(out: dict[str, float], notes: dict[str, str]) -> None:
 
         # PG row decode when following: catch-up over this log vs the same fold from memory
         n_events = store.last_position()
-        follower = Recorder(PostgresStore(scope.app_dsn), None, "follower")
+        follower = Recorder(PostgresStore(scope.app_dsn), MemoryGuard("follower"), "follower")
         t0c = time.process_time()
         got = follower.catch_up()
         pg_fold = (time.process_time() - t0c) / max(1, got)

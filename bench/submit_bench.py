@@ -44,8 +44,8 @@ from devstack.etcd import Etcd  # noqa: E402
 from devstack.postgres import Postgres  # noqa: E402
 from events import rules  # noqa: E402
 from events.postgres_store import PostgresStore  # noqa: E402
-from node.guard import EtcdGuard  # noqa: E402
-from node.recorder import Recorder  # noqa: E402
+from recording.etcd_guard import EtcdGuard  # noqa: E402
+from recording.recorder import Recorder  # noqa: E402
 from tvote import db  # noqa: E402
 
 N, T = 3, 2

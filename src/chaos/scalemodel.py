@@ -10,7 +10,7 @@ a Python simulation would crawl through; closed forms are instant, deterministic
 unit tests can state properties), at the price of mean behaviour only: p99s come from an exponential-tail rule (the
 total queueing delay is taken as exponential with its mean), transients and 60-transaction runs are not modelled.
 
-What happens to one transaction (today's write path, read off ``node/service.py`` and ``node/recorder.py``): every
+What happens to one transaction (today's write path, read off ``node/service.py`` and ``recording/recorder.py``): every
 node votes (one API call each); its vote goes into its own worker at once and into its publisher, which batches own
 votes over a 5 ms window into one gossip message; GossipSub carries the message over a mesh of degree min(N-1, D);
 every node verifies and decides every vote, and every node that receives a vote tries to record it: an etcd

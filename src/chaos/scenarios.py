@@ -7,7 +7,7 @@ transaction offered before the heal settled on every honest node), votes and tra
 
 How each fault maps to a real one (no ``tc netem`` on this machine):
 
-- message loss: ``--fault-drop-rate`` drops that fraction of *accepted gossip deliveries* on every
+- message loss: ``chaos.trustee --drop-rate`` drops that fraction of *accepted gossip deliveries* on every
   node, after the router handled them (so GossipSub does not retransmit them). That is packet loss
   above TCP, where it cannot be recovered by the transport: stricter than 20 % IP packet loss, which
   TCP would hide as latency. The cluster recovers through the shared log (R13).
@@ -162,7 +162,7 @@ Fault = Callable[[Ctx], None]
 
 def run(env: ChaosEnv, name: str, fault: Fault | None = None, *, n: int = 5, t: int | None = None, txs: int = 30,
         rate: float = 5.0, byzantine: dict[int, str] | None = None, deadline_ms: int = 120_000,
-        etcd_member: int = 0, wrappers: dict[int, list[str]] | None = None, extra_args: list[str] | None = None,
+        etcd_member: int = 0, wrappers: dict[int, list[str]] | None = None, drop_rate: float = 0.0,
         settle_timeout: float = 90, chain: Any = None, submitter: Callable[[Ctx], Any] | None = None,
         base_dir: Path | None = None) -> Result:
     """One scenario end to end; never raises for a broken invariant (the result says so)."""
@@ -174,7 +174,7 @@ def run(env: ChaosEnv, name: str, fault: Fault | None = None, *, n: int = 5, t: 
                              deadline_ms=deadline_ms, base_dir=base_dir, die_with_parent=True)
     for i, tr in enumerate(cluster.trustees):
         tr.wrapper = list((wrappers or {}).get(i, []))
-        tr.extra_args = list(extra_args or [])
+        tr.drop_rate = drop_rate
     load: Load | None = None
     sub_handle = None
     ctx_killed: dict[str, float] = {}
@@ -443,7 +443,7 @@ def catalogue(full: bool) -> list[tuple[str, dict[str, Any]]]:
     txs, rate = (60, 6.0) if full else (24, 4.0)
     return [
         ("node crash (SIGKILL) + restart", {"fault": crash_restart(1, 4.0 if full else 3.0), "txs": txs, "rate": rate}),
-        ("message loss 20% (every node)", {"extra_args": ["--fault-drop-rate", "0.2"], "txs": txs, "rate": rate}),
+        ("message loss 20% (every node)", {"drop_rate": 0.2, "txs": txs, "rate": rate}),
         ("clock skew +5s / -5s", {"wrappers": {1: skewed(5000), 2: skewed(-5000)}, "txs": txs, "rate": rate}),
         ("etcd member kill (not the nodes')", {"fault": etcd_kill((2,)), "txs": txs, "rate": rate}),
         ("etcd member kill (the nodes' own)", {"fault": etcd_kill((0,)), "txs": txs, "rate": rate}),

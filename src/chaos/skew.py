@@ -9,7 +9,7 @@ Why not a global ``time.time`` patch either: gRPC's Python layer turns a timeout
 deadline with ``time.time()`` and C-core checks it against the real clock, so a -5 s process makes
 every etcd call time out at once (an artefact: under real skew both would read the same clock).
 
-So the clocks the node's own code reads are shifted: ``node.recorder.now_ms`` (vote timestamps, the
+So the clocks the node's own code reads are shifted: ``recording.recorder.now_ms`` (vote timestamps, the
 edge's age check, deadlines, ``CheckDeadline``) and the log writer's ``recorded_at``
 (``events.postgres_store``). Monotonic clocks and libraries are left alone.
 
@@ -27,7 +27,7 @@ def install(offset_ms: int) -> None:
     import types
 
     import events.postgres_store as store
-    import node.recorder as recorder
+    import recording.recorder as recorder
 
     off_ns = offset_ms * 1_000_000
     skewed = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("__")})

@@ -25,9 +25,9 @@ import nacl.signing
 from devstack.procs import die_with_parent, wait_until
 from events import rules
 from events.postgres_store import PostgresStore
-from node.guard import EtcdGuard
 from node.p2p.identity import generate_key_file, peer_id_from_seed
-from node.recorder import Recorder
+from recording.etcd_guard import EtcdGuard
+from recording.recorder import Recorder
 
 SRC = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,8 @@ class Trustee:
     status: dict = field(default_factory=dict)
     log: Path | None = None
     wrapper: list[str] = field(default_factory=list)  # e.g. ["faketime", "-f", "+5s"] for clock skew
-    extra_args: list[str] = field(default_factory=list)  # e.g. ["--fault-drop-rate", "0.2"]
+    extra_args: list[str] = field(default_factory=list)  # more `tvote node` options
+    drop_rate: float = 0.0  # chaos: drop this fraction of accepted gossip (src/chaos/trustee.py)
 
     @property
     def peer_id(self) -> str:
@@ -90,9 +91,13 @@ class TrusteeCluster:
         status = self.base / f"{t.node_id}.status"
         status.unlink(missing_ok=True)
         t.log = self.base / f"{t.node_id}.log"
-        argv = [sys.executable, "-c", "from tvote.cli import app; app()", "node", "--node-id", t.node_id,
+        if t.byzantine != "none" or t.drop_rate:  # a misbehaving trustee: the test harness's wrapper
+            entry = ["-m", "chaos.trustee", "--mode", t.byzantine, "--drop-rate", str(t.drop_rate), "--"]
+        else:
+            entry = ["-c", "from tvote.cli import app; app()", "node"]
+        argv = [sys.executable, *entry, "--node-id", t.node_id,
                 "--key-file", str(t.key_file), "--dsn", self.dsn, "--etcd", self.etcd, "--etcd-prefix", self.prefix,
-                "--api-token-file", str(self.token_file), "--byzantine", t.byzantine, "--status-file", str(status)]
+                "--api-token-file", str(self.token_file), "--status-file", str(status)]
         for b in bootstrap:
             argv += ["--bootstrap", b]
         argv = [*t.wrapper, *argv, *t.extra_args]

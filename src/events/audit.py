@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from events import model as m
+from events.errors import UnknownEvent
 from events.store import GENESIS, EventStore, Recorded
+from events.vocab import ViolationKind
 from events.vote import SignedVote, certificate_hash
 
 
@@ -96,15 +98,15 @@ def _check_evidence(r: Recorded, keys: dict[str, bytes], votes: dict, report: Au
             if not ok or (sv.vote.tx_id, sv.vote.node_id, sv.vote.value) != (e.tx_id, e.node_id, e.value):
                 bad(Finding(r.position, f"accepted vote of {e.node_id} on {e.tx_id} does not verify"))
             votes[(e.tx_id, e.node_id)] = sv
-        case m.ViolationDetected(kind="DOUBLE_VOTING"):
+        case m.ViolationDetected(kind=ViolationKind.DOUBLE_VOTING):
             (a, ok_a), (b, ok_b) = _verifies(e.evidence["first"], keys), _verifies(e.evidence["second"], keys)
             if not (ok_a and ok_b and a.vote.value != b.vote.value and a.vote.node_id == b.vote.node_id == e.node_id):
                 bad(Finding(r.position, f"double-vote evidence against {e.node_id} does not hold"))
-        case m.ViolationDetected(kind="MINORITY_VOTE"):
+        case m.ViolationDetected(kind=ViolationKind.MINORITY_VOTE):
             sv, ok = _verifies(e.evidence["vote"], keys)
             if not ok or sv.vote.value == e.evidence["majority_value"] or sv.vote.node_id != e.node_id:
                 bad(Finding(r.position, f"minority evidence against {e.node_id} does not hold"))
-        case m.ViolationDetected(kind="INVALID_SIGNATURE"):
+        case m.ViolationDetected(kind=ViolationKind.INVALID_SIGNATURE):
             sv, ok = _verifies(e.evidence["vote"], keys)
             if ok:
                 bad(Finding(r.position, f"{e.node_id} blamed for a signature that verifies"))
@@ -116,3 +118,14 @@ def _check_evidence(r: Recorded, keys: dict[str, bytes], votes: dict, report: Au
                 return
             if cert != e.certificate_hash or any(votes[(e.tx_id, n)].vote.value != e.value for n in e.voters):
                 bad(Finding(r.position, f"consensus certificate of {e.tx_id} does not match its votes"))
+        case m.ViolationDetected(kind=ViolationKind.SILENT_FAILURE):
+            pass  # silence has no signed evidence: the deadline event beside it is the record
+        case m.ViolationDetected():
+            bad(Finding(r.position, f"violation of unknown kind {e.kind!r}"))
+        case (m.ClusterConfigured() | m.MemberRemoved() | m.NodeBanned() | m.NodeUnbanned() | m.ReputationChanged()
+              | m.RetentionApplied() | m.TransactionOpened() | m.TransactionAborted() | m.DeadlinePassed()
+              | m.TransactionExpired() | m.SubmissionStarted() | m.SubmissionSigned() | m.SubmissionBroadcast()
+              | m.SubmissionConfirmed() | m.SubmissionFailed()):
+            pass  # no signature to check in them
+        case _:
+            raise UnknownEvent(e)

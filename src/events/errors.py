@@ -54,6 +54,13 @@ class NotConfigured(CommandRejected):
     """The cluster has no ClusterConfigured event yet: no threshold to decide against."""
 
 
+class UnknownEvent(InvalidCommand):
+    """A fold of the log met an event type it has no case for: every fold handles every type (events.model)."""
+
+    def __init__(self, event: object) -> None:
+        super().__init__(f"no case for event type {getattr(event, 'TYPE', type(event).__name__)}")
+
+
 class ConcurrencyConflict(ThresholdVoteError):
     """Another writer appended to a stream this decision read: reload and decide again."""
 

@@ -145,11 +145,7 @@ class PostgresStore:
             raise ConcurrencyConflict(f"the log refused a duplicate: {e.diag.message_primary}") from e
 
     def read_all(self, after: int = 0, limit: int = 1000) -> list[Recorded]:
-        def q(conn: psycopg.Connection) -> list[Recorded]:
-            rows = conn.execute(SELECT + " WHERE position > %s ORDER BY position LIMIT %s", (after, limit))
-            return [_recorded(r) for r in rows]
-
-        return self._run(q)
+        return self._run(lambda conn: read_after(conn, after, limit))
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[Recorded]:
         def q(conn: psycopg.Connection) -> list[Recorded]:
@@ -188,6 +184,15 @@ class PostgresStore:
 
     def last_position(self) -> int:
         return self._run(lambda conn: conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0])
+
+
+def read_after(conn: psycopg.Connection | psycopg.Cursor, after: int, limit: int) -> list[Recorded]:
+    """The log's rows after ``after``, in order, on the caller's connection and transaction.
+
+    For readers that must see the log and their own tables in one transaction (the projector).
+    """
+    rows = conn.execute(SELECT + " WHERE position > %s ORDER BY position LIMIT %s", (after, limit))
+    return [_recorded(r) for r in rows]
 
 
 def _recorded(r: tuple) -> Recorded:

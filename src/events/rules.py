@@ -38,24 +38,24 @@ from events.model import (
     ViolationDetected,
     VoteAccepted,
 )
+from events.vocab import ABORTABLE, FINAL, AbortReason, BanReason, TxStatus, ViolationKind
 from events.vote import KEY_LEN, SignedVote, certificate_hash, check_node_id, check_tx_id
 
-# Transaction statuses (the FSM of seed section 6, corrected by R6, R8, R9).
-COLLECTING = "COLLECTING"
-THRESHOLD_REACHED = "THRESHOLD_REACHED"
-SUBMITTING = "SUBMITTING"
-CONFIRMED = "CONFIRMED"
-ABORTED_BYZANTINE = "ABORTED_BYZANTINE"
-ABORTED_NO_QUORUM = "ABORTED_NO_QUORUM"
-EXPIRED = "EXPIRED"
-ABORTABLE = frozenset({COLLECTING, THRESHOLD_REACHED})  # R8
-FINAL = frozenset({CONFIRMED, ABORTED_BYZANTINE, ABORTED_NO_QUORUM, EXPIRED})
+__all__ = ["ABORTABLE", "FINAL"]  # re-exported for the shells, with the aliases below
 
-DOUBLE_VOTING = "DOUBLE_VOTING"
-MINORITY_VOTE = "MINORITY_VOTE"
-INVALID_SIGNATURE = "INVALID_SIGNATURE"
-SILENT_FAILURE = "SILENT_FAILURE"
-REPUTATION_FLOOR = "REPUTATION_FLOOR"
+# The protocol's names live in events.vocab; short aliases keep the rules readable.
+COLLECTING = TxStatus.COLLECTING
+THRESHOLD_REACHED = TxStatus.THRESHOLD_REACHED
+SUBMITTING = TxStatus.SUBMITTING
+CONFIRMED = TxStatus.CONFIRMED
+ABORTED_BYZANTINE = TxStatus.ABORTED_BYZANTINE
+ABORTED_NO_QUORUM = TxStatus.ABORTED_NO_QUORUM
+EXPIRED = TxStatus.EXPIRED
+DOUBLE_VOTING = ViolationKind.DOUBLE_VOTING
+MINORITY_VOTE = ViolationKind.MINORITY_VOTE
+INVALID_SIGNATURE = ViolationKind.INVALID_SIGNATURE
+SILENT_FAILURE = ViolationKind.SILENT_FAILURE
+REPUTATION_FLOOR = BanReason.REPUTATION_FLOOR
 
 FULL_REPUTATION = 1000  # milli-points
 MAX_TEXT = 256
@@ -110,7 +110,7 @@ class Cluster:
 @dataclass(frozen=True)
 class Tx:
     tx_id: str
-    status: str
+    status: TxStatus
     opened_at_ms: int
     deadline_at_ms: int
     votes: dict[str, VoteAccepted] = field(default_factory=dict)
@@ -263,14 +263,26 @@ Command = (
 
 @dataclass(frozen=True)
 class Won:
+    """Some value holds t votes of members that count."""
+
     value: int
 
 
-PENDING = "PENDING"
-LOST = "LOST"
+@dataclass(frozen=True)
+class Pending:
+    """No value holds t yet, but one still can."""
 
 
-def quorum(votes: dict[str, VoteAccepted], members: dict[str, Member], threshold: int) -> Won | str:
+@dataclass(frozen=True)
+class Lost:
+    """No value can reach t any more."""
+
+
+PENDING = Pending()
+LOST = Lost()
+
+
+def quorum(votes: dict[str, VoteAccepted], members: dict[str, Member], threshold: int) -> Won | Pending | Lost:
     """Can some value reach t among members that still count?
 
     Only eligible members (active, not banned) count toward support, and only they can
@@ -294,6 +306,26 @@ def quorum(votes: dict[str, VoteAccepted], members: dict[str, Member], threshold
 # --- decide ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Effects:
+    """The fast path's part of a decision, returned with its events (as raft's ``Ready`` carries them).
+
+    The rules say *what* to claim and count; the shell maps it onto its guard's keys
+    (``recording.guard.Claim``): each accepted vote is claimed once cluster-wide (R13), and the
+    seed's counters show a transaction's status and its votes per value.
+    """
+
+    claims: tuple[VoteAccepted, ...] = ()
+    status: tuple[tuple[str, TxStatus], ...] = ()  # (transaction, its status after the decision)
+    counts: tuple[tuple[str, int, int], ...] = ()  # (transaction, value, accepted votes for it after)
+
+
+@dataclass(frozen=True)
+class Decision:
+    events: list[Event]
+    effects: Effects
+
+
 class _Decision:
     """Accumulates events, evolving the state as it goes so later rules see earlier events."""
 
@@ -314,7 +346,7 @@ class _Decision:
     def cluster(self) -> Cluster:
         return self.state.cluster
 
-    def ban(self, node_id: str, reason: str, cause: Event) -> None:
+    def ban(self, node_id: str, reason: BanReason, cause: Event) -> None:
         """Ban once; a Byzantine ban drops reputation to 0 (seed 3.3). Bans last until lifted (R10)."""
         m = self.cluster.members[node_id]
         if m.banned:
@@ -323,7 +355,15 @@ class _Decision:
         if m.reputation and reason != REPUTATION_FLOOR:
             self.emit(ReputationChanged(node_id, 0, -m.reputation, reason, cause.key))
 
-    def abort_if_abortable(self, reason: str, detail: str) -> None:
+    def effects(self) -> Effects:
+        tx = self.state.tx
+        if tx is None or not any(getattr(e, "tx_id", None) == tx.tx_id for e in self.events):
+            return Effects()
+        claims = tuple(e for e in self.events if isinstance(e, VoteAccepted))
+        counts = tuple((tx.tx_id, e.value, sum(1 for v in tx.votes.values() if v.value == e.value)) for e in claims)
+        return Effects(claims, ((tx.tx_id, tx.status),), counts)
+
+    def abort_if_abortable(self, reason: AbortReason, detail: str) -> None:
         if self.tx.status in ABORTABLE:  # R8: after SubmissionStarted the submission goes on
             self.emit(TransactionAborted(self.tx.tx_id, reason, detail))
 
@@ -353,9 +393,9 @@ class _Decision:
                     },
                 )
                 self.emit(viol)
-                self.ban(n, MINORITY_VOTE, viol)
+                self.ban(n, BanReason.MINORITY_VOTE, viol)
             if dissent:
-                self.abort_if_abortable("BYZANTINE", f"{MINORITY_VOTE} against {w}")
+                self.abort_if_abortable(AbortReason.BYZANTINE, f"{MINORITY_VOTE} against {w}")
             elif self.tx.status == COLLECTING:  # R6: uniform, recorded once
                 # The certificate names the votes that counted: eligible members only (R10).
                 members = self.cluster.members
@@ -363,7 +403,7 @@ class _Decision:
                 cert = certificate_hash([SignedVote.from_json(self.tx.votes[n].vote) for n in voters])
                 self.emit(ThresholdReached(tx.tx_id, w, voters, cert))
         elif outcome == LOST and self.tx.status == COLLECTING:
-            self.emit(TransactionAborted(tx.tx_id, "NO_QUORUM", "no value can reach t any more"))
+            self.emit(TransactionAborted(tx.tx_id, AbortReason.NO_QUORUM, "no value can reach t any more"))
 
 
 def decide(state: State, command: Command) -> list[Event]:
@@ -495,7 +535,7 @@ def _receive_vote(d: _Decision, c: ReceiveVote) -> None:
             {"vote": c.vote.to_json(), "claimed_node": vote.node_id},
         )
         d.emit(viol)
-        d.ban(author.node_id, INVALID_SIGNATURE, viol)
+        d.ban(author.node_id, BanReason.INVALID_SIGNATURE, viol)
         if d.state.tx is not None and d.tx.status == COLLECTING:
             d.evaluate()  # the ban may leave too few members (R6)
         return
@@ -516,8 +556,8 @@ def _receive_vote(d: _Decision, c: ReceiveVote) -> None:
             {"first": prior.vote, "second": c.vote.to_json()},
         )
         d.emit(viol)
-        d.ban(vote.node_id, DOUBLE_VOTING, viol)
-        d.abort_if_abortable("BYZANTINE", f"{DOUBLE_VOTING} by {vote.node_id}")
+        d.ban(vote.node_id, BanReason.DOUBLE_VOTING, viol)
+        d.abort_if_abortable(AbortReason.BYZANTINE, f"{DOUBLE_VOTING} by {vote.node_id}")
         return
 
     d.emit(VoteAccepted(vote.tx_id, vote.node_id, vote.value, c.vote.to_json(), author.peer_id))
@@ -673,9 +713,12 @@ def evolve(state: State, event: Event) -> State:
         return _evolve(state, event)
     except KeyError as e:
         raise errors.InvalidCommand(f"{event.TYPE} names unknown {e.args[0]!r:.80}") from None
+    except ValueError as e:  # a name outside the vocabulary (events.vocab)
+        raise errors.InvalidCommand(f"{event.TYPE}: {e}") from None
 
 
 def _evolve(state: State, event: Event) -> State:
+    """One case per event type; an event type without a case is refused, never silently ignored."""
     cl, tx = state.cluster, state.tx
     match event:
         case ClusterConfigured():
@@ -702,13 +745,14 @@ def _evolve(state: State, event: Event) -> State:
             return _with_member(state, replace(m, banned=False, unbans=m.unbans + 1))
         case ReputationChanged():
             return _with_member(state, replace(cl.members[event.node_id], reputation=event.score))
-        case TransactionOpened():
-            return replace(state, tx=Tx(event.tx_id, COLLECTING, event.opened_at_ms, event.deadline_at_ms))
         case RetentionApplied():
             return replace(state, cluster=replace(cl, retention_seq=cl.retention_seq + 1))
-    if tx is None:
-        return state  # e.g. a forged vote's violation for a tx nobody opened (R7)
-    match event:
+        case TransactionOpened():
+            return replace(state, tx=Tx(event.tx_id, COLLECTING, event.opened_at_ms, event.deadline_at_ms))
+        case ViolationDetected() if tx is None:
+            return state  # a forged vote's violation for a tx nobody opened (R7)
+        case _ if tx is None:
+            raise errors.InvalidCommand(f"{event.TYPE} for a transaction no event opened")
         case VoteAccepted():
             tx = replace(tx, votes={**tx.votes, event.node_id: event})
         case ViolationDetected():
@@ -716,7 +760,7 @@ def _evolve(state: State, event: Event) -> State:
         case ThresholdReached():
             tx = replace(tx, status=THRESHOLD_REACHED, value=event.value)
         case TransactionAborted():
-            tx = replace(tx, status=ABORTED_BYZANTINE if event.reason == "BYZANTINE" else ABORTED_NO_QUORUM)
+            tx = replace(tx, status=AbortReason(event.reason).status)
         case DeadlinePassed():
             tx = replace(tx, deadline_fired=True)
         case TransactionExpired():
@@ -726,10 +770,14 @@ def _evolve(state: State, event: Event) -> State:
         case SubmissionSigned():
             tx = replace(tx, signed=(*tx.signed, event.tx_hash),
                          nonce=tx.nonce or (event.chain_id, event.sender, event.nonce))
+        case SubmissionBroadcast():
+            pass  # the broadcast changes nothing the decider reads (R11 keeps the signed hashes)
         case SubmissionConfirmed():
             tx = replace(tx, status=CONFIRMED)
         case SubmissionFailed():
             tx = replace(tx, failures=tx.failures + 1)
+        case _:
+            raise errors.UnknownEvent(event)
     return State(state.cluster, tx)
 
 
@@ -771,8 +819,12 @@ class Ledger:
 
     def execute(self, command: Command) -> list[Event]:
         """Decide and adopt the decision's own evolved state (no second fold of its events)."""
+        return self.step(command).events
+
+    def step(self, command: Command) -> Decision:
+        """``execute``, with the decision's fast-path effects (what the recorder claims in etcd)."""
         d = _run(self.view(getattr(command, "tx_id", None)), command)
         self.cluster = d.state.cluster
         if d.state.tx is not None:
             self.txs[d.state.tx.tx_id] = d.state.tx
-        return d.events
+        return Decision(d.events, d.effects())

@@ -147,10 +147,8 @@ def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
             except (NodeStartError, ThresholdVoteError) as e:
                 self._send(503, {"error": str(e)})
                 return
-            # 202 means durable: the vote is in the cluster log, so a crash after the answer loses
-            # nothing. (Byzantine test modes send what an honest node would never record.)
-            durable = api.node.cfg.byzantine not in ("none", "minority") or api.node.wait_recorded(votes, RECORD_WAIT)
-            if not durable:
+            # 202 means durable: the vote is in the cluster log, so a crash after the answer loses nothing.
+            if not api.node.wait_recorded(votes, RECORD_WAIT):
                 self._send(503, {"error": f"the vote is not in the log after {RECORD_WAIT:g}s "
                                           "(is Postgres or etcd down?); retry: casting again is idempotent (R3)"})
                 return

@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import heapq
 import queue
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,27 +26,24 @@ from dataclasses import dataclass, field
 import nacl.signing
 
 from events import rules
-from events.errors import InvalidVote, StoreUnavailable
+from events.errors import CommandRejected, InvalidVote, StoreUnavailable, ThresholdVoteError
 from events.model import Event, TransactionOpened
 from events.postgres_store import PostgresStore
 from events.vote import SignedVote, Vote, sign
 from node import duty, wire
-from node.guard import EtcdGuard
 from node.p2p import GossipConfig, ThreadedGossipHost
 from node.p2p.identity import load_seed
-from node.recorder import Recorder, Status, now_ms
 from observability.metrics import METRICS
 from observability.tracing import VOTE_RECEIVE, VOTE_VALIDATE, span
+from recording.etcd_guard import EtcdGuard
+from recording.recorder import Recorder, Status, now_ms
 
-BYZANTINE_MODES = ("none", "double", "minority", "forge", "silent", "flood")
-FLOOD_RATE = 2000  # garbage gossip messages/s sent by a node in "flood" mode (DoS tests)
 
-
-class NodeStartError(RuntimeError):
+class NodeStartError(ThresholdVoteError):
     """The node cannot start as configured; the message says what to fix."""
 
 
-class NotEligible(RuntimeError):
+class NotEligible(CommandRejected):
     """This trustee is banned (R10) or removed (R1): its votes would never be recorded."""
 
 
@@ -62,7 +58,6 @@ class NodeConfig:
     bootstrap: list[str] = field(default_factory=list)
     api_port: int = 0
     api_token: str = ""
-    byzantine: str = "none"
     batch_window_ms: float = 5.0  # the worker gathers received votes this long into one recording batch
     publish_interval_ms: float = wire.PUBLISH_INTERVAL_MS  # the publisher's pace under load
     max_batch: int = 500
@@ -82,9 +77,6 @@ class NodeConfig:
     record_patience_ms: int = duty.DEFAULT_PATIENCE_MS
     # How often the worker reads what the other nodes appended (it also reads after each append).
     follow_ms: float = 20.0
-    # Chaos testing only: drop this fraction of gossip deliveries after they were accepted, as
-    # lost packets would (tc netem is not available here; loss is injected above the kernel).
-    fault_drop_rate: float = 0.0
 
 
 @dataclass
@@ -105,8 +97,6 @@ class Counters:
 
 class TrusteeNode:
     def __init__(self, cfg: NodeConfig) -> None:
-        if cfg.byzantine not in BYZANTINE_MODES:
-            raise NodeStartError(f"byzantine mode must be one of {', '.join(BYZANTINE_MODES)}")
         self.cfg = cfg
         self.seed = load_seed(cfg.key_file)  # refuses key files readable by others
         self.signing_key = nacl.signing.SigningKey(self.seed)
@@ -151,8 +141,7 @@ class TrusteeNode:
         if self.gossip.peer_id != me.peer_id:
             self.gossip.close()
             raise NodeStartError(f"libp2p peer id {self.gossip.peer_id} is not the one admitted ({me.peer_id})")
-        targets = [self._pump, self._work, self._publish] + ([self._flood] if self.cfg.byzantine == "flood" else [])
-        for target in targets:
+        for target in (self._pump, self._work, self._publish):
             t = threading.Thread(target=target, name=target.__name__, daemon=True)
             t.start()
             self._threads.append(t)
@@ -185,7 +174,7 @@ class TrusteeNode:
     # votes of our own ------------------------------------------------------------------------
 
     def cast(self, tx_id: str, value: int) -> list[SignedVote]:
-        """Sign and send this node's vote (or, in a Byzantine mode for tests, misbehave)."""
+        """Sign and send this node's vote."""
         return self.cast_many([(tx_id, value)])
 
     def cast_many(self, ballots: list[tuple[str, int]]) -> list[SignedVote]:
@@ -194,6 +183,13 @@ class TrusteeNode:
         A client voting on many transactions hands them over together, so they leave in one
         gossip batch and reach the log in one append instead of one round trip each.
         """
+        self.check_eligible()
+        mine = [self._sign(tx_id, value) for tx_id, value in ballots]
+        self.send(mine)
+        return mine
+
+    def check_eligible(self) -> None:
+        """Refuse to sign when our votes could never be recorded (stopping, removed, banned)."""
         if self._stop_intake.is_set():
             raise NodeStartError("the node is stopping: no new votes")
         me = self.recorder.ledger.cluster.members.get(self.cfg.node_id)
@@ -202,24 +198,16 @@ class TrusteeNode:
         if me.banned:
             raise NotEligible(f"{self.cfg.node_id} is banned (R10): its votes are dropped by every node until "
                               "an operator lifts the ban (`tvote unban`)")
-        mode = self.cfg.byzantine
-        mine: list[SignedVote] = []
-        forged: list[SignedVote] = []
-        victim = next((n for n in sorted(self.recorder.ledger.cluster.members) if n != self.cfg.node_id), None)
-        for tx_id, value in ballots:
-            if mode != "silent":
-                mine.append(self._sign(tx_id, value + (1 if mode == "minority" else 0)))
-            if mode == "double":
-                mine.append(self._sign(tx_id, value + 1))
-            if mode == "forge" and victim is not None:
-                v = Vote(tx_id, value + 1, victim, now_ms())
-                forged.append(SignedVote(v, sign(v, self.signing_key).signature))  # our key, their name (R7)
-        for sv in mine:
-            self.inbox.put((self.gossip.peer_id, sv))  # record it ourselves (own publishes are not delivered)
+
+    def send(self, votes: list[SignedVote], record: bool = True) -> None:
+        """Hand signed votes to the publisher and (``record``) to our own recorder.
+
+        Our own publishes are not delivered back to us, so we record our votes ourselves.
+        """
+        for sv in votes:
+            if record:
+                self.inbox.put((self.gossip.peer_id, sv))
             self.outbox.put(sv)
-        for sv in forged:
-            self.outbox.put(sv)
-        return mine
 
     def _sign(self, tx_id: str, value: int) -> SignedVote:
         return sign(Vote(tx_id, value, self.cfg.node_id, now_ms()), self.signing_key)
@@ -289,9 +277,6 @@ class TrusteeNode:
                 if self._stopped.is_set():
                     return
                 raise
-            if self.cfg.fault_drop_rate and random.random() < self.cfg.fault_drop_rate:
-                self.counters.add("fault_dropped_messages")
-                continue
             try:
                 with span(VOTE_RECEIVE, peer_id=d.author):
                     for sv in wire.decode(d.payload):
@@ -319,19 +304,6 @@ class TrusteeNode:
                 self.gossip.publish(wire.encode(batch))
                 self.counters.add("published_votes", len(batch))
             last = time.monotonic()
-
-    def _flood(self) -> None:
-        """Tests only: a member peer that floods the topic with invalid batches (seed 15: DoS).
-
-        Garbage never bans its author (only a verifiable violation does), so the per-author rate
-        limit and peer scoring are what must keep it from slowing honest votes.
-        """
-        n = 0
-        while not self._stopped.is_set():
-            self.gossip.publish(b'{"v":1,"votes":[{"flood":%d}]}' % n, block=False)
-            n += 1
-            self.counters.add("flood_sent")
-            time.sleep(1 / FLOOD_RATE)
 
     def _work(self) -> None:
         tick, follow = self.cfg.tick_ms / 1000, self.cfg.follow_ms / 1000

@@ -12,10 +12,10 @@ Label conventions (bounded cardinality: N members, a handful of reasons):
 
 Who updates what:
 
-* :class:`EventMetrics` (business counters and cluster gauges) is fed the *log*, each event
-  once: the projector calls ``observe`` after each committed batch (it sees every event
-  exactly once, whoever appended it: nodes, the submitter, operator commands). Run it in
-  one process only, or totals double.
+* ``projections.metrics.EventMetrics`` (business counters and cluster gauges) is a projection of
+  the *log*, fed each event once: the projector calls ``observe`` after each committed batch (it
+  sees every event exactly once, whoever appended it: nodes, the submitter, operator commands).
+  Run it in one process only, or totals double.
 * Recorders call :func:`observe_results` (append outcomes, votes dropped at the edge),
   ``etcd_timer`` around etcd calls and :func:`store_error` on outages.
 * Gossip hosts register their counters with :func:`register_gossip` (read at scrape time).
@@ -26,11 +26,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
@@ -47,7 +46,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from events import errors
-from events import model as m
+from events.vocab import FINAL
 
 # The seed's names (section 13.1). Tests assert each is exposed.
 SEED_METRICS = (
@@ -66,9 +65,7 @@ SEED_METRICS = (
 
 METRICS_PORT_VAR = "TVOTE_METRICS_PORT"
 METRICS_HOST_VAR = "TVOTE_METRICS_HOST"
-BYZANTINE_KINDS = ("DOUBLE_VOTING", "MINORITY_VOTE", "INVALID_SIGNATURE")
-CLOSED_STATUSES = ("CONFIRMED", "ABORTED_BYZANTINE", "ABORTED_NO_QUORUM", "EXPIRED")
-OUTCOMES = ("appended", "duplicate", "rejected", "deferred")  # node.recorder.Status values
+OUTCOMES = ("appended", "duplicate", "rejected", "deferred")  # recording.recorder.Status values
 # A vote rejected by the rules never reaches the log; R1/R10 say "dropped, counted".
 DROP_REASONS: tuple[tuple[type[Exception], str], ...] = (
     (errors.OutsiderVote, "outsider"),
@@ -239,7 +236,7 @@ class Metrics:
         r.register(self.gossip)
         # Known label values start at 0: a counter whose first sample is already 1 hides that
         # first increment from rate() and increase(), and so from the alerts.
-        for status in CLOSED_STATUSES:
+        for status in sorted(FINAL):
             self.transactions_closed.labels(status)
         for result in ("confirmed", "failed"):
             self.blockchain_submissions.labels(result)
@@ -292,183 +289,6 @@ def serve_from_env(health: Callable[[], bool] | None = None) -> WSGIServer | Non
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # scrapes every 15 s must not flood stderr
         return None
-
-
-# --- the log -> metrics mapping ----------------------------------------------------------------
-
-
-class _Recordedish(Protocol):
-    position: int
-    recorded_at_us: int
-
-    def event(self) -> m.Event: ...
-
-
-@dataclass
-class _MemberView:
-    peer_id: str
-    active: bool = True
-    banned: bool = False
-    reputation: float = 1.0
-
-
-class EventMetrics:
-    """Folds log events into the metrics: the one place where an event type maps to a metric.
-
-    Counters count what it is fed; gauges reflect a small state kept here (open transactions,
-    members, t). A process that starts mid-log (the projector after a restart) calls
-    :meth:`prime_from_db` or :meth:`prime` first so gauges start right without re-counting.
-    """
-
-    MAX_PENDING_SUBMISSIONS = 100_000  # start times kept for latency; oldest dropped beyond this
-
-    def __init__(self, metrics: Metrics = METRICS, projector: str = "main") -> None:
-        self.m = metrics
-        self.projector = projector
-        self.open: set[str] = set()
-        self.members: dict[str, _MemberView] = {}
-        self.threshold = 0
-        self.started_at: OrderedDict[str, float] = OrderedDict()  # tx_id -> SubmissionStarted time (s)
-        self.lock = threading.Lock()
-
-    def observe(self, items: Iterable[m.Event | _Recordedish]) -> None:
-        """Count new events (each event must be fed once, in log order) and refresh the gauges."""
-        with self.lock:
-            for item in items:
-                self._fold(item, count=True)
-            self._set_gauges()
-
-    def prime(self, items: Iterable[m.Event | _Recordedish]) -> None:
-        """Rebuild the gauge state from past events without counting them."""
-        with self.lock:
-            for item in items:
-                self._fold(item, count=False)
-            self._set_gauges()
-
-    def prime_from_db(self, conn: Any, upto: int) -> None:
-        """Rebuild the gauge state from the projections at position ``upto`` (psycopg connection).
-
-        Reads ``members``, ``node_reputation``, open ``tx_state`` rows and the last
-        ``ClusterConfigured`` event at or before ``upto``; call it in the projector's transaction
-        (or right after catching up) so tables and position agree.
-        """
-        rep = dict(conn.execute("SELECT peer_id, reputation_score FROM node_reputation").fetchall())
-        members = conn.execute("SELECT node_id, peer_id, active, banned FROM members").fetchall()
-        open_txs = conn.execute("SELECT tx_id FROM tx_state WHERE status = 'COLLECTING'").fetchall()
-        cfg = conn.execute(
-            "SELECT payload FROM events WHERE event_type = 'ClusterConfigured' AND position <= %s "
-            "ORDER BY position DESC LIMIT 1", (upto,)).fetchone()
-        with self.lock:
-            self.members = {n: _MemberView(p, a, b, float(rep.get(p, 1.0))) for n, p, a, b in members}
-            self.open = {t for (t,) in open_txs}
-            self.threshold = int(cfg[0]["threshold"]) if cfg else 0
-            self.m.projector_position.labels(self.projector).set(upto)
-            self._set_gauges()
-
-    def _fold(self, item: m.Event | _Recordedish, count: bool) -> None:
-        if isinstance(item, m.Event):
-            e, at, position = item, time.time(), None
-        else:
-            e, at, position = item.event(), item.recorded_at_us / 1e6, item.position
-        mt = self.m
-        if count:
-            mt.events_projected.labels(e.TYPE).inc()
-        match e:
-            case m.ClusterConfigured():
-                self.threshold = e.threshold
-            case m.MemberAdmitted():
-                self.members[e.node_id] = _MemberView(e.peer_id)
-                # Series exist at 0 from admission, so rate()/increase() see a member's first violation.
-                mt.votes_received.labels(e.node_id)
-                mt.silent_failures.labels(e.node_id)
-                for kind in BYZANTINE_KINDS:
-                    mt.votes_rejected_byzantine.labels(e.node_id, kind)
-            case m.MemberRemoved():
-                if v := self.members.get(e.node_id):
-                    v.active = False
-            case m.NodeBanned():
-                if v := self.members.get(e.node_id):
-                    v.banned = True
-                if count:
-                    mt.node_bans.labels(e.node_id, e.reason).inc()
-            case m.NodeUnbanned():
-                if v := self.members.get(e.node_id):
-                    v.banned = False
-            case m.ReputationChanged():
-                if v := self.members.get(e.node_id):
-                    v.reputation = e.score / 1000
-            case m.TransactionOpened():
-                self.open.add(e.tx_id)
-                if count:
-                    mt.transactions_opened.inc()
-            case m.VoteAccepted():
-                if count:
-                    mt.votes_received.labels(e.node_id).inc()
-            case m.ViolationDetected():
-                if count and e.kind in BYZANTINE_KINDS:
-                    mt.votes_rejected_byzantine.labels(e.node_id, e.kind).inc()
-                elif count and e.kind == "SILENT_FAILURE":
-                    mt.silent_failures.labels(e.node_id).inc()
-            case m.ThresholdReached():
-                self.open.discard(e.tx_id)
-                if count:
-                    mt.threshold_reached.inc()
-            case m.TransactionAborted():
-                self.open.discard(e.tx_id)
-                self.started_at.pop(e.tx_id, None)
-                if count:
-                    status = "ABORTED_BYZANTINE" if e.reason == "BYZANTINE" else "ABORTED_NO_QUORUM"
-                    mt.transactions_closed.labels(status).inc()
-                    if e.reason == "BYZANTINE":
-                        mt.transactions_aborted_byzantine.inc()
-            case m.TransactionExpired():
-                self.open.discard(e.tx_id)
-                if count:
-                    mt.transactions_closed.labels("EXPIRED").inc()
-            case m.SubmissionStarted():
-                self.started_at.setdefault(e.tx_id, at)
-                while len(self.started_at) > self.MAX_PENDING_SUBMISSIONS:
-                    self.started_at.popitem(last=False)
-            case m.SubmissionFailed():
-                if count:
-                    mt.blockchain_submissions.labels("failed").inc()
-            case m.SubmissionConfirmed():
-                started = self.started_at.pop(e.tx_id, None)
-                if count:
-                    mt.blockchain_submissions.labels("confirmed").inc()
-                    mt.transactions_closed.labels("CONFIRMED").inc()
-                    if started is not None:
-                        mt.submission_latency.observe(max(0.0, at - started))
-        if position is not None:
-            mt.projector_position.labels(self.projector).set(position)
-
-    def _set_gauges(self) -> None:
-        mt = self.m
-        mt.active_votes.set(len(self.open))
-        mt.banned_peers.set(sum(1 for v in self.members.values() if v.banned))
-        eligible = sum(1 for v in self.members.values() if v.active and not v.banned)
-        mt.eligible_members.set(eligible)
-        mt.cluster_threshold.set(self.threshold)
-        mt.quorum_possible.set(1 if self.threshold and eligible >= self.threshold else 0)
-        current = {(n, v.peer_id) for n, v in self.members.items() if v.active}
-        for labels in _label_sets(mt.peer_reputation):
-            if labels not in current:
-                mt.peer_reputation.remove(*labels)  # a removed member leaves the reputation table
-        for n, v in self.members.items():
-            if v.active:
-                mt.peer_reputation.labels(n, v.peer_id).set(v.reputation)
-
-
-def _label_sets(metric: Gauge) -> list[tuple[str, ...]]:
-    return [tuple(s.labels[k] for k in ("node_id", "peer_id"))
-            for fam in metric.collect() for s in fam.samples]
-
-
-def metrics_from_events(events: Iterable[m.Event | _Recordedish]) -> Metrics:
-    """Feed a sequence of events to a fresh registry and return its metrics (tests, `replay`)."""
-    metrics = Metrics(CollectorRegistry())
-    EventMetrics(metrics).observe(events)
-    return metrics
 
 
 # --- process-local helpers for nodes, the submitter and GC -------------------------------------

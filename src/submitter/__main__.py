@@ -20,7 +20,7 @@ from eth_account import Account
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from chain import ChainUnreachable, ContractMismatch, ThresholdRecordClient, WrongChainId
-from node.guard import EtcdGuard
+from recording.etcd_guard import EtcdGuard
 from submitter.core import FAILPOINTS, Fatal, Submitter
 from submitter.fence import LOCK_TTL
 

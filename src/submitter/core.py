@@ -65,9 +65,9 @@ from chain import (
 from events import rules
 from events.errors import NotSubmittable, StaleLock, StoreUnavailable, UnknownTransaction
 from events.store import EventStore
-from node.guard import EtcdGuard
-from node.recorder import Result, Status
 from observability import tracing
+from recording.etcd_guard import EtcdGuard
+from recording.recorder import Result, Status
 from submitter.fence import LOCK_TTL, Held, NonceBook, SubmissionLocks
 from submitter.index import FollowingRecorder, LogIndex, Signed
 

@@ -20,18 +20,32 @@ from hexbytes import HexBytes
 
 from chain import Fees
 from events import rules
+from events.errors import UnknownEvent
 from events.model import (
+    ClusterConfigured,
+    DeadlinePassed,
     Event,
+    MemberAdmitted,
+    MemberRemoved,
+    NodeBanned,
+    NodeUnbanned,
+    ReputationChanged,
+    RetentionApplied,
+    SubmissionBroadcast,
     SubmissionConfirmed,
     SubmissionFailed,
     SubmissionSigned,
+    SubmissionStarted,
     ThresholdReached,
     TransactionAborted,
     TransactionExpired,
+    TransactionOpened,
+    ViolationDetected,
+    VoteAccepted,
 )
 from events.store import EventStore
-from node.guard import EtcdGuard
-from node.recorder import Recorder, Result, Status
+from recording.guard import Guard
+from recording.recorder import Recorder, Result
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +107,16 @@ class LogIndex:
                 self.by_nonce.setdefault(k, {})[event.nonce] = s  # a replacement pays more: keep the latest
             case SubmissionConfirmed() | TransactionAborted() | TransactionExpired():
                 self.pending.discard(event.tx_id)
-            case SubmissionFailed() if not event.retryable:
-                self.dead[event.tx_id] = event.error
-                self.pending.discard(event.tx_id)
+            case SubmissionFailed():
+                if not event.retryable:
+                    self.dead[event.tx_id] = event.error
+                    self.pending.discard(event.tx_id)
+            case (ClusterConfigured() | MemberAdmitted() | MemberRemoved() | NodeBanned() | NodeUnbanned()
+                  | ReputationChanged() | RetentionApplied() | TransactionOpened() | VoteAccepted()
+                  | ViolationDetected() | DeadlinePassed() | SubmissionStarted() | SubmissionBroadcast()):
+                pass  # the decider's business: rules.Tx already holds what the submitter needs of them
+            case _:
+                raise UnknownEvent(event)
 
     def problem(self, text: str) -> None:
         if text not in self.problems:
@@ -107,36 +128,15 @@ class LogIndex:
 
 
 class FollowingRecorder(Recorder):
-    """The node's Recorder, with every event it reads or appends also given to a LogIndex.
+    """The node's Recorder, with every event it reads or appends also given to a LogIndex."""
 
-    ``Recorder.catch_up`` is re-implemented (same loop, one extra call) because the base class has
-    no hook; see the report for the one-line hook that would make this subclass unnecessary.
-    """
-
-    def __init__(self, store: EventStore, guard: EtcdGuard | None, writer: str, index: LogIndex) -> None:
+    def __init__(self, store: EventStore, guard: Guard, writer: str, index: LogIndex) -> None:
         super().__init__(store, guard, writer)
         self.index = index
-
-    def catch_up(self, batch: int = 5000) -> int:
-        n = 0
-        while True:
-            rows = self.store.read_all(after=self.position, limit=batch)
-            for r in rows:
-                event = r.event()
-                self.ledger.apply(event)
-                self.versions[r.stream_id] = r.stream_version
-                self.position = r.position
-                self.index.on_event(event, self.ledger)
-            n += len(rows)
-            if len(rows) < batch:
-                return n
+        self.on_event = lambda event: index.on_event(event, self.ledger)
 
     def execute(self, commands: list[rules.Command]) -> list[Result]:
         results = super().execute(commands)
-        for r in results:
-            if r.status is Status.APPENDED:
-                for e in r.events:
-                    self.index.on_event(e, self.ledger)
         # The submitter retries on its own terms; it never calls retry_deferred.
         self.deferred.clear()
         return results

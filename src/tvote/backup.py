@@ -9,7 +9,7 @@ directory of three files:
   even while nodes keep appending;
 - ``etcd.snapshot.db``: ``etcdctl snapshot save`` from one member, taken *before* the Postgres
   snapshot, so restored etcd heads are never ahead of the restored log (heads behind the log are
-  repaired forward on the first conflict, see ``node/guard.py``);
+  repaired forward on the first conflict, see ``recording/etcd_guard.py``);
 - ``manifest.json``: written last (a directory without it is an unfinished backup), with the
   time, the log position and hash, the projection digest, the roles the grants name, and the
   size and BLAKE3 of every file, so a restore can refuse a damaged backup before touching anything.

@@ -27,12 +27,12 @@ from events.audit import verify
 from events.errors import ThresholdVoteError
 from events.postgres_store import PostgresStore
 from node import duty, wire
-from node.guard import EtcdGuard
-from node.recorder import Recorder, Status
 from observability.logging import configure_logging
-from observability.metrics import register_gossip, serve_from_env
+from observability.metrics import serve_from_env
 from projections.projector import Projector
 from projections.replay import replay as do_replay
+from recording.etcd_guard import EtcdGuard
+from recording.recorder import Recorder, Status
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 audit_app = typer.Typer(help="Check the log from the log alone.", no_args_is_help=True)
@@ -140,10 +140,7 @@ def node(
     listen_port: Annotated[int, typer.Option(help="libp2p TCP port on 127.0.0.1 (0: any).")] = 0,
     bootstrap: Annotated[list[str] | None, typer.Option(help="Bootstrap peer multiaddr (repeatable).")] = None,
     api_port: Annotated[int, typer.Option(help="Local API port on 127.0.0.1 (0: any).")] = 0,
-    byzantine: Annotated[str, typer.Option(help="Tests only: none|double|minority|forge|silent|flood")] = "none",
     status_file: Annotated[Path | None, typer.Option(help="Write peer id, addresses and API port here.")] = None,
-    fault_drop_rate: Annotated[float, typer.Option(help="Chaos tests only: drop this fraction of received gossip.",
-                                                   min=0.0, max=1.0)] = 0.0,
     record_grace_ms: Annotated[int, typer.Option(
         help="Wait this long per rank before recording a vote another member is first to record "
              "(node.duty); 0: every node records every vote at once.", min=0, max=60_000)] = duty.DEFAULT_GRACE_MS,
@@ -155,9 +152,9 @@ def node(
         min=0.0, max=10_000.0)] = wire.PUBLISH_INTERVAL_MS,
 ) -> None:
     """Run a trustee node: libp2p gossip, the decider, the cluster log, the local API."""
-    from node.api import NodeAPI
+    from node import runner
     from node.p2p.identity import KeyFileError
-    from node.service import NodeConfig, NodeStartError, TrusteeNode
+    from node.service import NodeConfig, NodeStartError
 
     _connect_check(dsn)
     configure_logging(service="tvote-node")
@@ -165,29 +162,13 @@ def node(
     logging.getLogger("libp2p").setLevel(os.environ.get("TVOTE_LIBP2P_LOG_LEVEL", "CRITICAL"))
     try:
         token = _read_secret(api_token_file)
-        n = TrusteeNode(NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, listen_port, bootstrap or [],
-                                   api_port, token, byzantine, fault_drop_rate=fault_drop_rate,
-                                   record_grace_ms=record_grace_ms, record_patience_ms=record_patience_ms,
-                                   publish_interval_ms=publish_interval_ms)).start()
-        api = NodeAPI(n, api_port, token).start()
+        cfg = NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, listen_port, bootstrap or [], api_port, token,
+                         record_grace_ms=record_grace_ms, record_patience_ms=record_patience_ms,
+                         publish_interval_ms=publish_interval_ms)
+        stopped = runner.serve(cfg, status_file, console.print)
     except (NodeStartError, KeyFileError, OSError) as e:
         raise fail(str(e)) from None
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
-    register_gossip(node_id, n.gossip.counters.snapshot)
-    serve_from_env(health=lambda: n.healthy)  # /metrics when TVOTE_METRICS_PORT is set
-    if status_file:
-        status_file.write_text(json.dumps({"node_id": node_id, "peer_id": n.gossip.peer_id,
-                                           "listen_addrs": n.gossip.listen_addrs, "api_port": api.port}))
-    console.print(f"{node_id} up: peer {n.gossip.peer_id}, api 127.0.0.1:{api.port}")
-    try:
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops like SIGTERM
-            while not stop["now"] and n.healthy:
-                time.sleep(0.1)
-    finally:
-        api.stop()
-        n.stop()
-    if not stop["now"]:
+    if not stopped:
         raise fail("a node thread died; see the log above")
 
 

@@ -14,8 +14,8 @@ from helpers import trustees
 from chaos.invariants import Ack, check, tx_view_of
 from events import rules
 from events.postgres_store import PostgresStore
-from node.guard import EtcdGuard
-from node.recorder import Recorder
+from recording.etcd_guard import EtcdGuard
+from recording.recorder import Recorder
 
 
 @dataclass

@@ -45,7 +45,7 @@ def test_scenario(env, name):
     if res.exited:
         # Known gap, reported in bench/RESULTS.md: an etcd call on a failed endpoint raises pyetcd's ValueError
         # ("Trying to use a failed node"), not StoreUnavailable; the worker thread dies and the node exits,
-        # losing the votes its API had acknowledged. Needs a hook in node/guard.py and node/service.py.
+        # losing the votes its API had acknowledged. Needs a hook in recording/etcd_guard.py and node/service.py.
         pytest.xfail(f"nodes exited during the fault: {res.exited}; lost {res.votes_lost} votes, "
                      f"{res.txs_lost} txs")
     assert res.txs_lost == 0, res.row()

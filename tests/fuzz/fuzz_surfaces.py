@@ -35,7 +35,7 @@ from events.store import NewEvent, Recorded, Unit, plan
 from events.upcast import decode as decode_event
 from events.vote import SignedVote, Vote, sign
 from node import wire
-from node.recorder import now_ms
+from recording.recorder import now_ms
 
 HUGE = 10**5000  # an int whose repr() exceeds Python's 4300-digit limit
 STRICT = os.environ.get("FUZZ_STRICT") == "1"
@@ -671,7 +671,7 @@ def cli_argvs(draw: st.DrawFn) -> list[str]:
         "--transactions": w, "--byzantine": either(st.sampled_from(["none", "double"]), w), "--rate": w,
         "--deadline-ms": w, "--batch": w, "--once": st.just(None), "--keep": st.just(None), "--url": _url(),
         "--down": st.just(None), "--revision": w, "--node-id": w, "--key-file": w, "--api-token-file": w,
-        "--listen-port": w, "--fault-drop-rate": w, "--etcd-prefix": w, "--submission-days": w, "--vote-days": w,
+        "--listen-port": w, "--etcd-prefix": w, "--submission-days": w, "--vote-days": w,
         "--etcd-data-dir": w, "--check": st.just(None), "--no-check": st.just(None), "--data-dir": w,
     }
     names = draw(st.lists(st.sampled_from(sorted(options)), max_size=4))

@@ -18,10 +18,10 @@ from devstack.etcd import Etcd
 from devstack.postgres import Postgres
 from events.postgres_store import PostgresStore
 from integration.test_projections import scenario
-from node.guard import EtcdGuard
-from node.recorder import Recorder
 from projections.digest import digest
 from projections.projector import Projector
+from recording.etcd_guard import EtcdGuard
+from recording.recorder import Recorder
 from tvote.backup import (
     ETCD_FILE,
     MANIFEST,

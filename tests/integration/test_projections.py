@@ -11,15 +11,16 @@ from events.audit import verify
 from events.postgres_store import PostgresStore
 from events.store import NewEvent, Unit
 from events.vote import SignedVote, Vote
-from node.recorder import Recorder
 from projections.digest import digest
 from projections.projector import Projector
 from projections.replay import replay
+from recording.memory_guard import MemoryGuard
+from recording.recorder import Recorder
 
 
 def scenario(database) -> Recorder:
     """The seed's scenarios on one log: consensus, minority, double vote, forgery, silence, submission."""
-    rec = Recorder(PostgresStore(database.app_dsn), None, "node-a")
+    rec = Recorder(PostgresStore(database.app_dsn), MemoryGuard("node-a"), "node-a")
     ts = trustees(5)
     rec.execute([rules.AdmitMember(x.node_id, x.vote_key, x.peer_id, "op") for x in ts])
     rec.execute([rules.Configure(3, "op", deadline_ms=1000)])

@@ -7,8 +7,8 @@ from helpers import trustees
 
 from events import rules
 from events.postgres_store import PostgresStore
-from node.guard import EtcdGuard
-from node.recorder import Recorder, Status
+from recording.etcd_guard import EtcdGuard
+from recording.recorder import Recorder, Status
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from events import errors, rules
 from events.audit import verify
 from events.model import CLUSTER_STREAM, tx_stream
 from events.postgres_store import PostgresStore
-from node.guard import EtcdGuard
-from node.recorder import Recorder, Status
+from recording.etcd_guard import EtcdGuard
+from recording.recorder import Recorder, Status
 from tvote import db
 
 SERVERS: dict = {}

@@ -18,6 +18,7 @@ from events import errors
 from events import model as m
 from events.rules import CheckDeadline
 from observability import metrics as om
+from projections import metrics as pm
 
 
 def value(metrics: om.Metrics, name: str, **labels: str) -> float | None:
@@ -43,7 +44,7 @@ def test_event_sequence_updates_the_right_metrics() -> None:
     events, _ = scenario()
     types = [e.TYPE for e in events]
     assert {"ThresholdReached", "SubmissionConfirmed", "TransactionAborted", "TransactionExpired"} <= set(types)
-    mt = om.metrics_from_events(recorded(events))
+    mt = pm.metrics_from_events(recorded(events))
 
     assert value(mt, "votes_received_total", node_id="node-1") == 2  # tx1 and tx2's first vote
     assert value(mt, "votes_received_total", node_id="node-2") == 2  # tx1, tx3
@@ -83,7 +84,7 @@ def test_event_sequence_updates_the_right_metrics() -> None:
 def test_gauges_track_open_transactions_and_quorum_as_events_arrive() -> None:
     events, _ = scenario()
     mt = om.Metrics(CollectorRegistry())
-    obs = om.EventMetrics(mt)
+    obs = pm.EventMetrics(mt)
     first_vote = next(i for i, e in enumerate(events) if isinstance(e, m.TransactionOpened))
     obs.observe(events[: first_vote + 1])
     assert value(mt, "active_votes") == 1
@@ -96,9 +97,9 @@ def test_priming_restores_gauges_without_counting() -> None:
     events, _ = scenario()
     rows = recorded(events)
     cut = len(rows) // 2
-    whole = om.metrics_from_events(rows)
+    whole = pm.metrics_from_events(rows)
     mt = om.Metrics(CollectorRegistry())
-    obs = om.EventMetrics(mt)
+    obs = pm.EventMetrics(mt)
     obs.prime(rows[:cut])
     assert value(mt, "threshold_reached_total") == 0
     obs.observe(rows[cut:])
@@ -114,7 +115,7 @@ def test_removed_member_leaves_the_reputation_gauge() -> None:
     ts = trustees(3)
     events: list[m.Event] = [m.MemberAdmitted(t.node_id, t.vote_key.hex(), t.peer_id, "op", 0) for t in ts]
     events += [m.ClusterConfigured(2, 30_000, 500, 100, "op", 0), m.MemberRemoved("node-3", "op", "retired", 0)]
-    mt = om.metrics_from_events(events)
+    mt = pm.metrics_from_events(events)
     assert value(mt, "peer_reputation", node_id="node-1", peer_id="peer-1") == 1.0
     assert value(mt, "peer_reputation", node_id="node-3", peer_id="peer-3") is None
     assert value(mt, "eligible_members") == 2
@@ -122,7 +123,7 @@ def test_removed_member_leaves_the_reputation_gauge() -> None:
 
 
 def test_recorder_results_count_outcomes_and_edge_drops() -> None:
-    from node.recorder import Result, Status
+    from recording.recorder import Result, Status
 
     assert {s.value for s in Status} == set(om.OUTCOMES)
     mt = om.Metrics(CollectorRegistry())

@@ -23,6 +23,7 @@ from obs_scenario import recorded, scenario
 from prometheus_client import CollectorRegistry
 
 from observability import metrics as om
+from projections import metrics as pm
 
 ROOT = Path(__file__).resolve().parents[2]
 MON = ROOT / "monitoring"
@@ -179,7 +180,7 @@ def test_prometheus_scrapes_and_evaluates_everything(tmp_path: Path) -> None:
         pytest.fail("prometheus missing: apt-get install -y prometheus")
     mt = om.Metrics(CollectorRegistry())
     events, _ = scenario()
-    om.EventMetrics(mt).observe(recorded(events))
+    pm.EventMetrics(mt).observe(recorded(events))
     with om.etcd_timer("claim", mt):
         pass
     om.register_gossip("node-1", lambda: {"published": 3, "delivered": 2}, mt)

@@ -13,6 +13,7 @@ from integration.test_projections import scenario
 from prometheus_client import CollectorRegistry
 
 from observability import metrics as om
+from projections import metrics as pm
 from projections.projector import Projector
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,7 @@ def test_primed_gauges_equal_the_folded_log(database) -> None:  # noqa: F811
     rows = rec.store.read_all(after=0, limit=100_000)
     rec.store.close()
     folded = om.Metrics(CollectorRegistry())
-    om.EventMetrics(folded).observe(rows)
+    pm.EventMetrics(folded).observe(rows)
 
     p = Projector(database.app_dsn)
     p.catch_up()
@@ -33,7 +34,7 @@ def test_primed_gauges_equal_the_folded_log(database) -> None:  # noqa: F811
     assert position == rows[-1].position
     primed = om.Metrics(CollectorRegistry())
     with psycopg.connect(database.app_dsn) as conn:
-        om.EventMetrics(primed).prime_from_db(conn, position)
+        pm.EventMetrics(primed).prime_from_db(conn, position)
 
     for g in GAUGES:
         assert primed.registry.get_sample_value(g) == folded.registry.get_sample_value(g), g

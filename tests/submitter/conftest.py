@@ -23,8 +23,8 @@ from chain import ThresholdRecordClient, make_web3
 from devstack.anvil import Anvil, AnvilError, find_anvil
 from events import rules
 from events.postgres_store import PostgresStore
-from node.guard import EtcdGuard
-from node.recorder import Recorder
+from recording.etcd_guard import EtcdGuard
+from recording.recorder import Recorder
 
 
 @pytest.fixture

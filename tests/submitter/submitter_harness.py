@@ -18,7 +18,7 @@ from helpers import Trustee
 from chain import ThresholdRecordClient
 from devstack.anvil import Anvil
 from events import rules
-from node.recorder import Recorder, Status
+from recording.recorder import Recorder, Status
 
 REPO = Path(__file__).resolve().parents[2]
 N, T = 3, 2

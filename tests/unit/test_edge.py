@@ -15,8 +15,8 @@ from events import rules
 from events.vote import SignedVote, Vote, sign
 from node import wire
 from node.p2p.identity import generate_key_file
-from node.recorder import now_ms
 from node.service import NodeConfig, TrusteeNode
+from recording.recorder import now_ms
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
-"""The write path of a node: follow the log, decide, claim in etcd, append to Postgres.
+"""The write path: follow the log, decide, claim in the guard (etcd), append to the log (Postgres).
+
+Every writer appends through here: trustee nodes, the submitter, the CLI's operator commands.
 
 ``Recorder.execute(commands)`` takes a batch of commands (received votes, deadline ticks,
 operator commands) and returns one :class:`Result` each. It is the imperative shell around
@@ -7,7 +9,7 @@ operator commands) and returns one :class:`Result` each. It is the imperative sh
 1. catch up with the log (every node writes it, R13);
 2. decide every command on a scratch copy of the state, so later commands in the batch see
    earlier ones; each decision becomes a unit with the stream versions it read;
-3. one etcd transaction claims the heads and the votes of the whole batch (``node.guard``);
+3. one guard transaction claims the heads and the votes of the whole batch (``recording.guard``);
 4. one Postgres transaction appends every unit (``events.postgres_store``);
 5. units that conflicted are decided again on the fresh log; a vote that another live node
    has claimed is *deferred* and checked again later, so it is never lost.
@@ -25,12 +27,12 @@ from enum import Enum
 
 from events import rules
 from events.errors import CommandRejected, StoreUnavailable
-from events.model import CLUSTER_STREAM, Event, VoteAccepted, tx_stream
+from events.model import CLUSTER_STREAM, Event, tx_stream
 from events.store import EventStore, Outcome, Unit
 from events.vote import SignedVote, verify_all
-from node.guard import Claim, EtcdGuard, Refusal, vote_json
 from observability.metrics import observe_results
 from observability.tracing import VOTE_AGGREGATE, VOTE_STORE, span
+from recording.guard import Claim, Guard, Refusal
 
 MAX_ATTEMPTS = 8
 CLAIMS_PER_ETCD_TXN = 500  # ~5 ops each: needs etcd --max-txn-ops >= 4096 (devstack sets 8192)
@@ -51,7 +53,7 @@ class Result:
 
 
 class Recorder:
-    def __init__(self, store: EventStore, guard: EtcdGuard | None, writer: str) -> None:
+    def __init__(self, store: EventStore, guard: Guard, writer: str) -> None:
         self.store = store
         self.guard = guard
         self.writer = writer
@@ -144,10 +146,11 @@ class Recorder:
         for i in todo:
             cmd = commands[i]
             try:
-                events = scratch.execute(cmd)
+                decision = scratch.step(cmd)
             except CommandRejected as e:
                 results[i] = Result(Status.REJECTED, error=e)
                 continue
+            events = decision.events
             if not events:
                 results[i] = Result(Status.DUPLICATE)
                 continue
@@ -158,7 +161,7 @@ class Recorder:
             for e in events:
                 versions[e.stream] = versions.get(e.stream, 0) + 1
                 written[e.stream] = written.get(e.stream, 0) + 1
-            batch.append((i, Unit.of(expected, events), self._claim(expected, written, events, scratch), events))
+            batch.append((i, Unit.of(expected, events), Claim.of(expected, written, decision.effects), events))
         return batch
 
     def _claim_and_append(self, commands: list[rules.Command], batch: list[tuple[int, Unit, Claim, list[Event]]],
@@ -170,7 +173,7 @@ class Recorder:
         for start in range(0, len(batch), CLAIMS_PER_ETCD_TXN):
             chunk = batch[start:start + CLAIMS_PER_ETCD_TXN]
             with span(VOTE_STORE, claims=len(chunk)):
-                refusal = self.guard.claim([c for _, _, c, _ in chunk]) if self.guard else None
+                refusal = self.guard.claim([c for _, _, c, _ in chunk])
             if refusal is None:
                 granted.extend(chunk)
                 continue
@@ -218,21 +221,6 @@ class Recorder:
         return (all(o.outcome is Outcome.APPENDED for o in outcomes) and bool(positions)
                 and positions == list(range(self.position + 1, self.position + 1 + len(positions))))
 
-    def _claim(self, expected: dict[str, int], written: dict[str, int], events: list[Event],
-               scratch: rules.Ledger) -> Claim:
-        claim = Claim(expected, written)
-        for e in events:
-            if isinstance(e, VoteAccepted):
-                claim.votes[f"{e.tx_id}/{e.node_id}"] = vote_json(e.tx_id, e.node_id, e.vote, e.author_peer)
-            tx_id = getattr(e, "tx_id", None)
-            if tx_id is not None and tx_id in scratch.txs:
-                tx = scratch.txs[tx_id]
-                claim.counters[f"transaction_status/{tx_id}"] = tx.status
-                if isinstance(e, VoteAccepted):
-                    count = sum(1 for v in tx.votes.values() if v.value == e.value)
-                    claim.counters[f"vote_counts/{tx_id}/{e.value}"] = str(count)
-        return claim
-
     def _resolve(self, refusal: Refusal, chunk: list) -> set[int]:
         """Make the next attempt able to pass: repair heads from PG, sort out vote claims."""
         truth = self.store.stream_versions(list(refusal.heads))
@@ -243,31 +231,26 @@ class Recorder:
             behind = head is None or head < pg
             if behind or not refusal.writers_alive[stream] or self._our_head(stream):
                 # etcd lost/behind, or ahead because its writer died (or failed) before PG: PG wins.
-                if self.guard and self.guard.repair_head(stream, head, pg):
+                if self.guard.repair_head(stream, head, pg):
                     self.stats["heads_repaired"] += 1
             else:
                 time.sleep(0.01)  # a live writer is between its etcd CAS and its PG commit
         for suffix, (_, mod_rev, ours) in refusal.votes.items():
-            if ours and self.guard:
+            if ours:
                 self.guard.release_vote(suffix, mod_rev)  # our own claim from an append that failed
         # A vote another live node has claimed: it is recording it; check the log again later.
         return {i for i, _, claim, _ in chunk
                 if any(k in refusal.votes and not refusal.votes[k][2] for k in claim.votes)}
 
     def _our_head(self, stream: str) -> bool:
-        if not self.guard:
-            return False
-        return (self.guard.get(f"streams/{stream}/writer") or "").endswith(f":{self.writer}")
+        return self.guard.head_writer(stream) == self.guard.node_id
 
     def _undo_claims(self, claims: list[Claim]) -> None:
         """Our etcd CAS passed but PG refused: put the heads back to PG's truth at once."""
-        if not self.guard:
-            return
         streams = sorted({s for c in claims for s in c.expected})
         truth = self.store.stream_versions(streams)
         for s in streams:
-            current = self.guard.get(f"streams/{s}/head")
-            head = int(current) if current is not None else None
+            head = self.guard.head(s)
             if head != truth[s] and self.guard.repair_head(s, head, truth[s]):
                 self.stats["heads_repaired"] += 1
 

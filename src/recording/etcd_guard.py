@@ -1,17 +1,8 @@
-"""etcd guards in front of the log (R13): stream heads by compare-and-swap, vote claims, counters.
+"""The guard port on etcd (R13): stream heads by compare-and-swap, vote claims, counters.
 
-Every node that receives a valid vote tries to record it. Before touching Postgres, a node
-runs one etcd transaction per batch that
-
-- compares each stream head it read (``/streams/<id>/head`` == the version it decided on)
-  and creates each vote key ``/votes/<tx>/<node>`` that must not exist yet;
-- on success moves the heads, stores the votes, and sets the fast-path counters
-  ``/vote_counts/<tx>/<value>`` and ``/transaction_status/<tx>`` (the seed's layout).
-
-The CAS on ``/votes/<tx>/<node>`` decides which node appends a vote, so the log holds it
-once; a node whose CAS finds another value there holds double-vote evidence. Postgres is
-still the truth: its version check and unique keys are the final word, and the etcd heads
-are repaired from it whenever they disagree.
+The seed's key layout: ``/streams/<id>/head`` (the version a decision read), ``/votes/<tx>/<node>``
+(the vote claim), ``/vote_counts/<tx>/<value>`` and ``/transaction_status/<tx>`` (fast-path
+counters). What the port promises is in ``recording.guard``.
 
 Crash analysis (etcd first, Postgres second):
 
@@ -30,41 +21,23 @@ Crash analysis (etcd first, Postgres second):
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
-from dataclasses import dataclass, field
 
 import grpc
 import pyetcd.exceptions
 from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 
 from events.errors import StoreUnavailable
+from recording.guard import Claim, Refusal
 
 LEASE_TTL = 10
 RETENTION_TTL = 24 * 3600  # seed 9.1: etcd's fast-path keys expire; Postgres keeps the truth
 
 
-@dataclass
-class Claim:
-    """What one unit asks of etcd."""
-
-    expected: dict[str, int]  # stream -> version the decision read
-    written: dict[str, int]  # stream -> number of events it writes
-    votes: dict[str, str] = field(default_factory=dict)  # (tx/node) vote key suffix -> vote JSON
-    counters: dict[str, str] = field(default_factory=dict)  # key suffix -> value (counts, status)
-
-
-@dataclass
-class Refusal:
-    """Why etcd refused a claim: heads that differ and votes already claimed."""
-
-    heads: dict[str, int | None]  # stream -> the head etcd holds (None: missing)
-    writers_alive: dict[str, bool]  # stream -> a live writer's lease still covers that head
-    votes: dict[str, tuple[str, int, bool]]  # vote suffix -> (stored JSON, mod revision, claimed by us)
-
-
 class EtcdGuard:
+    """The guard on an etcd cluster (``recording.guard.Guard``)."""
+
     def __init__(self, endpoint: str, prefix: str, node_id: str, lease_ttl: int = LEASE_TTL) -> None:
         """``endpoint``: one etcd client URL, or several separated by commas (failover between them)."""
         endpoints = []
@@ -197,6 +170,14 @@ class EtcdGuard:
         ok, _ = self._txn([t.mod(self.vote_key(suffix)) == seen_mod_revision], [t.delete(self.vote_key(suffix))], [])
         return ok
 
+    def head(self, stream: str) -> int | None:
+        value, _ = self._call(self.client.get, self.head_key(stream))
+        return int(value) if value is not None else None
+
+    def head_writer(self, stream: str) -> str | None:
+        value, _ = self._call(self.client.get, self.writer_key(stream))
+        return value.decode().split(":", 1)[1] if value is not None else None
+
     def get(self, suffix: str) -> str | None:
         value, _ = self._call(self.client.get, self.key(suffix))
         return value.decode() if value is not None else None
@@ -215,7 +196,3 @@ class EtcdGuard:
                     self._renew_lease()
             raise StoreUnavailable(f"etcd failed: {type(e).__name__}: {text[:200]}") from e
 
-
-def vote_json(tx_id: str, node_id: str, signed: dict, peer_id: str) -> str:
-    """The seed's /votes/{tx_id}/{node_id} value: the signed vote and who relayed it."""
-    return json.dumps({**signed, "peer_id": peer_id}, sort_keys=True, separators=(",", ":"))

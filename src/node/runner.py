@@ -1,0 +1,49 @@
+"""Run one trustee process: start the node and its API, serve until SIGTERM or a dead thread, stop.
+
+``tvote node`` parses its options into a :class:`~node.service.NodeConfig` and calls :func:`serve`.
+Test harnesses that run a *misbehaving* trustee (``src/chaos/trustee.py``) set :data:`ADAPT`: it
+receives the started node and returns what the API should serve. Production leaves it None.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from node.api import NodeAPI
+from node.service import NodeConfig, TrusteeNode
+from observability.metrics import register_gossip, serve_from_env
+
+ADAPT: Callable[[TrusteeNode], Any] | None = None  # test harnesses only (src/chaos/trustee.py)
+
+
+def serve(cfg: NodeConfig, status_file: Path | None, say: Callable[[str], None]) -> bool:
+    """Serve until SIGTERM or Ctrl-C (True) or until a node thread dies (False). Start errors propagate."""
+    adapt = ADAPT
+    n = TrusteeNode(cfg).start()
+    try:
+        api = NodeAPI(adapt(n) if adapt else n, cfg.api_port, cfg.api_token).start()
+    except BaseException:
+        n.stop()
+        raise
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
+    register_gossip(cfg.node_id, n.gossip.counters.snapshot)
+    serve_from_env(health=lambda: n.healthy)  # /metrics when TVOTE_METRICS_PORT is set
+    if status_file:
+        status_file.write_text(json.dumps({"node_id": cfg.node_id, "peer_id": n.gossip.peer_id,
+                                           "listen_addrs": n.gossip.listen_addrs, "api_port": api.port}))
+    say(f"{cfg.node_id} up: peer {n.gossip.peer_id}, api 127.0.0.1:{api.port}")
+    try:
+        while not stop["now"] and n.healthy:
+            time.sleep(0.1)
+    except KeyboardInterrupt:  # Ctrl-C stops like SIGTERM
+        stop["now"] = True
+    finally:
+        api.stop()
+        n.stop()
+    return stop["now"]
