@@ -11,6 +11,8 @@ Create Date: 2026-11-24
 
 from alembic import op
 
+from events.vocab import TxStatus, ViolationKind, sql_in
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -25,11 +27,10 @@ TABLES = (
 
 def upgrade() -> None:
     op.execute(
-        """
+        f"""
         CREATE TABLE tx_state (
             tx_id            TEXT PRIMARY KEY,
-            status           TEXT NOT NULL CHECK (status IN ('COLLECTING', 'THRESHOLD_REACHED', 'SUBMITTING',
-                                 'CONFIRMED', 'ABORTED_BYZANTINE', 'ABORTED_NO_QUORUM', 'EXPIRED')),
+            status           TEXT NOT NULL CHECK (status IN {sql_in(TxStatus)}),
             value            NUMERIC(20, 0),
             certificate_hash TEXT,
             abort_reason     TEXT,
@@ -67,8 +68,7 @@ def upgrade() -> None:
             peer_id        TEXT NOT NULL,
             node_id        TEXT,
             tx_id          TEXT NOT NULL,
-            violation_type TEXT NOT NULL CHECK (violation_type IN
-                               ('DOUBLE_VOTING', 'MINORITY_VOTE', 'INVALID_SIGNATURE', 'SILENT_FAILURE')),
+            violation_type TEXT NOT NULL CHECK (violation_type IN {sql_in(ViolationKind)}),
             evidence_json  JSONB NOT NULL,
             detected_at    TIMESTAMP NOT NULL
         );

@@ -35,7 +35,6 @@ from events.postgres_store import PostgresStore
 from projections.projector import Projector
 from projections.replay import replay
 
-BYZANTINE_KINDS = frozenset({rules.DOUBLE_VOTING, rules.MINORITY_VOTE, rules.INVALID_SIGNATURE})
 NO_SUBMITTER_OK = frozenset({rules.THRESHOLD_REACHED})
 
 
@@ -134,6 +133,26 @@ def tx_view_of(tx: rules.Tx) -> dict[str, Any]:
     return {"status": tx.status, "value": tx.value, "votes": {n: v.value for n, v in sorted(tx.votes.items())}}
 
 
+@dataclass
+class Run:
+    """What the checks read: the log's fold and the test's own records of what it did."""
+
+    dsn: str
+    owner_dsn: str | None
+    views: dict[str, dict[str, dict | None]]
+    byzantine: set[str]
+    acks: list[Ack]
+    offered: set[str]
+    chain: ChainView | None
+    submitter: bool
+    ledger: rules.Ledger
+    events: list[Any]
+
+    @property
+    def txs(self) -> dict[str, rules.Tx]:
+        return self.ledger.txs
+
+
 def check(
     dsn: str,
     owner_dsn: str | None = None,
@@ -150,17 +169,22 @@ def check(
     ``owner_dsn`` (a role that may create schemas) enables the replay check; ``offered`` names the
     transactions the load driver started, so one that never reached the log counts as lost.
     """
-    byz = set(byzantine)
-    acks = list(acked)
-    rep = InvariantReport()
     ledger, events = read_log(dsn)
-    txs = ledger.txs
-    rep.txs = len(txs)
-    for tx in txs.values():
+    run = Run(dsn, owner_dsn, views or {}, set(byzantine), list(acked), set(offered), chain, submitter, ledger,
+              events)
+    rep = InvariantReport()
+    rep.txs = len(run.txs)
+    for tx in run.txs.values():
         rep.statuses[tx.status] = rep.statuses.get(tx.status, 0) + 1
-    rep.votes_in_log = sum(len(tx.votes) for tx in txs.values())
+    rep.votes_in_log = sum(len(tx.votes) for tx in run.txs.values())
+    for named in CHECKS:
+        named(run, rep)
+    return rep
 
-    store = PostgresStore(dsn)
+
+def log_verifies(run: Run, rep: InvariantReport) -> None:
+    """``audit verify``: the hash chain, every signature and every ban's evidence."""
+    store = PostgresStore(run.dsn)
     try:
         audit = verify(store)
     finally:
@@ -168,13 +192,15 @@ def check(
     rep.add("log_verifies", [f"@{f.position}: {f.problem}" for f in audit.integrity + audit.evidence],
             f"{audit.events} events")
 
-    # agreement: each honest node's view against the log's fold
+
+def agreement(run: Run, rep: InvariantReport) -> None:
+    """Each honest node's ``/tx`` view equals the log's fold."""
     problems = []
     compared = 0
-    for node, per_tx in (views or {}).items():
+    for node, per_tx in run.views.items():
         for tx_id, view in per_tx.items():
             compared += 1
-            truth = txs.get(tx_id)
+            truth = run.txs.get(tx_id)
             if truth is None:
                 if view is not None:
                     problems.append(f"{node} knows {tx_id}, the log does not")
@@ -185,83 +211,106 @@ def check(
             mine = {k: view.get(k) for k in ("status", "value", "votes")}
             if mine != tx_view_of(truth):
                 problems.append(f"{node} {tx_id}: {mine} != log {tx_view_of(truth)}")
-    rep.add("agreement", problems, f"{compared} node views compared over {len(views or {})} honest nodes")
+    rep.add("agreement", problems, f"{compared} node views compared over {len(run.views)} honest nodes")
 
-    # bans
+
+def no_honest_byzantine_ban(run: Run, rep: InvariantReport) -> None:
+    """No member outside the Byzantine set banned for a Byzantine violation."""
     problems = []
-    for e in events:
+    for e in run.events:
         if type(e).__name__ != "NodeBanned":
             continue
         if e.reason == rules.REPUTATION_FLOOR:
             rep.floor_bans.append(e.node_id)
         else:  # DOUBLE_VOTING, MINORITY_VOTE, INVALID_SIGNATURE (BYZANTINE_KINDS) or anything new
             rep.byzantine_bans[e.node_id] = e.reason
-            if e.node_id not in byz:
+            if e.node_id not in run.byzantine:
                 problems.append(f"honest {e.node_id} banned for {e.reason}")
-    floor_honest = sorted(set(rep.floor_bans) - byz)
+    floor_honest = sorted(set(rep.floor_bans) - run.byzantine)
     rep.add("no_honest_byzantine_ban", problems,
             f"byzantine bans {rep.byzantine_bans or 'none'}; floor bans (silence) of honest nodes: "
             f"{floor_honest or 'none'}")
 
-    # acknowledged votes of honest nodes must be in the log
-    logged = {(tx.tx_id, n, v.value) for tx in txs.values() for n, v in tx.votes.items()}
-    honest_acks = [a for a in acks if a.node_id not in byz]
+
+def acked_votes_logged(run: Run, rep: InvariantReport) -> None:
+    """Every vote an honest node's API acknowledged is a ``VoteAccepted`` in the log."""
+    logged = {(tx.tx_id, n, v.value) for tx in run.txs.values() for n, v in tx.votes.items()}
+    honest_acks = [a for a in run.acks if a.node_id not in run.byzantine]
     rep.acked = len(honest_acks)
     missing = [a for a in honest_acks if (a.tx_id, a.node_id, a.value) not in logged]
     rep.votes_lost = len(missing)
     rep.lost_acks = missing
     rep.add("acked_votes_logged", [f"{a.tx_id}/{a.node_id}={a.value}" for a in missing],
-            f"{len(honest_acks)} honest acks, {len(acks) - len(honest_acks)} byzantine acks not checked")
+            f"{len(honest_acks)} honest acks, {len(run.acks) - len(honest_acks)} byzantine acks not checked")
 
-    # final states
-    ok_states = rules.FINAL | (set() if submitter else NO_SUBMITTER_OK | {rules.SUBMITTING})
-    problems = [f"{t.tx_id} {t.status}" for t in txs.values() if t.status not in ok_states]
-    offered_set = set(offered)
-    never = sorted(offered_set - txs.keys())
+
+def final_states(run: Run, rep: InvariantReport) -> None:
+    """Every transaction is final (or decided, when no submitter ran); an offered one missing is lost."""
+    ok_states = rules.FINAL | (set() if run.submitter else NO_SUBMITTER_OK | {rules.SUBMITTING})
+    problems = [f"{t.tx_id} {t.status}" for t in run.txs.values() if t.status not in ok_states]
+    never = sorted(run.offered - run.txs.keys())
     problems += [f"{t} offered, not in the log" for t in never]
-    rep.txs_lost = len(never) + sum(1 for t in txs.values() if t.tx_id in offered_set and t.status not in ok_states)
+    rep.txs_lost = len(never) + sum(1 for t in run.txs.values() if t.tx_id in run.offered and t.status not in ok_states)
     rep.add("final_states", problems, ", ".join(f"{k}={v}" for k, v in sorted(rep.statuses.items())))
 
-    # projections
-    p = Projector(dsn)
+
+def projection_matches_log(run: Run, rep: InvariantReport) -> None:
+    """``tx_state`` agrees with the log's fold once the projector caught up."""
+    p = Projector(run.dsn)
     try:
         p.catch_up()
     finally:
         p.close()
-    with psycopg.connect(dsn) as c:
+    with psycopg.connect(run.dsn) as c:
         rows = dict(c.execute("SELECT tx_id, status FROM tx_state").fetchall())
     problems = [f"{t}: projection {rows.get(t)} != log {tx.status}"
-                for t, tx in txs.items() if rows.get(t) != tx.status]
-    problems += [f"{t} in projection only" for t in rows.keys() - txs.keys()]
+                for t, tx in run.txs.items() if rows.get(t) != tx.status]
+    problems += [f"{t} in projection only" for t in rows.keys() - run.txs.keys()]
     rep.add("projection_matches_log", problems, f"{len(rows)} tx_state rows")
-    if owner_dsn:
-        r = replay(owner_dsn)
+
+
+def replay_digest(run: Run, rep: InvariantReport) -> None:
+    """A replay from position 0 equals the live projections (R12); needs an owner DSN."""
+    if run.owner_dsn:
+        r = replay(run.owner_dsn)
         rep.add("replay_digest", [] if r.equal else [f"differing tables {r.differing_tables}"],
                 f"{r.events} events replayed in {r.seconds:.2f}s")
 
-    if chain is not None:
-        counts: dict[str, int] = {}
-        for ev in chain.recorded_events():
-            counts[ev.tx_id] = counts.get(ev.tx_id, 0) + 1
-        problems = []
-        for t, tx in txs.items():
-            n = counts.pop(t, 0)
-            if tx.status == rules.CONFIRMED and n != 1:
-                problems.append(f"{t} CONFIRMED with {n} chain writes")
-            elif tx.status in (rules.ABORTED_BYZANTINE, rules.ABORTED_NO_QUORUM, rules.EXPIRED) and n:
-                problems.append(f"{t} {tx.status} but written {n}x on chain")
-            elif n > 1:
-                problems.append(f"{t} {tx.status} written {n}x")
-        problems += [f"{t} on chain, never decided in the log" for t in counts]
-        rep.add("chain_exactly_once", problems, f"{sum(1 for t in txs.values() if t.status == rules.CONFIRMED)} "
-                f"confirmed")
-        if hasattr(chain, "address"):  # a real ThresholdRecordClient: value and certificate too (issue 6's audit)
-            from submitter.audit import audit_chain
 
-            store = PostgresStore(dsn)
-            try:
-                audit_c = audit_chain(store, chain)  # type: ignore[arg-type]
-            finally:
-                store.close()
-            rep.add("chain_matches_log", audit_c.findings, f"{audit_c.checked} consensus txs audited on chain")
-    return rep
+def chain_exactly_once(run: Run, rep: InvariantReport) -> None:
+    """One ``Recorded`` per CONFIRMED transaction, none for aborted or expired ones or ids never decided."""
+    if run.chain is None:
+        return
+    counts: dict[str, int] = {}
+    for ev in run.chain.recorded_events():
+        counts[ev.tx_id] = counts.get(ev.tx_id, 0) + 1
+    problems = []
+    for t, tx in run.txs.items():
+        n = counts.pop(t, 0)
+        if tx.status == rules.CONFIRMED and n != 1:
+            problems.append(f"{t} CONFIRMED with {n} chain writes")
+        elif tx.status in (rules.ABORTED_BYZANTINE, rules.ABORTED_NO_QUORUM, rules.EXPIRED) and n:
+            problems.append(f"{t} {tx.status} but written {n}x on chain")
+        elif n > 1:
+            problems.append(f"{t} {tx.status} written {n}x")
+    problems += [f"{t} on chain, never decided in the log" for t in counts]
+    rep.add("chain_exactly_once", problems, f"{sum(1 for t in run.txs.values() if t.status == rules.CONFIRMED)} "
+            f"confirmed")
+
+
+def chain_matches_log(run: Run, rep: InvariantReport) -> None:
+    """The submitter's chain audit: each record carries the log's value and certificate hash."""
+    if run.chain is None or not hasattr(run.chain, "address"):  # a real ThresholdRecordClient only
+        return
+    from submitter.audit import audit_chain
+
+    store = PostgresStore(run.dsn)
+    try:
+        audit_c = audit_chain(store, run.chain)  # type: ignore[arg-type]
+    finally:
+        store.close()
+    rep.add("chain_matches_log", audit_c.findings, f"{audit_c.checked} consensus txs audited on chain")
+
+
+CHECKS = (log_verifies, agreement, no_honest_byzantine_ban, acked_votes_logged, final_states, projection_matches_log,
+          replay_digest, chain_exactly_once, chain_matches_log)

@@ -8,7 +8,6 @@ actions (unban, members) are events in the log, naming the operator and the reas
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -33,6 +32,7 @@ from projections.projector import Projector
 from projections.replay import replay as do_replay
 from recording.etcd_guard import EtcdGuard
 from recording.recorder import Recorder, Status
+from tvote.report import print_bans
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 audit_app = typer.Typer(help="Check the log from the log alone.", no_args_is_help=True)
@@ -265,24 +265,7 @@ def tx_show(tx_id: str, dsn: Dsn) -> None:
 def bans_list(dsn: Dsn) -> None:
     """Banned members, why, and the evidence."""
     _connect_check(dsn)
-    print_bans(dsn)
-
-
-def print_bans(dsn: str) -> None:
-    with psycopg.connect(dsn) as c:
-        rows = c.execute(
-            "SELECT m.node_id, m.ban_reason, v.tx_id, v.evidence_json FROM members m "
-            "LEFT JOIN LATERAL (SELECT tx_id, evidence_json FROM byzantine_violations b "
-            "  WHERE b.node_id = m.node_id AND b.violation_type <> 'SILENT_FAILURE' ORDER BY id LIMIT 1) v ON true "
-            "WHERE m.banned ORDER BY m.node_id").fetchall()
-    t = Table(title="bans")
-    for col in ("node", "reason", "tx", "evidence"):
-        t.add_column(col)
-    for node, reason, tx, ev in rows:
-        t.add_row(node, reason or "", tx or "", json.dumps(ev)[:90] if ev else "")
-    console.print(t if rows else "bans: none")
-
-
+    print_bans(dsn, console)
 
 
 def _recorder(dsn: str, etcd: str, prefix: str, who: str) -> Recorder:

@@ -30,10 +30,10 @@ from devstack.etcd import Etcd
 from devstack.postgres import Postgres
 from devstack.procs import die_with_parent
 from devstack.trustees import SRC, TrusteeCluster
+from events.vocab import FINAL
 from tvote import db
 
 CHAIN_ID = 31337
-FINAL = {"CONFIRMED", "ABORTED_BYZANTINE", "ABORTED_NO_QUORUM", "EXPIRED"}
 
 
 @dataclass
@@ -185,7 +185,7 @@ def _summary(app_dsn: str, owner_dsn: str, cluster: TrusteeCluster, client: Thre
     from events.postgres_store import PostgresStore
     from projections.replay import replay
     from submitter.audit import audit_chain
-    from tvote.cli import print_bans
+    from tvote.report import print_bans
 
     table = Table(title="verdicts (projections)")
     table.add_column("status")
@@ -193,7 +193,7 @@ def _summary(app_dsn: str, owner_dsn: str, cluster: TrusteeCluster, client: Thre
     for k, v in sorted(_statuses(app_dsn).items()):
         table.add_row(k, str(v))
     console.print(table)
-    print_bans(app_dsn)
+    print_bans(app_dsn, console)
     drops: Counter = Counter()
     for i in range(len(cluster.trustees)):
         drops.update({k: v for k, v in cluster.counters(i).items() if k.startswith("dropped")})
