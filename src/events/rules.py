@@ -751,8 +751,10 @@ def _evolve(state: State, event: Event) -> State:
             return replace(state, tx=Tx(event.tx_id, COLLECTING, event.opened_at_ms, event.deadline_at_ms))
         case ViolationDetected() if tx is None:
             return state  # a forged vote's violation for a tx nobody opened (R7)
-        case _ if tx is None:
-            raise errors.InvalidCommand(f"{event.TYPE} for a transaction no event opened")
+        case (VoteAccepted() | ThresholdReached() | TransactionAborted() | DeadlinePassed() | TransactionExpired()
+              | SubmissionStarted() | SubmissionSigned() | SubmissionBroadcast() | SubmissionConfirmed()
+              | SubmissionFailed()) if tx is None:
+            return state  # the decider never writes these before TransactionOpened: a forged row changes nothing
         case VoteAccepted():
             tx = replace(tx, votes={**tx.votes, event.node_id: event})
         case ViolationDetected():

@@ -8,6 +8,7 @@ from helpers import trustees
 from events import rules
 from events.postgres_store import PostgresStore
 from recording.etcd_guard import EtcdGuard
+from recording.memory_guard import MemoryGuard
 from recording.recorder import Recorder, Status
 
 
@@ -24,8 +25,7 @@ def make_node(database, etcd_server, etcd_prefix):
     yield make
     for rec in made:
         rec.store.close()
-        if rec.guard is not None:
-            rec.guard.close()
+        rec.guard.close()
 
 
 def bootstrap(rec: Recorder, n: int, t: int):
@@ -72,11 +72,14 @@ def test_a_vote_claimed_by_a_live_node_is_deferred_then_found(make_node):
     # node-a claims the vote in etcd but has not appended to PG yet (it is mid-flight)
     cmd = ts[0].receive("tx", 1)
     a.catch_up()
-    events = a.ledger.decide(cmd)
+    scratch = rules.Ledger()
+    scratch.cluster, scratch.txs = a.ledger.cluster, dict(a.ledger.txs)
+    decision = scratch.step(cmd)
     from events.model import CLUSTER_STREAM, tx_stream
+    from recording.guard import Claim
 
     expected = {CLUSTER_STREAM: a.versions[CLUSTER_STREAM], tx_stream("tx"): 0}
-    claim = a._claim(expected, {tx_stream("tx"): len(events)}, events, a.ledger)
+    claim = Claim.of(expected, {tx_stream("tx"): len(decision.events)}, decision.effects)
     assert a.guard.claim([claim]) is None
     assert b.execute([cmd])[0].status is Status.DEFERRED
     # node-a dies before its PG commit: its lease (and so its vote claim) ends
@@ -117,7 +120,8 @@ def test_a_stale_decision_conflicts_in_postgres_and_is_decided_again(make_node):
     b.catch_up()
     a.execute([ts[0].receive("tx", 1)])
     # b has not seen a's append; without etcd b would decide on stale state, PG must refuse it
-    b.guard = None
+    b.guard.close()
+    b.guard = MemoryGuard("node-b")  # a guard of its own: no etcd head to catch the stale state
     b.position = 0
     b.catch_up()
     b.position, b.versions = b.position, {k: v for k, v in b.versions.items()}
