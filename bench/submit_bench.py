@@ -1,5 +1,5 @@
 """Submission benchmark (issue 6): threshold-reached -> confirmed latency and submissions/s on anvil automine,
-against the bare web3 send-and-wait loop (``chain.baseline``, the limit) in the same run.
+against the bare web3 send-and-wait loop (``bench/chain_baseline.py``, the limit) in the same run.
 
 Prints JSON lines; asserts nothing. Services: Postgres with fsync=on and synchronous_commit=on, etcd on
 disk, one automining anvil per measurement (anvil slows down as its chain grows, so no phase inherits
@@ -34,11 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
+from chain_baseline import measure  # noqa: E402  (bench/chain_baseline.py, beside this file)
 from eth_account import Account  # noqa: E402
 from helpers import trustees  # noqa: E402
 
 from chain import ThresholdRecordClient, make_web3  # noqa: E402
-from chain.baseline import measure  # noqa: E402
 from devstack.anvil import Anvil  # noqa: E402
 from devstack.etcd import Etcd  # noqa: E402
 from devstack.postgres import Postgres  # noqa: E402

@@ -5,17 +5,19 @@ Why the split between signing and sending: the submitter must append the signed 
 look up that very transaction instead of signing a second one. `sign_record` is therefore pure
 (no network: explicit nonce, fees, gas and chain id), and `send_raw` broadcasts bytes already
 logged. Every node error is turned into a typed exception from `chain.errors`.
+
+This is the JSON-RPC adapter of the port `chain.port.ChainPort` (anvil in the tests, any Ethereum node
+in production); `chain.memory.MemoryChain` is the scripted in-memory one. The values both return, and
+the signing both share, are in `chain.model`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,6 @@ from web3.exceptions import (
 from chain.errors import (
     AlreadyKnown,
     AlreadyRecorded,
-    BadInput,
     ChainError,
     ChainUnreachable,
     ContractMismatch,
@@ -53,34 +54,26 @@ from chain.errors import (
     TxRejected,
     WrongChainId,
 )
+from chain.model import (
+    RECORD_GAS,
+    Fees,
+    Mined,
+    OnChainRecord,
+    RecordedEvent,
+    SignedRecordTx,
+    encode_record_call,
+    sign_record_tx,
+    tx_dict,
+    tx_id_hash,
+    validate_record_args,
+)
 
 ARTIFACT_ENV = "TVOTE_CONTRACT_ARTIFACT"
 DEFAULT_ARTIFACT = Path(__file__).resolve().parents[2] / "contracts" / "ThresholdRecord.json"
 
-# Gas limit signed into every record transaction. Explicit (not estimated) so signing needs no node
-# and an estimate cannot fail on an already-recorded id. Measured on anvil: ~97k gas for a short id,
-# ~158k for the first record of a contract with a 128-character id (recordCount 0 -> 1 costs more).
-RECORD_GAS = 250_000
 DEPLOY_GAS = 1_500_000
 ADMIN_GAS = 100_000
 DEFAULT_PRIORITY_FEE = 1_000_000_000  # 1 gwei
-
-TX_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-U64_MAX = 2**64 - 1
-
-def validate_record_args(tx_id: str, value: int, cert_hash: bytes) -> None:
-    """R2 checks done before anything is signed, so bad input never reaches the chain."""
-    if not isinstance(tx_id, str) or TX_ID_RE.fullmatch(tx_id) is None:
-        raise BadInput(f"tx_id must be 1..128 characters of [A-Za-z0-9_.:-], got {tx_id!r}")
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64_MAX:
-        raise BadInput(f"value must be an integer in 0..2^64-1, got {value!r}")
-    if not isinstance(cert_hash, bytes) or len(cert_hash) != 32:
-        raise BadInput("certificate hash must be 32 bytes")
-
-
-def tx_id_hash(tx_id: str) -> bytes:
-    """The contract's storage key and the indexed `txIdHash` topic of `Recorded`."""
-    return keccak(tx_id.encode("utf-8"))
 
 
 def load_artifact(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -97,76 +90,6 @@ def make_web3(url: str, timeout: float = 10.0) -> Web3:
     silent retry loop would hide `ChainUnreachable` for seconds."""
     provider = Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None)
     return Web3(provider)
-
-
-# -- data -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fees:
-    """EIP-1559 fees signed into a transaction (wei per gas)."""
-
-    max_fee_per_gas: int
-    max_priority_fee_per_gas: int
-
-    def bumped(self, percent: int = 20) -> Fees:
-        """Fees for a same-nonce replacement: nodes want >= 10% more on both fields."""
-        return Fees(
-            self.max_fee_per_gas * (100 + percent) // 100 + 1,
-            self.max_priority_fee_per_gas * (100 + percent) // 100 + 1,
-        )
-
-
-@dataclass(frozen=True)
-class SignedRecordTx:
-    """A signed `record` transaction, to be logged (SubmissionSigned) before it is broadcast."""
-
-    tx_id: str
-    value: int
-    certificate_hash: bytes
-    sender: str
-    contract: str
-    chain_id: int
-    nonce: int
-    gas: int
-    fees: Fees
-    raw: bytes
-    tx_hash: bytes
-
-
-@dataclass(frozen=True)
-class OnChainRecord:
-    """What `recordOf` returns; block_number is the block that wrote it (0 when absent)."""
-
-    exists: bool
-    value: int
-    certificate_hash: bytes
-    block_number: int
-
-
-@dataclass(frozen=True)
-class RecordedEvent:
-    """One `Recorded` log: the on-chain evidence that a write happened."""
-
-    tx_id: str
-    tx_id_hash: bytes
-    value: int
-    certificate_hash: bytes
-    submitter: str
-    block_number: int
-    tx_hash: bytes
-    log_index: int
-
-
-@dataclass(frozen=True)
-class Mined:
-    """A successful receipt, reduced to what the submitter logs (SubmissionConfirmed)."""
-
-    tx_hash: bytes
-    block_number: int
-    block_hash: bytes
-    gas_used: int
-    confirmations: int
 
 
 # -- error classification -----------------------------------------------------------------------------
@@ -287,7 +210,7 @@ class ThresholdRecordClient:
             nonce = w3.eth.get_transaction_count(owner.address, "pending")
         fees = fees or _suggest_fees(w3)
         signed = owner.sign_transaction(
-            _tx_dict(None, data, nonce, DEPLOY_GAS, fees, chain_id)  # type: ignore[arg-type]
+            tx_dict(None, data, nonce, DEPLOY_GAS, fees, chain_id)  # type: ignore[arg-type]
         )
         tx_hash = _send(w3, bytes(signed.raw_transaction), chain_id)
         receipt = _wait(w3, tx_hash, timeout)
@@ -319,24 +242,8 @@ class ThresholdRecordClient:
         gas: int = RECORD_GAS,
     ) -> SignedRecordTx:
         """Sign `record(tx_id, value, cert_hash)` with an explicit nonce and fees; sends nothing."""
-        validate_record_args(tx_id, value, cert_hash)
-        if nonce < 0:
-            raise BadInput(f"nonce must be >= 0, got {nonce}")
-        data = self.contract.encode_abi("record", args=[tx_id, value, cert_hash])
-        signed = account.sign_transaction(_tx_dict(self.address, data, nonce, gas, fees, self.chain_id))
-        return SignedRecordTx(
-            tx_id=tx_id,
-            value=value,
-            certificate_hash=bytes(cert_hash),
-            sender=account.address,
-            contract=self.address,
-            chain_id=self.chain_id,
-            nonce=nonce,
-            gas=gas,
-            fees=fees,
-            raw=bytes(signed.raw_transaction),
-            tx_hash=bytes(signed.hash),
-        )
+        return sign_record_tx(account, self.address, self.chain_id, tx_id, value, cert_hash, nonce=nonce,
+                              fees=fees, gas=gas)
 
     # -- sending and waiting ------------------------------------------------------------------------
 
@@ -454,6 +361,11 @@ class ThresholdRecordClient:
         with _translate_transport():
             return self.w3.eth.get_transaction_count(to_checksum_address(address), "latest")
 
+    def block_number(self) -> int:
+        """The number of the latest block (the head confirmations are counted against)."""
+        with _translate_transport():
+            return int(self.w3.eth.block_number)
+
     def suggest_fees(self, priority_fee: int = DEFAULT_PRIORITY_FEE) -> Fees:
         """max fee = 2 x latest base fee + tip: survives several full blocks of base-fee rise."""
         return _suggest_fees(self.w3, priority_fee)
@@ -461,7 +373,7 @@ class ThresholdRecordClient:
     def preflight(self, sender: str, tx_id: str, value: int, cert_hash: bytes) -> None:
         """eth_call `record` as `sender` at the latest block; raises what a real send would revert with."""
         validate_record_args(tx_id, value, cert_hash)
-        data = self.contract.encode_abi("record", args=[tx_id, value, cert_hash])
+        data = encode_record_call(tx_id, value, cert_hash)
         self._call_or_raise({"from": to_checksum_address(sender), "to": self.address, "data": data}, "latest")
 
     # -- contract state --------------------------------------------------------------------------------
@@ -493,7 +405,7 @@ class ThresholdRecordClient:
         data = self.contract.encode_abi("setSubmitter", args=[to_checksum_address(submitter), authorised])
         nonce = self.pending_nonce(owner.address)
         signed = owner.sign_transaction(
-            _tx_dict(self.address, data, nonce, ADMIN_GAS, self.suggest_fees(), self.chain_id)
+            tx_dict(self.address, data, nonce, ADMIN_GAS, self.suggest_fees(), self.chain_id)
         )
         tx_hash = self.send_raw(bytes(signed.raw_transaction))
         return self.wait_for_receipt(tx_hash, timeout=timeout)
@@ -581,22 +493,6 @@ class ThresholdRecordClient:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-
-
-def _tx_dict(to: str | None, data: str, nonce: int, gas: int, fees: Fees, chain_id: int) -> dict[str, Any]:
-    tx: dict[str, Any] = {
-        "type": 2,
-        "chainId": chain_id,
-        "nonce": nonce,
-        "gas": gas,
-        "maxFeePerGas": fees.max_fee_per_gas,
-        "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
-        "value": 0,
-        "data": data,
-    }
-    if to is not None:
-        tx["to"] = to
-    return tx
 
 
 def _check_chain(w3: Web3, expected: int) -> None:

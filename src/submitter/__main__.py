@@ -3,19 +3,28 @@
 Misconfiguration is refused before anything is signed, with exit code 2 and one clear line on stderr:
 a node on another chain id, no (or another) contract at the address, an unreadable key, or a key the
 contract does not authorise. An unreachable chain at start is retried (backoff) for
-``--startup-timeout`` seconds, then exit code 3.
+``--startup-timeout`` seconds, then exit code 3. A usage error (a missing or malformed option) exits
+with code 2 too, before anything is read.
+
+The command line is a typer command like every ``tvote`` role (``tvote.cli``); :func:`parse` reads an
+argument list into :class:`Options` without running anything (the deploy tests check the compose
+file's command with it).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
+import typer
+import typer.main
 from eth_account import Account
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
@@ -26,30 +35,92 @@ from submitter.fence import LOCK_TTL
 
 log = logging.getLogger("submitter")
 
+PROG = "python -m submitter"
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m submitter",
-                                description="Write consensus values on chain, exactly once.")
-    p.add_argument("--dsn", required=True, help="Postgres DSN of the event log (role tvote_app)")
-    p.add_argument("--etcd", required=True, help="etcd endpoint host:port")
-    p.add_argument("--etcd-prefix", default="/tvote", help="key prefix shared with the nodes' EtcdGuard")
-    p.add_argument("--rpc", required=True, help="JSON-RPC URL of the chain node")
-    p.add_argument("--contract", required=True, help="ThresholdRecord address")
-    p.add_argument("--key-file", required=True, type=Path, help="file holding the submitter's private key (hex)")
-    p.add_argument("--chain-id", required=True, type=int)
-    p.add_argument("--confirmations", type=int, default=0, help="blocks on top of the receipt before confirming")
-    p.add_argument("--name", default=None, help="submitter id in the log (default: submitter-<pid>)")
-    p.add_argument("--lock-ttl", type=int, default=LOCK_TTL, help="etcd lease TTL of the submission locks (s)")
-    p.add_argument("--stuck-after", type=float, default=15.0, help="seconds unmined before a same-nonce replacement")
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--startup-timeout", type=float, default=60.0)
-    p.add_argument("--crash-at", choices=FAILPOINTS, default=None, help="testing: SIGKILL self at this step")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p.parse_args(argv)
+CrashAt = Enum("CrashAt", {p.replace("-", "_"): p for p in FAILPOINTS}, type=str)  # type: ignore[misc]
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The parsed command line (the names argparse gave them before, so callers read the same fields)."""
+
+    dsn: str
+    etcd: str
+    etcd_prefix: str
+    rpc: str
+    contract: str
+    key_file: Path
+    chain_id: int
+    confirmations: int = 0
+    name: str | None = None
+    lock_ttl: int = LOCK_TTL
+    stuck_after: float = 15.0
+    batch: int = 256
+    startup_timeout: float = 60.0
+    crash_at: str | None = None
+    verbose: bool = False
+
+
+@app.command(help="Write consensus values on chain, exactly once.")
+def submitter(
+    dsn: Annotated[str, typer.Option("--dsn", help="Postgres DSN of the event log (role tvote_app)")],
+    etcd: Annotated[str, typer.Option("--etcd", help="etcd endpoint host:port")],
+    rpc: Annotated[str, typer.Option("--rpc", help="JSON-RPC URL of the chain node")],
+    contract: Annotated[str, typer.Option("--contract", help="ThresholdRecord address")],
+    key_file: Annotated[Path, typer.Option("--key-file", help="file holding the submitter's private key (hex)")],
+    chain_id: Annotated[int, typer.Option("--chain-id")],
+    etcd_prefix: Annotated[str, typer.Option("--etcd-prefix", help="key prefix shared with the nodes' EtcdGuard")]
+    = "/tvote",
+    confirmations: Annotated[int, typer.Option("--confirmations",
+                                               help="blocks on top of the receipt before confirming")] = 0,
+    name: Annotated[str | None, typer.Option("--name", help="submitter id in the log (default: submitter-<pid>)")]
+    = None,
+    lock_ttl: Annotated[int, typer.Option("--lock-ttl", help="etcd lease TTL of the submission locks (s)")]
+    = LOCK_TTL,
+    stuck_after: Annotated[float, typer.Option("--stuck-after",
+                                               help="seconds unmined before a same-nonce replacement")] = 15.0,
+    batch: Annotated[int, typer.Option("--batch")] = 256,
+    startup_timeout: Annotated[float, typer.Option("--startup-timeout")] = 60.0,
+    crash_at: Annotated[CrashAt | None, typer.Option("--crash-at", help="testing: SIGKILL self at this step")]
+    = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    code = run(Options(dsn=dsn, etcd=etcd, etcd_prefix=etcd_prefix, rpc=rpc, contract=contract, key_file=key_file,
+                       chain_id=chain_id, confirmations=confirmations, name=name, lock_ttl=lock_ttl,
+                       stuck_after=stuck_after, batch=batch, startup_timeout=startup_timeout,
+                       crash_at=crash_at.value if crash_at is not None else None, verbose=verbose))
+    if code:
+        raise typer.Exit(code)
+
+
+def parse(argv: list[str] | None) -> Options:
+    """Read the command line as the process would, without running anything; a usage error exits 2."""
+    command = typer.main.get_command(app)
+    try:
+        ctx = command.make_context(PROG, list(sys.argv[1:] if argv is None else argv))
+    except typer.Exit as e:  # --help
+        raise SystemExit(e.exit_code) from None
+    except typer.TyperException as e:  # usage errors: shown as the process would show them
+        e.show()  # type: ignore[attr-defined]
+        raise SystemExit(getattr(e, "exit_code", 2)) from None
+    params = dict(ctx.params)
+    if params.get("crash_at") is not None:
+        params["crash_at"] = params["crash_at"].value
+    return Options(**params)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+    """Run the command line; the process's exit code."""
+    try:
+        app(args=argv, prog_name=PROG)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    return 0
+
+
+def run(args: Options) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     name = args.name or f"submitter-{os.getpid()}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from chain import ThresholdRecordClient
+from chain import ChainPort
 from events import rules
 from events.model import SubmissionConfirmed, ThresholdReached
 from events.store import EventStore
@@ -32,7 +32,7 @@ class ChainAudit:
         return not self.findings
 
 
-def audit_chain(store: EventStore, client: ThresholdRecordClient, *, from_block: int = 0) -> ChainAudit:
+def audit_chain(store: EventStore, client: ChainPort, *, from_block: int = 0) -> ChainAudit:
     ledger = rules.Ledger()
     certs: dict[str, str] = {}
     confirmed: dict[str, str] = {}

@@ -27,6 +27,9 @@ refusals back off (exponential with jitter, tenacity's ``wait_exponential_jitter
 once per streak as a retryable SubmissionFailed; the contract's AlreadyRecorded is a confirmation if
 one of our logged transactions wrote it, else an alert (SubmissionFailed, retryable=False).
 
+The chain is reached only through the port ``chain.port.ChainPort``: the JSON-RPC client
+(``chain.ThresholdRecordClient``) in production, or ``chain.memory.MemoryChain`` in a test.
+
 The value written is the log's consensus value and the certificate hash is the log's BLAKE3
 ``ThresholdReached.certificate_hash``, so the on-chain record can be compared with the log directly.
 (There is no second, chain-side certificate hash: the log's is the one on chain.)
@@ -50,6 +53,7 @@ from chain import (
     AlreadyKnown,
     BadInput,
     ChainError,
+    ChainPort,
     ChainUnreachable,
     ContractRevert,
     Fees,
@@ -57,13 +61,12 @@ from chain import (
     InsufficientFunds,
     NonceTooLow,
     ReplacementUnderpriced,
-    ThresholdRecordClient,
     TxRejected,
     WrongChainId,
     validate_record_args,
 )
 from events import rules
-from events.errors import NotSubmittable, StaleLock, StoreUnavailable, UnknownTransaction
+from events.errors import NotSubmittable, StaleLock, StoreUnavailable, ThresholdVoteError, UnknownTransaction
 from events.store import EventStore
 from observability import tracing
 from recording.etcd_guard import EtcdGuard
@@ -84,7 +87,7 @@ class Phase(Enum):
     WAIT = "wait"
 
 
-class Fatal(Exception):
+class Fatal(ThresholdVoteError):
     """A misconfiguration found while running (wrong chain): stop, nothing more is sent."""
 
 
@@ -121,7 +124,7 @@ class Submitter:
         self,
         store: EventStore,
         guard: EtcdGuard,
-        client: ThresholdRecordClient,
+        client: ChainPort,
         account: LocalAccount,
         *,
         name: str,
@@ -560,9 +563,9 @@ class Submitter:
         head = 0
         if self.confirmations:
             try:
-                head = int(self.client.w3.eth.block_number)
-            except Exception as e:  # transport errors of a bare web3 call
-                self._retry_later(works, ChainUnreachable(str(e)))
+                head = self.client.block_number()
+            except ChainError as e:  # unreachable: look again after a backoff
+                self._retry_later(works, e)
                 return 0
         now = time.monotonic()
         confirmed: list[tuple[Work, int]] = []

@@ -39,7 +39,6 @@ from chain import (
     ReplacementUnderpriced,
     ThresholdRecordClient,
     WrongChainId,
-    baseline,
     load_artifact,
     tx_id_hash,
 )
@@ -54,12 +53,17 @@ OTHER_CERT = blake3.blake3(b"some other certificate").digest()
 Deploy = Callable[[Anvil], tuple[ThresholdRecordClient, LocalAccount, LocalAccount]]
 
 
-def _build_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("contracts_build", REPO / "contracts" / "build.py")
+def _module(name: str, path: Path) -> ModuleType:
+    """A script outside the packages (contracts/build.py, a bench helper) as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _build_module() -> ModuleType:
+    return _module("contracts_build", REPO / "contracts" / "build.py")
 
 
 def _mine(node: Anvil, blocks: int = 1) -> None:
@@ -506,7 +510,8 @@ def _other_artifact() -> dict[str, object]:
 
 
 def test_baseline_loop_runs(anvil: Anvil) -> None:
-    """The bare send-and-wait loop later benchmarks compare against (python -m chain.baseline)."""
+    """The bare send-and-wait loop later benchmarks compare against (python bench/chain_baseline.py)."""
+    baseline = _module("chain_baseline", REPO / "bench" / "chain_baseline.py")
     for mode in ("bare", "client"):
         result = baseline.measure(anvil.url, 5, mode)
         assert result["mode"] == mode and result["count"] == 5 and result["tx_per_s"] > 0

@@ -5,8 +5,11 @@ send-and-wait loop". This is that loop, one `record` transaction at a time from 
 each signed locally with a locally counted nonce, sent raw and waited for (receipt only, no
 confirmations). `client` mode runs the same loop through ThresholdRecordClient to show its overhead.
 
-    python -m chain.baseline --count 300            # a fresh anvil per mode, prints JSON lines
-    python -m chain.baseline --url http://127.0.0.1:8545 --count 300   # against a running one
+A bench helper, so it lives in bench/ (it starts anvils through `devstack`, which the production
+`chain` package must not import); `bench/submit_bench.py` imports `measure` from it.
+
+    python bench/chain_baseline.py --count 300            # a fresh anvil per mode, prints JSON lines
+    python bench/chain_baseline.py --url http://127.0.0.1:8545 --count 300   # against a running one
 """
 
 from __future__ import annotations
@@ -16,14 +19,19 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-import blake3
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
 
-from chain.contract import Fees, ThresholdRecordClient, make_web3
-from devstack.anvil import DEFAULT_CHAIN_ID, Anvil, dev_private_key
+import blake3  # noqa: E402
+from eth_account import Account  # noqa: E402
+from eth_account.signers.local import LocalAccount  # noqa: E402
+
+from chain import Fees, ThresholdRecordClient, make_web3  # noqa: E402
+from devstack.anvil import DEFAULT_CHAIN_ID, Anvil, dev_private_key  # noqa: E402
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
