@@ -243,8 +243,8 @@ def test_ban_disconnects_refuses_messages_and_reconnects() -> None:
                 assert x.peer_id not in n.host.routing_table_peers()
                 assert n.host.is_banned(x.peer_id)
 
-            # x keeps trying (its discovery loop redials too): every connection is closed as
-            # it opens, so it never gets a pubsub stream or a mesh slot; its messages are refused
+            # x keeps trying (its discovery loop redials too): every connection is refused right
+            # after the Noise handshake, so it never gets a muxer, a pubsub stream or a mesh slot
             for n in honest:
                 await x.host.connect(n.addr)
             x.host.publish_nowait(b"after-ban")

@@ -8,7 +8,7 @@ from .config import DEFAULT_TOPIC, GossipConfig
 from .host import GossipCounters, GossipHost, message_id
 from .identity import KeyFileError, generate_key_file, key_pair_from_seed, load_seed, peer_id_from_seed
 from .seen import SeenCache
-from .threaded import Delivery, GossipStartError, ThreadedGossipHost
+from .threaded import Delivery, GossipHostStopped, GossipStartError, ThreadedGossipHost
 
 __all__ = [
     "DEFAULT_TOPIC",
@@ -16,6 +16,7 @@ __all__ = [
     "GossipConfig",
     "GossipCounters",
     "GossipHost",
+    "GossipHostStopped",
     "GossipStartError",
     "KeyFileError",
     "SeenCache",

@@ -7,7 +7,7 @@ purpose (see issue 5 for the measurements that motivated them).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 DEFAULT_TOPIC = "tvote/votes/1"
@@ -36,6 +36,18 @@ class GossipConfig:
     bootstrap: Sequence[str] = ()  # full multiaddrs with /p2p/<peer id>
     topic: str = DEFAULT_TOPIC
     banned: Sequence[str] = ()  # peer ids banned before start (bans restored from the log)
+
+    # Member allowlist (peer ids, base58). None = no allowlist: any peer that is not banned
+    # may connect (bare test hosts and benches rely on it). When set, a peer that is neither
+    # on it nor in extra_peers is refused right after the Noise handshake (before any
+    # muxer, pubsub or DHT state), as a dial target and in the DHT routing table, and
+    # counted in counters.refused_outsider_conns. Replace it at run time with
+    # GossipHost.set_allowed / ThreadedGossipHost.set_allowed (membership changes).
+    allowed_peers: Collection[str] | None = None
+    # Peers admitted besides the members while an allowlist is set: bootstrap/relay roles
+    # the operator configured explicitly. Bootstrap addresses are *not* admitted
+    # implicitly: a removed member's address may still sit in an old bootstrap list.
+    extra_peers: Sequence[str] = ()
 
     # GossipSub v1.1 mesh (the seed's parameters).
     degree: int = 6
@@ -107,6 +119,10 @@ class GossipConfig:
     # Reuse verified signed peer records instead of re-verifying identical bytes on every
     # RPC (see _patches.py; process-wide, py-libp2p 0.8.1 only).
     memoize_peer_records: bool = True
+    # Free a swarm inbound-connection slot when the connection closes (see _patches.py,
+    # patch 2). False = py-libp2p 0.8.1's behaviour: the slot is held until the host stops
+    # and the host refuses every inbound connection after 250 in its lifetime.
+    release_inbound_slots: bool = True
     max_publish_rate: float | None = None  # msgs/s; None = 0.8 * spam_limit_per_peer
 
     # Delivery to the node: bounded (messages buffered for the consumer).
@@ -155,3 +171,5 @@ class GossipConfig:
             raise ValueError("outbound_queue_size below the library default of 32 makes no sense")
         if not (0 < self.outbound_high_water < self.outbound_queue_size):
             raise ValueError("outbound_high_water must be below outbound_queue_size")
+        if isinstance(self.allowed_peers, str) or isinstance(self.extra_peers, str):
+            raise ValueError("allowed_peers and extra_peers are collections of peer ids, not one string")

@@ -21,8 +21,12 @@ What py-libp2p 0.8.1 does that we had to work around (measured, see issue 5):
   custom message id is configured, while the seen-cache uses the custom id: IHAVE ids
   would never look "seen" and peers would re-request everything gossiped. We also record
   the ``from + seqno`` alias in the seen-cache.
-* There is no peer-id connection gater: a network notifee closes a banned peer's
-  connections as they open, and the DHT routing table refuses to (re)add banned peers.
+* There is no peer-id connection gater. Ours (``gate.py``) refuses banned peers, and
+  peers off the member allowlist when one is set, at the end of the Noise handshake
+  (before any muxer, stream or pubsub state exists), refuses them as dial targets and in
+  the DHT routing table; a network notifee closes any that still get through.
+* An inbound connection's swarm slot is held until the host stops (250 in a lifetime, then
+  the host is deaf): ``_patches.release_inbound_slots`` frees it when the connection closes.
 * Stopping the pubsub service while RPCs arrive raises "Nursery is closed to new
   arrivals": ``close`` stops intake, drains, unsubscribes, disconnects every peer and only
   then lets the services stop.
@@ -39,7 +43,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -61,13 +65,13 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from . import _patches
 from .config import GossipConfig
+from .gate import OUTSIDER, GatedNoiseTransport, PeerGate, install_dial_gate
 from .identity import key_pair_from_seed, load_key_pair
 from .seen import SeenCache
 
@@ -75,6 +79,8 @@ log = logging.getLogger(__name__)
 
 Validator = Callable[[str, bytes], bool]
 DeliverFn = Callable[[str, bytes], None]
+
+UNBAN_ADDR_TTL = 3600  # seconds the addresses restored by unban() stay in the peerstore
 
 
 def message_id(msg: rpc_pb2.Message) -> bytes:
@@ -106,7 +112,10 @@ class GossipCounters:
     spam_limited: int = 0  # router spam limit stopped a message from being forwarded
     backpressure_waits: int = 0  # publisher paused for a full outbound queue
     duplicate_payloads: int = 0  # publish of a payload already seen (same BLAKE3 id): not resent
-    banned_conns_closed: int = 0  # connections from/to banned peers closed on open
+    banned_conns_closed: int = 0  # banned peers' connections refused after the handshake (or closed on open)
+    refused_outsider_conns: int = 0  # connections of peers off the allowlist refused after the handshake
+    refused_dials: int = 0  # dials to banned / non-allowlisted peers refused before any socket
+    evicted_peers: int = 0  # connected peers disconnected because set_allowed() removed them
 
     @property
     def drops(self) -> int:
@@ -125,18 +134,19 @@ class GossipCounters:
         return d
 
 
-class _BanAwareRoutingTable(RoutingTable):
-    """Kademlia routing table that never (re)admits a banned peer.
+class _GatedRoutingTable(RoutingTable):
+    """Kademlia routing table that never (re)admits a peer the gate refuses.
 
     ``RoutingTable.remove_peer`` alone is not enough (issue 5): the periodic refresh and
-    every inbound KAD stream re-add peers, so the ban is enforced on ``add_peer``.
+    every inbound KAD stream re-add peers, so bans and the allowlist are enforced on
+    ``add_peer``.
     """
 
-    banned: set[ID]
+    gate: PeerGate
 
     async def add_peer(self, peer_obj: PeerInfo | ID, *, skip_server_mode_check: bool = False) -> bool:
         peer_id = peer_obj.peer_id if isinstance(peer_obj, PeerInfo) else peer_obj
-        if peer_id in self.banned:
+        if not self.gate.admits(peer_id):
             return False
         return await super().add_peer(peer_obj, skip_server_mode_check=skip_server_mode_check)
 
@@ -192,10 +202,12 @@ class _Pubsub(Pubsub):
         self.seen_messages.add(msg.from_id + msg.seqno)
 
 
-class _BanGate(INotifee):
-    """Network notifee that closes a banned peer's connections as soon as they open.
+class _ConnWatch(INotifee):
+    """Network notifee: keeps the connected-peer snapshot; backstop of the peer-id gate.
 
-    py-libp2p 0.8.1's connection gate filters IPs only; this is the peer-id gate.
+    ``GatedNoiseTransport`` refuses banned/outsider peers before their connection exists;
+    this closes one that still opens (e.g. a handshake that was under way when the peer
+    was banned or dropped from the allowlist).
     """
 
     def __init__(self, owner: GossipHost) -> None:
@@ -203,17 +215,20 @@ class _BanGate(INotifee):
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         peer_id = conn.muxed_conn.peer_id
-        if peer_id in self._owner.banned_ids:
-            self._owner.counters.banned_conns_closed += 1
-            log.debug("closing connection of banned peer %s", peer_id)
+        self._owner._refresh_connected()
+        reason = self._owner.gate.refusal(peer_id)
+        if reason is not None:
+            self._owner.gate.count_refused_conn(reason)
+            log.debug("closing connection of refused peer %s (%s)", peer_id, reason)
             # Shielded (bounded): a host shutting down must not leave it half-closed.
             with trio.CancelScope(shield=True), trio.move_on_after(2.0):
                 try:
                     await conn.close()
                 except Exception:  # closing a half-open conn may race its own teardown
-                    log.debug("close of banned peer conn failed", exc_info=True)
+                    log.debug("close of refused peer conn failed", exc_info=True)
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._owner._refresh_connected()
         await trio.lowlevel.checkpoint()
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
@@ -240,9 +255,10 @@ class GossipHost:
             gh.publish_nowait(b"...")    # or await gh.publish(b"...")
             await gh.close()             # graceful; serve() returns
 
-    Thread safety: only ``publish_threadsafe`` (and reading ``counters``) may be called
-    from other threads; everything else belongs to the Trio thread (use
-    ``ThreadedGossipHost`` from synchronous code).
+    Thread safety: only ``publish_threadsafe`` and reading ``counters``, ``serving``,
+    ``connected_peer_ids``, ``connected_member_count`` and ``allowed`` may be done from
+    other threads; everything else (``ban``, ``unban``, ``set_allowed``, ...) belongs to
+    the Trio thread (use ``ThreadedGossipHost`` from synchronous code).
 
     ``validate`` runs on the Trio thread for every remote message before it is forwarded:
     it must be cheap and must not block (no database, no etcd). Exceptions count as a
@@ -267,6 +283,15 @@ class GossipHost:
         self._on_deliver = on_deliver
         self.counters = GossipCounters()
         self.banned_ids: set[ID] = set()
+        # Peer-id gate (bans + member allowlist), checked right after the Noise handshake.
+        self.gate = PeerGate(self.counters, self.banned_ids)
+        self.gate.set_allowed(
+            None if config.allowed_peers is None else list(config.allowed_peers), list(config.extra_peers)
+        )
+        # What ban() cleared, restored by unban(): peer -> its addresses at ban time.
+        self._ban_addrs: dict[ID, list[multiaddr.Multiaddr]] = {}
+        self._connected: frozenset[str] = frozenset()  # snapshot, readable from any thread
+        self._member_count = 0
         self._banned_bytes: set[bytes] = set()  # same set as raw ids: no ID() per message
         self._author_cache: dict[bytes, str] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -281,10 +306,10 @@ class GossipHost:
         self._my_id_bytes = ID.from_pubkey(key_pair.public_key).to_bytes()
 
         # Security: Noise XX only (0.8.1 would also offer TLS, SECIO and *plaintext* by
-        # default). Muxer: yamux only.
+        # default), gated by peer id at the end of the handshake. Muxer: yamux only.
         sec_opt = {
-            TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(
-                key_pair, noise_privkey=create_x25519_key_pair().private_key
+            TProtocol(NOISE_PROTOCOL_ID): GatedNoiseTransport(
+                key_pair, create_x25519_key_pair().private_key, self.gate
             )
         }
         self.host = new_host(
@@ -295,6 +320,10 @@ class GossipHost:
             # Advertise only our listen address, never NAT-observed ones (loopback/LAN).
             disable_identify_address_discovery=True,
         )
+        swarm = self.host.get_network()
+        if config.release_inbound_slots and not _patches.release_inbound_slots(swarm):
+            log.warning("libp2p %s is not 0.8.1: inbound slot release not installed", libp2p.__version__)
+        install_dial_gate(swarm, self.gate, self._count_refused_dial)
 
         eclipse = config.eclipse_protection_effective
         score = ScoreParams(
@@ -350,12 +379,12 @@ class GossipHost:
         self.dht = KadDHT(self.host, DHTMode.SERVER)
         # Loopback/private addresses are exempt from the DHT's subnet-diversity caps in
         # 0.8.1 (_subnet_key returns None for non-global IPs), so nothing to relax there.
-        rt = _BanAwareRoutingTable(self.host.get_id(), self.host)
-        rt.banned = self.banned_ids
+        rt = _GatedRoutingTable(self.host.get_id(), self.host)
+        rt.gate = self.gate
         self.dht.routing_table = rt
         self.dht.peer_routing.routing_table = rt
 
-        self.host.get_network().register_notifee(_BanGate(self))
+        self.host.get_network().register_notifee(_ConnWatch(self))
 
         # Send queue: thread-safe, bounded; drained by _publisher on the Trio thread.
         self._sendq: queue.Queue[bytes] = queue.Queue(maxsize=config.send_queue_size)
@@ -372,6 +401,10 @@ class GossipHost:
         self.listen_addrs: list[str] = []
         for banned in config.banned:
             self.ban(banned)
+        for info in self._bootstrap_infos():
+            if self.gate.refusal(info.peer_id) == OUTSIDER:
+                log.warning("bootstrap peer %s is neither on the allowlist nor in extra_peers: not dialled",
+                            info.peer_id)
 
     # ------------------------------------------------------------------ identity / info
 
@@ -393,6 +426,66 @@ class GossipHost:
 
     def routing_table_peers(self) -> list[str]:
         return [p.to_base58() for p in self.dht.routing_table.get_peer_ids()]
+
+    # ------------------------------------------------------------------ health (any thread)
+
+    @property
+    def serving(self) -> bool:
+        """True from ``serve``'s start until ``close`` begins or ``serve`` dies."""
+        return self._nursery is not None and self._intake_open
+
+    @property
+    def connected_peer_ids(self) -> frozenset[str]:
+        """Peers with an open connection: a snapshot kept by the notifee, cheap from any thread."""
+        return self._connected
+
+    @property
+    def connected_member_count(self) -> int:
+        """How many connected peers are members (on the allowlist; all peers when none is set)."""
+        return self._member_count
+
+    def inbound_slots(self) -> tuple[int, int]:
+        """(in use, total) inbound-connection slots of the swarm (see ``_patches``)."""
+        return _patches.inbound_slots(self.host.get_network())
+
+    def _refresh_connected(self) -> None:
+        conns = self.host.get_network().connections
+        live = [p for p, c in conns.items() if c]
+        self._connected = frozenset(p.to_base58() for p in live)
+        self._member_count = sum(1 for p in live if self.gate.is_member(p))
+
+    def _count_refused_dial(self) -> None:
+        self.counters.refused_dials += 1
+
+    # ------------------------------------------------------------------ allowlist
+
+    @property
+    def allowed(self) -> frozenset[str] | None:
+        """The member allowlist (base58 ids), or None when none is set. Any thread."""
+        return self.gate.allowed
+
+    def set_allowed(self, peer_ids: Iterable[str] | None, extra_peers: Iterable[str] | None = None) -> None:
+        """Replace the member allowlist (``None`` removes it). Call on the Trio thread.
+
+        ``extra_peers=None`` keeps the configured extras (bootstrap/relay roles). Connected
+        peers that are no longer admitted are pruned from the mesh, dropped from the DHT
+        table and disconnected (counted in ``evicted_peers``); from now on they are refused
+        right after the Noise handshake and as dial targets. Invalid ids raise
+        ``ValueError`` and change nothing.
+        """
+        self.gate.set_allowed(None if peer_ids is None else list(peer_ids), extra_peers)
+        for pid in list(self.dht.routing_table.get_peer_ids()):
+            if not self.gate.admits(pid):
+                self.dht.routing_table.remove_peer(pid)
+        for pid in list(self.host.get_connected_peers()):
+            if self.gate.admits(pid):
+                continue
+            self.counters.evicted_peers += 1
+            for topic_mesh in self.router.mesh.values():
+                topic_mesh.discard(pid)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._disconnect, pid)
+        self._refresh_connected()
 
     # ------------------------------------------------------------------ receive path
 
@@ -470,7 +563,8 @@ class GossipHost:
             self.counters.delivered += 1
 
     def _app_score(self, peer_id: ID) -> float:
-        return -1e9 if peer_id in self.banned_ids else 0.0
+        # Banned or (allowlist set) not admitted: far below every gate, never grafted.
+        return -1e9 if not self.gate.admits(peer_id) else 0.0
 
     # ------------------------------------------------------------------ publish path
 
@@ -566,6 +660,7 @@ class GossipHost:
         when relayed by honest peers (the blacklist checks the origin too).
         """
         pid = ID.from_base58(peer_id)
+        first = pid not in self.banned_ids
         self.banned_ids.add(pid)
         self._banned_bytes.add(pid.to_bytes())
         if self._nursery is not None:
@@ -575,16 +670,52 @@ class GossipHost:
         self.dht.routing_table.remove_peer(pid)
         for topic_mesh in self.router.mesh.values():
             topic_mesh.discard(pid)
-        self.host.get_peerstore().clear_addrs(pid)  # no redial by us or the auto-connector
+        store = self.host.get_peerstore()
+        if first:  # keep what unban() needs to make the peer reachable again
+            try:
+                addrs = list(store.addrs(pid))
+            except Exception:  # unknown peer: PeerStoreError
+                addrs = []
+            if addrs:
+                self._ban_addrs[pid] = addrs
+        store.clear_addrs(pid)  # no redial by us or the auto-connector
         if self._nursery is not None:
             self._nursery.start_soon(self._disconnect, pid)
 
     def unban(self, peer_id: str) -> None:
-        """Lift a ban (operator action, audited by the caller)."""
+        """Lift a ban (operator action, audited by the caller): the peer is reachable again.
+
+        Restores the addresses ``ban`` cleared and, if we know any (or it is a bootstrap
+        peer), redials it in the background and puts it back in the DHT table. We redial
+        whoever dialled first: the unbanned peer cannot know the ban was lifted, and its
+        swarm backs off a peer whose dials failed (0.8.1 caches "all addresses failed"
+        for 60 s), so the side that lifts the ban restores the connection.
+        """
         pid = ID.from_base58(peer_id)
         self.banned_ids.discard(pid)
         self._banned_bytes.discard(pid.to_bytes())
         self.pubsub.remove_from_blacklist(pid)
+        addrs = self._ban_addrs.pop(pid, [])
+        swarm = self.host.get_network()
+        with contextlib.suppress(Exception):
+            swarm.unblock_peer(pid)  # forget any failed-dial backoff
+        if addrs:
+            self.host.get_peerstore().add_addrs(pid, addrs, UNBAN_ADDR_TTL)
+        boot = [i for i in self._bootstrap_infos() if i.peer_id == pid]
+        if self._nursery is not None and (addrs or boot):
+            info = PeerInfo(pid, addrs or boot[0].addrs)
+            self._nursery.start_soon(self._redial_unbanned, info)
+
+    async def _redial_unbanned(self, info: PeerInfo) -> None:
+        if not self.gate.admits(info.peer_id):  # re-banned meanwhile, or not on the allowlist
+            return
+        if info.peer_id not in self.host.get_connected_peers() and not await self._dial(info):
+            return  # the discovery loop retries bootstrap and routing-table peers
+        with trio.move_on_after(self.config.dial_timeout):
+            try:
+                await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
+            except Exception as exc:
+                log.debug("DHT re-add of %s failed: %s", info.peer_id, exc)
 
     def is_banned(self, peer_id: str) -> bool:
         return ID.from_base58(peer_id) in self.banned_ids
@@ -598,7 +729,10 @@ class GossipHost:
     # ------------------------------------------------------------------ discovery
 
     async def _dial(self, info: PeerInfo) -> bool:
-        if info.peer_id in self.banned_ids or info.peer_id == self.host.get_id():
+        if info.peer_id == self.host.get_id():
+            return False
+        if not self.gate.admits(info.peer_id):
+            self.counters.refused_dials += 1
             return False
         with trio.move_on_after(self.config.dial_timeout):
             try:
@@ -616,6 +750,9 @@ class GossipHost:
             await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
         return ok
 
+    def _bootstrap_infos(self) -> list[PeerInfo]:
+        return [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in self.config.bootstrap]
+
     async def _discovery_task(self) -> None:
         with self._discovery_scope:
             await self._discovery()
@@ -628,12 +765,14 @@ class GossipHost:
         without anyone restarting. Runs every ``discovery_interval`` seconds; cheap when
         there is nothing new.
         """
-        boots = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in self.config.bootstrap]
+        boots = self._bootstrap_infos()
         refreshed_with: frozenset[ID] = frozenset()
         while True:
             connected = set(self.host.get_connected_peers())
             for info in boots:
-                if info.peer_id not in connected and await self._dial(info):
+                if info.peer_id in connected or not self.gate.admits(info.peer_id):
+                    continue
+                if await self._dial(info):
                     await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
             connected = set(self.host.get_connected_peers())
             if self.config.dht_discovery and connected and connected != refreshed_with:
@@ -646,7 +785,7 @@ class GossipHost:
             store = self.host.get_peerstore()
             learned = self.dht.routing_table.get_peer_ids() if self.config.dht_discovery else []
             for pid in learned:
-                if pid in connected or pid in self.banned_ids:
+                if pid in connected or not self.gate.admits(pid):
                     continue
                 addrs = store.addrs(pid)
                 if addrs:

@@ -16,15 +16,22 @@ thread, and the rest of the node talks to it through two thread-safe queues:
 
 The validator hook is the one exception: it runs on the Trio thread (it must decide
 before forwarding), so it has to be cheap and must not do I/O. Control calls (``ban``,
-``unban``, status) are marshalled onto the Trio thread with ``trio.from_thread``.
+``unban``, ``set_allowed``, status) are marshalled onto the Trio thread with
+``trio.from_thread``; once that thread is gone they raise ``GossipHostStopped`` (with the
+exception that killed the thread as its cause), never ``trio.RunFinishedError``.
+
+Health for the node's readiness probe, cheap and lock-free from any thread: ``alive``
+(the Trio thread runs and the host serves), ``error`` (what killed it; also logged),
+``connected_peer_ids`` / ``connected_member_count`` (a snapshot the Trio thread keeps).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple, TypeVar
 
 import trio
@@ -33,6 +40,7 @@ from .config import GossipConfig
 from .host import GossipCounters, GossipHost, Validator
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Delivery(NamedTuple):
@@ -44,6 +52,18 @@ class Delivery(NamedTuple):
 
 class GossipStartError(RuntimeError):
     """The host thread failed to come up (bad key, port in use, ...)."""
+
+
+class GossipHostStopped(RuntimeError):
+    """A control call reached a host whose Trio thread is not running (not started yet,
+    closed, or died: then ``__cause__`` is the exception that killed it)."""
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups, else ``exc``."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 class ThreadedGossipHost:
@@ -71,6 +91,38 @@ class ThreadedGossipHost:
     def counters(self) -> GossipCounters:
         return self.gossip.counters
 
+    # -- health (safe and cheap from any thread: no marshalling, no lock) ------------------
+
+    @property
+    def alive(self) -> bool:
+        """True while the Trio thread runs and the host serves (started, not closing, not dead)."""
+        t = self._thread
+        return t is not None and t.is_alive() and self._error is None and self.gossip.serving
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that ended the Trio thread (None while alive or after a clean close)."""
+        return self._error
+
+    @property
+    def connected_peer_ids(self) -> frozenset[str]:
+        """Peer ids with an open connection (snapshot kept by the Trio thread; empty once dead)."""
+        return self.gossip.connected_peer_ids if self.alive else frozenset()
+
+    @property
+    def connected_member_count(self) -> int:
+        """Connected peers on the member allowlist (all connected peers when none is set)."""
+        return self.gossip.connected_member_count if self.alive else 0
+
+    @property
+    def allowed(self) -> frozenset[str] | None:
+        """The member allowlist in force (None = no allowlist)."""
+        return self.gossip.allowed
+
+    def inbound_slots(self) -> tuple[int, int]:
+        """(in use, total) inbound-connection slots of the swarm (marshalled)."""
+        return self._call(self.gossip.inbound_slots)
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> ThreadedGossipHost:
@@ -89,7 +141,8 @@ class ThreadedGossipHost:
         try:
             trio.run(self._main)
         except BaseException as exc:
-            self._error = exc
+            self._error = _leaf(exc)
+            log.error("gossip host %s: Trio thread died: %r", self.peer_id, self._error, exc_info=self._error)
         finally:
             self._started.set()
 
@@ -133,17 +186,43 @@ class ThreadedGossipHost:
 
     # -- control (marshalled onto the Trio thread) ------------------------------------------
 
+    def _check_running(self) -> trio.lowlevel.TrioToken:
+        if self._error is not None:
+            raise GossipHostStopped(f"gossip host died: {self._error!r}") from self._error
+        if self._token is None or self._thread is None or not self._thread.is_alive():
+            raise GossipHostStopped("gossip host is not running (not started, or closed)")
+        return self._token
+
     def _call(self, fn: Callable[..., T], *args: object) -> T:
-        if self._token is None:
-            raise RuntimeError("not started")
-        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+        token = self._check_running()
+        try:
+            return trio.from_thread.run_sync(fn, *args, trio_token=token)
+        except trio.RunFinishedError:
+            if self._thread is not None:
+                self._thread.join(1.0)  # let _run record why the loop ended
+            self._check_running()  # raises with the cause if the thread died meanwhile
+            raise GossipHostStopped("gossip host stopped during the call") from None
 
     def ban(self, peer_id: str) -> None:
         """R10 ban: blacklist, close connections, drop from the DHT, refuse reconnects."""
         self._call(self.gossip.ban, peer_id)
 
     def unban(self, peer_id: str) -> None:
+        """Lift a ban: addresses restored, the peer redialled, gossip flows again."""
         self._call(self.gossip.unban, peer_id)
+
+    def set_allowed(self, peer_ids: Iterable[str] | None, extra_peers: Iterable[str] | None = None) -> None:
+        """Replace the member allowlist (None removes it); see ``GossipHost.set_allowed``.
+
+        Thread-safe (runs on the Trio thread). Before ``start`` it just sets the initial
+        allowlist. ``extra_peers=None`` keeps the configured extras.
+        """
+        members = None if peer_ids is None else list(peer_ids)
+        extra = None if extra_peers is None else list(extra_peers)
+        if self._thread is None:
+            self.gossip.set_allowed(members, extra)
+            return
+        self._call(self.gossip.set_allowed, members, extra)
 
     def connected_peers(self) -> list[str]:
         return self._call(self.gossip.connected_peers)
@@ -153,6 +232,11 @@ class ThreadedGossipHost:
 
     def connect(self, maddr: str) -> bool:
         """Dial a peer by full multiaddr (blocks until connected or failed)."""
-        if self._token is None:
-            raise RuntimeError("not started")
-        return trio.from_thread.run(self.gossip.connect, maddr, trio_token=self._token)
+        token = self._check_running()
+        try:
+            return trio.from_thread.run(self.gossip.connect, maddr, trio_token=token)
+        except trio.RunFinishedError:
+            if self._thread is not None:
+                self._thread.join(1.0)
+            self._check_running()
+            raise GossipHostStopped("gossip host stopped during the call") from None
