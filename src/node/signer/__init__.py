@@ -10,7 +10,8 @@
 See docs/signer.md for the design, the failure analysis and the interchange format.
 """
 
-from .claim import InstanceClaim
+from typing import TYPE_CHECKING
+
 from .core import MAX_BALLOTS, Outcome, Refused, Signed, Withheld, request_refused
 from .errors import (
     ClaimLost,
@@ -31,6 +32,20 @@ from .errors import (
 from .interchange import INTERCHANGE_FORMAT, INTERCHANGE_VERSION
 from .lock import Holder, LocalLock
 from .signer import COUNTERS, ImportResult, Signer, lock_path
+
+if TYPE_CHECKING:
+    from .claim import InstanceClaim
+
+
+def __getattr__(name: str) -> object:
+    """``InstanceClaim`` is imported on first use: it pulls in pyetcd and grpc (~0.2 s), which the
+    operator commands and a claim-less signer never need."""
+    if name == "InstanceClaim":
+        from .claim import InstanceClaim
+
+        return InstanceClaim
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "COUNTERS",

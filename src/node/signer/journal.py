@@ -159,7 +159,10 @@ class Journal:
             raise JournalUnavailable(f"{self.path}: reading the signer journal failed: {e}") from None
 
     def count(self) -> int:
-        return self._db.execute("SELECT count(*) FROM votes").fetchone()[0]
+        try:
+            return self._db.execute("SELECT count(*) FROM votes").fetchone()[0]
+        except sqlite3.Error as e:
+            raise JournalUnavailable(f"{self.path}: reading the signer journal failed: {e}") from None
 
     # writes -------------------------------------------------------------------------------------
 

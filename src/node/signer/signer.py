@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nacl.signing
 
@@ -31,11 +32,13 @@ from events.errors import InvalidCommand, ThresholdVoteError
 from events.vote import SignedVote, Vote, check_node_id, sign
 
 from . import interchange
-from .claim import InstanceClaim
 from .core import Outcome, Refused, Signed, check_ballots, make_plan, outcomes
 from .errors import ClaimLost, InterchangeConflict, JournalError, JournalUnavailable, SignerClosed
 from .journal import Journal
 from .lock import LocalLock
+
+if TYPE_CHECKING:  # the claim pulls in pyetcd and grpc; the CLI and a claim-less signer do without them
+    from .claim import InstanceClaim
 
 Step = Callable[[str], None]
 
