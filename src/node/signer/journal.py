@@ -326,8 +326,16 @@ def _create(path: Path, vote_key: bytes, node_id: str, initial: list[SignedVote]
                    (JOURNAL_FORMAT, DOMAIN_TAG.decode(), node_id, vote_key.hex(), time.time_ns() // 1_000_000))
         db.executemany("INSERT INTO votes VALUES (?, ?, ?, ?)", [_row(sv) for sv in initial])
         db.execute("COMMIT")
+        # Everything must be in the file itself before it is linked: a WAL left under the
+        # temporary name would not follow it. (Closing checkpoints too; this one is checked.)
+        busy, log, done = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy or log != done:
+            raise sqlite3.OperationalError(f"checkpoint of the new journal incomplete ({busy}, {log}, {done})")
     finally:
-        db.close()  # checkpoints the WAL into the file and removes it
+        db.close()
+    tmp_wal, _ = side_files(tmp)
+    if tmp_wal.exists() and tmp_wal.stat().st_size:
+        raise sqlite3.OperationalError(f"{tmp_wal} still holds data after the checkpoint")
     _fsync(tmp)
     on_step("created-temp")
     try:
