@@ -36,8 +36,8 @@ class Rec:
 
 
 def scenario() -> tuple[list[m.Event], list[Trustee]]:
-    """N=4, t=3: one confirmed tx, one double vote (ban + abort), one deadline with two silent
-    members, then a forged vote that bans a second member and leaves 2 eligible < t."""
+    """N=4, t=3: one confirmed tx (its deadline finds one silent member), one double vote (ban +
+    abort), one expired tx, then a forged vote that bans a second member and leaves 2 eligible < t."""
     ledger, ts = Ledger(), trustees(4)
     out: list[m.Event] = []
     for tr in ts:
@@ -53,7 +53,8 @@ def scenario() -> tuple[list[m.Event], list[Trustee]]:
     out += run(ledger, n1.receive("tx2", 5))
     out += run(ledger, n1.receive("tx2", 6))  # R4: double vote
     out += run(ledger, n2.receive("tx3", 1))
-    out += run(ledger, CheckDeadline("tx3", 10**9))  # n3, n4 silent; tx3 expires
+    out += run(ledger, CheckDeadline("tx1", 10**9))  # R9: tx1 reached consensus, n4 did not vote: silent
+    out += run(ledger, CheckDeadline("tx3", 10**9))  # tx3 never reached t: it expires, nobody blamed
     forged = sign(Vote("tx4", 1, n3.node_id, 1), n2.key)  # n2's peer relays a vote forged in n3's name
     out += run(ledger, ReceiveVote(forged, n2.peer_id, 2000))
     return out, ts

@@ -86,12 +86,15 @@ def _jsonable(v: Any) -> Any:
 @dataclass(frozen=True)
 class ClusterConfigured(Event):
     TYPE = "ClusterConfigured"
+    VERSION = 2  # v1 had no participation_reward / floor_ban_after (R9 before its revision); see events.upcast
     threshold: int
     deadline_ms: int
-    reputation_floor: int  # milli-points; below it a member is banned (R9)
+    reputation_floor: int  # milli-points; below it operators are alerted (and, if opted in, a member banned)
     silent_penalty: int  # milli-points lost per SILENT_FAILURE
     operator: str
     seq: int  # how many times the cluster was configured before; makes the key unique
+    participation_reward: int  # milli-points regained per consensus transaction a member voted on (R9)
+    floor_ban_after: int  # 0: silence never bans; k: ban below the floor after k silent consensus txs in a row
 
     @property
     def key(self) -> str:

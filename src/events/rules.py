@@ -38,7 +38,7 @@ from events.model import (
     ViolationDetected,
     VoteAccepted,
 )
-from events.vocab import ABORTABLE, FINAL, AbortReason, BanReason, TxStatus, ViolationKind
+from events.vocab import ABORTABLE, FINAL, AbortReason, BanReason, ReputationReason, TxStatus, ViolationKind
 from events.vote import KEY_LEN, SignedVote, certificate_hash, check_node_id, check_tx_id
 
 __all__ = ["ABORTABLE", "FINAL"]  # re-exported for the shells, with the aliases below
@@ -68,8 +68,10 @@ MAX_TEXT = 256
 class Config:
     threshold: int
     deadline_ms: int
-    reputation_floor: int
+    reputation_floor: int  # below it operators are alerted; a ban only with floor_ban_after > 0 (R9)
     silent_penalty: int
+    participation_reward: int = 0
+    floor_ban_after: int = 0  # 0: silence never bans
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Member:
     admissions: int = 1
     removals: int = 0
     unbans: int = 0
+    silent_streak: int = 0  # consensus transactions missed in a row since it last took part (R9)
 
     @property
     def eligible(self) -> bool:
@@ -136,11 +139,17 @@ class State:
 
 @dataclass(frozen=True)
 class Configure:
+    """R9 as revised: silence costs ``silent_penalty``, taking part earns ``participation_reward`` back;
+    silence bans only if the operator opts in (``floor_ban_after`` consensus transactions missed in a
+    row with the reputation below ``reputation_floor``)."""
+
     threshold: int
     operator: str
     deadline_ms: int = 30_000
     reputation_floor: int = 500
     silent_penalty: int = 100
+    participation_reward: int = 50
+    floor_ban_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -353,7 +362,7 @@ class _Decision:
             return
         self.emit(NodeBanned(node_id, m.peer_id, reason, cause.key))
         if m.reputation and reason != REPUTATION_FLOOR:
-            self.emit(ReputationChanged(node_id, 0, -m.reputation, reason, cause.key))
+            self.emit(ReputationChanged(node_id, 0, -m.reputation, ReputationReason(reason), cause.key))
 
     def effects(self) -> Effects:
         tx = self.state.tx
@@ -445,6 +454,8 @@ def _configure(d: _Decision, c: Configure) -> None:
     _int("deadline_ms", c.deadline_ms, 1, 86_400_000)
     _int("reputation_floor", c.reputation_floor, 0, FULL_REPUTATION)
     _int("silent_penalty", c.silent_penalty, 0, FULL_REPUTATION)
+    _int("participation_reward", c.participation_reward, 0, FULL_REPUTATION)
+    _int("floor_ban_after", c.floor_ban_after, 0, 1_000_000)
     d.emit(
         ClusterConfigured(
             c.threshold,
@@ -453,6 +464,8 @@ def _configure(d: _Decision, c: Configure) -> None:
             c.silent_penalty,
             _text("operator", c.operator),
             d.cluster.config_seq,
+            c.participation_reward,
+            c.floor_ban_after,
         )
     )
 
@@ -494,7 +507,7 @@ def _remove(d: _Decision, c: RemoveMember) -> None:
         d.emit(
             ClusterConfigured(
                 new_t, cfg.deadline_ms, cfg.reputation_floor, cfg.silent_penalty, c.operator,
-                d.cluster.config_seq,
+                d.cluster.config_seq, cfg.participation_reward, cfg.floor_ban_after,
             )
         )
 
@@ -505,7 +518,8 @@ def _unban(d: _Decision, c: Unban) -> None:
         raise errors.CommandRejected(f"{errors.show(c.node_id)} is not banned")
     ev = NodeUnbanned(c.node_id, _text("operator", c.operator), _text("reason", c.reason), m.unbans)
     d.emit(ev)
-    d.emit(ReputationChanged(c.node_id, FULL_REPUTATION, FULL_REPUTATION - m.reputation, "UNBANNED", ev.key))
+    d.emit(ReputationChanged(c.node_id, FULL_REPUTATION, FULL_REPUTATION - m.reputation, ReputationReason.UNBANNED,
+                             ev.key))
 
 
 def _receive_vote(d: _Decision, c: ReceiveVote) -> None:
@@ -572,23 +586,42 @@ def _require_tx(d: _Decision, tx_id: str) -> Tx:
 
 
 def _check_deadline(d: _Decision, c: CheckDeadline) -> None:
+    """R9 as revised: fires once; silence counts only on a transaction that reached consensus.
+
+    t members found such a transaction real, so a member that did not vote on it by the deadline
+    is silent: SILENT_FAILURE and ``silent_penalty`` off its reputation, while every member that
+    voted the consensus value earns ``participation_reward`` back (reputation measures recent
+    behaviour; a restarted honest node recovers by voting). A transaction that never reached t
+    accuses nobody: still collecting, it EXPIRES. Silence bans only if the operator opted in,
+    after ``floor_ban_after`` consensus transactions missed in a row with the reputation below
+    the floor. (Store outages never trip a deadline: the shells decide when to ask, see
+    docs/decisions.md.)
+    """
     cfg = _config(d.cluster)
     tx = _require_tx(d, c.tx_id)
     _int("now_ms", c.now_ms, 0, 2**63 - 1)
     if tx.deadline_fired or c.now_ms < tx.deadline_at_ms:
         return  # R9: fires exactly once, and not before its time
-    silent = tuple(sorted(n for n, m in d.cluster.members.items() if m.eligible and n not in tx.votes))
-    d.emit(DeadlinePassed(tx.tx_id, tx.deadline_at_ms, silent))
+    members = d.cluster.members
+    consensus = tx.value is not None
+    silent = tuple(sorted(n for n, m in members.items() if m.eligible and n not in tx.votes)) if consensus else ()
+    passed = DeadlinePassed(tx.tx_id, tx.deadline_at_ms, silent)
+    d.emit(passed)
+    if consensus:
+        for n in sorted(n for n, v in tx.votes.items() if v.value == tx.value and members[n].eligible):
+            m = d.cluster.members[n]
+            score = min(FULL_REPUTATION, m.reputation + cfg.participation_reward)
+            if score != m.reputation or m.silent_streak:
+                d.emit(ReputationChanged(n, score, score - m.reputation, ReputationReason.PARTICIPATION, passed.key))
     for n in silent:
         m = d.cluster.members[n]
-        evidence = {"deadline_at_ms": tx.deadline_at_ms}
-        viol = ViolationDetected(tx.tx_id, SILENT_FAILURE, n, m.peer_id, evidence)
+        viol = ViolationDetected(tx.tx_id, SILENT_FAILURE, n, m.peer_id, {"deadline_at_ms": tx.deadline_at_ms})
         d.emit(viol)
-        # R9: silence costs reputation but does not ban by itself: a crashed honest node must return.
+        # Always recorded, even at 0: the streak of missed consensus transactions lives on the cluster stream.
         score = max(0, m.reputation - cfg.silent_penalty)
-        if score != m.reputation:
-            d.emit(ReputationChanged(n, score, score - m.reputation, SILENT_FAILURE, viol.key))
-        if score < cfg.reputation_floor:
+        d.emit(ReputationChanged(n, score, score - m.reputation, ReputationReason.SILENT_FAILURE, viol.key))
+        if cfg.floor_ban_after and score < cfg.reputation_floor \
+                and d.cluster.members[n].silent_streak >= cfg.floor_ban_after:
             d.ban(n, REPUTATION_FLOOR, viol)
     if d.tx.status == COLLECTING:
         d.emit(TransactionExpired(tx.tx_id, tx.deadline_at_ms))
@@ -722,7 +755,8 @@ def _evolve(state: State, event: Event) -> State:
     cl, tx = state.cluster, state.tx
     match event:
         case ClusterConfigured():
-            cfg = Config(event.threshold, event.deadline_ms, event.reputation_floor, event.silent_penalty)
+            cfg = Config(event.threshold, event.deadline_ms, event.reputation_floor, event.silent_penalty,
+                         event.participation_reward, event.floor_ban_after)
             return replace(state, cluster=replace(cl, config=cfg, config_seq=cl.config_seq + 1))
         case MemberAdmitted():
             old = cl.members.get(event.node_id)
@@ -744,7 +778,10 @@ def _evolve(state: State, event: Event) -> State:
             m = cl.members[event.node_id]
             return _with_member(state, replace(m, banned=False, unbans=m.unbans + 1))
         case ReputationChanged():
-            return _with_member(state, replace(cl.members[event.node_id], reputation=event.score))
+            m = cl.members[event.node_id]
+            streak = {ReputationReason.SILENT_FAILURE: m.silent_streak + 1, ReputationReason.PARTICIPATION: 0,
+                      ReputationReason.UNBANNED: 0}.get(event.reason, m.silent_streak)
+            return _with_member(state, replace(m, reputation=event.score, silent_streak=streak))
         case RetentionApplied():
             return replace(state, cluster=replace(cl, retention_seq=cl.retention_seq + 1))
         case TransactionOpened():

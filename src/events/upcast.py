@@ -26,8 +26,14 @@ def _reputation_v1_to_v2(p: Payload) -> Payload:
     return out
 
 
+def _configured_v1_to_v2(p: Payload) -> Payload:
+    # v1 was written under R9's first reading: no recovery, a floor ban at the first breach.
+    return {**p, "participation_reward": 0, "floor_ban_after": 1}
+
+
 UPCASTERS: dict[tuple[str, int], Callable[[Payload], Payload]] = {
     ("ReputationChanged", 1): _reputation_v1_to_v2,
+    ("ClusterConfigured", 1): _configured_v1_to_v2,
 }
 
 

@@ -65,6 +65,17 @@ class BanReason(StrEnum):
     REPUTATION_FLOOR = "REPUTATION_FLOOR"
 
 
+class ReputationReason(StrEnum):
+    """Why ``ReputationChanged`` moved a member's score (R9: silence lowers it, taking part raises it)."""
+
+    SILENT_FAILURE = ViolationKind.SILENT_FAILURE.value
+    PARTICIPATION = "PARTICIPATION"  # voted the consensus value of a transaction (R9: reputation recovers)
+    UNBANNED = "UNBANNED"
+    DOUBLE_VOTING = ViolationKind.DOUBLE_VOTING.value  # a Byzantine ban drops it to 0 (seed 3.3)
+    MINORITY_VOTE = ViolationKind.MINORITY_VOTE.value
+    INVALID_SIGNATURE = ViolationKind.INVALID_SIGNATURE.value
+
+
 def sql_in(names: type[StrEnum] | frozenset[StrEnum]) -> str:
     """``('A', 'B', ...)`` for a CHECK constraint: the migrations build theirs from these names."""
     return "(" + ", ".join(f"'{n.value}'" for n in sorted(names, key=lambda n: n.value)) + ")"

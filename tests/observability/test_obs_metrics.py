@@ -54,8 +54,8 @@ def test_event_sequence_updates_the_right_metrics() -> None:
     assert value(mt, "transactions_closed_total", status="ABORTED_NO_QUORUM") == 0
     assert value(mt, "votes_rejected_byzantine_total", node_id="node-1", kind="DOUBLE_VOTING") == 1
     assert value(mt, "votes_rejected_byzantine_total", node_id="node-2", kind="INVALID_SIGNATURE") == 1
-    assert value(mt, "silent_failures_total", node_id="node-3") == 1
-    assert value(mt, "silent_failures_total", node_id="node-4") == 1
+    assert value(mt, "silent_failures_total", node_id="node-3") == 0  # R9: tx3 never reached t
+    assert value(mt, "silent_failures_total", node_id="node-4") == 1  # tx1 did
     assert value(mt, "transactions_opened_total") == 3  # the forged vote opens nothing (R7)
     assert value(mt, "threshold_reached_total") == 1
     assert value(mt, "transactions_aborted_byzantine_total") == 1
@@ -77,7 +77,7 @@ def test_event_sequence_updates_the_right_metrics() -> None:
     assert value(mt, "quorum_possible") == 0  # R10: 2 eligible < t = 3
     assert value(mt, "peer_reputation", node_id="node-1", peer_id="peer-1") == 0
     assert value(mt, "peer_reputation", node_id="node-2", peer_id="peer-2") == 0
-    assert value(mt, "peer_reputation", node_id="node-3", peer_id="peer-3") == pytest.approx(0.9)
+    assert value(mt, "peer_reputation", node_id="node-3", peer_id="peer-3") == pytest.approx(1.0)
     assert value(mt, "peer_reputation", node_id="node-4", peer_id="peer-4") == pytest.approx(0.9)
 
 
@@ -114,7 +114,7 @@ def test_priming_restores_gauges_without_counting() -> None:
 def test_removed_member_leaves_the_reputation_gauge() -> None:
     ts = trustees(3)
     events: list[m.Event] = [m.MemberAdmitted(t.node_id, t.vote_key.hex(), t.peer_id, "op", 0) for t in ts]
-    events += [m.ClusterConfigured(2, 30_000, 500, 100, "op", 0), m.MemberRemoved("node-3", "op", "retired", 0)]
+    events += [m.ClusterConfigured(2, 30_000, 500, 100, "op", 0, 50, 0), m.MemberRemoved("node-3", "op", "retired", 0)]
     mt = pm.metrics_from_events(events)
     assert value(mt, "peer_reputation", node_id="node-1", peer_id="peer-1") == 1.0
     assert value(mt, "peer_reputation", node_id="node-3", peer_id="peer-3") is None

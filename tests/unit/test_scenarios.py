@@ -1,6 +1,6 @@
 """Data-driven protocol scenarios (testdata/*.txt), in the manner of etcd raft's testdata.
 
-Each file: `setup n=N t=T [deadline=MS floor=F penalty=P]`, then commands after `> `, each
+Each file: `setup n=N t=T [deadline=MS floor=F penalty=P reward=R banafter=K]`, then commands after `> `, each
 followed by one line with the events it must emit (or `! ErrorName`), and `= ` lines that
 check the state. A reader can check each scenario against RESOLUTIONS.md without the code.
 """
@@ -92,7 +92,8 @@ def test_scenario(path: Path) -> None:
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     setup = dict(w.split("=") for w in lines[0].split()[1:])
     extra = {k2: int(setup[k1]) for k1, k2 in
-             (("deadline", "deadline_ms"), ("floor", "reputation_floor"), ("penalty", "silent_penalty"))
+             (("deadline", "deadline_ms"), ("floor", "reputation_floor"), ("penalty", "silent_penalty"),
+              ("reward", "participation_reward"), ("banafter", "floor_ban_after"))
              if k1 in setup}
     ledger, ts = bootstrap(int(setup["n"]), int(setup["t"]), **extra)
     i = 1
