@@ -25,7 +25,8 @@ import nacl.signing
 from devstack.procs import die_with_parent, wait_until
 from events import rules
 from events.postgres_store import PostgresStore
-from node.p2p.identity import generate_key_file, peer_id_from_seed
+from node.p2p.identity import generate_key_file, load_seed, peer_id_from_seed
+from node.signer import Signer
 from recording.etcd_guard import EtcdGuard
 from recording.recorder import Recorder
 
@@ -54,6 +55,13 @@ class Trustee:
         return bytes(nacl.signing.SigningKey(self.seed).verify_key)
 
 
+def init_journal(key_file: Path, node_id: str) -> Path:
+    """The empty signing journal of a NEW trustee, beside its key (never for one that has signed)."""
+    journal = Path(f"{key_file}.journal")
+    Signer.open(journal, nacl.signing.SigningKey(load_seed(key_file)), node_id, create=True).close()
+    return journal
+
+
 class TrusteeCluster:
     def __init__(self, n: int, threshold: int, dsn: str, etcd: str, etcd_prefix: str = "/tvote",
                  byzantine: dict[int, str] | None = None, base_dir: Path | None = None,
@@ -72,8 +80,7 @@ class TrusteeCluster:
             key = self.base / f"trustee-{i}.key"
             if not key.exists():
                 generate_key_file(key)
-            from node.p2p.identity import load_seed
-
+                init_journal(key, f"trustee-{i}")  # a new trustee has signed nothing yet (R14)
             self.trustees.append(Trustee(f"trustee-{i}", key, load_seed(key), (byzantine or {}).get(i - 1, "none")))
 
     def admit(self, trustees: list[Trustee] | None = None, configure: bool = True) -> None:

@@ -1,7 +1,9 @@
 """The node's local API on 127.0.0.1, for clients and operators, behind a bearer token.
 
 ``POST /votes`` {"tx_id", "value"} casts this node's vote and answers 202 once it is in the cluster
-log (503 if it is not within 10 s: retrying is idempotent); ``{"votes": [{"tx_id", "value"}, ...]}``
+log (503 if it is not within 10 s: retrying is idempotent, the same signed vote comes back); asking
+for another value than the one this trustee already signed for a transaction answers 409 with the
+earlier signed vote and signs nothing (R14); ``{"votes": [{"tx_id", "value"}, ...]}``
 casts up to 1,000 at once (all or nothing: one bad entry refuses the whole request, 400); a trustee
 that is banned or removed answers 403 at once (its votes would never be recorded);
 ``GET /tx/<tx_id>`` reads a
@@ -20,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from events.errors import InvalidVote, ThresholdVoteError
 from events.vote import check_tx_id, check_u64
-from node.service import NodeStartError, NotEligible, TrusteeNode
+from node.service import NodeStartError, NotEligible, TrusteeNode, VoteConflict
 from node.wire import MAX_DEPTH, too_deep
 
 MAX_BODY = 4096
@@ -140,6 +142,9 @@ def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
                 votes = api.node.cast_many(ballots(json.loads(raw), length))
             except (InvalidVote, ValueError) as e:
                 self._send(400, {"error": str(e)})
+                return
+            except VoteConflict as e:  # R14: nothing signed; the earlier signed vote says what was
+                self._send(409, {"error": str(e), "earlier": [sv.to_json() for sv in e.earlier]})
                 return
             except NotEligible as e:
                 self._send(403, {"error": str(e)})  # final: retrying cannot help

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import collections
 import heapq
+import logging
+import os
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,14 +32,30 @@ from events import rules
 from events.errors import CommandRejected, InvalidVote, StoreUnavailable, ThresholdVoteError
 from events.model import Event, TransactionOpened
 from events.postgres_store import PostgresStore
-from events.vote import SignedVote, Vote, sign
+from events.vote import SignedVote
 from node import duty, wire
 from node.p2p import GossipConfig, ThreadedGossipHost
 from node.p2p.identity import load_seed
+from node.signer import (
+    ClaimLost,
+    Holder,
+    InstanceClaim,
+    InstanceClaimed,
+    JournalError,
+    Refused,
+    Signed,
+    Signer,
+    SignerClosed,
+    SignerError,
+    request_refused,
+)
+from node.signer.claim import CLAIM_TTL
 from observability.metrics import METRICS
 from observability.tracing import VOTE_RECEIVE, VOTE_VALIDATE, span
 from recording.etcd_guard import EtcdGuard
 from recording.recorder import Recorder, Status, now_ms
+
+log = logging.getLogger(__name__)
 
 
 class NodeStartError(ThresholdVoteError):
@@ -45,6 +64,18 @@ class NodeStartError(ThresholdVoteError):
 
 class NotEligible(CommandRejected):
     """This trustee is banned (R10) or removed (R1): its votes would never be recorded."""
+
+
+class VoteConflict(CommandRejected):
+    """R14: this trustee already signed another value for one of the transactions; nothing was signed."""
+
+    def __init__(self, message: str, earlier: list[SignedVote]) -> None:
+        super().__init__(message)
+        self.earlier = earlier
+
+
+class SignerUnavailable(ThresholdVoteError):
+    """The signer cannot sign now (its instance claim lapsed, or its journal failed); nothing was signed."""
 
 
 @dataclass
@@ -58,6 +89,7 @@ class NodeConfig:
     bootstrap: list[str] = field(default_factory=list)
     api_port: int = 0
     api_token: str = ""
+    journal: str = ""  # R14: the signing journal (default: beside the key file, ``<key_file>.journal``)
     batch_window_ms: float = 5.0  # the worker gathers received votes this long into one recording batch
     publish_interval_ms: float = wire.PUBLISH_INTERVAL_MS  # the publisher's pace under load
     max_batch: int = 500
@@ -77,6 +109,9 @@ class NodeConfig:
     record_patience_ms: int = duty.DEFAULT_PATIENCE_MS
     # How often the worker reads what the other nodes appended (it also reads after each append).
     follow_ms: float = 20.0
+    # R9: deadlines are ticked only once the log has been writable (and followed) for this long without
+    # a break, so votes signed before a deadline during a store outage reach the log first.
+    outage_grace_ms: int = 5000
 
 
 @dataclass
@@ -118,10 +153,13 @@ class TrusteeNode:
         self._delays_for: tuple[rules.Cluster | None, list[str]] = (None, [])
         # (deadline + our delay, tx_id) of transactions whose deadline has not fired, fed from the log
         self._deadlines: list[tuple[int, str]] = []
+        self.signer: Signer | None = None
+        self._store_ok_since: float | None = None  # monotonic time the log became writable again (R9)
 
     # lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> TrusteeNode:
+        self._open_signer()
         store = PostgresStore(self.cfg.dsn)
         guard = EtcdGuard(self.cfg.etcd, self.cfg.etcd_prefix, self.cfg.node_id)
         self.recorder = Recorder(store, guard, self.cfg.node_id)
@@ -145,7 +183,43 @@ class TrusteeNode:
             t = threading.Thread(target=target, name=target.__name__, daemon=True)
             t.start()
             self._threads.append(t)
+        self._store_ok_since = time.monotonic()
         return self
+
+    def _open_signer(self) -> None:
+        """R14: one process per trustee key, and a journal consulted before any signature leaves us.
+
+        The local lock (taken by ``Signer.open``) names a second process on this machine; the etcd
+        instance claim names one on another machine. A claim left by a process of ours that was
+        killed on this host expires with its lease: we wait for that, rather than refuse.
+        """
+        journal = self.cfg.journal or f"{self.cfg.key_file}.journal"
+        try:
+            self.signer = Signer.open(journal, self.signing_key, self.cfg.node_id)
+        except SignerError as e:
+            raise NodeStartError(f"signer: {e}") from None
+        try:
+            self.signer.replace_claim(self._claim_instance(wait=CLAIM_TTL + 3))
+        except BaseException:
+            self.signer.close()
+            raise
+
+    def _claim_instance(self, wait: float) -> InstanceClaim:
+        end = time.monotonic() + wait
+        while True:
+            try:
+                return InstanceClaim.acquire(self.cfg.etcd, self.cfg.etcd_prefix, self.cfg.node_id)
+            except InstanceClaimed as e:
+                holder = Holder.parse(e.holder)
+                ours_and_dead = (holder is not None and holder.hostname == socket.gethostname()
+                                 and not _pid_alive(holder.pid))
+                if not ours_and_dead or time.monotonic() >= end:
+                    who = holder.describe() if holder else e.holder
+                    raise NodeStartError(f"another process signs as {self.cfg.node_id}: {who}; stop it first "
+                                         "(one process per trustee key, R14)") from None
+                time.sleep(0.5)
+            except StoreUnavailable as e:
+                raise NodeStartError(f"cannot take the instance claim in etcd: {e}") from None
 
     def stop(self, timeout: float = 25.0) -> None:
         """SIGTERM: stop intake, finish in-flight votes, leave the mesh, close connections."""
@@ -159,13 +233,19 @@ class TrusteeNode:
         for t in self._threads:
             t.join(max(0.1, deadline - time.monotonic()))
         if self.recorder is not None:
-            if self.recorder.guard is not None:
-                self.recorder.guard.close()
+            self.recorder.guard.close()
             self.recorder.store.close()
+        if self.signer is not None:
+            claim = self.signer.claim
+            self.signer.close()
+            if claim is not None:
+                claim.close()
 
     @property
     def healthy(self) -> bool:
-        return bool(self._threads) and all(t.is_alive() for t in self._threads) and not self._stopped.is_set()
+        signer_ok = self.signer is not None and self.signer.stopped is None
+        return (bool(self._threads) and all(t.is_alive() for t in self._threads) and not self._stopped.is_set()
+                and signer_ok)
 
     @property
     def ready(self) -> bool:
@@ -184,8 +264,18 @@ class TrusteeNode:
         gossip batch and reach the log in one append instead of one round trip each.
         """
         self.check_eligible()
-        mine = [self._sign(tx_id, value) for tx_id, value in ballots]
-        self.send(mine)
+        try:
+            outcomes = self.signer.sign_many(ballots, now_ms())
+        except (ClaimLost, JournalError, SignerClosed) as e:
+            METRICS.signer_refusals.labels(self.cfg.node_id, type(e).__name__).inc()
+            raise SignerUnavailable(f"nothing signed: {e}") from None
+        if request_refused(outcomes):
+            earlier = [o.earlier for o in outcomes if isinstance(o, Refused)]
+            METRICS.signer_refusals.labels(self.cfg.node_id, "conflict").inc(len(earlier))
+            raise VoteConflict("already signed another value for " + ", ".join(sv.vote.tx_id for sv in earlier)
+                               + " (R14): nothing signed", earlier)
+        mine = [o.vote for o in outcomes if isinstance(o, Signed)]
+        self.send(mine)  # an earlier vote again too: it may never have left before a crash
         return mine
 
     def check_eligible(self) -> None:
@@ -208,9 +298,6 @@ class TrusteeNode:
             if record:
                 self.inbox.put((self.gossip.peer_id, sv))
             self.outbox.put(sv)
-
-    def _sign(self, tx_id: str, value: int) -> SignedVote:
-        return sign(Vote(tx_id, value, self.cfg.node_id, now_ms()), self.signing_key)
 
     # the edge (runs on the Trio thread: cheap, no I/O) ----------------------------------------
 
@@ -329,6 +416,7 @@ class TrusteeNode:
                 # Postgres or etcd is down: the worker waits and tries again; nothing is dropped.
                 self.counters.add("store_unavailable")
                 self._caught_up = False
+                self._store_ok_since = None
                 next_tick = next_follow = time.monotonic() + min(2.0, 5 * tick)
             if self._stopped.is_set() and not items and (self.recorder.deferred or self.standby):
                 time.sleep(0.05)
@@ -336,6 +424,9 @@ class TrusteeNode:
     def _periodic(self) -> None:
         if self.recorder.catch_up():
             self._moved()
+        if self._store_ok_since is None:
+            self._store_ok_since = time.monotonic()  # the log is writable again: the R9 grace starts now
+        self._keep_claim()
         self._caught_up = True
         if self.recorder.deferred:
             self._count(self.recorder.retry_deferred())
@@ -477,6 +568,7 @@ class TrusteeNode:
             except StoreUnavailable:
                 # Postgres or etcd is down: keep the votes and retry, never drop them.
                 self.counters.add("store_unavailable")
+                self._store_ok_since = None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self._count(results)
@@ -491,7 +583,17 @@ class TrusteeNode:
                 self.counters.add(r.status.value)
 
     def _tick_deadlines(self) -> None:
-        """R9 at each deadline; the member ranked r ticks r * grace late (the one before it usually has)."""
+        """R9 at each deadline; the member ranked r ticks r * grace late (the one before it usually has).
+
+        Deadlines are judged against the log, and a store outage must not trip one: we tick only once
+        the log has been writable for ``outage_grace_ms`` without a break (after an outage, votes signed
+        before the deadline are recorded first), and we record the votes we hold for a transaction in
+        the same batch, before its deadline. What an outage can delay it cannot hold open: every honest
+        node with a working store ticks within the grace, whatever any other member does.
+        """
+        ok_since = self._store_ok_since
+        if ok_since is None or time.monotonic() - ok_since < self.cfg.outage_grace_ms / 1000:
+            return
         now = now_ms()
         txs = self.recorder.ledger.txs
         due: list[str] = []
@@ -502,11 +604,32 @@ class TrusteeNode:
                 due.append(tx_id)
         if not due:
             return
-        self._record([rules.CheckDeadline(tx_id, now) for tx_id in due])
+        due_set = set(due)
+        held = [key for key in self.standby if key[0] in due_set]
+        votes = [self.standby.pop(key)[0] for key in held]
+        self._record([*votes, *(rules.CheckDeadline(tx_id, now) for tx_id in due)])
         for tx_id in due:  # not fired after all (a refused or deferred tick): look again next tick
             tx = txs.get(tx_id)
             if tx is not None and not tx.deadline_fired:
                 heapq.heappush(self._deadlines, (now + int(self.cfg.tick_ms), tx_id))
+
+    def _keep_claim(self) -> None:
+        """Take the instance claim again if it lapsed (etcd out of reach for its TTL): R14 holds meanwhile,
+        since a lapsed claim signs nothing; if another process took the key in the gap, we stop for good."""
+        claim = self.signer.claim if self.signer else None
+        if claim is None or claim.alive():
+            return
+        try:
+            fresh = InstanceClaim.acquire(self.cfg.etcd, self.cfg.etcd_prefix, self.cfg.node_id)
+        except StoreUnavailable:
+            return  # still out of reach: try again next tick
+        except InstanceClaimed as e:
+            log.error("instance claim for %s taken by %s: this process stops signing", self.cfg.node_id, e.holder)
+            self._stopped.set()
+            return
+        claim.close()
+        self.signer.replace_claim(fresh)
+        self.counters.add("instance_reclaimed")
 
     def _enforce_bans(self) -> None:
         """R10 at the network edge: blacklist, disconnect, drop from the DHT, refuse reconnects."""
@@ -527,3 +650,13 @@ class TrusteeNode:
             return None
         return {"tx_id": tx.tx_id, "status": tx.status, "value": tx.value,
                 "votes": {n: v.value for n, v in sorted(tx.votes.items())}, "deadline_at_ms": tx.deadline_at_ms}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

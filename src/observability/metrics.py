@@ -208,6 +208,11 @@ class Metrics:
             "Votes dropped at the edge by the rules, never logged: outsider (R1), banned sender (R10), "
             "invalid input; a burst of outsiders or banned senders is an attack or a misconfiguration.",
             ["node", "reason"], registry=r)
+        self.signer_refusals = Counter(
+            "signer_refusals_total",
+            "Ballots this trustee refused to sign (R14), by reason: conflict (a client asked for another value "
+            "than the one already signed: a client bug or an attack), or the signer could not sign safely "
+            "(instance claim lapsed, journal failure).", ["node", "reason"], registry=r)
         self.store_errors = Counter(
             "store_errors_total", "Failed calls to Postgres or etcd (StoreUnavailable): appends pause "
             "while these grow.", ["node", "store"], registry=r)

@@ -39,10 +39,13 @@ audit_app = typer.Typer(help="Check the log from the log alone.", no_args_is_hel
 tx_app = typer.Typer(help="Inspect transactions.", no_args_is_help=True)
 bans_app = typer.Typer(help="Inspect bans.", no_args_is_help=True)
 members_app = typer.Typer(help="Admit and remove trustees (events in the log).", no_args_is_help=True)
+signer_app = typer.Typer(help="A trustee's signing journal (R14): create, verify, export, import (docs/signer.md).",
+                         no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(tx_app, name="tx")
 app.add_typer(bans_app, name="bans")
 app.add_typer(members_app, name="members")
+app.add_typer(signer_app, name="signer")
 console = Console()
 
 Dsn = Annotated[str, typer.Option("--dsn", envvar="TVOTE_DSN", help="Postgres connection string (libpq form).")]
@@ -141,6 +144,9 @@ def node(
     bootstrap: Annotated[list[str] | None, typer.Option(help="Bootstrap peer multiaddr (repeatable).")] = None,
     api_port: Annotated[int, typer.Option(help="Local API port on 127.0.0.1 (0: any).")] = 0,
     status_file: Annotated[Path | None, typer.Option(help="Write peer id, addresses and API port here.")] = None,
+    journal: Annotated[Path | None, typer.Option(
+        help="The signing journal (R14; default <key file>.journal). Create it once with `tvote signer init`.")]
+    = None,
     record_grace_ms: Annotated[int, typer.Option(
         help="Wait this long per rank before recording a vote another member is first to record "
              "(node.duty); 0: every node records every vote at once.", min=0, max=60_000)] = duty.DEFAULT_GRACE_MS,
@@ -164,7 +170,7 @@ def node(
         token = _read_secret(api_token_file)
         cfg = NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, listen_port, bootstrap or [], api_port, token,
                          record_grace_ms=record_grace_ms, record_patience_ms=record_patience_ms,
-                         publish_interval_ms=publish_interval_ms)
+                         publish_interval_ms=publish_interval_ms, journal=str(journal or ""))
         stopped = runner.serve(cfg, status_file, console.print)
     except (NodeStartError, KeyFileError, OSError) as e:
         raise fail(str(e)) from None
@@ -391,6 +397,45 @@ def migrate(dsn_url: Annotated[str, typer.Option("--url", envvar="TVOTE_DB_URL",
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise fail(f"migration failed ({first[:200]}); check --url / TVOTE_DB_URL") from None
     console.print("done")
+
+
+Journal = Annotated[Path, typer.Option(help="The signing journal (default for `tvote node`: <key file>.journal).")]
+KeyFile = Annotated[Path, typer.Option("--key", help="The trustee's key file (32-byte seed, mode 0600).")]
+NodeId = Annotated[str, typer.Option(help="The trustee's node id, as admitted.")]
+
+
+def _signer(*argv: str) -> None:
+    from node.signer.admin import main as signer_main
+
+    code = signer_main(list(argv))
+    if code:
+        raise typer.Exit(code)
+
+
+@signer_app.command("init")
+def signer_init(journal: Journal, key: KeyFile, node_id: NodeId) -> None:
+    """Create the empty journal of a NEW trustee (never for one that has signed: import its export)."""
+    _signer("init", "--journal", str(journal), "--key", str(key), "--node-id", node_id)
+
+
+@signer_app.command("check")
+def signer_check(journal: Journal, key: KeyFile, node_id: NodeId) -> None:
+    """Open and verify the journal (every signature under the key); print its size."""
+    _signer("check", "--journal", str(journal), "--key", str(key), "--node-id", node_id)
+
+
+@signer_app.command("export")
+def signer_export(journal: Journal, key: KeyFile, node_id: NodeId,
+                  out: Annotated[str, typer.Option(help="A new file to write ('-': stdout).")]) -> None:
+    """Write the journal in the interchange format (refused while the node runs)."""
+    _signer("export", "--journal", str(journal), "--key", str(key), "--node-id", node_id, "--out", out)
+
+
+@signer_app.command("import")
+def signer_import(journal: Journal, key: KeyFile, node_id: NodeId,
+                  file: Annotated[Path, typer.Option(help="An interchange file of this trustee.")]) -> None:
+    """Add an interchange file's votes (creates the journal if missing); refused whole if any contradicts it."""
+    _signer("import", "--journal", str(journal), "--key", str(key), "--node-id", node_id, "--file", str(file))
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -131,11 +131,12 @@ def test_join_leave_and_local_api_edges(database, etcd_server, etcd_prefix, tmp_
         assert cluster._get(t0, "/healthz")[0] == 200
 
         # a new member admitted by an operator event joins via bootstrap + DHT, no restarts
-        from devstack.trustees import Trustee
+        from devstack.trustees import Trustee, init_journal
         from node.p2p.identity import generate_key_file, load_seed
 
         key = tmp_path / "trustee-5.key"
         generate_key_file(key)
+        init_journal(key, "trustee-5")  # provisioning a new trustee: its empty signing journal (R14)
         new = Trustee("trustee-5", key, load_seed(key))
         cluster.trustees.append(new)
         cluster.admit([new], configure=False)

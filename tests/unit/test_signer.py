@@ -40,7 +40,7 @@ from node.signer import (
     lock_path,
     request_refused,
 )
-from node.signer.__main__ import main as cli
+from node.signer.admin import main as cli
 from node.signer.core import check_order, make_plan, outcomes
 
 KEY = nacl.signing.SigningKey(b"\x01" * 32)

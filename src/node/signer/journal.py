@@ -95,7 +95,7 @@ class Journal:
         except FileNotFoundError:
             if not create:
                 raise JournalMissing(
-                    f"{path}: no signer journal. A new trustee creates one (python -m node.signer init); a trustee "
+                    f"{path}: no signer journal. A new trustee creates one (tvote signer init); a trustee "
                     "that has signed before must import its journal's export, never start on a new one"
                 ) from None
             try:

@@ -248,6 +248,26 @@ class Signer:
             self._usable()
             return self._journal.count()
 
+    @property
+    def stopped(self) -> str | None:
+        """Why the signer stopped for good (a journal failure, or closed); None while it may sign."""
+        return self._stopped
+
+    @property
+    def claim(self) -> InstanceClaim | None:
+        return self._claim
+
+    def replace_claim(self, claim: InstanceClaim) -> None:
+        """Sign under a new instance claim (the old one lapsed, e.g. etcd was unreachable for its TTL).
+
+        Only a claim taken afresh with the create-only key can replace it: if another process took
+        the key in the gap, ``InstanceClaim.acquire`` refused and this is never called.
+        """
+        if claim.node_id != self.node_id:
+            raise InvalidCommand(f"the instance claim is for node {claim.node_id!r}, not {self.node_id!r}")
+        with self._mutex:
+            self._claim = claim
+
     def _fail(self, e: JournalError) -> None:
         self._counts["journal_failures"] += 1
         self._stopped = f"{type(e).__name__}: {e}"
