@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import nacl.signing
 
+from events.identity import peer_id_of
 from events.rules import AdmitMember, Configure, Ledger, ReceiveVote
 from events.vote import SignedVote, Vote, sign
 
@@ -28,10 +29,9 @@ class Trustee:
 
 
 def trustees(n: int) -> list[Trustee]:
-    return [
-        Trustee(f"node-{i}", nacl.signing.SigningKey(bytes([i + 1]) * 32), f"peer-{i}")
-        for i in range(1, n + 1)
-    ]
+    """n trustees with fixed keys; each peer id derives from its key, as a real trustee's does (R1)."""
+    keys = [nacl.signing.SigningKey(bytes([i + 1]) * 32) for i in range(1, n + 1)]
+    return [Trustee(f"node-{i}", k, peer_id_of(bytes(k.verify_key))) for i, k in enumerate(keys, 1)]
 
 
 def bootstrap(n: int, t: int, **config: int) -> tuple[Ledger, list[Trustee]]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from events import errors
+from events.identity import check_peer_id
 from events.model import (
     ClusterConfigured,
     DeadlinePassed,
@@ -471,11 +472,14 @@ def _configure(d: _Decision, c: Configure) -> None:
 
 
 def _admit(d: _Decision, c: AdmitMember) -> None:
+    """R1: the admitted triple must agree: a trustee's libp2p peer id derives from its vote key, so a
+    typo in either is refused here, before it is logged (a bad peer id once crashed every node at ban)."""
     check_node_id(c.node_id)
     _text("operator", c.operator)
     _text("peer_id", c.peer_id)
     if not isinstance(c.vote_key, bytes) or len(c.vote_key) != KEY_LEN:
         raise errors.InvalidCommand("vote_key must be a 32-byte Ed25519 public key")
+    check_peer_id(c.peer_id, c.vote_key)
     existing = d.cluster.members.get(c.node_id)
     if existing is not None and existing.active:
         raise errors.CommandRejected(f"{c.node_id} is already a member")

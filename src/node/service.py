@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 import nacl.signing
+from libp2p.peer.id import ID
 
 from events import rules
 from events.errors import CommandRejected, InvalidVote, StoreUnavailable, ThresholdVoteError
@@ -141,6 +142,8 @@ class TrusteeNode:
         self.recorder: Recorder | None = None
         self.gossip: ThreadedGossipHost | None = None
         self._banned: set[str] = set()
+        self._allowed: set[str] = set()
+        self._enforced_for: rules.Cluster | None = None
         self._stop_intake = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -170,10 +173,13 @@ class TrusteeNode:
             raise NodeStartError(f"{self.cfg.node_id} is not an admitted member: run `tvote members add` first (R1)")
         if me.vote_key != bytes(self.signing_key.verify_key):
             raise NodeStartError(f"the key file's public key is not the vote key admitted for {self.cfg.node_id}")
-        self._banned = {m.peer_id for m in self.recorder.ledger.cluster.members.values() if m.banned}
+        members = self.recorder.ledger.cluster.members.values()
+        self._banned = {m.peer_id for m in members if m.banned and _parses(m.peer_id)}
+        self._allowed = {m.peer_id for m in members if m.active and _parses(m.peer_id)}
         self.gossip = ThreadedGossipHost(
             GossipConfig(seed=self.seed, listen_port=self.cfg.listen_port, bootstrap=list(self.cfg.bootstrap),
-                         banned=sorted(self._banned), author_rate_limit=self.cfg.author_rate_limit),
+                         banned=sorted(self._banned), author_rate_limit=self.cfg.author_rate_limit,
+                         allowed_peers=sorted(self._allowed)),
             validate=self._validate,
         ).start()
         if self.gossip.peer_id != me.peer_id:
@@ -244,12 +250,20 @@ class TrusteeNode:
     @property
     def healthy(self) -> bool:
         signer_ok = self.signer is not None and self.signer.stopped is None
+        gossip_ok = self.gossip is not None and self.gossip.alive
         return (bool(self._threads) and all(t.is_alive() for t in self._threads) and not self._stopped.is_set()
-                and signer_ok)
+                and signer_ok and gossip_ok)
 
     @property
     def ready(self) -> bool:
-        return self.healthy and self._caught_up
+        """Serving for real: threads alive, following the log, and connected to enough members to reach t."""
+        return self.healthy and self._caught_up and self.gossip.connected_member_count >= self.peers_needed()
+
+    def peers_needed(self) -> int:
+        """Connected members needed for our votes to reach t: t - 1 of the eligible others."""
+        cluster = self.recorder.ledger.cluster
+        t = cluster.config.threshold if cluster.config else 1
+        return max(0, min(t, cluster.eligible_count()) - 1)
 
     # votes of our own ------------------------------------------------------------------------
 
@@ -632,15 +646,40 @@ class TrusteeNode:
         self.counters.add("instance_reclaimed")
 
     def _enforce_bans(self) -> None:
-        """R10 at the network edge: blacklist, disconnect, drop from the DHT, refuse reconnects."""
-        members = self.recorder.ledger.cluster.members.values()
+        """R10 at the network edge: blacklist, disconnect, drop from the DHT, refuse reconnects.
+
+        Also keeps the gossip host's member allowlist (only members in the mesh) in step with the
+        log. Whatever the log holds (a peer id no admission check ever saw), a ban, unban or removal
+        never takes the worker down: a peer id the host refuses is logged and counted.
+        """
+        cluster = self.recorder.ledger.cluster
+        if cluster is self._enforced_for:
+            return
+        self._enforced_for = cluster
+        members = cluster.members.values()
+        self._set_allowed({m.peer_id for m in members if m.active})
         banned = {m.peer_id for m in members if m.banned and m.node_id != self.cfg.node_id}
         for peer in banned - self._banned:
-            self.gossip.ban(peer)
-            self.counters.add("peers_banned")
+            self._on_gossip(self.gossip.ban, peer, "peers_banned")
         for peer in self._banned - banned:
-            self.gossip.unban(peer)
+            self._on_gossip(self.gossip.unban, peer, "peers_unbanned")
         self._banned = banned
+
+    def _set_allowed(self, peers: set[str]) -> None:
+        usable = {p for p in peers if _parses(p)}
+        if usable != peers:
+            self.counters.add("bad_member_peer_ids", len(peers - usable))
+        if usable != self._allowed:
+            self._on_gossip(self.gossip.set_allowed, usable, "allowlist_updates")
+            self._allowed = usable
+
+    def _on_gossip(self, call, arg, counter: str) -> None:
+        try:
+            call(arg)
+            self.counters.add(counter)
+        except ValueError as e:
+            log.error("gossip host refused %s(%.80s): %s", call.__name__, arg, e)
+            self.counters.add("gossip_refusals")
 
     # reads for the API -----------------------------------------------------------------------
 
@@ -659,4 +698,13 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return True
+
+
+def _parses(peer_id: str) -> bool:
+    """A peer id the gossip host can use (the log may hold anything: R13 voids forged rows, old logs remain)."""
+    try:
+        ID.from_base58(peer_id)
+    except Exception:  # base58/multihash errors vary by library version
+        return False
     return True

@@ -187,6 +187,9 @@ class Metrics:
             registry=r)
         self.cluster_threshold = Gauge(
             "cluster_threshold", "The configured threshold t (0 until the cluster is configured).", registry=r)
+        self.reputation_floor = Gauge(
+            "reputation_floor", "The configured reputation floor, 0..1 (R9): a member below it has been silent on "
+            "consensus transactions lately; it is banned for it only if the operator opted in.", registry=r)
         self.quorum_possible = Gauge(
             "quorum_possible", "1 while at least t members are eligible; 0 means no transaction can succeed "
             "(R10) until an operator unbans, admits members or lowers t.", registry=r)

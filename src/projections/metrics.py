@@ -54,6 +54,7 @@ class EventMetrics:
         self.open: set[str] = set()
         self.members: dict[str, _MemberView] = {}
         self.threshold = 0
+        self.floor = 0.0
         self.started_at: OrderedDict[str, float] = OrderedDict()  # tx_id -> SubmissionStarted time (s)
         self.lock = threading.Lock()
 
@@ -88,6 +89,7 @@ class EventMetrics:
             self.members = {n: _MemberView(p, a, b, float(rep.get(p, 1.0))) for n, p, a, b in members}
             self.open = {t for (t,) in open_txs}
             self.threshold = int(cfg[0]["threshold"]) if cfg else 0
+            self.floor = int(cfg[0]["reputation_floor"]) / 1000 if cfg else 0.0
             self.m.projector_position.labels(self.projector).set(upto)
             self._set_gauges()
 
@@ -102,6 +104,7 @@ class EventMetrics:
         match e:
             case m.ClusterConfigured():
                 self.threshold = e.threshold
+                self.floor = e.reputation_floor / 1000
             case m.MemberAdmitted():
                 self.members[e.node_id] = _MemberView(e.peer_id)
                 # Series exist at 0 from admission, so rate()/increase() see a member's first violation.
@@ -178,6 +181,7 @@ class EventMetrics:
         eligible = sum(1 for v in self.members.values() if v.active and not v.banned)
         mt.eligible_members.set(eligible)
         mt.cluster_threshold.set(self.threshold)
+        mt.reputation_floor.set(self.floor)
         mt.quorum_possible.set(1 if self.threshold and eligible >= self.threshold else 0)
         current = {(n, v.peer_id) for n, v in self.members.items() if v.active}
         for labels in _label_sets(mt.peer_reputation):

@@ -20,6 +20,8 @@ from events.rules import CheckDeadline
 from observability import metrics as om
 from projections import metrics as pm
 
+PEER = {int(t.node_id[5:]): t.peer_id for t in trustees(4)}
+
 
 def value(metrics: om.Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
@@ -75,10 +77,10 @@ def test_event_sequence_updates_the_right_metrics() -> None:
     assert value(mt, "eligible_members") == 2
     assert value(mt, "cluster_threshold") == 3
     assert value(mt, "quorum_possible") == 0  # R10: 2 eligible < t = 3
-    assert value(mt, "peer_reputation", node_id="node-1", peer_id="peer-1") == 0
-    assert value(mt, "peer_reputation", node_id="node-2", peer_id="peer-2") == 0
-    assert value(mt, "peer_reputation", node_id="node-3", peer_id="peer-3") == pytest.approx(1.0)
-    assert value(mt, "peer_reputation", node_id="node-4", peer_id="peer-4") == pytest.approx(0.9)
+    assert value(mt, "peer_reputation", node_id="node-1", peer_id=PEER[1]) == 0
+    assert value(mt, "peer_reputation", node_id="node-2", peer_id=PEER[2]) == 0
+    assert value(mt, "peer_reputation", node_id="node-3", peer_id=PEER[3]) == pytest.approx(1.0)
+    assert value(mt, "peer_reputation", node_id="node-4", peer_id=PEER[4]) == pytest.approx(0.9)
 
 
 def test_gauges_track_open_transactions_and_quorum_as_events_arrive() -> None:
@@ -116,8 +118,8 @@ def test_removed_member_leaves_the_reputation_gauge() -> None:
     events: list[m.Event] = [m.MemberAdmitted(t.node_id, t.vote_key.hex(), t.peer_id, "op", 0) for t in ts]
     events += [m.ClusterConfigured(2, 30_000, 500, 100, "op", 0, 50, 0), m.MemberRemoved("node-3", "op", "retired", 0)]
     mt = pm.metrics_from_events(events)
-    assert value(mt, "peer_reputation", node_id="node-1", peer_id="peer-1") == 1.0
-    assert value(mt, "peer_reputation", node_id="node-3", peer_id="peer-3") is None
+    assert value(mt, "peer_reputation", node_id="node-1", peer_id=PEER[1]) == 1.0
+    assert value(mt, "peer_reputation", node_id="node-3", peer_id=PEER[3]) is None
     assert value(mt, "eligible_members") == 2
     assert value(mt, "quorum_possible") == 1
 

@@ -83,6 +83,12 @@ def test_vote_signed_by_another_key_is_an_invalid_signature_not_an_accept():
         rules.Configure(2, "op", deadline_ms=0),
         rules.Configure(2, "op", reputation_floor=1001),
         rules.RecordSigned("tx", 1, 1, "s", 0, "h", "0x00"),
+        rules.Configure(2, "op", participation_reward=-1),
+        rules.Configure(2, "op", floor_ban_after=-1),
+        # R1: the incident `tvote members add trustee-9 <key> bad-peer-0`: a peer id that is not the key's
+        rules.AdmitMember("node-9", trustees(9)[8].vote_key, "bad-peer-0", "op"),
+        rules.AdmitMember("node-9", trustees(9)[8].vote_key, trustees(9)[7].peer_id, "op"),
+        rules.AdmitMember("node-9", b"short", "bad-peer-0", "op"),
     ],
 )
 def test_rejected_commands_change_nothing(cmd):
@@ -127,3 +133,16 @@ def test_upcasting_reputation_v1_float_to_v2_milli_points():
 def test_undecodable_events_raise_a_typed_error(etype, version, payload):
     with pytest.raises(errors.InvalidCommand):
         decode(etype, version, payload)
+
+
+def test_a_peer_id_is_the_one_its_vote_key_derives():
+    from events.identity import peer_id_of
+    from node.p2p.identity import peer_id_from_seed
+
+    for i in range(1, 6):
+        seed = bytes([i]) * 32
+        key = bytes(__import__("nacl.signing").signing.SigningKey(seed).verify_key)
+        assert peer_id_of(key) == peer_id_from_seed(seed)  # the same id libp2p computes
+    ledger, _ = bootstrap(3, 2)
+    with pytest.raises(errors.InvalidCommand, match="derives from its key"):
+        ledger.decide(rules.AdmitMember("node-9", trustees(9)[8].vote_key, "bad-peer-0", "op"))
