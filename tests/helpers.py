@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import nacl.signing
 
+from events.envelope import build, vote_bytes
 from events.identity import peer_id_of
 from events.rules import AdmitMember, Configure, Ledger, ReceiveVote
 from events.vote import SignedVote, Vote, sign
@@ -26,6 +27,14 @@ class Trustee:
 
     def receive(self, tx_id: str, value: int, now: int = 1000, ts: int = 1) -> ReceiveVote:
         return ReceiveVote(self.vote(tx_id, value, ts), self.peer_id, now)
+
+    def forge(self, claimed: str, tx_id: str, value: int, now: int = 1000, ts: int = 1,
+              envelope: bool = True) -> ReceiveVote:
+        """A vote in ``claimed``'s name signed with our key, gossiped by us (R7): with our signed envelope."""
+        v = Vote(tx_id, value, claimed, ts)
+        sv = SignedVote(v, sign(v, self.key).signature)
+        env = build(self.key, b'{"v":1,"votes":[' + vote_bytes(sv.to_json()) + b"]}", b"\0" * 8, "tvote/votes/1")
+        return ReceiveVote(sv, self.peer_id, now, env if envelope else None)
 
 
 def trustees(n: int) -> list[Trustee]:

@@ -12,13 +12,11 @@ from events.rules import (
     CheckDeadline,
     Configure,
     Ledger,
-    ReceiveVote,
     RecordBroadcast,
     RecordConfirmed,
     RecordSigned,
     StartSubmission,
 )
-from events.vote import Vote, sign
 
 TX_HASH = "0x" + "ab" * 32
 
@@ -55,8 +53,7 @@ def scenario() -> tuple[list[m.Event], list[Trustee]]:
     out += run(ledger, n2.receive("tx3", 1))
     out += run(ledger, CheckDeadline("tx1", 10**9))  # R9: tx1 reached consensus, n4 did not vote: silent
     out += run(ledger, CheckDeadline("tx3", 10**9))  # tx3 never reached t: it expires, nobody blamed
-    forged = sign(Vote("tx4", 1, n3.node_id, 1), n2.key)  # n2's peer relays a vote forged in n3's name
-    out += run(ledger, ReceiveVote(forged, n2.peer_id, 2000))
+    out += run(ledger, n2.forge(n3.node_id, "tx4", 1, now=2000))  # n2's peer authors a vote forged in n3's name
     return out, ts
 
 

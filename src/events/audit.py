@@ -8,8 +8,9 @@ Two layers:
 2. Evidence: every accepted vote's signature verifies under the member's key as admitted
    in the log; a double vote shows two verifying votes with different values; a minority
    vote shows a verifying dissent; an invalid-signature violation shows a vote that does
-   *not* verify under the claimed member's key; every consensus certificate hash is
-   recomputed from the accepted votes it names. A node that writes a false event is caught.
+   *not* verify under the claimed member's key, inside a gossip envelope its author signed
+   (R7); every consensus certificate hash is recomputed from the accepted votes it names. A
+   node that writes a false event is caught.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from events import model as m
+from events.envelope import Envelope, authored
 from events.errors import UnknownEvent
+from events.identity import peer_id_bytes
 from events.store import GENESIS, EventStore, Recorded
 from events.vocab import ViolationKind
 from events.vote import SignedVote, certificate_hash
@@ -110,6 +113,12 @@ def _check_evidence(r: Recorded, keys: dict[str, bytes], votes: dict, report: Au
             sv, ok = _verifies(e.evidence["vote"], keys)
             if ok:
                 bad(Finding(r.position, f"{e.node_id} blamed for a signature that verifies"))
+            author_key = keys.get(e.node_id)
+            why = "the author is not a member" if author_key is None else authored(
+                Envelope.from_json(e.evidence.get("envelope")), author_key, peer_id_bytes(author_key),
+                e.evidence["vote"])
+            if why:  # R7: only the author's own signed envelope proves it sent the forgery
+                bad(Finding(r.position, f"{e.node_id} blamed for a forgery without proof: {why}"))
         case m.ThresholdReached():
             try:
                 cert = certificate_hash([votes[(e.tx_id, n)] for n in e.voters])

@@ -38,6 +38,10 @@ class BannedSender(CommandRejected):
     """R10: a banned member's vote or relay; dropped at the edge, counted, never logged."""
 
 
+class UnprovenForgery(CommandRejected):
+    """R7: a vote that does not verify, but no signed envelope proves who authored it: nobody is blamed."""
+
+
 class UnknownTransaction(CommandRejected):
     """The command names a transaction the log has never seen."""
 

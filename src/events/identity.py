@@ -15,11 +15,16 @@ _ED25519_PROTO = b"\x08\x01\x12\x20"  # PublicKey{Type: Ed25519, Data: <32 bytes
 _IDENTITY = b"\x00"  # multihash "identity": keys this short are inlined, not hashed
 
 
-def peer_id_of(vote_key: bytes) -> str:
+def peer_id_bytes(vote_key: bytes) -> bytes:
+    """The binary peer id (what a gossip envelope's ``from`` field holds)."""
     if not isinstance(vote_key, bytes) or len(vote_key) != 32:
         raise InvalidCommand("a vote key is a 32-byte Ed25519 public key")
     proto = _ED25519_PROTO + vote_key
-    raw = _IDENTITY + bytes([len(proto)]) + proto
+    return _IDENTITY + bytes([len(proto)]) + proto
+
+
+def peer_id_of(vote_key: bytes) -> str:
+    raw = peer_id_bytes(vote_key)
     n = int.from_bytes(raw, "big")
     out = ""
     while n:

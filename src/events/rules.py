@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from events import errors
-from events.identity import check_peer_id
+from events.envelope import Envelope, authored
+from events.identity import check_peer_id, peer_id_bytes
 from events.model import (
     ClusterConfigured,
     DeadlinePassed,
@@ -181,6 +182,8 @@ class ReceiveVote:
     vote: SignedVote
     author_peer: str  # the libp2p peer whose envelope signature the router verified (R7)
     now_ms: int
+    # The author's signed gossip envelope: needed to blame it for a forged vote (R7, events.envelope).
+    envelope: Envelope | None = None
 
     @property
     def tx_id(self) -> str:
@@ -544,13 +547,21 @@ def _receive_vote(d: _Decision, c: ReceiveVote) -> None:
         raise errors.BannedSender(f"{vote.node_id} is banned (R10)")
 
     if not c.vote.verifies_under(voter.vote_key):
-        # R7: anyone can forge a bad signature in a member's name; blame the author peer.
+        # R7: anyone can forge a bad signature in a member's name; blame the author peer, and only
+        # with its signed envelope as proof: a recorder's word that "X sent it" would let a Byzantine
+        # recorder blame any honest member for a forgery of its own (R14).
+        proof = c.envelope
+        why = "no envelope" if not isinstance(proof, Envelope) else authored(
+            proof, author.vote_key, peer_id_bytes(author.vote_key), c.vote.to_json())
+        if why is not None:
+            raise errors.UnprovenForgery(f"a vote that does not verify, without proof of its author ({why}): "
+                                         "dropped, nobody blamed (R7)")
         viol = ViolationDetected(
             vote.tx_id,
             INVALID_SIGNATURE,
             author.node_id,
             author.peer_id,
-            {"vote": c.vote.to_json(), "claimed_node": vote.node_id},
+            {"vote": c.vote.to_json(), "claimed_node": vote.node_id, "envelope": proof.to_json()},
         )
         d.emit(viol)
         d.ban(author.node_id, BanReason.INVALID_SIGNATURE, viol)

@@ -24,12 +24,14 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import nacl.signing
 from libp2p.peer.id import ID
 
 from events import rules
+from events.envelope import Envelope
 from events.errors import CommandRejected, InvalidVote, StoreUnavailable, ThresholdVoteError
 from events.model import Event, TransactionOpened
 from events.postgres_store import PostgresStore
@@ -137,7 +139,8 @@ class TrusteeNode:
         self.seed = load_seed(cfg.key_file)  # refuses key files readable by others
         self.signing_key = nacl.signing.SigningKey(self.seed)
         self.counters = Counters()
-        self.inbox: queue.Queue[tuple[str, SignedVote]] = queue.Queue(maxsize=200_000)
+        # (author peer, vote, the author's envelope when the vote is evidence against it)
+        self.inbox: queue.Queue[tuple[str, SignedVote, Envelope | None]] = queue.Queue(maxsize=200_000)
         self.outbox: queue.Queue[SignedVote] = queue.Queue(maxsize=100_000)
         self.recorder: Recorder | None = None
         self.gossip: ThreadedGossipHost | None = None
@@ -310,16 +313,18 @@ class TrusteeNode:
         """
         for sv in votes:
             if record:
-                self.inbox.put((self.gossip.peer_id, sv))
+                self.inbox.put((self.gossip.peer_id, sv, None))
             self.outbox.put(sv)
 
     # the edge (runs on the Trio thread: cheap, no I/O) ----------------------------------------
 
-    def _validate(self, author: str, payload: bytes) -> bool:
+    def _validate(self, author: str, payload: bytes,
+                  envelope: Callable[[], tuple[bytes, bytes]] | None = None) -> bool:
         with span(VOTE_VALIDATE, peer_id=author):
-            return self._check_at_edge(author, payload)
+            return self._check_at_edge(author, payload, envelope)
 
-    def _check_at_edge(self, author: str, payload: bytes) -> bool:
+    def _check_at_edge(self, author: str, payload: bytes,
+                       envelope: Callable[[], tuple[bytes, bytes]] | None = None) -> bool:
         try:
             votes = wire.decode(payload)
         except InvalidVote:
@@ -347,9 +352,10 @@ class TrusteeNode:
                 self.counters.add("dropped_outsider")
                 ok = False
             elif not sv.verifies_under(voter.vote_key):
-                # R7: not forwarded, but recorded: the decider blames the author peer.
+                # R7: not forwarded, but recorded with the author's signed envelope, the proof the
+                # decider needs to blame the author peer.
                 self.counters.add("invalid_signature")
-                self.inbox.put((author, sv))
+                self.inbox.put((author, sv, Envelope(*envelope()) if envelope else None))
                 ok = False
             else:
                 seen.append(age)
@@ -381,7 +387,7 @@ class TrusteeNode:
             try:
                 with span(VOTE_RECEIVE, peer_id=d.author):
                     for sv in wire.decode(d.payload):
-                        self.inbox.put((d.author, sv))
+                        self.inbox.put((d.author, sv, None))
             except InvalidVote:
                 self.counters.add("dropped_garbage")
 
@@ -413,7 +419,7 @@ class TrusteeNode:
             items = self._drain(self.cfg.batch_window_ms / 1000)
             try:
                 if items:
-                    now = self._route([rules.ReceiveVote(sv, author, now_ms()) for author, sv in items])
+                    now = self._route([rules.ReceiveVote(sv, author, now_ms(), env) for author, sv, env in items])
                     if now:
                         self._record(now)
                 elif self._stopped.is_set() and not self.recorder.deferred and not self.standby:
@@ -560,7 +566,7 @@ class TrusteeNode:
         with self._log_moved:
             self._log_moved.notify_all()
 
-    def _drain(self, window: float) -> list[tuple[str, SignedVote]]:
+    def _drain(self, window: float) -> list[tuple[str, SignedVote, Envelope | None]]:
         try:
             items = [self.inbox.get(timeout=0.02)]
         except queue.Empty:

@@ -236,7 +236,7 @@ class GossipEdge:
                 raise finding("gossip", "accepted-invalid" if ok else "state", f"garbage passed: {payload[:60]!r}")
             return "rejected"
         members = self.ledger.cluster.members
-        for a, sv in handed_on:  # only R7 forgeries may reach the decider from a rejected batch
+        for a, sv, _env in handed_on:  # only R7 forgeries may reach the decider from a rejected batch
             voter = members.get(sv.vote.node_id)
             if a != author or voter is None or sv.verifies_under(voter.vote_key):
                 raise finding("gossip", "state", f"inbox got a vote that is not a forgery: {sv}")
@@ -534,7 +534,12 @@ class ApiSurface:
 
         self.edge = GossipEdge()
         self.node = self.edge.node
-        self.node.gossip = SimpleNamespace(peer_id=TS[0].peer_id, counters=Counters())  # type: ignore[assignment]
+        self.node.gossip = SimpleNamespace(peer_id=TS[0].peer_id, counters=Counters(), alive=True,  # type: ignore
+                                           connected_member_count=len(TS))
+        from node.signer import Signer
+
+        self.node.signer = Signer.open(f"{self.edge._tmp.name}/node.journal", self.node.signing_key, "node-1",
+                                       create=True)
         # No worker runs here: stand in for one that records every queued vote at once, so a cast
         # answers 202 as it would once its vote is in the log (the API waits for that).
         self.node.wait_recorded = lambda votes, timeout: True  # type: ignore[method-assign]
@@ -543,6 +548,7 @@ class ApiSurface:
 
     def close(self) -> None:
         self.api.stop()
+        self.node.signer.close()
         self.edge._tmp.cleanup()
 
     def request(self, raw: bytes, timeout: float = 10.0) -> bytes:

@@ -144,7 +144,8 @@ def test_store_appends_a_valid_unit(store: fs.StoreSurface) -> None:
 
 
 def test_api_valid_vote_and_read(api: fs.ApiSurface) -> None:
-    assert api.check(fs.api_valid_request("tf1", 5)) == "accepted"
+    assert api.check(fs.api_valid_request("t_valid", 5)) == "accepted"  # a tx the fuzzer never signs
+    assert api.check(fs.api_valid_request("t_valid", 6)) == "rejected"  # R14: 409, nothing signed
     get = f"GET /tx/tc HTTP/1.1\r\nAuthorization: Bearer {fs.TOKEN}\r\n\r\n".encode()
     assert api.check(get) == "accepted"
     assert api.check(b"GET /tx/tc HTTP/1.1\r\n\r\n") == "rejected"  # 401

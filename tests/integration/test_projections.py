@@ -10,7 +10,6 @@ from events import rules
 from events.audit import verify
 from events.postgres_store import PostgresStore
 from events.store import NewEvent, Unit
-from events.vote import SignedVote, Vote
 from projections.digest import digest
 from projections.projector import Projector
 from projections.replay import replay
@@ -31,9 +30,7 @@ def scenario(database) -> Recorder:
     rec.execute([ts[0].receive("tx_min", 1), ts[1].receive("tx_min", 1), ts[4].receive("tx_min", 2),
                  ts[2].receive("tx_min", 1)])  # minority by node-5
     rec.execute([ts[0].receive("tx_dbl", 5), ts[0].receive("tx_dbl", 6)])  # double vote by node-1
-    forged = rules.ReceiveVote(
-        SignedVote(Vote("tx_forge", 1, "node-2", 1), ts[3].vote("tx_forge", 1).signature),
-        ts[3].peer_id, 5)
+    forged = ts[3].forge("node-2", "tx_forge", 1, now=5)
     rec.execute([ts[1].receive("tx_forge", 1, now=5), forged])  # node-4's peer forges in node-2's name
     rec.execute([rules.CheckDeadline("tx_forge", 10_000), rules.CheckDeadline("tx_ok", 10_000)])
     return rec

@@ -12,6 +12,7 @@ import pytest
 from helpers import bootstrap, run, trustees
 
 from events import rules
+from events.envelope import build
 from events.vote import SignedVote, Vote, sign
 from node import wire
 from node.p2p.identity import generate_key_file
@@ -93,10 +94,12 @@ def test_forged_signature_is_not_forwarded_but_handed_on_for_r7(edge):
     node, _, ts = edge
     v = Vote("tx", 1, ts[0].node_id, now_ms())
     forged = SignedVote(v, sign(v, ts[2].key).signature)  # node-3's key, node-1's name
-    assert not node._validate(ts[2].peer_id, wire.encode([forged]))
+    payload = wire.encode([forged])
+    env = build(ts[2].key, payload, b"\0" * 8, "votes")  # what node-3's router signed and ours checked
+    assert not node._validate(ts[2].peer_id, payload, lambda: (env.signed, env.signature))
     assert node.counters.snapshot() == {"invalid_signature": 1}
-    author, sv = node.inbox.get_nowait()
-    assert author == ts[2].peer_id and sv == forged  # the decider will blame node-3's peer (R7)
-    events = run(node.recorder.ledger, rules.ReceiveVote(sv, author, now_ms()))
+    author, sv, proof = node.inbox.get_nowait()
+    assert author == ts[2].peer_id and sv == forged and proof == env  # the decider will blame node-3's peer (R7)
+    events = run(node.recorder.ledger, rules.ReceiveVote(sv, author, now_ms(), proof))
     assert [(e.TYPE, getattr(e, "node_id", None)) for e in events][:2] == [
         ("ViolationDetected", "node-3"), ("NodeBanned", "node-3")]

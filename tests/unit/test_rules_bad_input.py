@@ -10,7 +10,7 @@ from events.memory_store import MemoryStore
 from events.model import CLUSTER_STREAM
 from events.store import NewEvent, Unit
 from events.upcast import decode, upcast
-from events.vote import U64_MAX, SignedVote, Vote, sign
+from events.vote import U64_MAX, SignedVote, Vote
 
 
 @pytest.mark.parametrize(
@@ -61,11 +61,28 @@ def test_signed_vote_from_json_rejects_garbage(data):
 
 def test_vote_signed_by_another_key_is_an_invalid_signature_not_an_accept():
     ledger, ts = bootstrap(3, 2)
-    other = trustees(5)[4]
-    sv = sign(Vote("tx", 1, ts[0].node_id, 1), other.key)  # node-1's name, someone else's key
-    events = run(ledger, rules.ReceiveVote(sv, ts[0].peer_id, 1))
-    assert [e.TYPE for e in events][:1] == ["ViolationDetected"]
+    events = run(ledger, ts[1].forge(ts[0].node_id, "tx", 1, now=1))  # node-1's name, node-2's key and envelope
+    assert [(e.TYPE, getattr(e, "node_id", None)) for e in events][:2] == [
+        ("ViolationDetected", "node-2"), ("NodeBanned", "node-2")]
     assert "tx" not in ledger.txs
+
+
+def test_a_forgery_blames_nobody_without_its_authors_envelope():
+    """R7 + R14: a recorder's word that peer X sent a forged vote is not evidence; X's signed envelope is."""
+    from events.envelope import Envelope
+
+    ledger, ts = bootstrap(3, 2)
+    before = (ledger.cluster, dict(ledger.txs))
+    bare = ts[1].forge(ts[0].node_id, "tx", 1, envelope=False)
+    framed = ts[1].forge(ts[0].node_id, "tx", 1)  # node-2 sent it; a Byzantine recorder says node-3 did
+    other = ts[2].forge(ts[0].node_id, "tx", 1)
+    cases = [bare, rules.ReceiveVote(framed.vote, ts[2].peer_id, 1, framed.envelope),
+             rules.ReceiveVote(framed.vote, ts[1].peer_id, 1, Envelope(framed.envelope.signed, bytes(64))),
+             rules.ReceiveVote(framed.vote, ts[1].peer_id, 1, other.envelope)]  # an envelope of another message
+    for cmd in cases:
+        with pytest.raises(errors.UnprovenForgery):
+            ledger.decide(cmd)
+        assert (ledger.cluster, ledger.txs) == before
 
 
 @pytest.mark.parametrize(

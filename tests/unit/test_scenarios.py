@@ -14,7 +14,6 @@ from helpers import bootstrap, run
 
 from events import errors
 from events import rules as r
-from events.vote import SignedVote, Vote
 
 DATA = Path(__file__).parent / "testdata"
 
@@ -44,10 +43,8 @@ def command(words: list[str], ts: list) -> r.Command:
     now = int(kw.get("now", 1000))
     if op == "vote":
         return node(a[0]).receive(a[1], int(a[2]), now=now, ts=int(kw.get("ts", 1)))
-    if op == "forge":  # a[0] authors a vote claiming to be from a[1], signed with a[0]'s key
-        sv = node(a[0]).vote(a[2], int(a[3]))
-        forged = SignedVote(Vote(a[2], int(a[3]), node(a[1]).node_id, 1), sv.signature)
-        return r.ReceiveVote(forged, node(a[0]).peer_id, now)
+    if op == "forge":  # a[0] authors a vote claiming to be from a[1], signed with a[0]'s key, in its envelope
+        return node(a[0]).forge(node(a[1]).node_id, a[2], int(a[3]), now=now, envelope="unproven" not in a)
     if op == "outsider":
         return r.ReceiveVote(node(a[0]).vote(a[1], int(a[2])), "peer-unknown", now)
     if op == "deadline":

@@ -37,6 +37,7 @@ What py-libp2p 0.8.1 does that we had to work around (measured, see issue 5):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -77,10 +78,17 @@ from .seen import SeenCache
 
 log = logging.getLogger(__name__)
 
-Validator = Callable[[str, bytes], bool]
+Validator = Callable[..., bool]  # (author, payload) or (author, payload, envelope) -> accept?
+EnvelopeFn = Callable[[], tuple[bytes, bytes]]  # -> (the signed pubsub Message bytes, the author's signature)
 DeliverFn = Callable[[str, bytes], None]
 
 UNBAN_ADDR_TTL = 3600  # seconds the addresses restored by unban() stay in the peerstore
+
+
+def envelope_of(msg: rpc_pb2.Message) -> tuple[bytes, bytes]:
+    """What the author signed (libp2p-pubsub: the Message without key and signature) and its signature."""
+    bare = rpc_pb2.Message(data=msg.data, topicIDs=msg.topicIDs, from_id=msg.from_id, seqno=msg.seqno)
+    return bare.SerializeToString(), bytes(msg.signature)
 
 
 def message_id(msg: rpc_pb2.Message) -> bytes:
@@ -280,6 +288,9 @@ class GossipHost:
         if config.memoize_peer_records and not _patches.install():
             log.warning("libp2p %s is not 0.8.1: peer-record memoisation not installed", libp2p.__version__)
         self._validate = validate
+        # A validator that takes a third argument gets the author's signed envelope on demand: the
+        # evidence a node needs to blame the author of a forged vote (R7, events.envelope).
+        self._validate_envelope = validate is not None and len(inspect.signature(validate).parameters) >= 3
         self._on_deliver = on_deliver
         self.counters = GossipCounters()
         self.banned_ids: set[ID] = set()
@@ -537,7 +548,10 @@ class GossipHost:
             return False
         if self._validate is not None:
             try:
-                ok = bool(self._validate(author, data))
+                if self._validate_envelope:
+                    ok = bool(self._validate(author, data, lambda: envelope_of(msg)))
+                else:
+                    ok = bool(self._validate(author, data))
             except Exception:
                 self.counters.validator_errors += 1
                 log.debug("validator raised for a message from %s", author, exc_info=True)
