@@ -22,6 +22,7 @@ from events.audit import verify
 from events.model import CLUSTER_STREAM, tx_stream
 from events.postgres_store import PostgresStore
 from recording.etcd_guard import EtcdGuard
+from recording.guard import Claim
 from recording.recorder import Recorder, Status
 from tvote import db
 
@@ -76,17 +77,19 @@ class LogMachine(RuleBasedStateMachine):
         rec = self.nodes[node]
         rec.catch_up()
         cmd = TS[who].receive(tx, value, now=self.clock, ts=self.clock)
+        scratch = rules.Ledger()
+        scratch.cluster, scratch.txs = rec.ledger.cluster, dict(rec.ledger.txs)
         try:
-            events = rec.ledger.decide(cmd)
+            decision = scratch.step(cmd)
         except errors.CommandRejected:
             return
-        if events:
+        if decision.events:
             expected = {CLUSTER_STREAM: rec.versions.get(CLUSTER_STREAM, 0),
                         tx_stream(tx): rec.versions.get(tx_stream(tx), 0)}
             written: dict[str, int] = {}
-            for e in events:
+            for e in decision.events:
                 written[e.stream] = written.get(e.stream, 0) + 1
-            rec.guard.claim([rec._claim(expected, written, events, rec.ledger)])
+            rec.guard.claim([Claim.of(expected, written, decision.effects)])
         rec.guard.close()  # the process is gone: its lease (and its vote claims) end
         rec.store.close()
         self.nodes[node] = self._node(f"node-{node}")  # restarted
