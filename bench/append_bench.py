@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 import psycopg  # noqa: E402
-from helpers import trustees  # noqa: E402
+from helpers import OPERATOR, admin, signer, trustees  # noqa: E402
 
 from devstack.etcd import Etcd  # noqa: E402
 from devstack.postgres import Postgres  # noqa: E402
@@ -47,7 +47,7 @@ def pct(xs: list[float], p: float) -> float:
 
 def vote_commands(n_votes: int, n: int = 7, tag: str = "") -> tuple[list, list]:
     ts = trustees(n)
-    boot = [rules.AdmitMember(x.node_id, x.vote_key, x.peer_id, "bench") for x in ts]
+    boot = admin(ts, 5)  # the operator's genesis, the members, t=5
     cmds = []
     for k in range(n_votes // n + 1):
         for x in ts:
@@ -58,7 +58,7 @@ def vote_commands(n_votes: int, n: int = 7, tag: str = "") -> tuple[list, list]:
 def bench_pure(n_votes: int) -> dict:
     boot, cmds = vote_commands(n_votes)
     ledger = rules.Ledger()
-    for c in [*boot, rules.Configure(5, "bench")]:
+    for c in boot:
         for e in ledger.decide(c):
             ledger.apply(e)
     lat = []
@@ -75,12 +75,12 @@ def bench_full_path(dsn: str, endpoint: str, n_votes: int, batch: int, edge_thre
     """decide + etcd CAS + PG append; ``edge_thread``: as in a node process, another thread checks the
     signatures of batch k+1 (the gossip edge; libsodium releases the GIL) while batch k is recorded."""
     tag = uuid.uuid4().hex[:6]
-    rec = Recorder(PostgresStore(dsn), EtcdGuard(endpoint, f"/bench/{tag}", "bench-node"), "bench-node")
     boot, cmds = vote_commands(n_votes, tag=tag)
-    keys = {c.node_id: c.vote_key for c in boot}
+    keys = {c.node_id: c.vote_key for c in boot if isinstance(c, rules.AdmitMember)}
+    # the recording node is a trustee (R13: it signs each append with its vote key)
+    rec = Recorder(PostgresStore(dsn), EtcdGuard(endpoint, f"/bench/{tag}", "bench-node"), trustees(7)[0].signer)
     # each run has its own members and so its own cluster: use a fresh database per run
-    rec.execute(boot)
-    rec.execute([rules.Configure(5, "bench")])
+    Recorder(rec.store, rec.guard, OPERATOR).execute(boot)
     before = rec.store.last_position()
     batches = [cmds[i:i + batch] for i in range(0, len(cmds), batch)]
     t0 = time.perf_counter()
@@ -159,7 +159,7 @@ def bench_store(dsn: str, n: int) -> dict:
     store = PostgresStore(dsn)
     t0 = time.perf_counter()
     for i in range(0, len(units), 500):
-        store.append(units[i:i + 500], "bench")
+        store.append(units[i:i + 500], signer("bench"))
     dt = time.perf_counter() - t0
     store.close()
     return {"batched_500_events_per_s": round(n / dt)}

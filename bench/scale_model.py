@@ -47,8 +47,10 @@ import psutil  # noqa: E402
 
 from chaos.scalemodel import Calibration, Deployment, Gossip, Prediction, Scenario, max_rate, predict  # noqa: E402
 from events import rules  # noqa: E402
+from events.identity import peer_id_of  # noqa: E402
 from events.model import CLUSTER_STREAM, tx_stream  # noqa: E402
 from events.vote import SignedVote, Vote, sign  # noqa: E402
+from events.writers import RowSigner, operator_writer  # noqa: E402
 
 CAL_FILE = BENCH / "calibration.json"
 RESULTS = BENCH / "RESULTS.md"
@@ -69,8 +71,10 @@ def load_avg() -> str:
 
 class Member:
     def __init__(self, i: int) -> None:
-        self.node_id, self.peer_id = f"node-{i}", f"peer-{i}"
+        self.node_id = f"node-{i}"
         self.key = nacl.signing.SigningKey(bytes([i % 251 + 1]) * 31 + bytes([i // 251]))
+        self.peer_id = peer_id_of(bytes(self.key.verify_key))
+        self.signer = RowSigner(self.node_id, self.key)  # how its node signs the log (R13)
 
     def vote(self, tx_id: str, value: int = 42) -> SignedVote:
         return sign(Vote(tx_id, value, self.node_id, 1), self.key)
@@ -79,9 +83,14 @@ class Member:
         return rules.ReceiveVote(self.vote(tx_id, value), self.peer_id, 1000)
 
 
+CAL_OP = RowSigner(operator_writer("cal"), nacl.signing.SigningKey(b"\x0c" * 32))
+
+
 def boot(n: int) -> tuple[list[Member], list[rules.Command]]:
+    """Members and the operator commands that found their cluster (run them as ``CAL_OP``)."""
     ms = [Member(i) for i in range(1, n + 1)]
-    cmds: list[rules.Command] = [rules.AdmitMember(m.node_id, bytes(m.key.verify_key), m.peer_id, "cal") for m in ms]
+    cmds: list[rules.Command] = [rules.AdmitWriter(CAL_OP.writer, "operator", CAL_OP.public_key, "cal")]
+    cmds += [rules.AdmitMember(m.node_id, bytes(m.key.verify_key), m.peer_id, "cal") for m in ms]
     return ms, [*cmds, rules.Configure(math.ceil(2 * n / 3), "cal", deadline_ms=600_000)]
 
 
@@ -110,7 +119,7 @@ def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
 def cal_core(out: dict[str, float], notes: dict[str, str]) -> None:
     from events.memory_store import MemoryStore
     from node import wire
-    from recording.memory_guard import MemoryGuard
+    from recording.memory_guard import MemoryGuard, MemoryKeys
     from recording.recorder import Recorder
 
     ms = [Member(i) for i in range(1, 11)]
@@ -138,11 +147,12 @@ def cal_core(out: dict[str, float], notes: dict[str, str]) -> None:
             ledger.execute(c)
         decide.append((time.process_time() - t0) / len(votes))
         store = MemoryStore()
-        rec = Recorder(store, MemoryGuard("cal"), "cal")
-        rec.execute(cmds)
+        keys = MemoryKeys()
+        Recorder(store, MemoryGuard("op", keys), CAL_OP).execute(cmds)
+        rec = Recorder(store, MemoryGuard("cal", keys), members[0].signer)
         for i in range(0, len(votes), 500):
             rec.execute(list(votes[i:i + 500]))
-        follower = Recorder(store, MemoryGuard("follower"), "follower")
+        follower = Recorder(store, MemoryGuard("follower"), members[1].signer)
         t0 = time.process_time()
         events = follower.catch_up()
         fold.append((time.process_time() - t0) / events)
@@ -217,8 +227,8 @@ def cal_servers(out: dict[str, float], notes: dict[str, str]) -> None:
         members, cmds = boot(10)
         store = PostgresStore(scope.app_dsn)
         guard = EtcdGuard(env.endpoint(0), scope.prefix, "cal-1")
-        rec = Recorder(store, guard, "cal-1")
-        rec.execute(cmds)
+        Recorder(store, guard, CAL_OP).execute(cmds)
+        rec = Recorder(store, guard, members[0].signer)
         last = store.last_position()
 
         time.sleep(0.5)
@@ -270,15 +280,15 @@ def cal_servers(out: dict[str, float], notes: dict[str, str]) -> None:
         cluster_v = store.stream_versions([CLUSTER_STREAM])[CLUSTER_STREAM]
         units = [Unit.of({CLUSTER_STREAM: cluster_v, tx_stream(f"a_{i}"): 0},
                          ledger.execute(members[0].receive(f"a_{i}"))) for i in range(4000)]  # list.pop: thread-safe
-        w, c, s = measure(lambda: store.append([units.pop()], "cal-1"), 300, [pg_pid])
+        w, c, s = measure(lambda: store.append([units.pop()], members[0].signer), 300, [pg_pid])
         out["pg_append_latency_s"], out["_append_client_cpu_s"], out["pg_cpu_per_append_s"] = w, c, s
-        _, c50, s50 = measure(lambda: store.append([units.pop() for _ in range(50)], "cal-1"), 20, [pg_pid])
+        _, c50, s50 = measure(lambda: store.append([units.pop() for _ in range(50)], members[0].signer), 20, [pg_pid])
         out["_append_vote_client_cpu_s"] = max(0.0, (c50 - c) / 49)
         out["_append_vote_server_cpu_s"] = max(0.0, (s50 - s) / 49)
 
         def make_appender() -> Callable[[], None]:
             st = PostgresStore(scope.app_dsn)
-            return lambda: st.append([units.pop()], "cal-x")
+            return lambda: st.append([units.pop()], members[0].signer)
 
         out["pg_capacity_appends_per_s"] = concurrent_rate(make_appender, 4, 2.5)
         notes["pg_capacity_appends_per_s"] = "4 appender threads for 2.5 s (the advisory log lock serialises them)"
@@ -301,7 +311,7 @@ def cal_servers(out: dict[str, float], notes: dict[str, str]) -> None:
 
         # PG row decode when following: catch-up over this log vs the same fold from memory
         n_events = store.last_position()
-        follower = Recorder(PostgresStore(scope.app_dsn), MemoryGuard("follower"), "follower")
+        follower = Recorder(PostgresStore(scope.app_dsn), MemoryGuard("follower"), members[1].signer)
         t0c = time.process_time()
         got = follower.catch_up()
         pg_fold = (time.process_time() - t0c) / max(1, got)

@@ -36,7 +36,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 from chain_baseline import measure  # noqa: E402  (bench/chain_baseline.py, beside this file)
 from eth_account import Account  # noqa: E402
-from helpers import trustees  # noqa: E402
+from helpers import Writers, admin, trustees  # noqa: E402
 
 from chain import ThresholdRecordClient, make_web3  # noqa: E402
 from devstack.anvil import Anvil  # noqa: E402
@@ -45,7 +45,7 @@ from devstack.postgres import Postgres  # noqa: E402
 from events import rules  # noqa: E402
 from events.postgres_store import PostgresStore  # noqa: E402
 from recording.etcd_guard import EtcdGuard  # noqa: E402
-from recording.recorder import Recorder  # noqa: E402
+from submitter.identity import log_signer  # noqa: E402
 from tvote import db  # noqa: E402
 
 N, T = 3, 2
@@ -66,11 +66,12 @@ class Setup:
         self.dsn = pg.dsn(name, user=db.APP_ROLE)
         self.prefix = f"/bench/{tag}"
         self.endpoint = etcd_endpoint
-        self.guard = EtcdGuard(etcd_endpoint, self.prefix, "bench-voter")
-        self.rec = Recorder(PostgresStore(self.dsn), self.guard, "bench-voter")
         self.members = trustees(N)
-        self.rec.execute([rules.AdmitMember(m.node_id, m.vote_key, m.peer_id, "bench") for m in self.members])
-        self.rec.execute([rules.Configure(T, "bench", deadline_ms=3_600_000)])
+        recording = trustees(N + 1)[N]  # a member that only records (R13: a trustee's node writes votes)
+        self.rec = Writers(PostgresStore(self.dsn), voter=recording,
+                           guard=lambda w: EtcdGuard(etcd_endpoint, self.prefix, w.replace(":", "-")))
+        self.guard = self.rec.guard
+        self.rec.execute(admin([*self.members, recording], T, deadline_ms=3_600_000)[1:])
         self.anvil = Anvil(log_path=workdir / f"anvil-{tag}.log")
         self.anvil.start()
         owner = Account.from_key(self.anvil.private_key(0))
@@ -79,6 +80,8 @@ class Setup:
                                                    chain_id=self.anvil.chain_id)
         key_file = workdir / f"key-{tag}"
         key_file.write_text(self.anvil.private_key(1))
+        sub_log = log_signer(f"bench-sub-{tag}", self.anvil.private_key(1))
+        self.rec.op.execute([rules.AdmitWriter(sub_log.writer, "submitter", sub_log.public_key, "op")])
         self.log = open(workdir / f"submitter-{tag}.log", "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "submitter", "--dsn", self.dsn, "--etcd", etcd_endpoint, "--etcd-prefix",
@@ -133,8 +136,7 @@ class Setup:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
-        self.rec.store.close()
-        self.guard.close()
+        self.rec.close()
         self.anvil.close()
 
 

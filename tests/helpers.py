@@ -8,8 +8,9 @@ import nacl.signing
 
 from events.envelope import build, vote_bytes
 from events.identity import peer_id_of
-from events.rules import AdmitMember, Configure, Ledger, ReceiveVote
+from events.rules import AdmitMember, AdmitWriter, Configure, Ledger, ReceiveVote
 from events.vote import SignedVote, Vote, sign
+from events.writers import RowSigner, operator_writer, submitter_writer
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,11 @@ class Trustee:
     @property
     def vote_key(self) -> bytes:
         return bytes(self.key.verify_key)
+
+    @property
+    def signer(self) -> RowSigner:
+        """How this trustee's node signs the log (R13): as the member, with its vote key."""
+        return RowSigner(self.node_id, self.key)
 
     def vote(self, tx_id: str, value: int, ts: int = 1) -> SignedVote:
         return sign(Vote(tx_id, value, self.node_id, ts), self.key)
@@ -35,6 +41,26 @@ class Trustee:
         sv = SignedVote(v, sign(v, self.key).signature)
         env = build(self.key, b'{"v":1,"votes":[' + vote_bytes(sv.to_json()) + b"]}", b"\0" * 8, "tvote/votes/1")
         return ReceiveVote(sv, self.peer_id, now, env if envelope else None)
+
+
+def signer(name: str) -> RowSigner:
+    """A writer's signer with a fixed key derived from its name (for tests that append rows directly)."""
+    return RowSigner(name, nacl.signing.SigningKey(name.encode().ljust(32, b"\0")[:32]))
+
+
+W = signer("w")  # a writer the log never admitted: its rows are void for every follower (R13)
+OPERATOR = RowSigner(operator_writer("op"), nacl.signing.SigningKey(b"\x0f" * 32))  # the tests' operator "op"
+
+
+def genesis() -> list:
+    """The log's first entry: the operator "op" admits itself (R13)."""
+    return [AdmitWriter(OPERATOR.writer, "operator", OPERATOR.public_key, "op")]
+
+
+def admin(ts: list[Trustee], t: int, **config: int) -> list:
+    """Operator commands that found a cluster of ``ts`` with threshold t (run them as OPERATOR)."""
+    return [*genesis(), *(AdmitMember(x.node_id, x.vote_key, x.peer_id, "op") for x in ts),
+            Configure(t, "op", **config)]
 
 
 def trustees(n: int) -> list[Trustee]:
@@ -64,3 +90,80 @@ def run(ledger: Ledger, command) -> list:
 
 def types(events) -> list[str]:
     return [e.TYPE for e in events]
+
+
+SUBMITTER = RowSigner(submitter_writer("sub-1"), nacl.signing.SigningKey(b"\x0e" * 32))  # the tests' submitter
+
+
+class Writers:
+    """One log, every kind of writer it needs (R13), each command routed to the writer entitled to it.
+
+    Operator commands go to ``operator:<command.operator>`` (admitted on first use by the genesis
+    operator "op"), submission steps to ``submitter:<name>`` (admitted likewise), everything else to
+    the trustee ``voter``'s node. ``execute``/``ledger``/``store`` read like one ``Recorder``'s.
+    """
+
+    def __init__(self, store, voter: Trustee | None = None, guard=None) -> None:
+        from recording.memory_guard import MemoryGuard, MemoryKeys
+        from recording.recorder import Recorder
+
+        keys = MemoryKeys()
+        self._make = lambda s: Recorder(store, guard(s.writer) if guard else MemoryGuard(s.writer, keys), s)
+        self.store = store
+        self.voter = voter or trustees(5)[0]
+        self.op = self._make(OPERATOR)
+        self.node = self._make(self.voter.signer)
+        self.by_writer = {OPERATOR.writer: self.op, self.voter.signer.writer: self.node}
+        self.op.execute(genesis())
+
+    @property
+    def ledger(self) -> Ledger:
+        self.node.catch_up()
+        return self.node.ledger
+
+    @property
+    def guard(self):
+        return self.node.guard
+
+    def recorder_for(self, cmd):
+        from events import rules
+
+        if isinstance(cmd, (rules.ReceiveVote, rules.CheckDeadline, rules.Reevaluate, rules.ReportInvalidEntry)):
+            return self.node
+        if isinstance(cmd, (rules.StartSubmission, rules.RecordSigned, rules.RecordBroadcast, rules.RecordConfirmed,
+                            rules.RecordFailed)):
+            name = getattr(cmd, "submitter", SUBMITTER.writer.removeprefix("submitter:"))
+            return self._writer(submitter_writer(name), "submitter")
+        return self._writer(operator_writer(cmd.operator), "operator")
+
+    def _writer(self, writer: str, role: str):
+        rec = self.by_writer.get(writer)
+        if rec is None:
+            s = SUBMITTER if writer == SUBMITTER.writer else signer(writer)
+            self.op.execute([AdmitWriter(writer, role, s.public_key, "op")])
+            rec = self.by_writer[writer] = self._make(s)
+        return rec
+
+    def execute(self, commands: list) -> list:
+        """Consecutive commands for one writer go in one batch, as that writer's recorder would take them."""
+        out: list = []
+        run: list = []
+        rec = None
+        for cmd in commands:
+            mine = self.recorder_for(cmd)
+            if rec is not None and mine is not rec:
+                out += rec.execute(run)
+                run = []
+            rec = mine
+            run.append(cmd)
+        if run:
+            out += rec.execute(run)
+        return out
+
+    def catch_up(self) -> int:
+        return self.node.catch_up()
+
+    def close(self) -> None:
+        for rec in self.by_writer.values():
+            rec.guard.close()
+        self.store.close()

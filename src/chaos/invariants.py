@@ -31,6 +31,7 @@ import psycopg
 
 from events import rules
 from events.audit import verify
+from events.follow import Follower
 from events.postgres_store import PostgresStore
 from projections.projector import Projector
 from projections.replay import replay
@@ -111,19 +112,15 @@ class InvariantReport:
 
 
 def read_log(dsn: str) -> tuple[rules.Ledger, list[Any]]:
-    """Fold the whole log (paged) into a ledger; also return every event, in log order."""
+    """Fold the whole log (paged) as an honest follower does (R13); also return every applied event, in order."""
     store = PostgresStore(dsn)
-    ledger, events, pos = rules.Ledger(), [], 0
+    follower, events = Follower(trust_own=False), []
     try:
         while True:
-            rows = store.read_all(after=pos, limit=5000)
-            for r in rows:
-                e = r.event()
-                ledger.apply(e)
-                events.append(e)
+            rows = store.read_all(after=follower.read, limit=5000)
+            events += [s.event for s in follower.feed(rows) if s.event is not None]
             if len(rows) < 5000:
-                return ledger, events
-            pos = rows[-1].position
+                return follower.ledger, events
     finally:
         store.close()
 

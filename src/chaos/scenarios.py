@@ -378,6 +378,7 @@ class SubmitterRig:
         from devstack.trustees import SRC
 
         i = len(self.procs)
+        ctx.cluster.admit_submitter(f"chaos-sub-{i}", self.key_file.read_text())  # its log key (R13)
         endpoint = ctx.env.endpoint(0).removeprefix("http://")
         argv = [sys.executable, "-m", "submitter", "--dsn", ctx.scope.app_dsn, "--etcd", endpoint,
                 "--etcd-prefix", ctx.scope.prefix, "--rpc", self.anvil.url, "--contract", self.client.address,

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import nacl.signing
 
+from devstack.operator import NAME as OPERATOR
+from devstack.operator import admit_submitter, operate, operator_signer
 from devstack.procs import die_with_parent, wait_until
 from events import rules
-from events.postgres_store import PostgresStore
 from node.p2p.identity import generate_key_file, load_seed, peer_id_from_seed
 from node.signer import Signer
-from recording.etcd_guard import EtcdGuard
-from recording.recorder import Recorder
 
 SRC = Path(__file__).resolve().parents[1]
 
@@ -75,6 +74,7 @@ class TrusteeCluster:
         self.token_file = self.base / "api.token"
         self.token_file.write_text(self.token)
         self.token_file.chmod(0o600)
+        self.operator = operator_signer(self.base)
         self.trustees: list[Trustee] = []
         for i in range(1, n + 1):
             key = self.base / f"trustee-{i}.key"
@@ -84,15 +84,18 @@ class TrusteeCluster:
             self.trustees.append(Trustee(f"trustee-{i}", key, load_seed(key), (byzantine or {}).get(i - 1, "none")))
 
     def admit(self, trustees: list[Trustee] | None = None, configure: bool = True) -> None:
-        rec = Recorder(PostgresStore(self.dsn), EtcdGuard(self.etcd, self.prefix, "operator"), "operator")
-        try:
-            rec.execute([rules.AdmitMember(t.node_id, t.vote_key, t.peer_id, "devstack")
-                         for t in trustees or self.trustees])
-            if configure:
-                rec.execute([rules.Configure(self.threshold, "devstack", deadline_ms=self.deadline_ms)])
-        finally:
-            rec.guard.close()
-            rec.store.close()
+        cmds: list[rules.Command] = [rules.AdmitMember(t.node_id, t.vote_key, t.peer_id, OPERATOR)
+                                     for t in trustees or self.trustees]
+        if configure:
+            cmds.append(rules.Configure(self.threshold, OPERATOR, deadline_ms=self.deadline_ms))
+        self.operate(cmds)
+
+    def operate(self, commands: list[rules.Command], strict: bool = True) -> list:
+        """Operator commands (signed by this cluster's operator key, R13), e.g. ``rules.Unban(...)``."""
+        return operate(self.dsn, self.etcd, self.prefix, self.operator, commands, strict)
+
+    def admit_submitter(self, name: str, eth_private_key: str) -> None:
+        admit_submitter(self.dsn, self.etcd, self.prefix, self.operator, name, eth_private_key)
 
     def start_node(self, t: Trustee, bootstrap: list[str]) -> None:
         status = self.base / f"{t.node_id}.status"

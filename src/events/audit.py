@@ -3,8 +3,10 @@
 Two layers:
 
 1. Integrity: positions run 1..n without a gap, each row's ``prev_hash`` is the previous
-   row's hash, and each hash is BLAKE3 over the row as stored. The first row that fails
-   is named: an edit, a deletion or an insertion made behind the trigger's back.
+   row's hash, each hash is BLAKE3 over the row as stored, every row is covered by its
+   writer's signature, and every decision is what the rules produce from the log before it
+   (``events.follow``). Every row that fails is named, with its reason: an edit, a deletion,
+   an insertion made behind the service's back, or a writer's false entry.
 2. Evidence: every accepted vote's signature verifies under the member's key as admitted
    in the log; a double vote shows two verifying votes with different values; a minority
    vote shows a verifying dissent; an invalid-signature violation shows a vote that does
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from events import model as m
 from events.envelope import Envelope, authored
 from events.errors import UnknownEvent
+from events.follow import Follower
 from events.identity import peer_id_bytes
 from events.store import GENESIS, EventStore, Recorded
 from events.vocab import ViolationKind
@@ -50,38 +53,48 @@ class AuditReport:
         return min(found, key=lambda f: f.position) if found else None
 
 
-def _rows(store: EventStore, batch: int = 5000) -> Iterator[Recorded]:
+def verify(store: EventStore) -> AuditReport:
+    """Every bad row of the log, each with its position and reason (not only the first).
+
+    The log is read as an honest follower reads it (``events.follow``: chain, writer signatures,
+    entitlement, every decision re-derived, nothing taken on trust, not even a row of our own), then
+    every applied event's evidence is checked again on its own.
+    """
+    report = AuditReport()
+    follower = Follower(trust_own=False)
+    keys: dict[str, bytes] = {}  # node_id -> vote key, as admitted in the log
+    votes: dict[tuple[str, str], SignedVote] = {}  # (tx, node) -> accepted vote
+    for rows in _pages(store):
+        report.events += len(rows)
+        for s in follower.feed(rows):
+            if s.void is not None:
+                v = s.void
+                kind = report.evidence if v.attributable else report.integrity
+                kind.append(Finding(v.position, f"void, written as {v.writer!r}: {v.reason}"))
+                continue
+            try:
+                _check_evidence(s.row, keys, votes, report)
+            except Exception as e:  # malformed payloads are findings, not crashes
+                report.evidence.append(Finding(s.row.position, f"unreadable {s.row.event_type}: {e}"))
+    report.integrity += [Finding(a.position, a.problem) for a in follower.anomalies]
+    if follower.waiting:
+        report.integrity.append(Finding(follower.position + 1, f"{follower.waiting} row(s) at the end of the log "
+                                                               "that no writer signature covers"))
+    report.integrity.sort(key=lambda f: f.position)
+    report.evidence.sort(key=lambda f: f.position)
+    report.last_hash = follower.prev_hash.hex()
+    return report
+
+
+def _pages(store: EventStore, batch: int = 5000) -> Iterator[list[Recorded]]:
     after = 0
     while True:
         rows = store.read_all(after=after, limit=batch)
-        yield from rows
+        if rows:
+            yield rows
         if len(rows) < batch:
             return
         after = rows[-1].position
-
-
-def verify(store: EventStore) -> AuditReport:
-    report = AuditReport()
-    prev_hash, expected_pos = GENESIS, 1
-    keys: dict[str, bytes] = {}  # node_id -> vote key, as admitted in the log
-    votes: dict[tuple[str, str], SignedVote] = {}  # (tx, node) -> accepted vote
-    for r in _rows(store):
-        report.events += 1
-        if r.position != expected_pos:
-            report.integrity.append(Finding(expected_pos, f"missing event(s): next stored is {r.position}"))
-        elif r.prev_hash != prev_hash:
-            report.integrity.append(Finding(r.position, "prev_hash does not chain to the previous event"))
-        elif r.content_hash() != r.hash:
-            report.integrity.append(Finding(r.position, "content does not match its hash (edited)"))
-        if report.integrity:
-            return report  # past the first break the chain proves nothing
-        prev_hash, expected_pos = r.hash, r.position + 1
-        report.last_hash = r.hash.hex()
-        try:
-            _check_evidence(r, keys, votes, report)
-        except Exception as e:  # malformed payloads are findings, not crashes
-            report.evidence.append(Finding(r.position, f"unreadable {r.event_type}: {e}"))
-    return report
 
 
 def _verifies(vote_json: dict, keys: dict[str, bytes]) -> tuple[SignedVote, bool]:
@@ -134,7 +147,8 @@ def _check_evidence(r: Recorded, keys: dict[str, bytes], votes: dict, report: Au
         case (m.ClusterConfigured() | m.MemberRemoved() | m.NodeBanned() | m.NodeUnbanned() | m.ReputationChanged()
               | m.RetentionApplied() | m.TransactionOpened() | m.TransactionAborted() | m.DeadlinePassed()
               | m.TransactionExpired() | m.SubmissionStarted() | m.SubmissionSigned() | m.SubmissionBroadcast()
-              | m.SubmissionConfirmed() | m.SubmissionFailed()):
+              | m.SubmissionConfirmed() | m.SubmissionFailed() | m.WriterAdmitted() | m.WriterRevoked()
+              | m.InvalidEntryReported()):
             pass  # no signature to check in them
         case _:
             raise UnknownEvent(e)

@@ -42,6 +42,10 @@ class UnprovenForgery(CommandRejected):
     """R7: a vote that does not verify, but no signed envelope proves who authored it: nobody is blamed."""
 
 
+class NotEntitled(CommandRejected):
+    """R13: this writer may not write this command (not a member, operator or submitter of the right role)."""
+
+
 class UnknownTransaction(CommandRejected):
     """The command names a transaction the log has never seen."""
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from dataclasses import replace
 
-from events.store import GENESIS, Outcome, Recorded, Unit, UnitResult, chain_hash, plan
+from events.store import GENESIS, Recorded, Unit, UnitResult, chain_rows, plan
+from events.writers import RowSigner
 
 
 class MemoryStore:
@@ -16,28 +17,20 @@ class MemoryStore:
         self._versions: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def append(self, units: list[Unit], writer: str) -> list[UnitResult]:
+    def append(self, units: list[Unit], signer: RowSigner) -> list[UnitResult]:
         with self._lock:
             versions = dict(self._versions)
             keys = set(self._keys)
             planned = plan(units, versions, keys)
-            results = []
             now_us = time.time_ns() // 1000
-            new_rows: list[Recorded] = []  # built first, appended at once: a batch lands whole or not at all
             prev = self._rows[-1].hash if self._rows else GENESIS
-            for result, rows in planned:
-                positions = []
-                for e, version in rows:
-                    pos = len(self._rows) + len(new_rows) + 1
-                    h = chain_hash(prev, pos, e.stream_id, version, e.event_type, e.schema_version, e.body,
-                                   now_us, e.idempotency_key, writer)
-                    new_rows.append(Recorded(pos, e.stream_id, version, e.event_type, e.schema_version,
-                                             e.payload, now_us, e.idempotency_key, writer, prev, h))
-                    prev = h
-                    positions.append(pos)
-                results.append(replace(result, positions=tuple(positions)) if result.outcome is Outcome.APPENDED
-                               else result)
-            self._rows.extend(new_rows)
+            rows, results = chain_rows(planned, len(self._rows), prev, now_us, signer)
+            # built first, appended at once: a batch lands whole or not at all
+            self._rows.extend(
+                Recorded(r.position, r.event.stream_id, r.version, r.event.event_type, r.event.schema_version,
+                         r.event.payload, now_us, r.event.idempotency_key, signer.writer, r.prev_hash, r.hash,
+                         json.loads(r.event.command) if r.event.command else None, r.signature, r.signed_from)
+                for r in rows)
             self._versions, self._keys = versions, keys
             return results
 

@@ -169,6 +169,53 @@ class ReputationChanged(Event):
         return f"rep:{self.node_id}:{self.reason}:{self.cause}"
 
 
+@dataclass(frozen=True)
+class WriterAdmitted(Event):
+    """An operator or submitter may now write the log with this key (R13). The first one is self-admitted."""
+
+    TYPE = "WriterAdmitted"
+    writer: str  # operator:<name> | submitter:<name>
+    role: str  # events.vocab.WriterRole
+    public_key: str  # Ed25519, hex
+    operator: str
+    seq: int
+
+    @property
+    def key(self) -> str:
+        return f"writer:{self.writer}:{self.seq}"
+
+
+@dataclass(frozen=True)
+class WriterRevoked(Event):
+    TYPE = "WriterRevoked"
+    writer: str
+    operator: str
+    reason: str
+    seq: int
+
+    @property
+    def key(self) -> str:
+        return f"writer-revoked:{self.writer}:{self.seq}"
+
+
+@dataclass(frozen=True)
+class InvalidEntryReported(Event):
+    """R13: ``writer`` signed the log entry at ``position``, and the rules do not produce it.
+
+    Every honest follower found the same (the entry is void for all of them alike); the report makes
+    it a violation of its writer. Evidence is the entry itself, in the log at ``position``.
+    """
+
+    TYPE = "InvalidEntryReported"
+    position: int
+    writer: str
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return f"invalid-entry:{self.position}"
+
+
 # --- one transaction (stream "tx:<tx_id>") -----------------------------------------------------
 
 
@@ -373,5 +420,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SubmissionConfirmed,
         SubmissionFailed,
         RetentionApplied,
+        WriterAdmitted,
+        WriterRevoked,
+        InvalidEntryReported,
     )
 }

@@ -23,23 +23,26 @@ import psycopg
 from psycopg import errors as pgerr
 
 from events.errors import ConcurrencyConflict, StoreUnavailable
-from events.store import GENESIS, Outcome, Recorded, Unit, UnitResult, chain_hash, plan
+from events.store import GENESIS, Outcome, Recorded, Unit, UnitResult, chain_rows, plan
+from events.writers import RowSigner
 
 IDEMPOTENCY_CONSTRAINT = "events_idempotency_key"  # alembic 0001
 LOG_LOCK = 0x7476_6F74_65_6C6F67 & 0x7FFF_FFFF_FFFF_FFFF  # "tvote log", an arbitrary constant
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 COLUMNS = (
     "position, stream_id, stream_version, event_type, schema_version, payload, recorded_at, "
-    "idempotency_key, writer, prev_hash, hash"
+    "idempotency_key, writer, prev_hash, hash, command, signature, signed_from"
 )
 # Binary COPY: integers, timestamps and the two hashes travel as they are (no text round trip). The
 # payload is already canonical JSON; jsonb's binary input is a version byte (1) and that text, so it
 # is sent as raw bytes rather than re-encoded by a JSON dumper.
-COPY_TYPES = ["int8", "text", "int4", "text", "int2", "bytea", "timestamptz", "text", "text", "bytea", "bytea"]
+COPY_TYPES = ["int8", "text", "int4", "text", "int2", "bytea", "timestamptz", "text", "text", "bytea", "bytea",
+              "bytea", "bytea", "int8"]
 JSONB_V1 = b"\x01"
 SELECT = (
     "SELECT position, stream_id, stream_version, event_type, schema_version, payload, "
-    "(extract(epoch FROM recorded_at) * 1000000)::bigint, idempotency_key, writer, prev_hash, hash FROM events"
+    "(extract(epoch FROM recorded_at) * 1000000)::bigint, idempotency_key, writer, prev_hash, hash, "
+    "command, signature, signed_from FROM events"
 )
 
 
@@ -84,7 +87,7 @@ class PostgresStore:
                     conn.rollback()
                 raise
 
-    def append(self, units: list[Unit], writer: str) -> list[UnitResult]:
+    def append(self, units: list[Unit], signer: RowSigner) -> list[UnitResult]:
         if not units:
             return []
 
@@ -111,24 +114,15 @@ class PostgresStore:
                 planned = plan(units, dict(versions), probe())
             now_us = time.time_ns() // 1000
             recorded_at = us_to_datetime(now_us)
-            results: list[UnitResult] = []
+            rows, results = chain_rows(planned, position, prev, now_us, signer)
+            writer = signer.writer
             with cur.copy(f"COPY events ({COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(COPY_TYPES)
-                for result, rows in planned:
-                    positions = []
-                    for e, version in rows:
-                        position += 1
-                        h = chain_hash(prev, position, e.stream_id, version, e.event_type, e.schema_version,
-                                       e.body, now_us, e.idempotency_key, writer)
-                        copy.write_row((position, e.stream_id, version, e.event_type, e.schema_version,
-                                        JSONB_V1 + e.body, recorded_at, e.idempotency_key,
-                                        writer, prev, h))
-                        prev = h
-                        positions.append(position)
-                    results.append(
-                        UnitResult(Outcome.APPENDED, tuple(positions)) if result.outcome is Outcome.APPENDED
-                        else result
-                    )
+                for r in rows:
+                    e = r.event
+                    copy.write_row((r.position, e.stream_id, r.version, e.event_type, e.schema_version,
+                                    JSONB_V1 + e.body, recorded_at, e.idempotency_key, writer, r.prev_hash, r.hash,
+                                    JSONB_V1 + e.command if e.command else None, r.signature, r.signed_from))
             return results
 
         # Optimistic first: a new unit's keys are almost never in the log, and probing for them costs
@@ -196,4 +190,5 @@ def read_after(conn: psycopg.Connection | psycopg.Cursor, after: int, limit: int
 
 
 def _recorded(r: tuple) -> Recorded:
-    return Recorded(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8], bytes(r[9]), bytes(r[10]))
+    return Recorded(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8], bytes(r[9]), bytes(r[10]),
+                    r[11], bytes(r[12]) if r[12] is not None else None, r[13])

@@ -22,6 +22,7 @@ from events.model import (
     ClusterConfigured,
     DeadlinePassed,
     Event,
+    InvalidEntryReported,
     MemberAdmitted,
     MemberRemoved,
     NodeBanned,
@@ -39,9 +40,21 @@ from events.model import (
     TransactionOpened,
     ViolationDetected,
     VoteAccepted,
+    WriterAdmitted,
+    WriterRevoked,
 )
-from events.vocab import ABORTABLE, FINAL, AbortReason, BanReason, ReputationReason, TxStatus, ViolationKind
+from events.vocab import (
+    ABORTABLE,
+    FINAL,
+    AbortReason,
+    BanReason,
+    ReputationReason,
+    TxStatus,
+    ViolationKind,
+    WriterRole,
+)
 from events.vote import KEY_LEN, SignedVote, certificate_hash, check_node_id, check_tx_id
+from events.writers import operator_writer, submitter_writer
 
 __all__ = ["ABORTABLE", "FINAL"]  # re-exported for the shells, with the aliases below
 
@@ -96,11 +109,46 @@ class Member:
 
 
 @dataclass(frozen=True)
+class Writer:
+    """An operator or submitter admitted to write the log (R13); trustees write as members."""
+
+    writer: str
+    role: WriterRole
+    public_key: bytes
+    active: bool = True
+    admissions: int = 1
+    revocations: int = 0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A log entry its writer signed that the rules do not produce (found by every honest follower alike)."""
+
+    writer: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Cluster:
     config: Config | None = None
     config_seq: int = 0
     retention_seq: int = 0
     members: dict[str, Member] = field(default_factory=dict)
+    writers: dict[str, Writer] = field(default_factory=dict)
+    # Signed entries found invalid, not yet reported (position -> fault). Set by the follower's check of
+    # the log itself (events.follow), the same for every honest follower, and read by ReportInvalidEntry.
+    faults: dict[int, Fault] = field(default_factory=dict)
+
+    def key_of(self, writer: str) -> bytes | None:
+        """The key ``writer`` signs the log with: a member's vote key or an admitted writer's key."""
+        m = self.members.get(writer)
+        if m is not None and m.active:
+            return m.vote_key
+        w = self.writers.get(writer)
+        return w.public_key if w is not None and w.active else None
+
+    def has_operator(self) -> bool:
+        return any(w.active and w.role == WriterRole.OPERATOR for w in self.writers.values())
 
     def member_by_peer(self, peer_id: str) -> Member | None:
         for m in self.members.values():
@@ -254,8 +302,37 @@ class ApplyRetention:
     vote_days: int = 90
 
 
+@dataclass(frozen=True)
+class AdmitWriter:
+    """Admit an operator (``operator:<name>``) or submitter (``submitter:<name>``) key to write the log."""
+
+    writer: str
+    role: str
+    public_key: bytes
+    operator: str
+
+
+@dataclass(frozen=True)
+class RevokeWriter:
+    writer: str
+    operator: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReportInvalidEntry:
+    """R13: make a signed log entry the rules do not produce a violation of its writer."""
+
+    position: int
+    writer: str
+    reason: str
+
+
 Command = (
-    ApplyRetention
+    AdmitWriter
+    | RevokeWriter
+    | ReportInvalidEntry
+    | ApplyRetention
     | Configure
     | AdmitMember
     | RemoveMember
@@ -731,7 +808,93 @@ def _apply_retention(d: _Decision, c: ApplyRetention) -> None:
                             _text("operator", c.operator), d.cluster.retention_seq))
 
 
+def _admit_writer(d: _Decision, c: AdmitWriter) -> None:
+    _text("operator", c.operator)
+    try:
+        role = WriterRole(c.role)
+    except ValueError:
+        raise errors.InvalidCommand(f"role must be {WriterRole.OPERATOR} or {WriterRole.SUBMITTER}") from None
+    prefix = {WriterRole.OPERATOR: operator_writer(""), WriterRole.SUBMITTER: submitter_writer("")}.get(role)
+    if prefix is None:
+        raise errors.InvalidCommand("trustees write as members (tvote members add), not as writers")
+    name = _text("writer", c.writer).removeprefix(prefix)
+    if not c.writer.startswith(prefix) or not name:
+        raise errors.InvalidCommand(f"a {role} writer is named {prefix}<name>, got {errors.show(c.writer)}")
+    check_node_id(name)
+    if not isinstance(c.public_key, bytes) or len(c.public_key) != KEY_LEN:
+        raise errors.InvalidCommand("public_key must be a 32-byte Ed25519 public key")
+    existing = d.cluster.writers.get(c.writer)
+    if existing is not None and existing.active:
+        raise errors.CommandRejected(f"{c.writer} is already a writer")
+    if any(w.active and w.public_key == c.public_key for w in d.cluster.writers.values()) or any(
+            m.active and m.vote_key == c.public_key for m in d.cluster.members.values()):
+        raise errors.CommandRejected("that key already writes the log under another name")
+    d.emit(WriterAdmitted(c.writer, role, c.public_key.hex(), c.operator, existing.admissions if existing else 0))
+
+
+def _revoke_writer(d: _Decision, c: RevokeWriter) -> None:
+    w = d.cluster.writers.get(_text("writer", c.writer))
+    if w is None or not w.active:
+        raise errors.CommandRejected(f"{errors.show(c.writer)} is not a writer")
+    others = [o for o in d.cluster.writers.values() if o.active and o.role == WriterRole.OPERATOR and o is not w]
+    if w.role == WriterRole.OPERATOR and not others:
+        raise errors.CommandRejected("cannot revoke the last operator: admit another first")
+    d.emit(WriterRevoked(c.writer, _text("operator", c.operator), _text("reason", c.reason), w.revocations))
+
+
+def _report_invalid_entry(d: _Decision, c: ReportInvalidEntry) -> None:
+    _int("position", c.position, 1, 2**63 - 1)
+    fault = d.cluster.faults.get(c.position)
+    if fault is None or fault != Fault(c.writer, c.reason):
+        raise errors.CommandRejected(f"no unreported invalid entry of {errors.show(c.writer)} at {c.position}")
+    report = InvalidEntryReported(c.position, c.writer, c.reason)
+    d.emit(report)
+    m = d.cluster.members.get(c.writer)
+    if m is not None and m.active:
+        d.ban(c.writer, BanReason.INVALID_ENTRY, report)  # a trustee that signs what the rules never produce
+
+
+def authorize(cluster: Cluster, writer: str, command: Command) -> None:
+    """R13: may ``writer`` write ``command``? Raises NotEntitled; followers void entries that fail this.
+
+    Trustees (eligible members, signing with their vote keys) record votes, deadlines, re-evaluations
+    and reports; submitters the submission steps, under their own name; operators everything else,
+    under their own name. The very first operator admits itself (the log's genesis).
+    """
+    match command:
+        case ReceiveVote() | CheckDeadline() | Reevaluate() | ReportInvalidEntry():
+            m = cluster.members.get(writer)
+            if m is None or not m.eligible:
+                raise errors.NotEntitled(f"{errors.show(writer)} is not an eligible trustee: it may not record "
+                                         f"{type(command).__name__}")
+            if isinstance(command, ReportInvalidEntry) and command.writer == writer:
+                raise errors.NotEntitled("a writer does not report itself")
+        case StartSubmission() | RecordSigned() | RecordBroadcast() | RecordConfirmed() | RecordFailed():
+            _require_writer(cluster, writer, WriterRole.SUBMITTER)
+            if isinstance(command, StartSubmission) and submitter_writer(str(command.submitter)) != writer:
+                raise errors.NotEntitled(f"{writer} claims a submission as {errors.show(command.submitter)}")
+        case AdmitWriter() if command.role == WriterRole.OPERATOR and not cluster.has_operator():
+            if command.writer != writer:
+                raise errors.NotEntitled("the first operator admits itself, with the key it signs with")
+        case (Configure() | AdmitMember() | RemoveMember() | Unban() | ApplyRetention() | AdmitWriter()
+              | RevokeWriter()):
+            _require_writer(cluster, writer, WriterRole.OPERATOR)
+            if operator_writer(str(command.operator)) != writer:
+                raise errors.NotEntitled(f"{writer} acts as operator {errors.show(command.operator)}")
+        case _:
+            raise errors.InvalidCommand(f"unknown command {type(command).__name__}")
+
+
+def _require_writer(cluster: Cluster, writer: str, role: WriterRole) -> None:
+    w = cluster.writers.get(writer)
+    if w is None or not w.active or w.role != role:
+        raise errors.NotEntitled(f"{errors.show(writer)} is not an admitted {role}")
+
+
 _HANDLERS: dict[type, Any] = {
+    AdmitWriter: _admit_writer,
+    RevokeWriter: _revoke_writer,
+    ReportInvalidEntry: _report_invalid_entry,
     ApplyRetention: _apply_retention,
     Configure: _configure,
     AdmitMember: _admit,
@@ -799,6 +962,18 @@ def _evolve(state: State, event: Event) -> State:
             return _with_member(state, replace(m, reputation=event.score, silent_streak=streak))
         case RetentionApplied():
             return replace(state, cluster=replace(cl, retention_seq=cl.retention_seq + 1))
+        case WriterAdmitted():
+            old_w = cl.writers.get(event.writer)
+            w = Writer(event.writer, WriterRole(event.role), bytes.fromhex(event.public_key),
+                       admissions=(old_w.admissions + 1) if old_w else 1, revocations=old_w.revocations if old_w else 0)
+            return replace(state, cluster=replace(cl, writers={**cl.writers, w.writer: w}))
+        case WriterRevoked():
+            w = cl.writers[event.writer]
+            w = replace(w, active=False, revocations=w.revocations + 1)
+            return replace(state, cluster=replace(cl, writers={**cl.writers, w.writer: w}))
+        case InvalidEntryReported():
+            faults = {p: f for p, f in cl.faults.items() if p != event.position}
+            return replace(state, cluster=replace(cl, faults=faults))
         case TransactionOpened():
             return replace(state, tx=Tx(event.tx_id, COLLECTING, event.opened_at_ms, event.deadline_at_ms))
         case ViolationDetected() if tx is None:

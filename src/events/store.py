@@ -12,6 +12,10 @@ if the earlier one conflicts, the later one conflicts too (its expectation no lo
 
 Every row is chained: ``hash = BLAKE3(prev_hash || canonical(row))``. The first row's
 ``prev_hash`` is 32 zero bytes. ``audit verify`` walks the chain.
+
+R13: the first row of each unit carries the unit's *command* (what was decided), and the last row of
+each append carries its writer's signature over the batch (``events.writers``), so any follower can
+check who wrote every row and re-derive every decision (``events.follow``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import blake3
 
 from events.model import Event
 from events.upcast import decode
+from events.writers import RowSigner
 
 GENESIS = bytes(32)
 _LEN = struct.Struct(">I")
@@ -45,14 +50,15 @@ class NewEvent:
     payload: dict[str, Any]
     idempotency_key: str
     body: bytes = b""  # canonical_json(payload), computed once: it is sized, hashed and stored
+    command: bytes = b""  # canonical JSON of the unit's command, on a unit's first event only (R13)
 
     def __post_init__(self) -> None:
         if not self.body:
             object.__setattr__(self, "body", canonical_json(self.payload))
 
     @classmethod
-    def of(cls, e: Event) -> NewEvent:
-        return cls(e.stream, e.TYPE, e.VERSION, e.to_payload(), e.key)
+    def of(cls, e: Event, command: bytes = b"") -> NewEvent:
+        return cls(e.stream, e.TYPE, e.VERSION, e.to_payload(), e.key, command=command)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,9 @@ class Recorded:
     writer: str
     prev_hash: bytes
     hash: bytes
+    command: dict[str, Any] | None = None  # the unit's command, on its first row (R13)
+    signature: bytes | None = None  # the writer's signature over its batch, on the batch's last row
+    signed_from: int | None = None  # the first position that signature covers
 
     def event(self) -> Event:
         return decode(self.event_type, self.schema_version, self.payload)
@@ -76,14 +85,19 @@ class Recorded:
         return chain_hash(
             self.prev_hash, self.position, self.stream_id, self.stream_version, self.event_type,
             self.schema_version, self.payload, self.recorded_at_us, self.idempotency_key, self.writer,
+            canonical_json(self.command) if self.command is not None else b"",
         )
 
 
 def chain_hash(
     prev: bytes, position: int, stream_id: str, version: int, event_type: str, schema_version: int,
-    payload: dict[str, Any] | bytes, recorded_at_us: int, key: str, writer: str,
+    payload: dict[str, Any] | bytes, recorded_at_us: int, key: str, writer: str, command: bytes = b"",
 ) -> bytes:
-    """BLAKE3 over the previous hash and the row; ``payload`` may be given already canonical."""
+    """BLAKE3 over the previous hash and the row; ``payload`` may be given already canonical.
+
+    ``command`` (a unit's first row) is hashed after the writer, length-prefixed, only when present:
+    a row without one hashes exactly as rows did before commands were logged.
+    """
     body = payload if isinstance(payload, bytes) else canonical_json(payload)
     sid, typ, k, w = stream_id.encode(), event_type.encode(), key.encode(), writer.encode()
     # One buffer, one hash call: the same bytes as hashing each length-prefixed part in turn.
@@ -91,6 +105,7 @@ def chain_hash(
         prev, struct.pack(">qiHq", position, version, schema_version, recorded_at_us),
         _LEN.pack(len(sid)), sid, _LEN.pack(len(typ)), typ, _LEN.pack(len(body)), body,
         _LEN.pack(len(k)), k, _LEN.pack(len(w)), w,
+        *((_LEN.pack(len(command)), command) if command else ()),
     ))).digest()
 
 
@@ -102,8 +117,10 @@ class Unit:
     events: tuple[NewEvent, ...]
 
     @classmethod
-    def of(cls, expected: dict[str, int], events: list[Event]) -> Unit:
-        return cls(dict(expected), tuple(NewEvent.of(e) for e in events))
+    def of(cls, expected: dict[str, int], events: list[Event], command: dict[str, Any] | None = None) -> Unit:
+        """A decision's unit; its first event carries ``command`` (what was decided) for followers (R13)."""
+        cmd = canonical_json(command) if command is not None else b""
+        return cls(dict(expected), tuple(NewEvent.of(e, cmd if i == 0 else b"") for i, e in enumerate(events)))
 
 
 class Outcome(Enum):
@@ -117,10 +134,12 @@ class UnitResult:
     outcome: Outcome
     positions: tuple[int, ...] = ()
     detail: str = ""
+    last_hash: bytes = b""  # the chain hash of the unit's last row (APPENDED): a writer follows its own rows
 
 
 class EventStore(Protocol):
-    def append(self, units: list[Unit], writer: str) -> list[UnitResult]: ...
+    def append(self, units: list[Unit], signer: RowSigner) -> list[UnitResult]:
+        """Append in one transaction; the batch's last row carries ``signer``'s signature over the batch."""
 
     def read_all(self, after: int = 0, limit: int = 1000) -> list[Recorded]: ...
 
@@ -184,3 +203,46 @@ def plan(
 
 _APPENDED = UnitResult(Outcome.APPENDED)  # frozen: one instance serves every unit
 _DUPLICATE = UnitResult(Outcome.DUPLICATE)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainedRow:
+    """A row laid out for writing: its place in the chain and, on a batch's last row, the signature."""
+
+    position: int
+    version: int
+    event: NewEvent
+    prev_hash: bytes
+    hash: bytes
+    signature: bytes | None = None
+    signed_from: int | None = None
+
+
+def chain_rows(planned: list[tuple[UnitResult, list[tuple[NewEvent, int]]]], position: int, prev: bytes,
+               now_us: int, signer: RowSigner) -> tuple[list[ChainedRow], list[UnitResult]]:
+    """Positions, chain hashes and the writer's signature for a planned append; shared by every adapter.
+
+    ``position``/``prev``: the log's last position and hash under the append lock. Units that are not
+    APPENDED write nothing; the last row written carries the signature over all the rows written.
+    """
+    rows: list[ChainedRow] = []
+    results: list[UnitResult] = []
+    writer = signer.writer
+    for result, unit_rows in planned:
+        if result.outcome is not Outcome.APPENDED:
+            results.append(result)
+            continue
+        positions = []
+        for e, version in unit_rows:
+            position += 1
+            h = chain_hash(prev, position, e.stream_id, version, e.event_type, e.schema_version, e.body, now_us,
+                           e.idempotency_key, writer, e.command)
+            rows.append(ChainedRow(position, version, e, prev, h))
+            prev = h
+            positions.append(position)
+        results.append(UnitResult(Outcome.APPENDED, tuple(positions), last_hash=prev))
+    if rows:
+        last = rows[-1]
+        rows[-1] = ChainedRow(last.position, last.version, last.event, last.prev_hash, last.hash,
+                              signer.sign_batch(rows[0].position, last.hash), rows[0].position)
+    return rows, results

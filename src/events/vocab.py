@@ -63,6 +63,15 @@ class BanReason(StrEnum):
     MINORITY_VOTE = ViolationKind.MINORITY_VOTE.value
     INVALID_SIGNATURE = ViolationKind.INVALID_SIGNATURE.value
     REPUTATION_FLOOR = "REPUTATION_FLOOR"
+    INVALID_ENTRY = "INVALID_ENTRY"  # R13: it signed a log entry the rules do not produce
+
+
+class WriterRole(StrEnum):
+    """Who may write which commands to the log (R13); trustees write as members, with their vote keys."""
+
+    OPERATOR = "operator"  # membership, configuration, unbans, retention, writers
+    SUBMITTER = "submitter"  # the chain submission steps
+    TRUSTEE = "trustee"  # votes, deadlines, re-evaluations, reports of invalid entries
 
 
 class ReputationReason(StrEnum):
@@ -74,6 +83,7 @@ class ReputationReason(StrEnum):
     DOUBLE_VOTING = ViolationKind.DOUBLE_VOTING.value  # a Byzantine ban drops it to 0 (seed 3.3)
     MINORITY_VOTE = ViolationKind.MINORITY_VOTE.value
     INVALID_SIGNATURE = ViolationKind.INVALID_SIGNATURE.value
+    INVALID_ENTRY = "INVALID_ENTRY"
 
 
 def sql_in(names: type[StrEnum] | frozenset[StrEnum]) -> str:

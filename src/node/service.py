@@ -33,9 +33,11 @@ from libp2p.peer.id import ID
 from events import rules
 from events.envelope import Envelope
 from events.errors import CommandRejected, InvalidVote, StoreUnavailable, ThresholdVoteError
+from events.follow import Void
 from events.model import Event, TransactionOpened
 from events.postgres_store import PostgresStore
 from events.vote import SignedVote
+from events.writers import RowSigner
 from node import duty, wire
 from node.p2p import GossipConfig, ThreadedGossipHost
 from node.p2p.identity import load_seed
@@ -161,6 +163,7 @@ class TrusteeNode:
         self._deadlines: list[tuple[int, str]] = []
         self.signer: Signer | None = None
         self._store_ok_since: float | None = None  # monotonic time the log became writable again (R9)
+        self._reported: set[int] = set()  # positions of invalid entries we already reported (R13)
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -168,8 +171,10 @@ class TrusteeNode:
         self._open_signer()
         store = PostgresStore(self.cfg.dsn)
         guard = EtcdGuard(self.cfg.etcd, self.cfg.etcd_prefix, self.cfg.node_id)
-        self.recorder = Recorder(store, guard, self.cfg.node_id)
+        # A trustee signs the log with its vote key, as the member the log admitted (R13).
+        self.recorder = Recorder(store, guard, RowSigner(self.cfg.node_id, self.signing_key))
         self.recorder.on_event = self._on_event
+        self.recorder.on_void = self._on_void
         self.recorder.catch_up()
         me = self.recorder.ledger.cluster.members.get(self.cfg.node_id)
         if me is None or not me.active:
@@ -441,6 +446,23 @@ class TrusteeNode:
             if self._stopped.is_set() and not items and (self.recorder.deferred or self.standby):
                 time.sleep(0.05)
 
+    def _on_void(self, v: Void) -> None:
+        """R13: a row every honest follower ignores; alerted (log_rows_void_total via the projector) and logged."""
+        self.counters.add("void_rows")
+        log.error("void log row %d written as %.80r: %s", v.position, v.writer, v.reason)
+
+    def _report_faults(self) -> None:
+        """Make each signed entry the rules do not produce a violation of its writer (ReportInvalidEntry).
+
+        Every node finds the same faults; the first report is appended, the others find it done.
+        """
+        faults = self.recorder.ledger.cluster.faults
+        todo = [rules.ReportInvalidEntry(p, f.writer, f.reason) for p, f in sorted(faults.items())
+                if f.writer != self.cfg.node_id and p not in self._reported]
+        if todo:
+            self._reported.update(c.position for c in todo)
+            self._record(todo)
+
     def _periodic(self) -> None:
         if self.recorder.catch_up():
             self._moved()
@@ -451,6 +473,7 @@ class TrusteeNode:
         if self.recorder.deferred:
             self._count(self.recorder.retry_deferred())
         self._tick_deadlines()
+        self._report_faults()
         self._enforce_bans()
 
     # who records what (node.duty) --------------------------------------------------------------

@@ -197,6 +197,12 @@ class Metrics:
             "projector_position", "Last log position folded into the SQL projections: compare with the "
             "log head to see projection lag; flat while votes arrive means the projector is stuck.",
             ["projector"], registry=r)
+        self.log_rows_void = Counter(
+            "log_rows_void_total",
+            "Log rows every honest follower ignores (R13), by writer: a row no valid writer signature covers "
+            "(an INSERT behind the service's back: writer 'unknown'), edited after it was written, or a "
+            "decision the rules do not produce (that writer's own doing). Any increase is an incident.",
+            ["writer", "attributable"], registry=r)
         self.events_projected = Counter(
             "events_projected_total", "Log events seen by the metrics observer, by type.", ["event_type"],
             registry=r)

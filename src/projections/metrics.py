@@ -65,6 +65,12 @@ class EventMetrics:
                 self._fold(item, count=True)
             self._set_gauges()
 
+    def void(self, voids: Iterable[Any]) -> None:
+        """Count void rows (``events.follow.Void``); a forged row's writer name is not trusted as a label."""
+        for v in voids:
+            self.m.log_rows_void.labels(v.writer if v.attributable else "unknown",
+                                        "yes" if v.attributable else "no").inc()
+
     def prime(self, items: Iterable[m.Event | _Recordedish]) -> None:
         """Rebuild the gauge state from past events without counting them."""
         with self.lock:
@@ -167,7 +173,8 @@ class EventMetrics:
                     mt.transactions_closed.labels(TxStatus.CONFIRMED).inc()
                     if started is not None:
                         mt.submission_latency.observe(max(0.0, at - started))
-            case m.DeadlinePassed() | m.SubmissionSigned() | m.SubmissionBroadcast() | m.RetentionApplied():
+            case (m.DeadlinePassed() | m.SubmissionSigned() | m.SubmissionBroadcast() | m.RetentionApplied()
+                  | m.WriterAdmitted() | m.WriterRevoked() | m.InvalidEntryReported()):
                 pass  # counted only in events_projected_total
             case _:
                 raise UnknownEvent(e)

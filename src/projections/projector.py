@@ -30,6 +30,7 @@ import psycopg
 
 from events import model as m
 from events.errors import InvalidCommand, UnknownEvent
+from events.follow import Follower, Settled
 from events.postgres_store import read_after, us_to_datetime
 from events.store import Recorded
 from events.vocab import AbortReason, TxStatus
@@ -52,6 +53,9 @@ class Tables:
     vote_history: list[Row] = field(default_factory=list)
     violations: list[Row] = field(default_factory=list)
     peer_of: dict[str, str] = field(default_factory=dict)  # node_id -> peer_id
+    writers: dict[str, Row] = field(default_factory=dict)
+    faults: dict[int, Row] = field(default_factory=dict)  # position -> log_faults row
+    ban_causes: dict[str, int] = field(default_factory=dict)  # idempotency key -> log position (this batch)
 
 
 def naive(dt: datetime) -> datetime:
@@ -68,6 +72,7 @@ class Projector:
             self.conn.execute(f'SET search_path TO "{schema}", public')
         self.lock_key = PROJECTOR_LOCK if not schema else zlib.crc32(schema.encode())
         self.conn.autocommit = False
+        self._follower: Follower | None = None
         # Only the live projector feeds the metrics (a replay must not count twice); a restart
         # primes its gauges from the tables instead of re-counting the log.
         self.metrics: EventMetrics | None = None
@@ -90,45 +95,79 @@ class Projector:
         return row[0] if row else 0
 
     def run_once(self, batch: int = 5000, until: int | None = None) -> int:
-        """Project one batch; returns how many events it applied (0: caught up)."""
-        with self.conn.transaction():
-            cur = self.conn.cursor()
-            # One batch at a time per database, whoever runs it; `replay` holds the same lock at
-            # session level to pause every live projector while it compares.
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
-            row = cur.execute(
-                "SELECT position FROM projector_tracking WHERE name = %s FOR UPDATE", (self.name,)
-            ).fetchone()
-            pos = row[0] if row else 0
-            limit = batch if until is None else max(0, min(batch, until - pos))
-            if limit == 0:
-                return 0
-            events = read_after(cur, pos, limit)
-            if not events:
-                return 0
-            # A retention event acts on rows written before it: end the batch there.
-            cut = next((i for i, r in enumerate(events) if r.event_type == m.RetentionApplied.TYPE), None)
-            if cut is not None:
-                events = events[:cut + 1]
-            t = self._load(cur, events)
-            for r in events:
-                apply(t, r)
-            self._write(cur, t)
-            if cut is not None:
-                _archive(cur, events[-1].event())
-            cur.execute(
-                "INSERT INTO projector_tracking (name, position) VALUES (%s, %s) "
-                "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
-                (self.name, events[-1].position),
-            )
-        if self.metrics is not None:
-            self.metrics.observe(events)  # after the commit: a rolled-back batch is not counted
-        return len(events)
+        """Project one batch; returns how many log rows it read (0: caught up).
+
+        The rows go through a ``Follower`` first (R13): only what every honest follower applies is
+        projected; void rows land in ``log_faults``. The tracking position is the last *settled* row.
+        """
+        try:
+            with self.conn.transaction():
+                cur = self.conn.cursor()
+                # One batch at a time per database, whoever runs it; `replay` holds the same lock at
+                # session level to pause every live projector while it compares.
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
+                row = cur.execute(
+                    "SELECT position FROM projector_tracking WHERE name = %s FOR UPDATE", (self.name,)
+                ).fetchone()
+                pos = row[0] if row else 0
+                follower = self._follower_at(cur, pos)
+                limit = batch if until is None else max(0, min(batch, until - follower.read))
+                if limit == 0:
+                    return 0
+                rows = read_after(cur, follower.read, limit)
+                if not rows:
+                    return 0
+                settled = follower.feed(rows)
+                for segment in _segments(settled):
+                    t = self._load(cur, [s.row for s in segment if s.event is not None])
+                    for s in segment:
+                        if s.event is not None:
+                            apply(t, s.row)
+                        elif s.void is not None:
+                            t.faults[s.void.position] = {
+                                "position": s.void.position, "writer": s.void.writer, "reason": s.void.reason[:500],
+                                "attributable": s.void.attributable, "reported_at": None}
+                    self._write(cur, t)
+                    last = segment[-1]
+                    if last.event is not None and isinstance(last.event, m.RetentionApplied):
+                        _archive(cur, last.event)
+                cur.execute(
+                    "INSERT INTO projector_tracking (name, position) VALUES (%s, %s) "
+                    "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
+                    (self.name, follower.position),
+                )
+        except BaseException:
+            self._follower = None  # rolled back: rebuild it from the tracking position next time
+            raise
+        if self.metrics is not None:  # after the commit: a rolled-back batch is not counted
+            self.metrics.observe([s.row for s in settled if s.event is not None])
+            self.metrics.void([s.void for s in settled if s.void is not None])
+        return len(rows)
+
+    def _follower_at(self, cur: psycopg.Cursor, position: int) -> Follower:
+        """The follower's state at the tracking position: kept between batches, rebuilt after a restart.
+
+        Every row up to a tracking position is settled (a batch commits a settled position), so
+        folding them again gives the same verdicts, without projecting anything.
+        """
+        f = self._follower
+        if f is not None and f.position == position:
+            return f
+        f = Follower()
+        while f.read < position:
+            rows = read_after(cur, f.read, min(5000, position - f.read))
+            if not rows:
+                break
+            f.feed(rows)
+        self._follower = f
+        return f
 
     def catch_up(self, until: int | None = None, batch: int = 5000) -> int:
         n = 0
         while k := self.run_once(batch, until):
             n += k
+            if until is not None and self._follower is not None and self._follower.read >= until:
+                break
         return n
 
     def follow(self, stop: Callable[[], bool], idle_sleep: float = 0.05, batch: int = 5000) -> None:
@@ -156,6 +195,16 @@ class Projector:
         for r in cur.execute("SELECT * FROM node_reputation"):
             row = _row(cur, r)
             t.node_reputation[row["peer_id"]] = row
+        for r in cur.execute("SELECT * FROM writers"):
+            row = _row(cur, r)
+            t.writers[row["writer"]] = row
+        reported = [e.payload["position"] for e in events if e.event_type == m.InvalidEntryReported.TYPE]
+        for r in cur.execute("SELECT * FROM log_faults WHERE position = ANY(%s)", (reported,)):
+            t.faults[r[0]] = _row(cur, r)
+        causes = [e.payload["cause"] for e in events if e.event_type == m.NodeBanned.TYPE]
+        for key, position in cur.execute(
+                "SELECT idempotency_key, position FROM events WHERE idempotency_key = ANY(%s)", (causes,)):
+            t.ban_causes[key] = position
         return t
 
     def _write(self, cur: psycopg.Cursor, t: Tables) -> None:
@@ -166,6 +215,8 @@ class Projector:
         _upsert(cur, "blockchain_submissions", ["tx_id"], list(t.submissions.values()))
         _insert(cur, "vote_history", t.vote_history)
         _insert(cur, "byzantine_violations", t.violations)
+        _upsert(cur, "writers", ["writer"], list(t.writers.values()))
+        _upsert(cur, "log_faults", ["position"], list(t.faults.values()))
 
 
 def _archive(cur: psycopg.Cursor, e: m.RetentionApplied) -> None:
@@ -234,17 +285,28 @@ def _apply(t: Tables, r: Recorded) -> None:
         case m.MemberAdmitted():
             t.members[e.node_id] = {"node_id": e.node_id, "peer_id": e.peer_id, "vote_key": e.vote_key,
                                     "active": True, "banned": False, "ban_reason": None,
-                                    "admitted_at": at, "removed_at": None}
+                                    "admitted_at": at, "removed_at": None, "ban_cause": None,
+                                    "ban_violation_id": None, "banned_at": None}
             t.peer_of[e.node_id] = e.peer_id
             t.node_reputation.setdefault(e.peer_id, {
                 "peer_id": e.peer_id, "node_id": e.node_id, "reputation_score": 1.0, "total_votes": 0,
                 "violations_count": 0, "last_seen": naive(at)})
         case m.MemberRemoved():
             t.members[e.node_id].update(active=False, removed_at=at)
-        case m.NodeBanned():
-            t.members[e.node_id].update(banned=True, ban_reason=e.reason)
+        case m.NodeBanned():  # the cause behind the *current* ban: the violation (or report) that caused it
+            t.members[e.node_id].update(banned=True, ban_reason=e.reason, ban_cause=e.cause,
+                                        ban_violation_id=t.ban_causes.get(e.cause), banned_at=at)
         case m.NodeUnbanned():
-            t.members[e.node_id].update(banned=False, ban_reason=None)
+            t.members[e.node_id].update(banned=False, ban_reason=None, ban_cause=None, ban_violation_id=None,
+                                        banned_at=None)
+        case m.WriterAdmitted():
+            t.writers[e.writer] = {"writer": e.writer, "role": e.role, "public_key": e.public_key, "active": True,
+                                   "admitted_at": at, "revoked_at": None}
+        case m.WriterRevoked():
+            t.writers[e.writer].update(active=False, revoked_at=at)
+        case m.InvalidEntryReported():
+            t.faults.setdefault(e.position, {"position": e.position, "writer": e.writer, "reason": e.reason[:500],
+                                             "attributable": True}).update(reported_at=at)
         case m.ReputationChanged():
             t.node_reputation[t.peer_of[e.node_id]]["reputation_score"] = e.score / 1000
         case m.TransactionOpened():
@@ -302,3 +364,13 @@ def _apply(t: Tables, r: Recorded) -> None:
     tx_id = getattr(e, "tx_id", None)
     if tx_id is not None and tx_id in t.tx_state:
         t.tx_state[tx_id]["last_position"] = r.position
+
+
+def _segments(settled: list[Settled]) -> list[list[Settled]]:
+    """The batch split after each RetentionApplied: retention acts on the rows written before it."""
+    out: list[list[Settled]] = [[]]
+    for s in settled:
+        out[-1].append(s)
+        if isinstance(s.event, m.RetentionApplied):
+            out.append([])
+    return [seg for seg in out if seg]

@@ -26,10 +26,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from events import rules
+from events.commands import to_json as command_json
 from events.errors import CommandRejected, StoreUnavailable
+from events.follow import Follower, Void
 from events.model import CLUSTER_STREAM, Event, tx_stream
 from events.store import EventStore, Outcome, Unit
 from events.vote import SignedVote, verify_all
+from events.writers import RowSigner
 from observability.metrics import observe_results
 from observability.tracing import VOTE_AGGREGATE, VOTE_STORE, span
 from recording.guard import Claim, Guard, Refusal
@@ -53,37 +56,54 @@ class Result:
 
 
 class Recorder:
-    def __init__(self, store: EventStore, guard: Guard, writer: str) -> None:
+    def __init__(self, store: EventStore, guard: Guard, signer: RowSigner) -> None:
         self.store = store
         self.guard = guard
-        self.writer = writer
-        self.ledger = rules.Ledger()
-        self.versions: dict[str, int] = {}
-        self.position = 0
+        self.signer = signer
+        self.writer = signer.writer
+        # The log as an honest follower reads it (R13): chain, writer signatures, entitlement, decisions.
+        self.follower = Follower(me=signer.writer)
         self.deferred: list[rules.Command] = []
-        self.stats = {"conflicts": 0, "etcd_refusals": 0, "heads_repaired": 0, "deferred": 0}
+        self.stats = {"conflicts": 0, "etcd_refusals": 0, "heads_repaired": 0, "deferred": 0, "void_rows": 0}
+        # Called with every void row we read (forged, edited, or a decision the rules do not produce).
+        self.on_void: Callable[[Void], None] | None = None
         # Called with every event the ledger takes in, ours or another node's, in log order: lets a
         # shell keep its own indexes (the node's deadline queue) without scanning the ledger.
         self.on_event: Callable[[Event], None] | None = None
         # writer -> when (our monotonic clock) we last read an event of theirs: who is alive and appending
         self.last_append: dict[str, float] = {}
 
+    @property
+    def ledger(self) -> rules.Ledger:
+        return self.follower.ledger
+
+    @property
+    def versions(self) -> dict[str, int]:
+        return self.follower.versions
+
+    @property
+    def position(self) -> int:
+        """The last log position read (every row up to it is applied, void, or waiting for its signature)."""
+        return self.follower.read
+
     # following the log ------------------------------------------------------------------------
 
     def catch_up(self, batch: int = 5000) -> int:
-        """Apply every event appended since we last looked (by any node); returns how many."""
+        """Apply every event appended since we last looked (by any node); returns how many rows we read."""
         n = 0
         while True:
-            rows = self.store.read_all(after=self.position, limit=batch)
+            rows = self.store.read_all(after=self.follower.read, limit=batch)
             seen = time.monotonic()
             for r in rows:
                 self.last_append[r.writer] = seen
-                e = r.event()
-                self.ledger.apply(e)
-                self.versions[r.stream_id] = r.stream_version
-                self.position = r.position
-                if self.on_event is not None:
-                    self.on_event(e)
+            for settled in self.follower.feed(rows):
+                if settled.event is not None:
+                    if self.on_event is not None:
+                        self.on_event(settled.event)
+                elif settled.void is not None:
+                    self.stats["void_rows"] += 1
+                    if self.on_void is not None:
+                        self.on_void(settled.void)
             n += len(rows)
             if len(rows) < batch:
                 return n
@@ -146,6 +166,7 @@ class Recorder:
         for i in todo:
             cmd = commands[i]
             try:
+                rules.authorize(scratch.cluster, self.writer, cmd)  # followers would void it otherwise (R13)
                 decision = scratch.step(cmd)
             except CommandRejected as e:
                 results[i] = Result(Status.REJECTED, error=e)
@@ -161,7 +182,8 @@ class Recorder:
             for e in events:
                 versions[e.stream] = versions.get(e.stream, 0) + 1
                 written[e.stream] = written.get(e.stream, 0) + 1
-            batch.append((i, Unit.of(expected, events), Claim.of(expected, written, decision.effects), events))
+            unit = Unit.of(expected, events, command_json(cmd))
+            batch.append((i, unit, Claim.of(expected, written, decision.effects), events))
         return batch
 
     def _claim_and_append(self, commands: list[rules.Command], batch: list[tuple[int, Unit, Claim, list[Event]]],
@@ -188,15 +210,14 @@ class Recorder:
             break
 
         if granted:
-            outcomes = self.store.append([u for _, u, _, _ in granted], self.writer)
-            if not retry and self._contiguous(outcomes) and len(granted) == len(batch):
+            outcomes = self.store.append([u for _, u, _, _ in granted], self.signer)
+            if not retry and self._contiguous(outcomes) and len(granted) == len(batch) and not self.follower.waiting:
                 # Nobody else wrote between our last read and this append, and every unit
                 # landed as decided: the scratch state *is* the log's state. Adopt it rather
                 # than reading back and re-folding what we just wrote.
                 self.ledger.cluster = scratch.cluster
                 self.ledger.txs.update(scratch.txs.maps[0])  # type: ignore[attr-defined]
-                self.versions.update(versions.maps[0])
-                self.position = outcomes[-1].positions[-1]
+                self.follower.adopt_own(outcomes[-1].positions[-1], outcomes[-1].last_hash, versions.maps[0])
                 self.last_append[self.writer] = time.monotonic()
                 if self.on_event is not None:
                     for _, _, _, events in granted:

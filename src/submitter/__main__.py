@@ -29,9 +29,12 @@ from eth_account import Account
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from chain import ChainUnreachable, ContractMismatch, ThresholdRecordClient, WrongChainId
+from events.errors import StoreUnavailable
+from node.p2p.identity import load_seed
 from recording.etcd_guard import EtcdGuard
 from submitter.core import FAILPOINTS, Fatal, Submitter
 from submitter.fence import LOCK_TTL
+from submitter.identity import log_signer
 
 log = logging.getLogger("submitter")
 
@@ -61,6 +64,8 @@ class Options:
     startup_timeout: float = 60.0
     crash_at: str | None = None
     verbose: bool = False
+    log_key_file: Path | None = None
+    print_log_key: bool = False
 
 
 @app.command(help="Write consensus values on chain, exactly once.")
@@ -86,11 +91,17 @@ def submitter(
     crash_at: Annotated[CrashAt | None, typer.Option("--crash-at", help="testing: SIGKILL self at this step")]
     = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    log_key_file: Annotated[Path | None, typer.Option(
+        "--log-key-file", help="Ed25519 seed the submitter signs the log with (R13; default: derived from --key-file)")]
+    = None,
+    print_log_key: Annotated[bool, typer.Option(
+        "--print-log-key", help="print the log writer name and public key an operator admits, then exit")] = False,
 ) -> None:
     code = run(Options(dsn=dsn, etcd=etcd, etcd_prefix=etcd_prefix, rpc=rpc, contract=contract, key_file=key_file,
                        chain_id=chain_id, confirmations=confirmations, name=name, lock_ttl=lock_ttl,
                        stuck_after=stuck_after, batch=batch, startup_timeout=startup_timeout,
-                       crash_at=crash_at.value if crash_at is not None else None, verbose=verbose))
+                       crash_at=crash_at.value if crash_at is not None else None, verbose=verbose,
+                       log_key_file=log_key_file, print_log_key=print_log_key))
     if code:
         raise typer.Exit(code)
 
@@ -129,8 +140,13 @@ def run(args: Options) -> int:
     try:
         key = args.key_file.read_text(encoding="utf-8").strip()
         account = Account.from_key(key)
+        seed = load_seed(args.log_key_file) if args.log_key_file else None
+        signer = log_signer(name, key, seed)
     except (OSError, ValueError, TypeError) as e:
         return _refuse(f"cannot use the key in {args.key_file}: {type(e).__name__}")  # never print the key
+    if args.print_log_key:
+        print(f"{signer.writer} {signer.public_key.hex()}")
+        return 0
     try:
         client = None
         for attempt in Retrying(retry=retry_if_exception_type(ChainUnreachable), reraise=True,
@@ -154,9 +170,20 @@ def run(args: Options) -> int:
     guard = EtcdGuard(args.etcd, args.etcd_prefix, name)
     from events.postgres_store import PostgresStore
 
-    sub = Submitter(PostgresStore(args.dsn), guard, client, account, name=name, confirmations=args.confirmations,
-                    lock_ttl=args.lock_ttl, stuck_after=args.stuck_after, batch=args.batch,
-                    failpoint=args.crash_at)
+    sub = Submitter(PostgresStore(args.dsn), guard, client, account, name=name, log_signer=signer,
+                    confirmations=args.confirmations, lock_ttl=args.lock_ttl, stuck_after=args.stuck_after,
+                    batch=args.batch, failpoint=args.crash_at)
+    try:
+        sub.recorder.catch_up()
+        key_in_log = sub.recorder.ledger.cluster.writers.get(signer.writer)
+    except StoreUnavailable:
+        key_in_log = None  # the loop retries the store; entitlement is checked again on every append
+    else:
+        if key_in_log is None or not key_in_log.active or key_in_log.public_key != signer.public_key:
+            sub.close()
+            guard.close()
+            return _refuse(f"{signer.writer} is not an admitted writer with this key: an operator runs "
+                           f"`tvote writers add {signer.writer} {signer.public_key.hex()} --role submitter` (R13)")
     stop = threading.Event()
     from observability.metrics import serve_from_env
 

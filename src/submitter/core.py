@@ -68,6 +68,7 @@ from chain import (
 from events import rules
 from events.errors import NotSubmittable, StaleLock, StoreUnavailable, ThresholdVoteError, UnknownTransaction
 from events.store import EventStore
+from events.writers import RowSigner, submitter_writer
 from observability import tracing
 from recording.etcd_guard import EtcdGuard
 from recording.recorder import Result, Status
@@ -128,6 +129,7 @@ class Submitter:
         account: LocalAccount,
         *,
         name: str,
+        log_signer: RowSigner,
         confirmations: int = 0,
         lock_ttl: int = LOCK_TTL,
         stuck_after: float = 15.0,
@@ -136,7 +138,9 @@ class Submitter:
         failpoint: str | None = None,
     ) -> None:
         self.index = LogIndex()
-        self.recorder = FollowingRecorder(store, guard, name, self.index)
+        if log_signer.writer != submitter_writer(name):
+            raise ValueError(f"the log signer {log_signer.writer!r} is not submitter:{name}")
+        self.recorder = FollowingRecorder(store, guard, log_signer, self.index)
         self.guard = guard
         self.client = client
         self.account = account

@@ -25,6 +25,7 @@ from events.model import (
     ClusterConfigured,
     DeadlinePassed,
     Event,
+    InvalidEntryReported,
     MemberAdmitted,
     MemberRemoved,
     NodeBanned,
@@ -42,8 +43,11 @@ from events.model import (
     TransactionOpened,
     ViolationDetected,
     VoteAccepted,
+    WriterAdmitted,
+    WriterRevoked,
 )
 from events.store import EventStore
+from events.writers import RowSigner
 from recording.guard import Guard
 from recording.recorder import Recorder, Result
 
@@ -113,7 +117,8 @@ class LogIndex:
                     self.pending.discard(event.tx_id)
             case (ClusterConfigured() | MemberAdmitted() | MemberRemoved() | NodeBanned() | NodeUnbanned()
                   | ReputationChanged() | RetentionApplied() | TransactionOpened() | VoteAccepted()
-                  | ViolationDetected() | DeadlinePassed() | SubmissionStarted() | SubmissionBroadcast()):
+                  | ViolationDetected() | DeadlinePassed() | SubmissionStarted() | SubmissionBroadcast()
+                  | WriterAdmitted() | WriterRevoked() | InvalidEntryReported()):
                 pass  # the decider's business: rules.Tx already holds what the submitter needs of them
             case _:
                 raise UnknownEvent(event)
@@ -130,8 +135,8 @@ class LogIndex:
 class FollowingRecorder(Recorder):
     """The node's Recorder, with every event it reads or appends also given to a LogIndex."""
 
-    def __init__(self, store: EventStore, guard: Guard, writer: str, index: LogIndex) -> None:
-        super().__init__(store, guard, writer)
+    def __init__(self, store: EventStore, guard: Guard, signer: RowSigner, index: LogIndex) -> None:
+        super().__init__(store, guard, signer)
         self.index = index
         self.on_event = lambda event: index.on_event(event, self.ledger)
 

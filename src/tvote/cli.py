@@ -25,6 +25,7 @@ from events import rules
 from events.audit import verify
 from events.errors import ThresholdVoteError
 from events.postgres_store import PostgresStore
+from events.writers import RowSigner, operator_writer
 from node import duty, wire
 from observability.logging import configure_logging
 from observability.metrics import serve_from_env
@@ -39,6 +40,8 @@ audit_app = typer.Typer(help="Check the log from the log alone.", no_args_is_hel
 tx_app = typer.Typer(help="Inspect transactions.", no_args_is_help=True)
 bans_app = typer.Typer(help="Inspect bans.", no_args_is_help=True)
 members_app = typer.Typer(help="Admit and remove trustees (events in the log).", no_args_is_help=True)
+writers_app = typer.Typer(help="Admit and revoke operators and submitters (R13: every log entry is signed).",
+                          no_args_is_help=True)
 signer_app = typer.Typer(help="A trustee's signing journal (R14): create, verify, export, import (docs/signer.md).",
                          no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
@@ -46,6 +49,7 @@ app.add_typer(tx_app, name="tx")
 app.add_typer(bans_app, name="bans")
 app.add_typer(members_app, name="members")
 app.add_typer(signer_app, name="signer")
+app.add_typer(writers_app, name="writers")
 console = Console()
 
 Dsn = Annotated[str, typer.Option("--dsn", envvar="TVOTE_DSN", help="Postgres connection string (libpq form).")]
@@ -53,6 +57,9 @@ EtcdEndpoint = Annotated[str, typer.Option("--etcd", envvar="TVOTE_ETCD",
                                            help="etcd endpoint(s), http://host:port[,http://host:port...]")]
 EtcdPrefix = Annotated[str, typer.Option("--etcd-prefix", envvar="TVOTE_ETCD_PREFIX", help="Key prefix")]
 Operator = Annotated[str, typer.Option("--operator", help="Who does this (recorded in the log).")]
+OperatorKey = Annotated[Path, typer.Option(
+    "--operator-key-file", envvar="TVOTE_OPERATOR_KEY_FILE",
+    help="The operator's Ed25519 key file (mode 0600): operator commands are signed with it (R13).")]
 Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in the log).")]
 
 
@@ -274,17 +281,25 @@ def bans_list(dsn: Dsn) -> None:
     print_bans(dsn, console)
 
 
-def _recorder(dsn: str, etcd: str, prefix: str, who: str) -> Recorder:
+def _operator(operator: str, key_file: Path) -> RowSigner:
+    from node.p2p.identity import KeyFileError, load_seed
+
+    try:
+        return RowSigner.from_seed(operator_writer(operator), load_seed(key_file))
+    except (KeyFileError, OSError, ValueError) as e:
+        raise fail(f"operator key: {e}") from None
+
+
+def _recorder(dsn: str, etcd: str, prefix: str, signer: RowSigner) -> Recorder:
     _connect_check(dsn)
-    return Recorder(PostgresStore(dsn), EtcdGuard(etcd, prefix, who), who)
+    return Recorder(PostgresStore(dsn), EtcdGuard(etcd, prefix, signer.writer), signer)
 
 
 def _execute_one(rec: Recorder, cmd: rules.Command) -> None:
     try:
         r = rec.execute([cmd])[0]
     finally:
-        if rec.guard:
-            rec.guard.close()
+        rec.guard.close()
     if r.status is Status.REJECTED:
         raise fail(str(r.error))
     console.print(f"{r.status.value}: " + ", ".join(e.TYPE for e in r.events))
@@ -292,34 +307,86 @@ def _execute_one(rec: Recorder, cmd: rules.Command) -> None:
 
 @app.command()
 def unban(node_id: str, dsn: Dsn, etcd: EtcdEndpoint, operator: Operator, reason: Reason,
-          etcd_prefix: EtcdPrefix = "/tvote") -> None:
-    """Lift a ban: an audited event naming the operator and the reason (R10)."""
-    _execute_one(_recorder(dsn, etcd, etcd_prefix, f"operator:{operator}"), rules.Unban(node_id, operator, reason))
+          operator_key_file: OperatorKey, etcd_prefix: EtcdPrefix = "/tvote") -> None:
+    """Lift a ban: an audited event naming the operator and the reason (R10), signed with the operator's key."""
+    _execute_one(_recorder(dsn, etcd, etcd_prefix, _operator(operator, operator_key_file)),
+                 rules.Unban(node_id, operator, reason))
 
 
 @members_app.command("add")
 def members_add(node_id: str, vote_key_hex: str, peer_id: str, dsn: Dsn, etcd: EtcdEndpoint,
-                operator: Operator, etcd_prefix: EtcdPrefix = "/tvote") -> None:
-    """Admit a trustee (R1): node id, Ed25519 vote key (hex), libp2p peer id."""
+                operator: Operator, operator_key_file: OperatorKey, etcd_prefix: EtcdPrefix = "/tvote") -> None:
+    """Admit a trustee (R1): node id, Ed25519 vote key (hex), libp2p peer id (the one the key derives)."""
     try:
         key = bytes.fromhex(vote_key_hex)
     except ValueError:
         raise fail("vote key must be 64 hex characters") from None
-    _execute_one(_recorder(dsn, etcd, etcd_prefix, f"operator:{operator}"),
+    _execute_one(_recorder(dsn, etcd, etcd_prefix, _operator(operator, operator_key_file)),
                  rules.AdmitMember(node_id, key, peer_id, operator))
 
 
 @members_app.command("remove")
 def members_remove(node_id: str, dsn: Dsn, etcd: EtcdEndpoint, operator: Operator, reason: Reason,
+                   operator_key_file: OperatorKey,
                    threshold: Annotated[int | None, typer.Option(help="New t, if it must change.")] = None,
                    etcd_prefix: EtcdPrefix = "/tvote") -> None:
     """Remove a trustee; pass --threshold when t would exceed the members left."""
-    _execute_one(_recorder(dsn, etcd, etcd_prefix, f"operator:{operator}"),
+    _execute_one(_recorder(dsn, etcd, etcd_prefix, _operator(operator, operator_key_file)),
                  rules.RemoveMember(node_id, operator, reason, threshold))
 
 
+@writers_app.command("add")
+def writers_add(
+    writer: Annotated[str, typer.Argument(help="operator:<name> or submitter:<name>")],
+    dsn: Dsn, etcd: EtcdEndpoint, operator: Operator, operator_key_file: OperatorKey,
+    public_key: Annotated[str | None, typer.Option(help="The writer's Ed25519 public key (hex).")] = None,
+    submitter_key_file: Annotated[Path | None, typer.Option(
+        help="A submitter's Ethereum key file: admit the log key it derives (python -m submitter's default).")]
+    = None,
+    etcd_prefix: EtcdPrefix = "/tvote",
+) -> None:
+    """Admit an operator or a submitter to write the log (R13). The first operator admits itself (the genesis)."""
+    signer = _operator(operator, operator_key_file)
+    role = writer.split(":", 1)[0]
+    if submitter_key_file is not None:
+        from submitter.identity import log_seed
+
+        key = RowSigner.from_seed(writer, log_seed(writer.removeprefix("submitter:"),
+                                                   submitter_key_file.read_text())).public_key
+    elif public_key is not None:
+        try:
+            key = bytes.fromhex(public_key)
+        except ValueError:
+            raise fail("--public-key must be hex") from None
+    elif writer == signer.writer:
+        key = signer.public_key  # an operator admitting itself
+    else:
+        raise fail("give --public-key (or --submitter-key-file for a submitter)")
+    _execute_one(_recorder(dsn, etcd, etcd_prefix, signer), rules.AdmitWriter(writer, role, key, operator))
+
+
+@writers_app.command("remove")
+def writers_remove(writer: str, dsn: Dsn, etcd: EtcdEndpoint, operator: Operator, reason: Reason,
+                   operator_key_file: OperatorKey, etcd_prefix: EtcdPrefix = "/tvote") -> None:
+    """Revoke an operator's or submitter's right to write the log."""
+    _execute_one(_recorder(dsn, etcd, etcd_prefix, _operator(operator, operator_key_file)),
+                 rules.RevokeWriter(writer, operator, reason))
+
+
 @app.command()
-def gc(dsn: Dsn, etcd: EtcdEndpoint, operator: Operator,
+def keygen(path: Annotated[Path, typer.Argument(help="A new key file (mode 0600); refused if it exists.")]) -> None:
+    """Create an Ed25519 key file for a trustee, an operator or a submitter's log key; print its public key."""
+    from node.p2p.identity import generate_key_file, load_seed
+
+    if path.exists():
+        raise fail(f"{path} exists: never overwrite a key")
+    peer = generate_key_file(path)
+    public = RowSigner.from_seed("-", load_seed(path)).public_key.hex()
+    console.print(f"public key {public}\npeer id    {peer}")
+
+
+@app.command()
+def gc(dsn: Dsn, etcd: EtcdEndpoint, operator: Operator, operator_key_file: OperatorKey,
        submission_days: Annotated[int, typer.Option(help="Archive confirmed submissions older than this.", min=1)]
        = 30,
        vote_days: Annotated[int, typer.Option(help="Archive vote history older than this.", min=1)] = 90,
@@ -330,7 +397,7 @@ def gc(dsn: Dsn, etcd: EtcdEndpoint, operator: Operator,
     """
     from observability.metrics import observe_gc
 
-    rec = _recorder(dsn, etcd, etcd_prefix, f"operator:{operator}")
+    rec = _recorder(dsn, etcd, etcd_prefix, _operator(operator, operator_key_file))
     try:
         _execute_one(rec, rules.ApplyRetention(int(time.time() * 1000), operator, submission_days, vote_days))
     except typer.Exit:

@@ -107,6 +107,7 @@ def run(opts: UpOptions, console: Console) -> bool:
             key_file = base / "submitter.key"
             key_file.write_text(stack.anvil.private_key(1))
             key_file.chmod(0o600)
+            stack.cluster.admit_submitter("submitter-1", stack.anvil.private_key(1))  # its log key (R13)
         console.print(f"[green]up[/green] anvil {stack.anvil.url}, ThresholdRecord {stack.client.address}")
         env = {**os.environ, "PYTHONPATH": str(SRC)}
         tvote = [sys.executable, "-c", "from tvote.cli import app; app()"]

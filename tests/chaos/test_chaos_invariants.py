@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from helpers import trustees
+from helpers import Writers, trustees
 
 from chaos.invariants import Ack, check, tx_view_of
 from events import rules
 from events.postgres_store import PostgresStore
 from recording.etcd_guard import EtcdGuard
-from recording.recorder import Recorder
 
 
 @dataclass
@@ -32,8 +31,9 @@ class FakeChain:
 
 
 def _log(database, etcd_server, etcd_prefix):
-    rec = Recorder(PostgresStore(database.app_dsn), EtcdGuard(etcd_server.endpoints[0], etcd_prefix, "w"), "w")
     ts = trustees(4)
+    rec = Writers(PostgresStore(database.app_dsn), voter=ts[1],
+                  guard=lambda w: EtcdGuard(etcd_server.endpoints[0], etcd_prefix, w.replace(":", "-")))
     rec.execute([rules.AdmitMember(t.node_id, t.vote_key, t.peer_id, "op") for t in ts])
     rec.execute([rules.Configure(3, "op", deadline_ms=600_000)])
     rec.execute([t.receive("tx_ok", 7, now=1000) for t in ts[:3]])  # consensus
@@ -65,5 +65,4 @@ def test_checker_passes_a_sound_log_and_names_each_violation(database, etcd_serv
         assert bad.votes_lost == 1 and bad.txs_lost == 1
         bad.print("deliberately broken inputs")  # the table renders
     finally:
-        rec.guard.close()
-        rec.store.close()
+        rec.close()

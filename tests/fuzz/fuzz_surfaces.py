@@ -26,7 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from helpers import bootstrap, run, trustees
+from helpers import W, bootstrap, run, signer, trustees
 from hypothesis import strategies as st
 
 from events import errors, model, rules
@@ -398,7 +398,7 @@ class Replay:
             tx_id = getattr(c, "tx_id", None)
             streams = [model.CLUSTER_STREAM] + ([model.tx_stream(tx_id)] if tx_id else [])
             expected = self.store.stream_versions(streams)
-            self.store.append([Unit.of(expected, ledger.execute(c))], "fuzz")  # type: ignore[arg-type]
+            self.store.append([Unit.of(expected, ledger.execute(c))], signer("fuzz"))  # type: ignore[arg-type]
         self.tables = Tables()
         for r in self.store.read_all(limit=10_000):
             apply(self.tables, r)
@@ -480,7 +480,7 @@ class StoreSurface:
     def __init__(self) -> None:
         self.seed = MemoryStore()
         for i in (1, 2):
-            self.seed.append([Unit({"cluster": i - 1}, (NewEvent("cluster", "Seed", 1, {"i": i}, f"seed:{i}"),))], "w")
+            self.seed.append([Unit({"cluster": i - 1}, (NewEvent("cluster", "Seed", 1, {"i": i}, f"seed:{i}"),))], W)
 
     def close(self) -> None:
         pass
@@ -500,7 +500,7 @@ class StoreSurface:
         s = self._fresh()
         before = (list(s._rows), set(s._keys), dict(s._versions))
         try:
-            results = s.append(us, "fuzz")
+            results = s.append(us, signer("fuzz"))
         except (ValueError, TypeError) as e:
             if (s._rows, s._keys, s._versions) != before:
                 raise finding("store", "state", f"append raised {type(e).__name__} after changing the store") from e

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fuzz_surfaces as fs
 import pytest
-from helpers import bootstrap
+from helpers import W, bootstrap
 
 from events import errors, rules
 from events.memory_store import MemoryStore
@@ -136,7 +136,7 @@ def test_b8_malformed_event_changes_nothing(bad: NewEvent) -> None:
     s = MemoryStore()
     good = Unit({"cluster": 0}, (NewEvent("cluster", "E", 1, {}, "k1"),))
     with pytest.raises(ValueError):
-        s.append([good, Unit({"tx:a": 0}, (bad,))], "w")
+        s.append([good, Unit({"tx:a": 0}, (bad,))], W)
     assert s.last_position() == 0 and s.read_all() == []
 
 

@@ -70,7 +70,7 @@ def build_log(database, etcd: Etcd) -> EtcdGuard:
     scenario(database).store.close()
     ts = trustees(5)
     guard = EtcdGuard(etcd.endpoints[0], PREFIX, "node-b", lease_ttl=60)  # vote claims live under its lease
-    rec = Recorder(PostgresStore(database.app_dsn), guard, "node-b")
+    rec = Recorder(PostgresStore(database.app_dsn), guard, ts[1].signer)  # node-2's node records them
     try:
         rec.execute([ts[1].receive("tx_etcd", 9), ts[2].receive("tx_etcd", 9)])
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from helpers import W
 from psycopg import errors as pgerr
 
 from events.model import CLUSTER_STREAM
@@ -15,7 +16,7 @@ from tvote import db
 def _one_event(store: PostgresStore) -> None:
     e = NewEvent(CLUSTER_STREAM, "ClusterConfigured", 1, {"threshold": 1, "deadline_ms": 1, "reputation_floor": 0,
                  "silent_penalty": 0, "operator": "op", "seq": 0}, "config:0")
-    store.append([Unit({CLUSTER_STREAM: 0}, (e,))], "w")
+    store.append([Unit({CLUSTER_STREAM: 0}, (e,))], W)
 
 
 @pytest.mark.parametrize("sql", ["UPDATE events SET writer = 'x'", "DELETE FROM events", "TRUNCATE events"])

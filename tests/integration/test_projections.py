@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from helpers import trustees
+from helpers import Writers, trustees
 
 from events import rules
 from events.audit import verify
@@ -13,14 +13,13 @@ from events.store import NewEvent, Unit
 from projections.digest import digest
 from projections.projector import Projector
 from projections.replay import replay
-from recording.memory_guard import MemoryGuard
-from recording.recorder import Recorder
 
 
-def scenario(database) -> Recorder:
+def scenario(database) -> Writers:
     """The seed's scenarios on one log: consensus, minority, double vote, forgery, silence, submission."""
-    rec = Recorder(PostgresStore(database.app_dsn), MemoryGuard("node-a"), "node-a")
     ts = trustees(5)
+    # operator "op", submitter "sub-1", and node-3's node recording (node-3 is never banned here)
+    rec = Writers(PostgresStore(database.app_dsn), voter=ts[2])
     rec.execute([rules.AdmitMember(x.node_id, x.vote_key, x.peer_id, "op") for x in ts])
     rec.execute([rules.Configure(3, "op", deadline_ms=1000)])
     rec.execute([x.receive("tx_ok", 42, now=0) for x in ts[:4]])  # consensus on 42 (t=3), 4th is late
@@ -77,11 +76,13 @@ def test_replay_equals_live_row_for_row(database, log):
 def test_projection_survives_a_crash_mid_batch(database, log):
     p = Projector(database.app_dsn)
     p.run_once(batch=7)
+    whole = p.position()
+    assert 0 < whole <= 7
     with pytest.raises(RuntimeError), p.conn.transaction():  # a crash inside the next batch...
         p.conn.execute("INSERT INTO projector_tracking VALUES ('main', 999) ON CONFLICT (name) DO UPDATE "
                        "SET position = 999")
         raise RuntimeError("kill -9")
-    assert p.position() == 7  # ...leaves the position where the last whole batch put it
+    assert p.position() == whole  # ...leaves the position where the last whole batch put it
     p.catch_up()
     p.close()
     with psycopg.connect(database.owner_dsn) as c:
@@ -100,8 +101,10 @@ def test_audit_names_the_first_tampered_event(database, log):
         c.execute("SET session_replication_role = replica")
         c.execute("UPDATE events SET payload = jsonb_set(payload, '{value}', '43') WHERE position = 9")
     report = verify(PostgresStore(database.app_dsn))
-    assert report.first_problem.position == 9
-    assert "edited" in report.first_problem.problem
+    found = {f.position: f.problem for f in report.integrity}
+    assert "edited after it was written (content" in found[9]
+    assert report.first_problem.position >= 8  # the edited row's unit, and every decision that followed from it
+    assert len(report.integrity + report.evidence) > 1  # every bad row is named, not only the first
 
 
 def test_audit_names_a_deleted_event(database, log):
@@ -109,21 +112,27 @@ def test_audit_names_a_deleted_event(database, log):
         c.execute("SET session_replication_role = replica")
         c.execute("DELETE FROM events WHERE position = 12")
     report = verify(PostgresStore(database.app_dsn))
-    assert report.first_problem.position == 12
-    assert "missing" in report.first_problem.problem
+    assert any(f.position == 12 and "missing" in f.problem for f in report.integrity), report.integrity
+    assert report.first_problem.position >= 11  # its batch's signature went with it
 
 
 def test_audit_catches_a_false_event_written_by_a_node(database, log):
-    """R13: a node that appends a vote nobody signed is caught by any auditor."""
+    """R13: a trustee that signs a vote nobody signed into the log is caught by any auditor, and its entry is void."""
     ts = trustees(5)
     real = ts[2].vote("tx_fake", 9)
     fake_vote = {**real.to_json(), "value": 10}  # the signature was made for 9
-    ev = NewEvent("tx:tx_fake", "VoteAccepted", 1, {"tx_id": "tx_fake", "node_id": "node-3", "value": 10,
-                                                    "vote": fake_vote, "author_peer": "peer-3"}, "vote:tx_fake:x")
-    log.store.append([Unit({"tx:tx_fake": 0}, (ev,))], "evil-node")
+    opened = {"tx_id": "tx_fake", "opened_at_ms": 1, "deadline_at_ms": 1001}
+    vote = {"tx_id": "tx_fake", "node_id": "node-3", "value": 10, "vote": fake_vote, "author_peer": ts[2].peer_id}
+    unit = Unit({"cluster": log.store.stream_versions(["cluster"])["cluster"], "tx:tx_fake": 0}, (
+        NewEvent("tx:tx_fake", "TransactionOpened", 1, opened, "open:tx_fake",
+                 command=b'{"author_peer":"%s","now_ms":1,"type":"ReceiveVote"}' % ts[2].peer_id.encode()),
+        NewEvent("tx:tx_fake", "VoteAccepted", 1, vote, "vote:tx_fake:node-3:10")))
+    log.store.append([unit], ts[1].signer)  # node-2 is a member: its own key signs this
     report = verify(log.store)
     assert not report.integrity
-    assert [f.problem for f in report.evidence] == ["accepted vote of node-3 on tx_fake does not verify"]
+    bad = report.evidence
+    assert {f.position for f in bad} == {log.store.last_position() - 1, log.store.last_position()}
+    assert all("written as 'node-2'" in f.problem and "ReceiveVote refused" in f.problem for f in bad), bad
 
 
 def test_retention_is_an_event_so_replay_archives_the_same_rows(database, log):

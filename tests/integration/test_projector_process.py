@@ -10,19 +10,17 @@ import time
 from pathlib import Path
 
 import psycopg
-from helpers import trustees
+from helpers import Writers, trustees
 
 from events import rules
 from events.postgres_store import PostgresStore
 from projections.replay import replay
-from recording.memory_guard import MemoryGuard
-from recording.recorder import Recorder
 
 TVOTE = [sys.executable, "-c", "from tvote.cli import app; app()"]
 
 
 def test_sigkill_mid_stream_then_restart_equals_replay(database):
-    rec = Recorder(PostgresStore(database.app_dsn), MemoryGuard("node-a"), "node-a")
+    rec = Writers(PostgresStore(database.app_dsn))
     ts = trustees(5)
     rec.execute([rules.AdmitMember(x.node_id, x.vote_key, x.peer_id, "op") for x in ts])
     rec.execute([rules.Configure(4, "op")])
@@ -57,7 +55,7 @@ def test_sigkill_mid_stream_then_restart_equals_replay(database):
 
 
 def test_replay_pauses_a_running_projector_instead_of_waiting_forever(database):
-    rec = Recorder(PostgresStore(database.app_dsn), MemoryGuard("node-a"), "node-a")
+    rec = Writers(PostgresStore(database.app_dsn))
     ts = trustees(3)
     rec.execute([rules.AdmitMember(x.node_id, x.vote_key, x.peer_id, "op") for x in ts])
     rec.execute([rules.Configure(2, "op")])

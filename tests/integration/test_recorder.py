@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import pytest
-from helpers import trustees
+from helpers import OPERATOR, admin, trustees
 
 from events import rules
 from events.postgres_store import PostgresStore
+from events.writers import RowSigner
 from recording.etcd_guard import EtcdGuard
 from recording.memory_guard import MemoryGuard
 from recording.recorder import Recorder, Status
+
+NODES = {"node-a": 0, "node-b": 1}  # the test's recording nodes are trustees node-1 and node-2 (R13)
 
 
 @pytest.fixture
 def make_node(database, etcd_server, etcd_prefix):
     made = []
 
-    def make(name: str) -> Recorder:
+    def make(name: str, signer: RowSigner | None = None) -> Recorder:
+        signer = signer or trustees(5)[NODES[name]].signer
         guard = EtcdGuard(etcd_server.endpoints[0], etcd_prefix, name, lease_ttl=2)
-        rec = Recorder(PostgresStore(database.app_dsn), guard, name)
+        rec = Recorder(PostgresStore(database.app_dsn), guard, signer)
         made.append(rec)
         return rec
 
@@ -29,10 +33,11 @@ def make_node(database, etcd_server, etcd_prefix):
 
 
 def bootstrap(rec: Recorder, n: int, t: int):
+    """Found the cluster through an operator's recorder beside ``rec`` (same store and etcd prefix)."""
     ts = trustees(n)
-    cmds = [rules.AdmitMember(x.node_id, x.vote_key, x.peer_id, "op") for x in ts]
-    assert all(r.status is Status.APPENDED for r in rec.execute(cmds))
-    assert rec.execute([rules.Configure(t, "op")])[0].status is Status.APPENDED
+    op = Recorder(rec.store, rec.guard, OPERATOR)
+    assert all(r.status is Status.APPENDED for r in op.execute(admin(ts, t)))
+    rec.catch_up()
     return ts
 
 
@@ -122,29 +127,29 @@ def test_a_stale_decision_conflicts_in_postgres_and_is_decided_again(make_node):
     # b has not seen a's append; without etcd b would decide on stale state, PG must refuse it
     b.guard.close()
     b.guard = MemoryGuard("node-b")  # a guard of its own: no etcd head to catch the stale state
-    b.position = 0
-    b.catch_up()
-    b.position, b.versions = b.position, {k: v for k, v in b.versions.items()}
     r = b.execute([ts[1].receive("tx", 1)])
     assert r[0].status is Status.APPENDED
     assert [e.TYPE for e in r[0].events] == ["VoteAccepted"]  # decided on the fresh state
 
 
 @pytest.mark.parametrize(
-    "make_cmd,error",
+    "writer,make_cmd,error",
     [
-        (lambda ts: rules.ReceiveVote(ts[0].vote("bad tx id!", 1), ts[0].peer_id, 1), "InvalidVote"),
-        (lambda ts: rules.ReceiveVote(ts[0].vote("tx", 1), "stranger", 1), "OutsiderVote"),
-        (lambda ts: rules.Configure(99, "op"), "InvalidCommand"),
-        (lambda ts: rules.StartSubmission("nope", "s", 1), "UnknownTransaction"),
-        (lambda ts: rules.AdmitMember("node-1", ts[0].vote_key, "peer-1", "op"), "CommandRejected"),
-        (lambda ts: rules.AdmitMember("x", b"short", "p", "op"), "InvalidCommand"),
-        (lambda ts: rules.Configure(1, "x" * 10_000), "InvalidCommand"),
+        ("node-a", lambda ts: rules.ReceiveVote(ts[0].vote("bad tx id!", 1), ts[0].peer_id, 1), "InvalidVote"),
+        ("node-a", lambda ts: rules.ReceiveVote(ts[0].vote("tx", 1), "stranger", 1), "OutsiderVote"),
+        ("operator", lambda ts: rules.Configure(99, "op"), "InvalidCommand"),
+        ("node-a", lambda ts: rules.StartSubmission("nope", "s", 1), "NotEntitled"),  # a trustee is no submitter
+        ("operator", lambda ts: rules.AdmitMember("node-1", ts[0].vote_key, ts[0].peer_id, "op"), "CommandRejected"),
+        ("operator", lambda ts: rules.AdmitMember("x", b"short", "p", "op"), "InvalidCommand"),
+        ("operator", lambda ts: rules.Configure(1, "x" * 10_000), "NotEntitled"),  # not who signs it (R13)
+        ("node-a", lambda ts: rules.Configure(1, "op"), "NotEntitled"),  # a trustee is no operator (R13)
     ],
 )
-def test_bad_input_changes_nothing(make_node, make_cmd, error):
+def test_bad_input_changes_nothing(make_node, writer, make_cmd, error):
     a = make_node("node-a")
     ts = bootstrap(a, 3, 2)
+    if writer == "operator":
+        a = make_node("operator", OPERATOR)
     before = a.store.last_position()
     try:
         cmd = make_cmd(ts)

@@ -12,7 +12,7 @@ import uuid
 
 import psycopg
 import pytest
-from helpers import trustees
+from helpers import OPERATOR, admin, trustees
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -27,7 +27,8 @@ from recording.recorder import Recorder, Status
 from tvote import db
 
 SERVERS: dict = {}
-TS = trustees(4)
+TS = trustees(4)  # the voters (some equivocate)
+NODES = trustees(6)[4:]  # the two recording nodes: members that never vote, so never banned (R13 entitlement)
 TXS = ["a", "b", "c"]
 
 
@@ -45,15 +46,17 @@ class LogMachine(RuleBasedStateMachine):
             c.execute(f'CREATE DATABASE "{self.dbname}" TEMPLATE tvote_template')
         self.dsn = pg.dsn(self.dbname, user=db.APP_ROLE)
         self.prefix = f"/sm/{uuid.uuid4().hex[:8]}"
-        self.nodes = [self._node(f"node-{i}") for i in range(2)]
-        self.nodes[0].execute([rules.AdmitMember(x.node_id, x.vote_key, x.peer_id, "op") for x in TS])
-        self.nodes[0].execute([rules.Configure(3, "op", deadline_ms=1_000_000)])
+        op = Recorder(PostgresStore(self.dsn), EtcdGuard(SERVERS["etcd"].endpoints[0], self.prefix, "op"), OPERATOR)
+        op.execute(admin([*TS, *NODES], 3, deadline_ms=1_000_000))
+        op.guard.close()
+        op.store.close()
+        self.nodes = [self._node(i) for i in range(2)]
         self.delivered: list[tuple[str, str, int]] = []
         self.clock = 1
 
-    def _node(self, name: str) -> Recorder:
-        return Recorder(PostgresStore(self.dsn), EtcdGuard(SERVERS["etcd"].endpoints[0], self.prefix, name,
-                                                            lease_ttl=2), name)
+    def _node(self, i: int) -> Recorder:
+        return Recorder(PostgresStore(self.dsn), EtcdGuard(SERVERS["etcd"].endpoints[0], self.prefix,
+                                                            NODES[i].node_id, lease_ttl=2), NODES[i].signer)
 
     @rule(node=st.integers(0, 1), who=st.integers(0, 3), tx=st.sampled_from(TXS), value=st.integers(1, 2))
     def deliver(self, node: int, who: int, tx: str, value: int) -> None:
@@ -92,7 +95,7 @@ class LogMachine(RuleBasedStateMachine):
             rec.guard.claim([Claim.of(expected, written, decision.effects)])
         rec.guard.close()  # the process is gone: its lease (and its vote claims) end
         rec.store.close()
-        self.nodes[node] = self._node(f"node-{node}")  # restarted
+        self.nodes[node] = self._node(node)  # restarted
 
     @rule(node=st.integers(0, 1))
     def retry_deferred(self, node: int) -> None:

@@ -45,6 +45,7 @@ SEED_ALERTS = {  # seed 13.3, R10 and ours -> severity
     "ProjectorStalled": "warning",  # ours: the tables operators query went stale
     "ReputationBelowFloor": "warning",  # R9 as revised: silence alerts, it bans only if opted in
     "SignerRefusals": "warning",  # R14: a trustee refused to sign a second value
+    "LogEntryVoid": "critical",  # R13: forged, edited, or false entries in the log
 }
 
 

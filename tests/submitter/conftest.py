@@ -8,6 +8,7 @@ real way: trustees' signed votes through a Recorder guarded by the same etcd pre
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,15 +17,13 @@ from pathlib import Path
 
 import pytest
 from eth_account import Account
-from helpers import trustees
+from helpers import Writers, admin, trustees
 from submitter_harness import REPO, Chain, Cluster, N, Proc, T
 
 from chain import ThresholdRecordClient, make_web3
 from devstack.anvil import Anvil, AnvilError, find_anvil
-from events import rules
 from events.postgres_store import PostgresStore
 from recording.etcd_guard import EtcdGuard
-from recording.recorder import Recorder
 
 
 @pytest.fixture
@@ -50,14 +49,13 @@ def chain(tmp_path: Path) -> Iterator[Chain]:
 @pytest.fixture
 def cluster(database, etcd_server, etcd_prefix) -> Iterator[Cluster]:
     endpoint = f"127.0.0.1:{etcd_server.members[0].client_port}"
-    guard = EtcdGuard(endpoint, etcd_prefix, "voter-node")
-    rec = Recorder(PostgresStore(database.app_dsn), guard, "voter-node")
     members = trustees(N)
-    rec.execute([rules.AdmitMember(m.node_id, m.vote_key, m.peer_id, "op") for m in members])
-    rec.execute([rules.Configure(T, "op", deadline_ms=600_000)])
+    recording = trustees(N + 1)[N]  # a member that only records (never votes, so never banned)
+    rec = Writers(PostgresStore(database.app_dsn), voter=recording,
+                  guard=lambda w: EtcdGuard(endpoint, etcd_prefix, w.replace(":", "-")))
+    rec.execute(admin([*members, recording], T, deadline_ms=600_000)[1:])  # genesis: done by Writers
     yield Cluster(database, endpoint, etcd_prefix, rec, members)
-    rec.store.close()
-    guard.close()
+    rec.close()
 
 
 
@@ -77,6 +75,8 @@ def spawn(cluster: Cluster, chain: Chain, tmp_path: Path) -> Iterator[Callable[.
                 "--stuck-after", "2", "-v", *extra]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("TVOTE_SUBMITTER_CRASH", None)
+        with contextlib.suppress(ValueError):  # a bad key file: the submitter must refuse it itself
+            cluster.admit_submitter(name or f"sub-{i}", (key_file or chain.key_file).read_text())
         with open(log_path, "wb") as out:
             p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         proc = Proc(p, log_path)
@@ -100,7 +100,8 @@ def make_submitter(cluster: Cluster, chain: Chain) -> Iterator[Callable[..., obj
         guard = EtcdGuard(cluster.etcd, cluster.prefix, name)
         store = PostgresStore(cluster.database.app_dsn)
         account = Account.from_key(chain.key_file.read_text())
-        sub = Submitter(store, guard, chain.client, account, name=name, **kwargs)
+        signer = cluster.admit_submitter(name, chain.key_file.read_text())
+        sub = Submitter(store, guard, chain.client, account, name=name, log_signer=signer, **kwargs)
         made.append((sub, guard, store))
         return sub
 

@@ -13,12 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers import Trustee
+from helpers import Trustee, Writers
 
 from chain import ThresholdRecordClient
 from devstack.anvil import Anvil
 from events import rules
-from recording.recorder import Recorder, Status
+from events.writers import RowSigner
+from recording.recorder import Status
+from submitter.identity import log_signer
 
 REPO = Path(__file__).resolve().parents[2]
 N, T = 3, 2
@@ -53,8 +55,17 @@ class Cluster:
     database: object
     etcd: str
     prefix: str
-    recorder: Recorder
+    recorder: Writers  # every writer the tests need: operator "op", a recording node, submitters
     members: list[Trustee] = field(default_factory=list)
+
+    def admit_submitter(self, name: str, eth_private_key: str) -> RowSigner:
+        """The submitter's log key, admitted by the operator (R13) unless it already is."""
+        signer = log_signer(name, eth_private_key)
+        self.recorder.op.catch_up()
+        if signer.writer not in self.recorder.op.ledger.cluster.writers:
+            r = self.recorder.op.execute([rules.AdmitWriter(signer.writer, "submitter", signer.public_key, "op")])
+            assert r[0].status is Status.APPENDED, r
+        return signer
 
     def consensus(self, tx_ids: list[str], value: int = 7) -> None:
         self.recorder.catch_up()

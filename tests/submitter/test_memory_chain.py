@@ -29,7 +29,9 @@ def test_stepped_mining_a_lost_broadcast_and_an_outage(cluster):
 
     guard = EtcdGuard(cluster.etcd, cluster.prefix, "mem-sub")
     store = PostgresStore(cluster.database.app_dsn)
-    sub = Submitter(store, guard, chain, key, name="mem-sub", confirmations=2, lock_ttl=3, stuck_after=0.3)
+    signer = cluster.admit_submitter("mem-sub", dev_private_key(1))
+    sub = Submitter(store, guard, chain, key, name="mem-sub", log_signer=signer, confirmations=2, lock_ttl=3,
+                    stuck_after=0.3)
     try:
         chain.lose_next_sends(1)  # the first broadcast (nonce 0) never reaches the pool
         deadline = time.monotonic() + 30

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import bootstrap, run, trustees
+from helpers import W, bootstrap, run, trustees
 
 from events import errors, rules
 from events.memory_store import MemoryStore
@@ -126,7 +126,7 @@ def test_oversized_payload_is_refused_by_the_store():
     s = MemoryStore()
     big = NewEvent(CLUSTER_STREAM, "ClusterConfigured", 1, {"operator": "x" * 70_000}, "k")
     with pytest.raises(ValueError, match="payload over"):
-        s.append([Unit({CLUSTER_STREAM: 0}, (big,))], "w")
+        s.append([Unit({CLUSTER_STREAM: 0}, (big,))], W)
     assert s.last_position() == 0
 
 

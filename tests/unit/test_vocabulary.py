@@ -9,7 +9,7 @@ CHECK constraints are checked against the vocabulary in tests/integration/test_v
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -46,7 +46,12 @@ def every_event_type() -> list[m.Event]:
         *run(ledger, n3.receive("tx6", 1)),
         *run(ledger, rules.StartSubmission("tx6", "sub-1", 9)),
         *run(ledger, rules.RecordFailed("tx6", 9, "rpc down", True)),
+        *run(ledger, rules.AdmitWriter("submitter:sub-2", "submitter", bytes(range(32)), "op")),
+        *run(ledger, rules.RevokeWriter("submitter:sub-2", "op", "retired")),
     ]
+    # R13: a signed entry every follower found invalid (the follower's check puts it in the state)
+    ledger.cluster = replace(ledger.cluster, faults={99: rules.Fault(n3.node_id, "decides otherwise")})
+    extra += run(ledger, rules.ReportInvalidEntry(99, n3.node_id, "decides otherwise"))
     return events + extra
 
 

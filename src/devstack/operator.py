@@ -1,0 +1,55 @@
+"""The operator of a dev, test or ``up`` cluster: its key, the log's genesis, and its commands (R13).
+
+Every log entry is signed by its writer; operator commands (admissions, configuration, unbans,
+retention, writers) by an operator's key. A fresh log's first entry admits the first operator,
+signed by itself. Here that operator is ``operator:devstack``, with a key file in the cluster's
+directory; :func:`operate` runs commands as it (the genesis first, when the log has none).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from events import rules
+from events.postgres_store import PostgresStore
+from events.writers import RowSigner, operator_writer
+from node.p2p.identity import generate_key_file, load_seed
+from recording.etcd_guard import EtcdGuard
+from recording.recorder import Recorder, Result, Status
+from submitter.identity import log_signer
+
+NAME = "devstack"
+
+
+def operator_signer(base: Path, name: str = NAME) -> RowSigner:
+    """The operator's signer, its key file created (mode 0600) in ``base`` on first use."""
+    key = Path(base) / f"operator-{name}.key"
+    if not key.exists():
+        generate_key_file(key)
+    return RowSigner.from_seed(operator_writer(name), load_seed(key))
+
+
+def operate(dsn: str, etcd: str, prefix: str, signer: RowSigner, commands: list[rules.Command],
+            strict: bool = True) -> list[Result]:
+    """Run operator commands as ``signer`` (after the log's genesis, if it has none yet)."""
+    rec = Recorder(PostgresStore(dsn), EtcdGuard(etcd, prefix, signer.writer), signer)
+    try:
+        rec.catch_up()
+        if signer.writer not in rec.ledger.cluster.writers:
+            name = signer.writer.removeprefix(operator_writer(""))
+            commands = [rules.AdmitWriter(signer.writer, "operator", signer.public_key, name), *commands]
+        results = rec.execute(commands)
+        bad = [r.error for r in results if r.status is Status.REJECTED]
+        if strict and bad:
+            raise RuntimeError(f"operator command refused: {bad[0]}")
+        return results
+    finally:
+        rec.guard.close()
+        rec.store.close()
+
+
+def admit_submitter(dsn: str, etcd: str, prefix: str, signer: RowSigner, name: str, eth_private_key: str) -> None:
+    """Admit a submitter's log key (the one ``python -m submitter`` derives from its Ethereum key)."""
+    sub = log_signer(name, eth_private_key)
+    operate(dsn, etcd, prefix, signer,
+            [rules.AdmitWriter(sub.writer, "submitter", sub.public_key, signer.writer.split(":", 1)[1])])

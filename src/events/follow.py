@@ -1,0 +1,198 @@
+"""Following the log as an honest follower does (R13): check every row, apply only what holds.
+
+Every reader of the log folds it through a :class:`Follower`: trustee nodes, the submitter, the
+projector (and so ``replay``), ``audit verify``, the chaos checker. For each row it checks
+
+1. the hash chain (``prev_hash`` is the previous row's hash, the row hashes to its ``hash``);
+2. the writer's signature: an append's last row signs the batch (``events.writers``), under the key
+   the log admitted for that writer (a member's vote key, an operator's or submitter's key);
+3. the writer's entitlement to the unit's command (``rules.authorize``);
+4. the decision: the unit's command, decided again on the state the log holds before it
+   (``rules.Ledger.step``), must give exactly the unit's events.
+
+A row that fails is **void**: never applied, by every honest follower alike (they all run this same
+pure code over the same rows, so their views still agree), and reported with its position and
+reason. When the failure is the writer's own doing (its signature covers the row, but the rules do
+not produce it), the fault is kept in the cluster state until a trustee reports it
+(``rules.ReportInvalidEntry``), which makes it a violation of the writer.
+
+Rows an append wrote are settled only once its signed last row is read; until then they wait.
+Rows no signature ever covers (an INSERT by anyone holding the database role) are void once the
+next signed batch shows where its own rows begin. A row still occupies its stream version when it
+is void: the next writer's decision reads the stream after it.
+"""
+
+from __future__ import annotations
+
+from collections import ChainMap
+from dataclasses import dataclass, replace
+from typing import Any
+
+from events import commands, rules
+from events.errors import CommandRejected, InvalidCommand
+from events.model import Event
+from events.store import GENESIS, Recorded
+from events.writers import verify_batch
+
+
+@dataclass(frozen=True)
+class Void:
+    """A row every honest follower ignores, and why. ``attributable``: its writer's own signature covers it."""
+
+    position: int
+    writer: str
+    reason: str
+    attributable: bool
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """A break in the log itself (a gap in positions, a row that does not chain to the one before)."""
+
+    position: int
+    problem: str
+
+
+@dataclass(frozen=True)
+class Settled:
+    """One row, decided: its event if it holds, or why it is void."""
+
+    row: Recorded
+    event: Event | None
+    void: Void | None = None
+
+
+class Follower:
+    """The checked fold of the log into a ``rules.Ledger`` (pure: rows in, verdicts out)."""
+
+    def __init__(self, me: str | None = None, trust_own: bool = True) -> None:
+        self.ledger = rules.Ledger()
+        self.versions: dict[str, int] = {}
+        self.position = 0  # last settled row: every row up to here is applied or void
+        self.read = 0  # last row read (rows after ``position`` wait for their batch's signature)
+        self.prev_hash = GENESIS
+        self.me = me  # our own writer name: rows we signed are not decided again (``trust_own``)
+        self.trust_own = trust_own
+        self._pending: list[tuple[Recorded, bool]] = []  # (row, tampered)
+        self.anomalies: list[Anomaly] = []
+        self.voided = 0
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    def feed(self, rows: list[Recorded]) -> list[Settled]:
+        out: list[Settled] = []
+        for r in rows:
+            if r.position != self.read + 1:
+                self.anomalies.append(Anomaly(self.read + 1, f"missing rows: the next stored is {r.position}"))
+            if r.prev_hash != self.prev_hash:
+                self.anomalies.append(Anomaly(r.position, "prev_hash does not chain to the previous row"))
+            tampered = r.content_hash() != r.hash
+            self.prev_hash, self.read = r.hash, r.position
+            self.versions[r.stream_id] = max(self.versions.get(r.stream_id, 0), r.stream_version)
+            self._pending.append((r, tampered))
+            if r.signature is not None:
+                out += self._settle(r)
+        return out
+
+    def adopt_own(self, last_position: int, last_hash: bytes, versions: dict[str, int]) -> None:
+        """Our own append, whose state the recorder already adopted: move past it without reading it back."""
+        assert not self._pending, "adopt only right after everything read is settled"
+        self.position = self.read = last_position
+        self.prev_hash = last_hash
+        self.versions.update(versions)
+
+    @property
+    def waiting(self) -> int:
+        """Rows read but not settled yet (their batch's signed row has not been read)."""
+        return len(self._pending)
+
+    # --- settling a signed batch -----------------------------------------------------------------
+
+    def _settle(self, signed: Recorded) -> list[Settled]:
+        first = signed.signed_from or 0
+        pending, self._pending = self._pending, []
+        out = [self._void(r, "no writer signature covers this row", False) for r, _ in pending if r.position < first]
+        batch = [(r, t) for r, t in pending if r.position >= first]
+        writer = signed.writer
+        cluster = self.ledger.cluster
+        key = cluster.key_of(writer) or _genesis_key(batch, writer, cluster)
+        problem = None
+        if not batch or batch[0][0].position != first:
+            problem = "the signed range is not all in the log"
+        elif key is None:
+            problem = f"{writer!r} is not a writer the log admitted"
+        elif not verify_batch(key, first, signed.hash, signed.signature or b""):
+            problem = f"the signature is not {writer}'s"
+        if problem:
+            return out + [self._void(r, problem, False) for r, _ in batch]
+        if any(r.writer != writer for r, _ in batch):
+            return out + [self._void(r, "rows of another writer inside a signed batch", True) for r, _ in batch]
+        unit: list[tuple[Recorded, bool]] = []
+        for r, t in batch:
+            if r.command is not None and unit:
+                out += self._unit(writer, unit)
+                unit = []
+            unit.append((r, t))
+        return out + self._unit(writer, unit)
+
+    def _unit(self, writer: str, unit: list[tuple[Recorded, bool]]) -> list[Settled]:
+        rows = [r for r, _ in unit]
+        if rows[0].command is None:
+            return self._fault(writer, rows, "rows outside any unit (no command)")
+        edited = [r.position for r, t in unit if t]
+        if edited:  # the signature covers the stored hash, not what the row now says; a unit stands whole or not
+            return [self._void(r, "edited after it was written (content does not match its hash)"
+                               if r.position in edited else f"in a unit with a row edited after it was written "
+                                                            f"(position {edited[0]})", False) for r in rows]
+        try:
+            logged = [r.event() for r in rows]
+            command = commands.from_json(rows[0].command, logged)
+        except InvalidCommand as e:
+            return self._fault(writer, rows, f"unreadable: {e}")
+        if self.trust_own and writer == self.me:
+            for e in logged:  # ours: decided by this very code before we signed it
+                self.ledger.apply(e)
+            return self._done(rows, logged)
+        try:
+            rules.authorize(self.ledger.cluster, writer, command)
+            scratch = rules.Ledger()
+            scratch.cluster, scratch.txs = self.ledger.cluster, ChainMap({}, self.ledger.txs)  # type: ignore
+            decided = scratch.step(command).events
+        except CommandRejected as e:
+            return self._fault(writer, rows, f"{type(command).__name__} refused: {e}")
+        if decided != logged or [(r.stream_id, r.idempotency_key) for r in rows] != [
+                (e.stream, e.key) for e in decided]:
+            return self._fault(writer, rows, f"{type(command).__name__} decides "
+                                             f"{[e.TYPE for e in decided]}, the log says {[e.TYPE for e in logged]}")
+        self.ledger.cluster = scratch.cluster
+        self.ledger.txs.update(scratch.txs.maps[0])  # type: ignore[attr-defined]
+        return self._done(rows, decided)
+
+    def _done(self, rows: list[Recorded], events: list[Event]) -> list[Settled]:
+        self.position = rows[-1].position
+        return [Settled(r, e) for r, e in zip(rows, events, strict=True)]
+
+    def _fault(self, writer: str, rows: list[Recorded], reason: str) -> list[Settled]:
+        """Void, and the writer's doing: kept for a trustee to report (rules.ReportInvalidEntry)."""
+        c = self.ledger.cluster
+        self.ledger.cluster = replace(c, faults={**c.faults, rows[0].position: rules.Fault(writer, reason)})
+        return [self._void(r, reason, True) for r in rows]
+
+    def _void(self, r: Recorded, reason: str, attributable: bool) -> Settled:
+        self.voided += 1
+        self.position = max(self.position, r.position)
+        return Settled(r, None, Void(r.position, r.writer, reason, attributable))
+
+
+def _genesis_key(batch: list[tuple[Recorded, Any]], writer: str, cluster: rules.Cluster) -> bytes | None:
+    """The first operator signs the very batch that admits it: its key is in that batch's first command."""
+    if cluster.has_operator() or not batch:
+        return None
+    cmd = batch[0][0].command
+    if isinstance(cmd, dict) and cmd.get("type") == "AdmitWriter" and cmd.get("writer") == writer \
+            and cmd.get("role") == "operator":
+        try:
+            return bytes.fromhex(cmd["public_key"])
+        except (TypeError, ValueError):
+            return None
+    return None
