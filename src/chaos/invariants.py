@@ -9,8 +9,8 @@ Checks (each one a row of the report):
 
 - ``log_verifies``: ``audit verify`` (hash chain, every signature and ban's evidence);
 - ``agreement``: every honest node's ``/tx`` view (status, value, voters) equals the log's fold;
-- ``no_honest_byzantine_ban``: no member outside the Byzantine set banned for a Byzantine violation
-  (REPUTATION_FLOOR bans from silence are listed in ``floor_bans``, not counted as violations);
+- ``only_the_guilty`` (R14): no member outside the Byzantine set banned for anything, or charged with
+  anything but real silence (SILENT_FAILURE on a consensus transaction it did not vote on in time);
 - ``acked_votes_logged``: every vote an honest node's API acknowledged (202 + signed vote) is a
   ``VoteAccepted`` in the log;
 - ``final_states``: every transaction is final (or THRESHOLD_REACHED / SUBMITTING when no submitter
@@ -33,10 +33,14 @@ from events import rules
 from events.audit import verify
 from events.follow import Follower
 from events.postgres_store import PostgresStore
+from events.vocab import ViolationKind
 from projections.projector import Projector
 from projections.replay import replay
 
 NO_SUBMITTER_OK = frozenset({rules.THRESHOLD_REACHED})
+# A vote signed before a deadline that lands in the log within this of the deadline firing was on its way, not
+# silent (the node's R9 outage grace is 5 s; a vote recorded much later was held by a crashed or cut-off node).
+ON_TIME_GRACE_US = 5_000_000
 
 
 class ChainView(Protocol):
@@ -111,14 +115,21 @@ class InvariantReport:
         Console().print(self.table(title))
 
 
-def read_log(dsn: str) -> tuple[rules.Ledger, list[Any]]:
-    """Fold the whole log (paged) as an honest follower does (R13); also return every applied event, in order."""
+def read_log(dsn: str, times: dict[str, int] | None = None) -> tuple[rules.Ledger, list[Any]]:
+    """Fold the whole log (paged) as an honest follower does (R13); also return every applied event, in order.
+
+    ``times``, if given, is filled with each applied event's key -> when it was recorded (us since the epoch).
+    """
     store = PostgresStore(dsn)
     follower, events = Follower(trust_own=False), []
     try:
         while True:
             rows = store.read_all(after=follower.read, limit=5000)
-            events += [s.event for s in follower.feed(rows) if s.event is not None]
+            for s in follower.feed(rows):
+                if s.event is not None:
+                    events.append(s.event)
+                    if times is not None:
+                        times[s.row.idempotency_key] = s.row.recorded_at_us
             if len(rows) < 5000:
                 return follower.ledger, events
     finally:
@@ -144,6 +155,7 @@ class Run:
     submitter: bool
     ledger: rules.Ledger
     events: list[Any]
+    times: dict[str, int] = field(default_factory=dict)  # event key -> recorded at (us)
 
     @property
     def txs(self) -> dict[str, rules.Tx]:
@@ -166,9 +178,10 @@ def check(
     ``owner_dsn`` (a role that may create schemas) enables the replay check; ``offered`` names the
     transactions the load driver started, so one that never reached the log counts as lost.
     """
-    ledger, events = read_log(dsn)
+    times: dict[str, int] = {}
+    ledger, events = read_log(dsn, times)
     run = Run(dsn, owner_dsn, views or {}, set(byzantine), list(acked), set(offered), chain, submitter, ledger,
-              events)
+              events, times)
     rep = InvariantReport()
     rep.txs = len(run.txs)
     for tx in run.txs.values():
@@ -211,22 +224,37 @@ def agreement(run: Run, rep: InvariantReport) -> None:
     rep.add("agreement", problems, f"{compared} node views compared over {len(run.views)} honest nodes")
 
 
-def no_honest_byzantine_ban(run: Run, rep: InvariantReport) -> None:
-    """No member outside the Byzantine set banned for a Byzantine violation."""
+def only_the_guilty(run: Run, rep: InvariantReport) -> None:
+    """R14, with no exemption: no member outside the Byzantine set is banned, for any reason, or charged with
+    anything but real silence: SILENT_FAILURE only on a transaction that reached consensus and that the member
+    did not sign a vote for before its deadline (a vote in the log signed in time means it was not silent)."""
     problems = []
     for e in run.events:
-        if type(e).__name__ != "NodeBanned":
-            continue
-        if e.reason == rules.REPUTATION_FLOOR:
-            rep.floor_bans.append(e.node_id)
-        else:  # DOUBLE_VOTING, MINORITY_VOTE, INVALID_SIGNATURE (BYZANTINE_KINDS) or anything new
-            rep.byzantine_bans[e.node_id] = e.reason
+        name = type(e).__name__
+        if name == "NodeBanned":
+            (rep.floor_bans.append(e.node_id) if e.reason == rules.REPUTATION_FLOOR
+             else rep.byzantine_bans.__setitem__(e.node_id, e.reason))
             if e.node_id not in run.byzantine:
                 problems.append(f"honest {e.node_id} banned for {e.reason}")
-    floor_honest = sorted(set(rep.floor_bans) - run.byzantine)
-    rep.add("no_honest_byzantine_ban", problems,
-            f"byzantine bans {rep.byzantine_bans or 'none'}; floor bans (silence) of honest nodes: "
-            f"{floor_honest or 'none'}")
+        elif name == "ViolationDetected" and e.node_id not in run.byzantine:
+            if e.kind != ViolationKind.SILENT_FAILURE:
+                problems.append(f"honest {e.node_id} charged with {e.kind} on {e.tx_id}")
+                continue
+            tx = run.txs.get(e.tx_id)
+            if tx is None or tx.value is None:
+                problems.append(f"honest {e.node_id} charged silent on {e.tx_id}, which never reached consensus")
+            elif (v := tx.votes.get(e.node_id)) is not None and v.vote["timestamp_ms"] <= tx.deadline_at_ms \
+                    and run.times.get(v.key, 0) - run.times.get(e.key, 0) < ON_TIME_GRACE_US:
+                # R9: signed before the deadline and in the log right after the deadline fired: the deadline
+                # went off while the vote was on its way (a store outage, a lagging view), not for silence.
+                problems.append(f"honest {e.node_id} charged silent on {e.tx_id} though it signed its vote in time")
+        elif name == "InvalidEntryReported" and e.writer in set(run.ledger.cluster.members) - run.byzantine:
+            problems.append(f"honest {e.writer} reported for an invalid log entry at {e.position}")
+    silent = sum(1 for e in run.events if type(e).__name__ == "ViolationDetected"
+                 and e.kind == ViolationKind.SILENT_FAILURE and e.node_id not in run.byzantine)
+    rep.add("only_the_guilty", problems,
+            f"bans {rep.byzantine_bans or 'none'}; floor bans {sorted(set(rep.floor_bans)) or 'none'}; "
+            f"{silent} silences of honest members, each on a consensus tx they did not vote on in time")
 
 
 def acked_votes_logged(run: Run, rep: InvariantReport) -> None:
@@ -309,5 +337,5 @@ def chain_matches_log(run: Run, rep: InvariantReport) -> None:
     rep.add("chain_matches_log", audit_c.findings, f"{audit_c.checked} consensus txs audited on chain")
 
 
-CHECKS = (log_verifies, agreement, no_honest_byzantine_ban, acked_votes_logged, final_states, projection_matches_log,
+CHECKS = (log_verifies, agreement, only_the_guilty, acked_votes_logged, final_states, projection_matches_log,
           replay_digest, chain_exactly_once, chain_matches_log)

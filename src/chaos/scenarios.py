@@ -326,6 +326,19 @@ def etcd_leader(env: ChaosEnv) -> str | None:
     return None
 
 
+def lonely(node: int = 0, count: int = 8) -> Fault:
+    """One node's API opens transactions nobody else votes on (an incident: it once got every other trustee
+    banned, R9 as first read). They must expire, and blame nobody."""
+
+    def fault(ctx: Ctx) -> None:
+        ctx.wait_offered(0.2)
+        codes = [ctx.cluster.cast(node, f"lonely_{k}", 1)[0] for k in range(count)]
+        ctx.note(f"trustee-{node + 1} opened {count} transactions alone (answers {sorted(set(codes))})")
+        ctx.healed()
+
+    return fault
+
+
 def postgres_kill(down_s: float = 5.0) -> Fault:
     """``pg_ctl stop -m immediate`` (a crash: no checkpoint) mid-stream, start again after ``down_s``."""
 
@@ -456,5 +469,12 @@ def catalogue(full: bool) -> list[tuple[str, dict[str, Any]]]:
         ("byzantine minority under load", {"byzantine": {4: "minority"}, "txs": txs, "rate": rate}),
         ("byzantine forge under load", {"byzantine": {4: "forge"}, "txs": txs, "rate": rate}),
         ("byzantine silent under load", {"byzantine": {4: "silent"}, "deadline_ms": 4000, "txs": txs, "rate": rate}),
+        # R9/R14 incidents: faults that outlast the deadline must not ban or blame the honest
+        ("R14: Postgres down 10 s, deadline 5 s", {"fault": postgres_kill(10.0), "deadline_ms": 5000, "txs": txs,
+                                                   "rate": rate}),
+        ("R14: a trustee down 30 s, deadline 5 s", {"fault": crash_restart(1, 30.0), "deadline_ms": 5000,
+                                                    "txs": txs, "rate": rate}),
+        ("R14: one API opens txs nobody votes on", {"fault": lonely(0, 8), "deadline_ms": 3000, "txs": txs,
+                                                    "rate": rate}),
     ]
 

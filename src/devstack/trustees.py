@@ -192,6 +192,15 @@ class TrusteeCluster:
         self.start_node(t, peers)
         wait_until(lambda: self._get(t, "/readyz")[0] == 200, 60, f"{t.node_id} ready")
 
+    def restart_all(self, indices: list[int] | None = None) -> None:
+        """Start stopped nodes together (a node is ready only with t-1 members connected: not one by one)."""
+        todo = [self.trustees[i] for i in (indices if indices is not None else range(len(self.trustees)))]
+        for t in todo:
+            peers = [x.status["listen_addrs"][0] for x in self.alive() if x is not t][:2]
+            self.start_node(t, peers)
+        for t in todo:
+            wait_until(lambda t=t: self._get(t, "/readyz")[0] == 200, 60, f"{t.node_id} ready")
+
     def alive(self) -> list[Trustee]:
         return [t for t in self.trustees if t.proc and t.proc.poll() is None]
 

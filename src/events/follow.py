@@ -30,7 +30,7 @@ from typing import Any
 
 from events import commands, rules
 from events.errors import CommandRejected, InvalidCommand
-from events.model import Event
+from events.model import CLUSTER_STREAM, Event
 from events.store import GENESIS, Recorded
 from events.writers import verify_batch
 
@@ -76,6 +76,11 @@ class Follower:
         self._pending: list[tuple[Recorded, bool]] = []  # (row, tampered)
         self.anomalies: list[Anomaly] = []
         self.voided = 0
+        # Streams with a row edited after it was written, and whether rows went missing: later decisions that
+        # fail there may have been made honestly on what the row said before; they are void, but no writer's
+        # fault (an edit or deletion behind the service's back must never get an honest writer banned, R14).
+        self.tainted: set[str] = set()
+        self.broken = False
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -84,8 +89,10 @@ class Follower:
         for r in rows:
             if r.position != self.read + 1:
                 self.anomalies.append(Anomaly(self.read + 1, f"missing rows: the next stored is {r.position}"))
+                self.broken = True
             if r.prev_hash != self.prev_hash:
                 self.anomalies.append(Anomaly(r.position, "prev_hash does not chain to the previous row"))
+                self.broken = True
             tampered = r.content_hash() != r.hash
             self.prev_hash, self.read = r.hash, r.position
             self.versions[r.stream_id] = max(self.versions.get(r.stream_id, 0), r.stream_version)
@@ -124,6 +131,8 @@ class Follower:
         elif not verify_batch(key, first, signed.hash, signed.signature or b""):
             problem = f"the signature is not {writer}'s"
         if problem:
+            if batch and batch[0][0].position != first:
+                self.broken = True  # rows of a signed batch are gone: what follows may rest on them
             return out + [self._void(r, problem, False) for r, _ in batch]
         if any(r.writer != writer for r, _ in batch):
             return out + [self._void(r, "rows of another writer inside a signed batch", True) for r, _ in batch]
@@ -141,6 +150,7 @@ class Follower:
             return self._fault(writer, rows, "rows outside any unit (no command)")
         edited = [r.position for r, t in unit if t]
         if edited:  # the signature covers the stored hash, not what the row now says; a unit stands whole or not
+            self.tainted.update(r.stream_id for r in rows)
             return [self._void(r, "edited after it was written (content does not match its hash)"
                                if r.position in edited else f"in a unit with a row edited after it was written "
                                                             f"(position {edited[0]})", False) for r in rows]
@@ -173,7 +183,13 @@ class Follower:
         return [Settled(r, e) for r, e in zip(rows, events, strict=True)]
 
     def _fault(self, writer: str, rows: list[Recorded], reason: str) -> list[Settled]:
-        """Void, and the writer's doing: kept for a trustee to report (rules.ReportInvalidEntry)."""
+        """Void, and the writer's doing: kept for a trustee to report (rules.ReportInvalidEntry).
+
+        Unless the log was edited or lost rows the decision may have rested on: then nobody is to blame.
+        """
+        read = {CLUSTER_STREAM, *(r.stream_id for r in rows)}
+        if self.broken or read & self.tainted:
+            return [self._void(r, f"{reason} (after an edited or missing row: nobody's fault)", False) for r in rows]
         c = self.ledger.cluster
         self.ledger.cluster = replace(c, faults={**c.faults, rows[0].position: rules.Fault(writer, reason)})
         return [self._void(r, reason, True) for r in rows]

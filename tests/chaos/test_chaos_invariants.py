@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from helpers import Writers, trustees
+from helpers import Writers, admin, trustees
 
 from chaos.invariants import Ack, check, tx_view_of
 from events import rules
@@ -50,7 +50,7 @@ def test_checker_passes_a_sound_log_and_names_each_violation(database, etcd_serv
                    acked=[Ack("tx_ok", "node-2", 7)], offered=["tx_ok", "tx_bad"],
                    chain=FakeChain(["tx_ok"]), submitter=False)
         held = {c.name: c.ok for c in ok.checks}
-        assert held == {"log_verifies": True, "agreement": True, "no_honest_byzantine_ban": True,
+        assert held == {"log_verifies": True, "agreement": True, "only_the_guilty": True,
                         "acked_votes_logged": True, "final_states": True, "projection_matches_log": True,
                         "replay_digest": True, "chain_exactly_once": True}, ok.as_dict()
         assert ok.statuses == {"THRESHOLD_REACHED": 1, "ABORTED_BYZANTINE": 1}
@@ -60,9 +60,25 @@ def test_checker_passes_a_sound_log_and_names_each_violation(database, etcd_serv
                     acked=[Ack("tx_ok", "node-4", 7)], offered=["tx_ok", "tx_never"],
                     chain=FakeChain(["tx_ok", "tx_ok", "tx_bad"]))
         failed = {c.name for c in bad.failed}
-        assert failed == {"agreement", "no_honest_byzantine_ban", "acked_votes_logged", "final_states",
+        assert failed == {"agreement", "only_the_guilty", "acked_votes_logged", "final_states",
                           "chain_exactly_once"}, bad.as_dict()
         assert bad.votes_lost == 1 and bad.txs_lost == 1
         bad.print("deliberately broken inputs")  # the table renders
+    finally:
+        rec.close()
+
+
+def test_only_the_guilty_has_no_exemption_for_floor_bans(database, etcd_server, etcd_prefix):
+    """The old checker listed floor bans of honest members apart; R14 counts every ban of an honest member."""
+    ts = trustees(3)
+    rec = Writers(PostgresStore(database.app_dsn), voter=ts[0],
+                  guard=lambda w: EtcdGuard(etcd_server.endpoints[0], etcd_prefix, w.replace(":", "-")))
+    try:
+        rec.execute(admin(ts, 2, deadline_ms=1000, reputation_floor=950, floor_ban_after=1)[1:])
+        rec.execute([ts[0].receive("t1", 1, now=0), ts[1].receive("t1", 1, now=0), rules.CheckDeadline("t1", 5000)])
+        rep = check(database.app_dsn, views={}, byzantine=set())
+        guilty = next(c for c in rep.checks if c.name == "only_the_guilty")
+        assert not guilty.ok and guilty.problems == ["honest node-3 banned for REPUTATION_FLOOR"]
+        assert check(database.app_dsn, views={}, byzantine={"node-3"}).ok  # were it Byzantine, that is allowed
     finally:
         rec.close()

@@ -26,6 +26,9 @@ CI = [
     "byzantine double under load",
     "byzantine forge under load",
     "byzantine silent under load",
+    "R14: Postgres down 10 s, deadline 5 s",
+    "R14: a trustee down 30 s, deadline 5 s",
+    "R14: one API opens txs nobody votes on",
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from helpers import Writers, trustees
+from helpers import Writers, admin, trustees
 
 from events import rules
 from events.audit import verify
@@ -155,3 +155,42 @@ def test_retention_is_an_event_so_replay_archives_the_same_rows(database, log):
     report = replay(database.owner_dsn)
     assert report.equal, report.differing_tables
     assert verify(log.store).ok
+
+
+def test_bans_show_the_cause_of_the_current_ban(database, log):
+    """R14 item 6: `tvote bans list` shows the violation behind the *current* ban, not the member's first."""
+    from tvote.report import current_bans
+
+    def project() -> None:
+        p = Projector(database.app_dsn)
+        p.catch_up()
+        p.close()
+
+    project()
+    assert {(b.node_id, b.reason, b.tx_id) for b in current_bans(database.app_dsn)} == {
+        ("node-1", "DOUBLE_VOTING", "tx_dbl"), ("node-4", "INVALID_SIGNATURE", "tx_forge"),
+        ("node-5", "MINORITY_VOTE", "tx_min")}
+    ts = trustees(5)
+    log.execute([rules.Unban("node-5", "op", "cleared")])
+    log.execute([ts[4].receive("tx_again", 1), ts[4].receive("tx_again", 2)])  # node-5 equivocates this time
+    project()
+    again = {b.node_id: b for b in current_bans(database.app_dsn)}["node-5"]
+    assert (again.reason, again.tx_id) == ("DOUBLE_VOTING", "tx_again")
+    assert again.evidence["first"]["value"] == 1 and again.evidence["second"]["value"] == 2
+
+
+def test_a_floor_ban_shows_the_reputation_history_behind_it(database):
+    """Opted in (floor_ban_after), a ban for silence shows the consensus transactions the member missed."""
+    from tvote.report import current_bans
+
+    ts = trustees(3)
+    rec = Writers(PostgresStore(database.app_dsn), voter=ts[0])
+    rec.execute(admin(ts, 2, deadline_ms=1000, reputation_floor=850, floor_ban_after=2)[1:])
+    for k in range(2):  # node-3 is silent on two consensus transactions in a row
+        rec.execute([ts[0].receive(f"t{k}", 1, now=0), ts[1].receive(f"t{k}", 1, now=0),
+                     rules.CheckDeadline(f"t{k}", 5000)])
+    Projector(database.app_dsn).catch_up()
+    (ban,) = current_bans(database.app_dsn)
+    assert (ban.node_id, ban.reason) == ("node-3", "REPUTATION_FLOOR")
+    assert [score for score, _ in ban.history] == [900, 800]
+    rec.close()

@@ -1,0 +1,111 @@
+"""R13/R14 incidents replayed on real node processes: nobody honest is banned by what is not theirs.
+
+- a row INSERTed as the service role (correctly hash-chained, naming a trustee as writer, no signature)
+  that "bans" trustee-1: every node ignores it, trustee-1 keeps voting, the audit names the row;
+- a VoteAccepted edited as superuser, then every node restarted: nobody is banned for it;
+- a member added with a typo in its peer id: refused before it is logged, every node keeps running.
+(A client retry with another value and two processes on one key: tests/nodes/test_signer_safety.py;
+outages, crashes and lonely transactions: the R14 scenarios of tests/chaos.)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import psycopg
+import pytest
+
+from devstack.trustees import TrusteeCluster
+from events.audit import verify
+from events.model import NodeBanned
+from events.postgres_store import JSONB_V1, PostgresStore, us_to_datetime
+from events.store import canonical_json, chain_hash
+
+pytestmark = pytest.mark.integration
+TVOTE = [sys.executable, "-c", "from tvote.cli import app; app()"]
+
+
+def wait_for(pred, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def consensus(cluster: TrusteeCluster, tx: str, value: int, who: range) -> None:
+    for i in who:
+        code, body = cluster.cast(i, tx, value)
+        assert code == 202, (i, body)
+    wait_for(lambda: (cluster.tx(0, tx) or {}).get("status") == "THRESHOLD_REACHED", 20, f"consensus on {tx}")
+
+
+def forge_row(dsn: str, event, writer: str) -> int:
+    """INSERT a correctly chained row as the service role: what anyone holding the database role can do."""
+    with psycopg.connect(dsn) as c:
+        pos, prev = c.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
+        version = c.execute("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = %s",
+                            (event.stream,)).fetchone()[0] + 1
+        now_us = time.time_ns() // 1000
+        body = canonical_json(event.to_payload())
+        h = chain_hash(bytes(prev), pos + 1, event.stream, version, event.TYPE, event.VERSION, body, now_us,
+                       event.key, writer)
+        c.execute("INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, "
+                  "recorded_at, idempotency_key, writer, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s::jsonb, "
+                  "%s, %s, %s, %s, %s)", (pos + 1, event.stream, version, event.TYPE, event.VERSION, body.decode(),
+                                          us_to_datetime(now_us), event.key, writer, bytes(prev), h))
+    assert JSONB_V1  # the service writes jsonb in binary; a text INSERT stores the same value
+    return pos + 1
+
+
+def test_forged_and_tampered_rows_ban_nobody_and_a_typo_crashes_nobody(database, etcd_server, etcd_prefix):
+    cluster = TrusteeCluster(4, 3, database.app_dsn, etcd_server.endpoints[0], etcd_prefix)
+    cluster.start()
+    try:
+        consensus(cluster, "before", 1, range(4))
+        t1 = cluster.trustees[0]
+
+        # 1. a forged NodeBanned(trustee-1), "written by" trustee-2, inserted as tvote_app
+        forged = forge_row(database.app_dsn, NodeBanned("trustee-1", t1.peer_id, "DOUBLE_VOTING", "made-up"),
+                           "trustee-2")
+        consensus(cluster, "after_forgery", 2, range(4))  # trustee-1 still votes, and its vote counts
+        assert all(cluster.counters(i).get("void_rows", 0) >= 1 for i in range(4))
+        report = verify(PostgresStore(database.app_dsn))
+        assert any(f.position == forged and "no writer signature covers" in f.problem for f in report.integrity), \
+            report.integrity
+        out = subprocess.run([*TVOTE, "audit", "verify", "--dsn", database.app_dsn], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 1 and f"position {forged}" in out.stdout, out.stdout
+
+        # 2. trustee-2's accepted vote edited as superuser, then every node restarted
+        with psycopg.connect(database.owner_dsn) as c:
+            c.execute("SET session_replication_role = replica")
+            (pos,) = c.execute("SELECT position FROM events WHERE event_type = 'VoteAccepted' "
+                               "AND payload->>'tx_id' = 'before' AND payload->>'node_id' = 'trustee-2'").fetchone()
+            c.execute("UPDATE events SET payload = jsonb_set(payload, '{value}', '9') WHERE position = %s", (pos,))
+        for i in range(4):
+            cluster.kill(i)
+        cluster.restart_all()
+        consensus(cluster, "after_restart", 3, range(4))
+        assert cluster.cast(1, "before", 1)[0] in (202, 503)  # its real vote again: never a double vote
+
+        # 3. a member with a typo in its peer id: refused with a clear error, nothing logged
+        key_file = str(cluster.base / "operator-devstack.key")
+        out = subprocess.run([*TVOTE, "members", "add", "trustee-9", "ab" * 32, "bad-peer-0",
+                              "--dsn", database.app_dsn, "--etcd", cluster.etcd, "--etcd-prefix", cluster.prefix,
+                              "--operator", "devstack", "--operator-key-file", key_file],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and "is not the libp2p id of vote key" in out.stdout, out.stdout + out.stderr
+        consensus(cluster, "after_typo", 4, range(4))
+        assert all(cluster._get(t, "/healthz")[0] == 200 for t in cluster.trustees)
+    finally:
+        cluster.stop()
+    with psycopg.connect(database.app_dsn) as c:
+        kinds = c.execute("SELECT event_type, payload FROM events WHERE event_type IN "
+                          "('NodeBanned', 'ViolationDetected', 'InvalidEntryReported') ORDER BY position").fetchall()
+    assert [(t, p["node_id"]) for t, p in kinds] == [("NodeBanned", "trustee-1")], json.dumps(kinds)[:500]  # forged

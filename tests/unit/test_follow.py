@@ -1,0 +1,140 @@
+"""R13 at the follower (events/follow.py): what every honest reader applies, voids, and blames.
+
+On the in-memory store; the same follower reads the Postgres log in every integration test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from helpers import OPERATOR, W, Writers, admin, signer, trustees
+
+from events import rules
+from events.commands import to_json
+from events.follow import Follower
+from events.memory_store import MemoryStore
+from events.model import NodeBanned
+from events.store import NewEvent, Unit
+from recording.memory_guard import MemoryGuard
+from recording.recorder import Recorder, Status
+
+TS = trustees(4)
+
+
+def founded() -> tuple[MemoryStore, Recorder]:
+    store = MemoryStore()
+    op = Recorder(store, MemoryGuard("op"), OPERATOR)
+    assert all(r.status is Status.APPENDED for r in op.execute(admin(TS, 3)))
+    node = Recorder(store, MemoryGuard("n1"), TS[0].signer)
+    node.execute([t.receive("tx", 7) for t in TS[:3]])
+    return store, node
+
+
+def follow(rows) -> tuple[Follower, list]:
+    f = Follower()
+    return f, f.feed(rows)
+
+
+def test_an_honest_log_is_applied_whole_and_matches_the_writers_own_state():
+    store, node = founded()
+    f, settled = follow(store.read_all(limit=1000))
+    assert all(s.event is not None for s in settled) and f.position == store.last_position()
+    assert f.ledger.txs["tx"].status == rules.THRESHOLD_REACHED
+    assert f.ledger.cluster == node.ledger.cluster and f.ledger.txs == dict(node.ledger.txs)
+
+
+def test_a_row_no_writer_signature_covers_is_void_and_blames_nobody():
+    store, _ = founded()
+    ban = NodeBanned("node-1", TS[0].peer_id, "DOUBLE_VOTING", "made-up")
+    store.append([Unit.of({"cluster": store.stream_versions(["cluster"])["cluster"]}, [ban],
+                          {"type": "Unban", "node_id": "x", "operator": "op", "reason": "r"})], W)  # unknown writer
+    f, settled = follow(store.read_all(limit=1000))
+    (void,) = [s.void for s in settled if s.void]
+    assert not void.attributable and "not a writer the log admitted" in void.reason
+    assert not f.ledger.cluster.members["node-1"].banned and not f.ledger.cluster.faults
+
+
+def test_a_writers_false_decision_is_void_and_kept_for_a_report_that_bans_it():
+    store, _ = founded()
+    # node-2 signs a ban of node-1 with no violation behind it: entitled to record, but not that decision
+    cmd = rules.ReceiveVote(TS[0].vote("tx2", 1), TS[0].peer_id, 5)
+    ban = NodeBanned("node-1", TS[0].peer_id, "DOUBLE_VOTING", "made-up")
+    store.append([Unit.of({"cluster": store.stream_versions(["cluster"])["cluster"], "tx:tx2": 0}, [ban],
+                          to_json(cmd) | {"vote": None})], TS[1].signer)
+    f, settled = follow(store.read_all(limit=1000))
+    (void,) = [s.void for s in settled if s.void]
+    assert void.attributable and void.writer == "node-2"
+    assert f.ledger.cluster.faults == {void.position: rules.Fault("node-2", void.reason)}
+    # a trustee reports it: node-2 is banned for an invalid entry, and every follower agrees
+    node3 = Recorder(store, MemoryGuard("n3"), TS[2].signer)
+    (r,) = node3.execute([rules.ReportInvalidEntry(void.position, "node-2", void.reason)])
+    assert [e.TYPE for e in r.events] == ["InvalidEntryReported", "NodeBanned", "ReputationChanged"], r
+    f2, settled2 = follow(store.read_all(limit=1000))
+    assert f2.ledger.cluster.members["node-2"].banned and not f2.ledger.cluster.faults
+    assert [s.void.position for s in settled2 if s.void] == [void.position]
+    # a report of something that is not a fault is itself refused
+    (bad,) = node3.execute([rules.ReportInvalidEntry(2, "op", "made up")])
+    assert bad.status is Status.REJECTED
+
+
+def test_an_entry_its_writer_may_not_write_is_void():
+    store, _ = founded()
+    rogue = Recorder(store, MemoryGuard("x"), signer("operator:mallory"))  # never admitted
+    node = Recorder(store, MemoryGuard("n1"), TS[0].signer)
+    (r,) = node.execute([rules.Configure(1, "op")])  # a trustee is no operator: refused before anything is written
+    assert r.status is Status.REJECTED and type(r.error).__name__ == "NotEntitled"
+    (r,) = rogue.execute([rules.Configure(1, "mallory")])
+    assert r.status is Status.REJECTED
+
+
+def test_an_edited_row_voids_its_unit_and_blames_no_honest_writer_after_it():
+    store, _ = founded()
+    rows = store.read_all(limit=1000)
+    first_vote = next(i for i, r in enumerate(rows) if r.event_type == "VoteAccepted")
+    edited = replace(rows[first_vote], payload={**rows[first_vote].payload, "value": 8})
+    f, settled = follow([*rows[:first_vote], edited, *rows[first_vote + 1:]])
+    voids = [s.void for s in settled if s.void]
+    assert voids and all(not v.attributable for v in voids)  # the edit, and what rested on it: nobody's fault
+    assert any("edited after it was written" in v.reason for v in voids)
+    assert not f.ledger.cluster.faults and "tx:tx" in f.tainted
+
+
+def test_rows_wait_for_their_batch_signature_and_a_gap_is_named():
+    store, _ = founded()
+    rows = store.read_all(limit=1000)
+    f = Follower()
+    settled = f.feed(rows[:-1])  # the last batch is cut before its signed row
+    assert f.waiting >= 1 and f.position < rows[-2].position
+    assert f.feed(rows[-1:]) and f.waiting == 0 and f.position == rows[-1].position
+    g, _ = follow([r for r in rows if r.position != 3])
+    assert any("missing rows" in a.problem for a in g.anomalies) and g.broken
+    assert settled is not None
+
+
+def test_the_genesis_operator_signs_the_batch_that_admits_it():
+    store = MemoryStore()
+    Recorder(store, MemoryGuard("op"), OPERATOR).execute(admin(TS, 3))
+    f, settled = follow(store.read_all(limit=1000))
+    assert all(s.event is not None for s in settled)
+    assert OPERATOR.writer in f.ledger.cluster.writers
+
+
+def test_a_second_self_admitted_operator_is_void():
+    store = MemoryStore()
+    Recorder(store, MemoryGuard("op"), OPERATOR).execute(admin(TS, 3))
+    other = signer("operator:eve")
+    store.append([Unit((lambda c: {"cluster": c})(store.stream_versions(["cluster"])["cluster"]), (
+        NewEvent("cluster", "WriterAdmitted", 1, {"writer": "operator:eve", "role": "operator",
+                                                  "public_key": other.public_key.hex(), "operator": "eve", "seq": 0},
+                 "writer:operator:eve:0",
+                 command=b'{"operator":"eve","public_key":"%s","role":"operator","type":"AdmitWriter",'
+                         b'"writer":"operator:eve"}' % other.public_key.hex().encode()),))], other)
+    f, settled = follow(store.read_all(limit=1000))
+    assert "operator:eve" not in f.ledger.cluster.writers
+    assert [s.void.reason for s in settled if s.void] == ["'operator:eve' is not a writer the log admitted"]
+
+
+def test_writers_routes_every_command_to_an_entitled_writer():
+    w = Writers(MemoryStore())
+    w.execute(admin(TS, 3)[1:])
+    assert w.execute([TS[0].receive("t", 1)])[0].status is Status.APPENDED
