@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -29,14 +30,13 @@ def wait_until(probe: Callable[[], bool], timeout: float, what: str) -> None:
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
 
 
-def die_with_parent() -> None:
-    """preexec_fn for children of a harness: the kernel sends them SIGTERM when the harness dies.
+def die_with_parent() -> list[str]:
+    """An argv prefix for children of a harness: the kernel sends them SIGTERM when the harness dies.
 
-    So a killed `tvote up` leaves no node, projector or submitter behind. Linux only (prctl
-    PR_SET_PDEATHSIG), and tied to the forking *thread*: use it only when forking from the main thread.
+    So a killed `tvote up` leaves no node, projector or submitter behind. Linux only (PR_SET_PDEATHSIG,
+    set by util-linux's ``setpriv`` and kept across its exec), tied to the *thread* that forks: use it
+    only when forking from the main thread. Not a ``preexec_fn``: Python code between fork and exec
+    deadlocks when another thread (gRPC's, after an etcd client closed) holds a lock at the fork.
     """
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []

@@ -110,13 +110,12 @@ class TrusteeCluster:
                 "--api-token-file", str(self.token_file), "--status-file", str(status)]
         for b in bootstrap:
             argv += ["--bootstrap", b]
-        argv = [*t.wrapper, *argv, *t.extra_args]
+        argv = [*(die_with_parent() if self.die_with_parent else []), *t.wrapper, *argv, *t.extra_args]
         env = {**os.environ, "PYTHONPATH": str(SRC)}
         with open(t.log, "ab") as log:
             # die_with_parent is tied to the *thread* that forks (prctl semantics): only for callers that
             # start nodes from their main thread, like `tvote up`.
-            t.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      preexec_fn=die_with_parent if self.die_with_parent else None)
+            t.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
 
         def up() -> bool:
             if t.proc.poll() is not None:

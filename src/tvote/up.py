@@ -119,8 +119,8 @@ def run(opts: UpOptions, console: Console) -> bool:
               "--chain-id", str(CHAIN_ID), "--name", "submitter-1"], "submitter.log"),
         ):
             with open(base / log, "ab") as out:
-                stack.procs.append(subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                                    preexec_fn=die_with_parent))
+                stack.procs.append(subprocess.Popen([*die_with_parent(), *argv], env=env, stdout=out,
+                                                    stderr=subprocess.STDOUT))
         for t in stack.cluster.trustees:
             console.print(f"  {t.node_id} peer {t.peer_id[:20]}... api 127.0.0.1:{t.status['api_port']}"
                           + (f" [red]byzantine: {t.byzantine}[/red]" if t.byzantine != "none" else ""))
