@@ -138,3 +138,23 @@ def test_writers_routes_every_command_to_an_entitled_writer():
     w = Writers(MemoryStore())
     w.execute(admin(TS, 3)[1:])
     assert w.execute([TS[0].receive("t", 1)])[0].status is Status.APPENDED
+
+
+def test_a_row_signed_with_another_key_under_an_admitted_name_is_void():
+    """Bad input: an event row with a bad writer signature is refused, nothing applied, nobody blamed."""
+    store, _ = founded()
+    impostor = signer("node-2")  # node-2's name, not node-2's key
+    cmd = rules.ReceiveVote(TS[1].vote("tx9", 1), TS[1].peer_id, 5)
+    events = rules.decide(rules.State(cluster=founded_cluster(store)), cmd)
+    store.append([Unit.of({"cluster": store.stream_versions(["cluster"])["cluster"], "tx:tx9": 0}, events,
+                          to_json(cmd))], impostor)
+    f, settled = follow(store.read_all(limit=1000))
+    voids = [s.void for s in settled if s.void]
+    assert voids and all(not v.attributable and v.reason == "the signature is not node-2's" for v in voids)
+    assert "tx9" not in f.ledger.txs and not f.ledger.cluster.faults
+
+
+def founded_cluster(store: MemoryStore) -> rules.Cluster:
+    f = Follower()
+    f.feed(store.read_all(limit=1000))
+    return f.ledger.cluster
