@@ -41,6 +41,7 @@ class Trustee:
     proc: subprocess.Popen | None = None
     status: dict = field(default_factory=dict)
     log: Path | None = None
+    token: str = ""  # its own API bearer token (a file of its own, mode 0600, beside its key)
     wrapper: list[str] = field(default_factory=list)  # e.g. ["faketime", "-f", "+5s"] for clock skew
     extra_args: list[str] = field(default_factory=list)  # more `tvote node` options
     drop_rate: float = 0.0  # chaos: drop this fraction of accepted gossip (src/chaos/trustee.py)
@@ -70,10 +71,6 @@ class TrusteeCluster:
         self.threshold, self.deadline_ms = threshold, deadline_ms
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="tvote-nodes-"))
         self.base.mkdir(parents=True, exist_ok=True)
-        self.token = secrets.token_hex(16)
-        self.token_file = self.base / "api.token"
-        self.token_file.write_text(self.token)
-        self.token_file.chmod(0o600)
         self.operator = operator_signer(self.base)
         self.trustees: list[Trustee] = []
         for i in range(1, n + 1):
@@ -81,7 +78,20 @@ class TrusteeCluster:
             if not key.exists():
                 generate_key_file(key)
                 init_journal(key, f"trustee-{i}")  # a new trustee has signed nothing yet (R14)
-            self.trustees.append(Trustee(f"trustee-{i}", key, load_seed(key), (byzantine or {}).get(i - 1, "none")))
+            tr = Trustee(f"trustee-{i}", key, load_seed(key), (byzantine or {}).get(i - 1, "none"))
+            tr.token = self._token(tr)
+            self.trustees.append(tr)
+
+    def _token(self, t: Trustee) -> str:
+        """Each trustee's API token, kept beside its key (a restart on the same directory keeps it)."""
+        path = self.token_file(t)
+        if not path.exists():
+            path.write_text(secrets.token_hex(16))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def token_file(self, t: Trustee) -> Path:
+        return Path(f"{t.key_file}.api-token")
 
     def admit(self, trustees: list[Trustee] | None = None, configure: bool = True) -> None:
         cmds: list[rules.Command] = [rules.AdmitMember(t.node_id, t.vote_key, t.peer_id, OPERATOR)
@@ -107,7 +117,10 @@ class TrusteeCluster:
             entry = ["-c", "from tvote.cli import app; app()", "node"]
         argv = [sys.executable, *entry, "--node-id", t.node_id,
                 "--key-file", str(t.key_file), "--dsn", self.dsn, "--etcd", self.etcd, "--etcd-prefix", self.prefix,
-                "--api-token-file", str(self.token_file), "--status-file", str(status)]
+                "--api-token-file", str(self.token_file(t)), "--status-file", str(status)]
+        if t.status:  # a restart keeps its addresses: its API and its libp2p port (peers know it by them)
+            argv += ["--api-port", str(t.status["api_port"]),
+                     "--listen-port", t.status["listen_addrs"][0].split("/tcp/")[1].split("/")[0]]
         for b in bootstrap:
             argv += ["--bootstrap", b]
         argv = [*(die_with_parent() if self.die_with_parent else []), *t.wrapper, *argv, *t.extra_args]
@@ -147,12 +160,19 @@ class TrusteeCluster:
         req = urllib.request.Request(
             f"http://127.0.0.1:{t.status['api_port']}{path}", method=method,
             data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=15) as r:
-                return r.status, json.loads(r.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
+            headers={"Authorization": f"Bearer {t.token}", "Content-Type": "application/json"})
+        code, body = 0, {}
+        for _ in range(10):  # a client that honours Retry-After (back-pressure), a few times
+            try:
+                with urllib.request.urlopen(req, timeout=15) as r:
+                    return r.status, json.loads(r.read() or b"{}")
+            except urllib.error.HTTPError as e:
+                code, body = e.code, json.loads(e.read() or b"{}")
+                wait = e.headers.get("Retry-After") if e.code == 503 else None
+                if wait is None or not wait.isdigit():
+                    return code, body
+                time.sleep(min(int(wait), 10))
+        return code, body
 
     def _get(self, t: Trustee, path: str) -> tuple[int, dict]:
         try:

@@ -117,6 +117,10 @@ class NodeConfig:
     # R9: deadlines are ticked only once the log has been writable (and followed) for this long without
     # a break, so votes signed before a deadline during a store outage reach the log first.
     outage_grace_ms: int = 5000
+    # Back-pressure: the API refuses new casts at once (503 + Retry-After, nothing signed) while more than
+    # this many votes wait for the worker, or while the worker has not completed a loop for this long.
+    max_backlog: int = 20_000
+    max_worker_lag_ms: int = 3000
 
 
 @dataclass
@@ -164,6 +168,7 @@ class TrusteeNode:
         self.signer: Signer | None = None
         self._store_ok_since: float | None = None  # monotonic time the log became writable again (R9)
         self._reported: set[int] = set()  # positions of invalid entries we already reported (R13)
+        self._beat = time.monotonic()  # the worker's last completed loop (back-pressure, health)
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -300,6 +305,20 @@ class TrusteeNode:
         self.send(mine)  # an earlier vote again too: it may never have left before a crash
         return mine
 
+    def overload(self) -> float | None:
+        """Seconds a client should wait before trying again, when the worker is too far behind (else None).
+
+        Checked before anything is signed: refusing early keeps the backlog bounded and the client free
+        to try another trustee, instead of queueing work that would answer 503 only after 10 s.
+        """
+        backlog = self.inbox.qsize()
+        lag = time.monotonic() - self._beat
+        if backlog > self.cfg.max_backlog:
+            return max(1.0, backlog / 5000)
+        if lag > self.cfg.max_worker_lag_ms / 1000:
+            return max(1.0, min(30.0, lag))
+        return None
+
     def check_eligible(self) -> None:
         """Refuse to sign when our votes could never be recorded (stopping, removed, banned)."""
         if self._stop_intake.is_set():
@@ -360,7 +379,10 @@ class TrusteeNode:
                 # R7: not forwarded, but recorded with the author's signed envelope, the proof the
                 # decider needs to blame the author peer.
                 self.counters.add("invalid_signature")
-                self.inbox.put((author, sv, Envelope(*envelope()) if envelope else None))
+                try:  # never block the Trio thread: a full inbox drops (and counts) the evidence
+                    self.inbox.put_nowait((author, sv, Envelope(*envelope()) if envelope else None))
+                except queue.Full:
+                    self.counters.add("dropped_inbox_full")
                 ok = False
             else:
                 seen.append(age)
@@ -421,6 +443,7 @@ class TrusteeNode:
         tick, follow = self.cfg.tick_ms / 1000, self.cfg.follow_ms / 1000
         next_tick = next_follow = 0.0
         while True:
+            self._beat = time.monotonic()
             items = self._drain(self.cfg.batch_window_ms / 1000)
             try:
                 if items:

@@ -240,8 +240,8 @@ def backup(owner_dsn: str, etcd_endpoint: str | None, out_dir: Path) -> BackupMa
     """Dump the database and snapshot etcd into ``out_dir``, and write the manifest that proves them.
 
     ``owner_dsn`` must be a role that can read every table (the owner or a superuser); the
-    service role ``tvote_app`` cannot. ``etcd_endpoint`` is *one* client URL
-    (``http://127.0.0.1:2379``): a snapshot is streamed from a single member; ``None`` skips
+    service role ``tvote_app`` cannot. ``etcd_endpoint``: one client URL or several separated by commas
+    (``http://127.0.0.1:2379,...``): the snapshot streams from the first member that answers; ``None`` skips
     etcd (its contents are rebuildable from Postgres). ``out_dir`` may exist but must not hold a
     backup already. Safe while nodes and projectors run: the dump and the manifest's figures come
     from one Postgres snapshot. Raises :class:`BackupError` with the reason.
@@ -255,12 +255,24 @@ def backup(owner_dsn: str, etcd_endpoint: str | None, out_dir: Path) -> BackupMa
         p.unlink(missing_ok=True)  # leftovers of an unfinished backup
 
     etcd_status: dict = {}
-    if etcd_endpoint and "," in etcd_endpoint:
-        raise BackupError(f"give one etcd endpoint, not {etcd_endpoint!r}: a snapshot is streamed from one member")
     if etcd_endpoint:  # etcd first: restored heads may lag the restored log, never lead it
-        endpoint = etcd_endpoint if "://" in etcd_endpoint else f"http://{etcd_endpoint}"
-        _run([_etcdctl(), "--endpoints", endpoint, "--dial-timeout", "5s", "--command-timeout", "120s",
-              "snapshot", "save", str(etcd_path)], f"etcd snapshot of {endpoint}", _etcd_env())
+        # The same comma-separated list every other command takes: a snapshot streams from one member,
+        # the first one that answers.
+        tried = []
+        for url in [u.strip() for u in etcd_endpoint.split(",") if u.strip()]:
+            endpoint = url if "://" in url else f"http://{url}"
+            try:  # a quick health probe first: a snapshot of a dead member waits out its command timeout
+                _run([_etcdctl(), "--endpoints", endpoint, "--dial-timeout", "2s", "--command-timeout", "3s",
+                      "endpoint", "health"], f"etcd health of {endpoint}", _etcd_env())
+                _run([_etcdctl(), "--endpoints", endpoint, "--dial-timeout", "5s", "--command-timeout", "120s",
+                      "snapshot", "save", str(etcd_path)], f"etcd snapshot of {endpoint}", _etcd_env())
+                etcd_endpoint = endpoint
+                break
+            except BackupError as e:
+                tried.append(str(e))
+                etcd_path.unlink(missing_ok=True)
+        else:
+            raise BackupError("no etcd member gave a snapshot: " + "; ".join(tried)[:500])
         etcd_status = snapshot_status(etcd_path)
 
     try:
@@ -268,6 +280,11 @@ def backup(owner_dsn: str, etcd_endpoint: str | None, out_dir: Path) -> BackupMa
     except psycopg.OperationalError as e:
         raise BackupError(f"cannot connect to {_safe(owner_dsn)}: {e}") from e
     with conn:
+        if not conn.execute("SELECT pg_has_role(current_user, 'pg_read_all_data', 'USAGE') OR current_user = "
+                            "(SELECT tableowner FROM pg_tables WHERE tablename = 'events' LIMIT 1)").fetchone()[0]:
+            raise BackupError(f"{_safe(owner_dsn)} connects as a role that cannot read every table (the service "
+                              "role tvote_app?): back up with the owner's DSN")
+        conn.commit()  # the snapshot below needs a transaction of its own
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         snapshot_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]

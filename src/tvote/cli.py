@@ -198,7 +198,13 @@ def _read_secret(path: Path) -> str:
 def replay(dsn: Dsn, keep: Annotated[bool, typer.Option(help="Keep the replay schema.")] = False) -> None:
     """Rebuild every projection from the log into fresh tables; print both digests (R12)."""
     _connect_check(dsn)
-    r = do_replay(dsn, keep=keep)
+    try:
+        r = do_replay(dsn, keep=keep)
+    except psycopg.errors.InsufficientPrivilege:
+        raise fail("replay builds fresh tables beside the live ones: give a role that may create schemas "
+                   "(the database owner's DSN, not the service role tvote_app)") from None
+    except psycopg.Error as e:
+        raise fail(f"replay failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
     console.print(f"position {r.position}: replayed {r.events} events in {r.seconds:.2f}s "
                   f"({r.events_per_second:,.0f}/s)")
     console.print(f"live   digest {r.live_digest}\nreplay digest {r.replay_digest}")
@@ -243,20 +249,47 @@ def audit_chain_cmd(dsn: Dsn,
 
 @app.command()
 def status(dsn: Dsn) -> None:
-    """Transactions by state, members, bans, and whether a quorum is still possible (R10)."""
+    """Transactions by state, the members and t, whether a quorum is possible (R10), and the projector's lag.
+
+    The members, t and the log head come from the log itself (what every node follows); the
+    transaction counts from the projections, with how far behind the log they are.
+    """
     _connect_check(dsn)
+    store = PostgresStore(dsn)
+    try:
+        cluster, head = _cluster_from_log(store)
+    finally:
+        store.close()
     with psycopg.connect(dsn) as c:
         rows = c.execute("SELECT status, count(*) FROM tx_state GROUP BY status ORDER BY status").fetchall()
-        members = c.execute("SELECT count(*) FILTER (WHERE active AND NOT banned), count(*) FROM members").fetchone()
-        pos = c.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
         proj = c.execute("SELECT coalesce(max(position), 0) FROM projector_tracking").fetchone()[0]
-    t = Table(title="transactions")
+    t = Table(title=f"transactions (projected to position {proj} of {head})")
     t.add_column("status")
     t.add_column("count", justify="right")
     for s, n in rows:
         t.add_row(s, str(n))
     console.print(t)
-    console.print(f"members eligible {members[0]} of {members[1]}; log position {pos}, projected {proj}")
+    members = [m for m in cluster.members.values() if m.active]  # removed members are no longer members
+    eligible = sum(1 for m in members if m.eligible)
+    threshold = cluster.config.threshold if cluster.config else None
+    possible = threshold is not None and eligible >= threshold
+    console.print(f"members: {eligible} eligible of {len(members)} ({sum(m.banned for m in members)} banned); "
+                  f"t = {threshold if threshold is not None else 'not configured'}; quorum "
+                  + ("[green]possible[/green]" if possible else "[red]impossible (R10)[/red]"))
+    lag = head - proj
+    console.print(f"log head {head}; projections {'up to date' if lag == 0 else f'{lag} events behind'}")
+
+
+def _cluster_from_log(store: PostgresStore) -> tuple[rules.Cluster, int]:
+    """The cluster as an honest follower folds it from the log (R13), and the log's last position."""
+    from events.follow import Follower
+
+    f = Follower(trust_own=False)
+    while True:
+        rows = store.read_all(after=f.read, limit=5000)
+        f.feed(rows)
+        if len(rows) < 5000:
+            return f.ledger.cluster, f.read
 
 
 @tx_app.command("show")
@@ -409,7 +442,8 @@ def gc(dsn: Dsn, etcd: EtcdEndpoint, operator: Operator, operator_key_file: Oper
 
 @app.command()
 def backup(out_dir: Path, dsn: Dsn, etcd: Annotated[str | None, typer.Option(
-        "--etcd", envvar="TVOTE_ETCD", help="etcd endpoint to snapshot (omit for a Postgres-only backup).")] = None,
+        "--etcd", envvar="TVOTE_ETCD",
+        help="etcd endpoint(s) to snapshot, comma-separated: the first that answers (omit: Postgres only).")] = None,
            ) -> None:
     """pg_dump + etcd snapshot + a manifest (position, chain head, digest, BLAKE3 of each file)."""
     from tvote.backup import BackupError
@@ -420,6 +454,8 @@ def backup(out_dir: Path, dsn: Dsn, etcd: Annotated[str | None, typer.Option(
         m = do_backup(dsn, etcd, out_dir)
     except BackupError as e:
         raise fail(str(e)) from None
+    except psycopg.Error as e:
+        raise fail(f"backup failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
     console.print(f"backup in {out_dir}: log position {m.log_position}, "
                   f"projection digest {m.projection_digest[:16]}...")
 

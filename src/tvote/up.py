@@ -122,7 +122,8 @@ def run(opts: UpOptions, console: Console) -> bool:
                 stack.procs.append(subprocess.Popen([*die_with_parent(), *argv], env=env, stdout=out,
                                                     stderr=subprocess.STDOUT))
         for t in stack.cluster.trustees:
-            console.print(f"  {t.node_id} peer {t.peer_id[:20]}... api 127.0.0.1:{t.status['api_port']}"
+            console.print(f"  {t.node_id} peer {t.peer_id[:20]}... api 127.0.0.1:{t.status['api_port']} "
+                          f"(token {stack.cluster.token_file(t)})"
                           + (f" [red]byzantine: {t.byzantine}[/red]" if t.byzantine != "none" else ""))
         console.print(f"N={opts.nodes} t={opts.threshold} f={(opts.nodes - opts.threshold) // 2}, "
                       f"{opts.transactions} transactions at {opts.rate:g}/s")
@@ -131,7 +132,9 @@ def run(opts: UpOptions, console: Console) -> bool:
         console.print(f"all transactions settled in {time.monotonic() - t0:.1f}s")
         ok = _summary(app_dsn, owner_dsn, stack.cluster, stack.client, console)
         if opts.keep_running:
-            console.print(f"services stay up (psql \"{owner_dsn}\"); Ctrl-C stops everything")
+            console.print(f"services stay up; the service role: TVOTE_DSN=\"{app_dsn}\"; the owner (migrations, "
+                          f"replay, backup): psql \"{owner_dsn}\"; the operator's key: "
+                          f"{base / 'operator-devstack.key'}; Ctrl-C stops everything")
             while True:
                 time.sleep(3600)
         return ok

@@ -151,8 +151,38 @@ def test_api_valid_vote_and_read(api: fs.ApiSurface) -> None:
     assert api.check(b"GET /tx/tc HTTP/1.1\r\n\r\n") == "rejected"  # 401
 
 
+def test_api_refuses_at_once_with_retry_after_when_the_worker_is_behind(api: fs.ApiSurface) -> None:
+    """Back-pressure: 503 + Retry-After before anything is read, signed or queued; a later retry goes through."""
+    calls = api.node.signer.counts()["calls"]
+    api.node.overload = lambda: 2.0  # type: ignore[method-assign]
+    try:
+        resp = api.request(fs.api_valid_request("t_busy", 5))
+    finally:
+        api.node.overload = lambda: None  # type: ignore[method-assign]
+    assert resp.startswith(b"HTTP/1.0 503") and b"Retry-After: 2\r\n" in resp, resp[:300]
+    assert api.node.signer.counts()["calls"] == calls and api.node.outbox.empty()  # nothing signed or queued
+    assert api.check(fs.api_valid_request("t_busy", 5)) == "accepted"
+
+
 def test_cli_help_and_unreachable_database(cli: fs.CliSurface) -> None:
     assert cli.check(["--help"]) == "accepted"
     assert cli.check(["status"]) == "rejected"  # TVOTE_DSN points at port 1: a clean error, exit 1
     assert cli.check(["up", "--nodes", "3", "--threshold", "2"]) == "accepted"  # stubbed run
     assert cli.calls
+
+
+def test_clients_that_reset_before_reading_leave_no_traceback(api: fs.ApiSurface, capfd) -> None:
+    """200 clients that send a request without a token and reset before reading the 401: counted, not logged."""
+    import socket
+    import struct
+    import time
+
+    for _ in range(200):
+        s = socket.create_connection(("127.0.0.1", api.port), timeout=5)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        s.sendall(b"POST /votes HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+        s.close()
+    time.sleep(0.5)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err[:2000]
+    assert api.check(fs.api_valid_request("t_after_resets", 1)) == "accepted"  # still serving

@@ -122,9 +122,10 @@ def test_join_leave_and_local_api_edges(database, etcd_server, etcd_prefix, tmp_
     try:
         # the local API refuses anyone without the token, and bad input, with a clear error
         t0 = cluster.trustees[0]
-        token, cluster.token = cluster.token, "wrong-token-wrong-token"
+        token, t0.token = t0.token, "wrong-token-wrong-token"
         assert cluster.cast(0, "tx", 1)[0] == 401
-        cluster.token = token
+        assert cluster.trustees[1].token != token  # every node has a token of its own
+        t0.token = token
         assert cluster.cast(0, "bad tx id!", 1)[0] == 400
         assert cluster.cast(0, "tx", -1)[0] == 400
         assert cluster.cast(0, "tx", 2**64)[0] == 400
@@ -138,6 +139,7 @@ def test_join_leave_and_local_api_edges(database, etcd_server, etcd_prefix, tmp_
         generate_key_file(key)
         init_journal(key, "trustee-5")  # provisioning a new trustee: its empty signing journal (R14)
         new = Trustee("trustee-5", key, load_seed(key))
+        new.token = cluster._token(new)
         cluster.trustees.append(new)
         cluster.admit([new], configure=False)
         joined = time.monotonic()
