@@ -12,6 +12,8 @@ which starts a real trustee (``node.runner``) and then adapts it from outside:
   ``double`` signs the value and value+1 (R4), ``minority`` signs value+1 (R5), ``forge`` sends
   the honest vote plus a vote in another member's name signed with its own key (R7), ``silent``
   signs nothing (R9), ``flood`` also floods the topic with garbage (seed section 15: DoS);
+- ``die-worker`` / ``die-gossip`` kill the node's worker thread or its gossip (Trio) thread a few seconds
+  after start, as a bug would: the process must notice, log the cause and exit non-zero;
 - ``--drop-rate`` drops that fraction of accepted gossip deliveries, as lost packets would
   (``tc netem`` is not available here; the loss is injected above the kernel).
 
@@ -31,7 +33,8 @@ from events.vote import SignedVote, Vote, sign
 from node.service import TrusteeNode
 from recording.recorder import now_ms
 
-MODES = ("none", "double", "minority", "forge", "silent", "flood")
+MODES = ("none", "double", "minority", "forge", "silent", "flood", "die-worker", "die-gossip")
+DIE_AFTER_S = 3.0  # "die-*": a thread of the node dies this long after it started (health tests)
 FLOOD_RATE = 2000  # garbage gossip messages/s sent in "flood" mode
 
 
@@ -102,12 +105,36 @@ def flood(node: TrusteeNode) -> None:
     threading.Thread(target=run, name="flood", daemon=True).start()
 
 
+def die_later(node: TrusteeNode, which: str) -> None:
+    """A thread of the node dies as an unexpected exception would kill it (not a clean stop)."""
+
+    def boom(*_: Any) -> None:
+        raise RuntimeError(f"chaos: the {which} thread dies")
+
+    def later() -> None:
+        time.sleep(DIE_AFTER_S)
+        if which == "worker":
+            node._tick_deadlines = boom  # type: ignore[method-assign]  # raised inside the worker's loop
+        else:  # a failing system task crashes the whole trio.run: the Trio thread ends with an error
+            import trio
+
+            async def crash() -> None:
+                boom()
+
+            trio.from_thread.run_sync(trio.lowlevel.spawn_system_task, crash, trio_token=node.gossip._token)
+
+    threading.Thread(target=later, daemon=True).start()
+
+
 def adapter(mode: str, drop_rate: float) -> Any:
     def adapt(node: TrusteeNode) -> Any:
         if drop_rate:
             lossy(node, drop_rate)
         if mode == "flood":
             flood(node)
+        if mode.startswith("die-"):
+            die_later(node, mode.removeprefix("die-"))
+            return node
         return node if mode in ("none", "flood") else Misbehaving(node, mode)
 
     return adapt

@@ -8,6 +8,7 @@ receives the started node and returns what the API should serve. Production leav
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from typing import Any
 from node.api import NodeAPI
 from node.service import NodeConfig, TrusteeNode
 from observability.metrics import register_gossip, serve_from_env
+
+log = logging.getLogger(__name__)
 
 ADAPT: Callable[[TrusteeNode], Any] | None = None  # test harnesses only (src/chaos/trustee.py)
 
@@ -44,6 +47,8 @@ def serve(cfg: NodeConfig, status_file: Path | None, say: Callable[[str], None])
     except KeyboardInterrupt:  # Ctrl-C stops like SIGTERM
         stop["now"] = True
     finally:
+        if not stop["now"]:  # never a silent zombie: say why, then exit non-zero for a supervisor to restart us
+            log.error("node %s is unhealthy, exiting: %s", cfg.node_id, n.why_unhealthy())
         api.stop()
         n.stop()
     return stop["now"]

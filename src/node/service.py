@@ -169,6 +169,7 @@ class TrusteeNode:
         self._store_ok_since: float | None = None  # monotonic time the log became writable again (R9)
         self._reported: set[int] = set()  # positions of invalid entries we already reported (R13)
         self._beat = time.monotonic()  # the worker's last completed loop (back-pressure, health)
+        self._followed_at = 0.0  # when the worker last read the log through (readiness)
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -267,10 +268,21 @@ class TrusteeNode:
         return (bool(self._threads) and all(t.is_alive() for t in self._threads) and not self._stopped.is_set()
                 and signer_ok and gossip_ok)
 
+    def why_unhealthy(self) -> str:
+        """What is wrong, for the log line a supervisor reads before restarting us."""
+        why = [f"thread {t.name} died" for t in self._threads if not t.is_alive()]
+        if self.gossip is not None and not self.gossip.alive:
+            why.append(f"gossip thread ended: {self.gossip.error!r}"[:300])
+        if self.signer is not None and self.signer.stopped:
+            why.append(f"signer stopped: {self.signer.stopped}"[:300])
+        return "; ".join(why) or "stopping"
+
     @property
     def ready(self) -> bool:
         """Serving for real: threads alive, following the log, and connected to enough members to reach t."""
-        return self.healthy and self._caught_up and self.gossip.connected_member_count >= self.peers_needed()
+        following = time.monotonic() - self._followed_at < 5.0  # the log is being read, not only was once
+        return (self.healthy and self._caught_up and following
+                and self.gossip.connected_member_count >= self.peers_needed())
 
     def peers_needed(self) -> int:
         """Connected members needed for our votes to reach t: t - 1 of the eligible others."""
@@ -456,6 +468,7 @@ class TrusteeNode:
                     next_follow = time.monotonic() + follow
                     if self.recorder.catch_up():
                         self._moved()
+                    self._followed_at = time.monotonic()
                     self._sweep_standby()
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + tick

@@ -17,7 +17,9 @@ costs a handful of statements.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
 import zlib
 from collections.abc import Callable
@@ -36,6 +38,7 @@ from events.store import Recorded
 from events.vocab import AbortReason, TxStatus
 from projections.metrics import EventMetrics
 
+log = logging.getLogger(__name__)
 PROJECTOR_LOCK = 0x7076_6A63  # "pvjc": one projector per database at a time
 DEFAULT_NAME = "main"
 Row = dict[str, Any]
@@ -67,11 +70,9 @@ class Projector:
         self.dsn = dsn
         self.name = name
         self.schema = schema  # replay projects into a fresh schema; the log stays in public
-        self.conn = psycopg.connect(dsn, autocommit=True)
-        if schema:
-            self.conn.execute(f'SET search_path TO "{schema}", public')
+        self.healthy_at = time.monotonic()
+        self._connect()
         self.lock_key = PROJECTOR_LOCK if not schema else zlib.crc32(schema.encode())
-        self.conn.autocommit = False
         self._follower: Follower | None = None
         # Only the live projector feeds the metrics (a replay must not count twice); a restart
         # primes its gauges from the tables instead of re-counting the log.
@@ -80,6 +81,13 @@ class Projector:
             self.metrics = EventMetrics(projector=name)
             self.metrics.prime_from_db(self.conn, self.position())
             self.conn.commit()  # end the read: each batch must run in a transaction of its own
+
+    def _connect(self) -> None:
+        self.conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+        if self.schema:
+            self.conn.execute(f'SET search_path TO "{self.schema}", public')
+        self.conn.autocommit = False
+        self._follower = None  # rebuilt from the tracking position
 
     def close(self) -> None:
         self.conn.close()
@@ -170,10 +178,30 @@ class Projector:
                 break
         return n
 
-    def follow(self, stop: Callable[[], bool], idle_sleep: float = 0.05, batch: int = 5000) -> None:
-        """Project forever (the projector process), until ``stop()`` says so."""
+    def follow(self, stop: Callable[[], bool], idle_sleep: float = 0.05, batch: int = 5000,
+               max_backoff: float = 5.0) -> None:
+        """Project forever (the projector process), until ``stop()`` says so.
+
+        A lost Postgres (a restart, a failover) is waited out: reconnect with backoff, then go on from the
+        tracking position, which only ever moved with a committed batch. ``healthy_at`` tells a supervisor
+        when a batch last went through.
+        """
+        backoff = 0.1
         while not stop():
-            if self.run_once(batch) == 0:
+            try:
+                if self.conn.closed:
+                    self._connect()
+                n = self.run_once(batch)
+                self.healthy_at = time.monotonic()
+                backoff = 0.1
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                log.warning("projector lost Postgres (%s); reconnecting in %.1fs", str(e).strip()[:120], backoff)
+                with contextlib.suppress(Exception):
+                    self.conn.close()
+                time.sleep(backoff)
+                backoff = min(max_backoff, backoff * 2)
+                continue
+            if n == 0:
                 time.sleep(idle_sleep)
 
     # loading and writing ----------------------------------------------------------------------

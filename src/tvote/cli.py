@@ -127,7 +127,8 @@ def projector(dsn: Dsn, once: Annotated[bool, typer.Option(help="Catch up and ex
     p = Projector(dsn)
     stopping = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.__setitem__("now", True))
-    serve_from_env(health=lambda: not stopping["now"])
+    # healthy while it projects (or waits, caught up) and has not lost Postgres for over 30 s
+    serve_from_env(health=lambda: not stopping["now"] and time.monotonic() - p.healthy_at < 30)
     try:
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the loop; the batch in flight is atomic
             if once:

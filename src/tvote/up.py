@@ -111,7 +111,7 @@ def run(opts: UpOptions, console: Console) -> bool:
         console.print(f"[green]up[/green] anvil {stack.anvil.url}, ThresholdRecord {stack.client.address}")
         env = {**os.environ, "PYTHONPATH": str(SRC)}
         tvote = [sys.executable, "-c", "from tvote.cli import app; app()"]
-        etcd_hostport = stack.etcd.endpoints[0].removeprefix("http://")
+        etcd_hostport = ",".join(e.removeprefix("http://") for e in stack.etcd.endpoints)  # failover, as the nodes
         for argv, log in (
             ([*tvote, "projector", "--dsn", app_dsn], "projector.log"),
             ([sys.executable, "-m", "submitter", "--dsn", app_dsn, "--etcd", etcd_hostport, "--etcd-prefix", "/tvote",

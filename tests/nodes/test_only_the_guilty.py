@@ -109,3 +109,19 @@ def test_forged_and_tampered_rows_ban_nobody_and_a_typo_crashes_nobody(database,
         kinds = c.execute("SELECT event_type, payload FROM events WHERE event_type IN "
                           "('NodeBanned', 'ViolationDetected', 'InvalidEntryReported') ORDER BY position").fetchall()
     assert [(t, p["node_id"]) for t, p in kinds] == [("NodeBanned", "trustee-1")], json.dumps(kinds)[:500]  # forged
+
+
+@pytest.mark.parametrize("which", ["worker", "gossip"])
+def test_a_dead_thread_makes_the_node_exit_non_zero_with_its_cause(database, etcd_server, etcd_prefix, which):
+    """Never a silent zombie answering /healthz 200: the process says why and exits for a supervisor."""
+    cluster = TrusteeCluster(1, 1, database.app_dsn, etcd_server.endpoints[0], etcd_prefix,
+                             byzantine={0: f"die-{which}"})
+    cluster.start()
+    try:
+        t = cluster.trustees[0]
+        assert t.proc.wait(30) != 0
+        log = t.log.read_text()
+        assert "is unhealthy, exiting" in log and (
+            "thread _work died" if which == "worker" else "gossip thread ended") in log, log[-2000:]
+    finally:
+        cluster.stop()
