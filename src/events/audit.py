@@ -25,6 +25,7 @@ from events.envelope import Envelope, authored
 from events.errors import UnknownEvent
 from events.follow import Follower
 from events.identity import peer_id_bytes
+from events.model import tx_stream
 from events.store import GENESIS, EventStore, Recorded
 from events.vocab import ViolationKind
 from events.vote import SignedVote, certificate_hash
@@ -61,7 +62,8 @@ def verify(store: EventStore) -> AuditReport:
     every applied event's evidence is checked again on its own.
     """
     report = AuditReport()
-    follower = Follower(trust_own=False)
+    follower = Follower(trust_own=False, retain_final=10_000,  # memory bounded on a long log
+                        loader=lambda tx_id: store.read_stream(tx_stream(tx_id)))
     keys: dict[str, bytes] = {}  # node_id -> vote key, as admitted in the log
     votes: dict[tuple[str, str], SignedVote] = {}  # (tx, node) -> accepted vote
     for rows in _pages(store):

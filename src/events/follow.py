@@ -24,13 +24,15 @@ is void: the next writer's decision reads the stream after it.
 
 from __future__ import annotations
 
-from collections import ChainMap
+from collections import ChainMap, OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from events import commands, rules
+from events.bloom import Bloom
 from events.errors import CommandRejected, InvalidCommand
-from events.model import CLUSTER_STREAM, Event
+from events.model import CLUSTER_STREAM, Event, tx_stream
 from events.store import GENESIS, Recorded
 from events.writers import verify_batch
 
@@ -62,10 +64,22 @@ class Settled:
     void: Void | None = None
 
 
-class Follower:
-    """The checked fold of the log into a ``rules.Ledger`` (pure: rows in, verdicts out)."""
+Loader = Callable[[str], list[Recorded]]  # a transaction's stream, read back from the log (the shell's port)
 
-    def __init__(self, me: str | None = None, trust_own: bool = True) -> None:
+
+class Follower:
+    """The checked fold of the log into a ``rules.Ledger`` (pure: rows in, verdicts out).
+
+    **Bounded memory**: with ``retain_final`` and a ``loader``, a transaction that is final and whose
+    deadline has fired leaves memory once ``retain_final`` newer such transactions exist. Its id goes in a
+    fixed-size Bloom filter; when a later command or row names it, its stream is read back through the
+    loader and folded again (rows found void are remembered by position and skipped), so a late vote is
+    judged exactly as if it had never left: a late double vote is caught, with both signed votes.
+    ``tests/unit/test_eviction.py`` holds it against the unbounded follower: same verdicts, same events.
+    """
+
+    def __init__(self, me: str | None = None, trust_own: bool = True, retain_final: int | None = None,
+                 loader: Loader | None = None) -> None:
         self.ledger = rules.Ledger()
         self.versions: dict[str, int] = {}
         self.position = 0  # last settled row: every row up to here is applied or void
@@ -81,6 +95,55 @@ class Follower:
         # fault (an edit or deletion behind the service's back must never get an honest writer banned, R14).
         self.tainted: set[str] = set()
         self.broken = False
+        self.retain_final = retain_final if loader is not None else None
+        self.loader = loader
+        self._final: OrderedDict[str, None] = OrderedDict()  # final, deadline fired: the next to leave memory
+        self.evicted = Bloom()
+        self.void_positions: set[int] = set()  # rows void, skipped when a stream is read back
+        self.reloaded = 0
+
+    # --- bounded memory ---------------------------------------------------------------------------
+
+    def _note_final(self, tx_ids: Iterable[str]) -> None:
+        if self.retain_final is None:
+            return
+        txs = self.ledger.txs
+        for tx_id in tx_ids:
+            tx = txs.get(tx_id)
+            if tx is not None and tx.deadline_fired and tx.status in rules.FINAL:
+                self._final[tx_id] = None
+                self._final.move_to_end(tx_id)
+
+    def ensure(self, tx_ids: Iterable[str]) -> None:
+        """Bring transactions that left memory back from the log (before deciding anything about them)."""
+        if self.loader is None:
+            return
+        for tx_id in tx_ids:
+            if tx_id in self.ledger.txs or tx_id not in self.evicted:
+                continue
+            state = rules.State(self.ledger.cluster)
+            version = 0
+            for r in self.loader(tx_id):
+                version = max(version, r.stream_version)
+                if r.position not in self.void_positions and r.position <= self.position:
+                    state = rules.evolve(state, r.event())
+            if state.tx is not None:
+                self.ledger.txs[tx_id] = state.tx
+                self.versions[tx_stream(tx_id)] = max(self.versions.get(tx_stream(tx_id), 0), version)
+                self.reloaded += 1
+                self._note_final([tx_id])  # no eviction here: the caller is about to decide on these
+
+    def track(self, tx_ids: Iterable[str]) -> None:
+        """Note transactions that may have become final; let the oldest finished ones leave memory."""
+        if self.retain_final is None:
+            return
+        self._note_final(tx_ids)
+        txs = self.ledger.txs
+        while len(self._final) > self.retain_final:
+            tx_id, _ = self._final.popitem(last=False)
+            txs.pop(tx_id, None)
+            self.versions.pop(tx_stream(tx_id), None)
+            self.evicted.add(tx_id)
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -159,6 +222,9 @@ class Follower:
             command = commands.from_json(rows[0].command, logged)
         except InvalidCommand as e:
             return self._fault(writer, rows, f"unreadable: {e}")
+        tx_id = getattr(command, "tx_id", None)
+        if isinstance(tx_id, str):
+            self.ensure([tx_id])
         if self.trust_own and writer == self.me:
             for e in logged:  # ours: decided by this very code before we signed it
                 self.ledger.apply(e)
@@ -180,6 +246,7 @@ class Follower:
 
     def _done(self, rows: list[Recorded], events: list[Event]) -> list[Settled]:
         self.position = rows[-1].position
+        self.track({e.tx_id for e in events if hasattr(e, "tx_id")})
         return [Settled(r, e) for r, e in zip(rows, events, strict=True)]
 
     def _fault(self, writer: str, rows: list[Recorded], reason: str) -> list[Settled]:
@@ -196,6 +263,7 @@ class Follower:
 
     def _void(self, r: Recorded, reason: str, attributable: bool) -> Settled:
         self.voided += 1
+        self.void_positions.add(r.position)
         self.position = max(self.position, r.position)
         return Settled(r, None, Void(r.position, r.writer, reason, attributable))
 

@@ -189,6 +189,12 @@ def read_after(conn: psycopg.Connection | psycopg.Cursor, after: int, limit: int
     return [_recorded(r) for r in rows]
 
 
+def read_stream_on(conn: psycopg.Connection | psycopg.Cursor, stream_id: str) -> list[Recorded]:
+    """One stream's rows, in order, on the caller's connection and transaction (a follower's loader)."""
+    rows = conn.execute(SELECT + " WHERE stream_id = %s ORDER BY stream_version", (stream_id,))
+    return [_recorded(r) for r in rows]
+
+
 def _recorded(r: tuple) -> Recorded:
     return Recorded(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8], bytes(r[9]), bytes(r[10]),
                     r[11], bytes(r[12]) if r[12] is not None else None, r[13])

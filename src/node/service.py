@@ -34,7 +34,7 @@ from events import rules
 from events.envelope import Envelope
 from events.errors import CommandRejected, InvalidVote, StoreUnavailable, ThresholdVoteError
 from events.follow import Void
-from events.model import Event, TransactionOpened
+from events.model import Event, TransactionOpened, tx_stream
 from events.postgres_store import PostgresStore
 from events.vote import SignedVote
 from events.writers import RowSigner
@@ -121,6 +121,8 @@ class NodeConfig:
     # this many votes wait for the worker, or while the worker has not completed a loop for this long.
     max_backlog: int = 20_000
     max_worker_lag_ms: int = 3000
+    # Bounded memory: finished transactions kept in memory (older ones are read back from the log when named).
+    retain_final: int = 10_000
 
 
 @dataclass
@@ -178,7 +180,8 @@ class TrusteeNode:
         store = PostgresStore(self.cfg.dsn)
         guard = EtcdGuard(self.cfg.etcd, self.cfg.etcd_prefix, self.cfg.node_id)
         # A trustee signs the log with its vote key, as the member the log admitted (R13).
-        self.recorder = Recorder(store, guard, RowSigner(self.cfg.node_id, self.signing_key))
+        self.recorder = Recorder(store, guard, RowSigner(self.cfg.node_id, self.signing_key),
+                                 retain_final=self.cfg.retain_final)
         self.recorder.on_event = self._on_event
         self.recorder.on_void = self._on_void
         self.recorder.catch_up()
@@ -748,8 +751,23 @@ class TrusteeNode:
 
     # reads for the API -----------------------------------------------------------------------
 
+    def _fold_from_log(self, tx_id: str) -> rules.Tx | None:
+        """A transaction that left memory, folded from its stream (API threads: the worker's ledger is untouched)."""
+        follower = self.recorder.follower
+        state = rules.State(self.recorder.ledger.cluster)
+        try:
+            rows = self.recorder.store.read_stream(tx_stream(tx_id))
+        except StoreUnavailable:
+            return None
+        for r in rows:
+            if r.position not in follower.void_positions and r.position <= follower.position:
+                state = rules.evolve(state, r.event())
+        return state.tx
+
     def tx_view(self, tx_id: str) -> dict | None:
         tx = self.recorder.ledger.txs.get(tx_id)
+        if tx is None and tx_id in self.recorder.follower.evicted:  # finished long ago: read it from the log
+            tx = self._fold_from_log(tx_id)
         if tx is None:
             return None
         return {"tx_id": tx.tx_id, "status": tx.status, "value": tx.value,

@@ -33,12 +33,14 @@ import psycopg
 from events import model as m
 from events.errors import InvalidCommand, UnknownEvent
 from events.follow import Follower, Settled
-from events.postgres_store import read_after, us_to_datetime
+from events.model import tx_stream
+from events.postgres_store import read_after, read_stream_on, us_to_datetime
 from events.store import Recorded
 from events.vocab import AbortReason, TxStatus
 from projections.metrics import EventMetrics
 
 log = logging.getLogger(__name__)
+RETAIN_FINAL = 10_000  # finished transactions the projector's follower keeps in memory (events.follow)
 PROJECTOR_LOCK = 0x7076_6A63  # "pvjc": one projector per database at a time
 DEFAULT_NAME = "main"
 Row = dict[str, Any]
@@ -161,7 +163,7 @@ class Projector:
         f = self._follower
         if f is not None and f.position == position:
             return f
-        f = Follower()
+        f = Follower(retain_final=RETAIN_FINAL, loader=lambda tx_id: read_stream_on(self.conn, tx_stream(tx_id)))
         while f.read < position:
             rows = read_after(cur, f.read, min(5000, position - f.read))
             if not rows:

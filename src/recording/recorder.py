@@ -56,13 +56,16 @@ class Result:
 
 
 class Recorder:
-    def __init__(self, store: EventStore, guard: Guard, signer: RowSigner) -> None:
+    def __init__(self, store: EventStore, guard: Guard, signer: RowSigner, retain_final: int | None = None) -> None:
+        """``retain_final``: keep at most this many finished transactions in memory (the rest are read back
+        from the log when named again); None keeps everything (tools, tests, short runs)."""
         self.store = store
         self.guard = guard
         self.signer = signer
         self.writer = signer.writer
         # The log as an honest follower reads it (R13): chain, writer signatures, entitlement, decisions.
-        self.follower = Follower(me=signer.writer)
+        self.follower = Follower(me=signer.writer, retain_final=retain_final,
+                                 loader=lambda tx_id: store.read_stream(tx_stream(tx_id)))
         self.deferred: list[rules.Command] = []
         self.stats = {"conflicts": 0, "etcd_refusals": 0, "heads_repaired": 0, "deferred": 0, "void_rows": 0}
         # Called with every void row we read (forged, edited, or a decision the rules do not produce).
@@ -148,6 +151,7 @@ class Recorder:
         return self.execute(pending) if pending else []
 
     def _attempt(self, commands: list[rules.Command], todo: list[int], results: list[Result | None]) -> list[int]:
+        self.follower.ensure({t for i in todo if isinstance(t := getattr(commands[i], "tx_id", None), str)})
         # Copy-on-write views of the ledger and the stream versions: a batch touches a few
         # transactions, the ledger may hold millions; copying it per attempt would grow without bound.
         scratch = rules.Ledger()
@@ -218,6 +222,7 @@ class Recorder:
                 self.ledger.cluster = scratch.cluster
                 self.ledger.txs.update(scratch.txs.maps[0])  # type: ignore[attr-defined]
                 self.follower.adopt_own(outcomes[-1].positions[-1], outcomes[-1].last_hash, versions.maps[0])
+                self.follower.track(scratch.txs.maps[0])  # type: ignore[attr-defined]
                 self.last_append[self.writer] = time.monotonic()
                 if self.on_event is not None:
                     for _, _, _, events in granted:

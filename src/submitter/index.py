@@ -109,7 +109,10 @@ class LogIndex:
                 k = (event.chain_id, event.sender.lower())
                 self.max_nonce[k] = max(self.max_nonce.get(k, -1), event.nonce)
                 self.by_nonce.setdefault(k, {})[event.nonce] = s  # a replacement pays more: keep the latest
-            case SubmissionConfirmed() | TransactionAborted() | TransactionExpired():
+            case SubmissionConfirmed():
+                self.pending.discard(event.tx_id)
+                self.forget(event.tx_id)
+            case TransactionAborted() | TransactionExpired():
                 self.pending.discard(event.tx_id)
             case SubmissionFailed():
                 if not event.retryable:
@@ -123,6 +126,14 @@ class LogIndex:
             case _:
                 raise UnknownEvent(event)
 
+    def forget(self, tx_id: str) -> None:
+        """Bounded memory: a confirmed transaction needs nothing more (its nonce stays in ``max_nonce``)."""
+        self.certs.pop(tx_id, None)
+        for s in self.signed.pop(tx_id, {}).values():
+            book = self.by_nonce.get((s.chain_id, s.sender.lower()), {})
+            if (held := book.get(s.nonce)) is not None and held.tx_id == tx_id:
+                del book[s.nonce]
+
     def problem(self, text: str) -> None:
         if text not in self.problems:
             self.problems.append(text)
@@ -135,8 +146,9 @@ class LogIndex:
 class FollowingRecorder(Recorder):
     """The node's Recorder, with every event it reads or appends also given to a LogIndex."""
 
-    def __init__(self, store: EventStore, guard: Guard, signer: RowSigner, index: LogIndex) -> None:
-        super().__init__(store, guard, signer)
+    def __init__(self, store: EventStore, guard: Guard, signer: RowSigner, index: LogIndex,
+                 retain_final: int | None = 10_000) -> None:
+        super().__init__(store, guard, signer, retain_final=retain_final)
         self.index = index
         self.on_event = lambda event: index.on_event(event, self.ledger)
 
