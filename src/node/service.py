@@ -699,13 +699,15 @@ class TrusteeNode:
         """Take the instance claim again if it lapsed (etcd out of reach for its TTL): R14 holds meanwhile,
         since a lapsed claim signs nothing; if another process took the key in the gap, we stop for good."""
         claim = self.signer.claim if self.signer else None
-        if claim is None or claim.alive():
-            return
+        if claim is None or claim.alive() or claim.lost is None:
+            return  # holds, or waits for etcd to confirm its lease again (its keep-alive goes on)
         try:
             fresh = InstanceClaim.acquire(self.cfg.etcd, self.cfg.etcd_prefix, self.cfg.node_id)
         except StoreUnavailable:
             return  # still out of reach: try again next tick
         except InstanceClaimed as e:
+            if e.holder == claim.holder.text():
+                return  # our own key, under our lapsed lease, not yet removed by etcd: try again next tick
             log.error("instance claim for %s taken by %s: this process stops signing", self.cfg.node_id, e.holder)
             self._stopped.set()
             return

@@ -138,6 +138,12 @@ class InstanceClaim:
             else:
                 self._valid_until = max(self._valid_until, sent + ttl)
 
+    @property
+    def lost(self) -> str | None:
+        """Why the claim is lost for good (None: it holds, or only waits for etcd to confirm it again)."""
+        with self._mutex:
+            return self._lost
+
     def alive(self, margin: float = 1.0) -> bool:
         with self._mutex:
             return self._lost is None and time.monotonic() < self._valid_until - margin
