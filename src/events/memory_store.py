@@ -6,7 +6,7 @@ import json
 import threading
 import time
 
-from events.store import GENESIS, Recorded, Unit, UnitResult, chain_rows, plan
+from events.store import GENESIS, Recorded, Snapshot, Unit, UnitResult, chain_rows, plan
 from events.writers import RowSigner
 
 
@@ -16,6 +16,7 @@ class MemoryStore:
         self._keys: set[str] = set()
         self._versions: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._snapshots: dict[str, list[Snapshot]] = {}
 
     def append(self, units: list[Unit], signer: RowSigner) -> list[UnitResult]:
         with self._lock:
@@ -48,3 +49,14 @@ class MemoryStore:
 
     def last_position(self) -> int:
         return len(self._rows)
+
+    def row_hash(self, position: int) -> bytes | None:
+        return self._rows[position - 1].hash if 0 < position <= len(self._rows) else None
+
+    def save_snapshot(self, snap: Snapshot, keep: int = 2) -> None:
+        with self._lock:
+            mine = [s for s in self._snapshots.get(snap.owner, []) if s.position != snap.position]
+            self._snapshots[snap.owner] = sorted([snap, *mine], key=lambda s: -s.position)[:keep]
+
+    def snapshots(self, owner: str) -> list[Snapshot]:
+        return list(self._snapshots.get(owner, []))

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import errors as pgerr
 
 from events.errors import ConcurrencyConflict, StoreUnavailable
-from events.store import GENESIS, Outcome, Recorded, Unit, UnitResult, chain_rows, plan
+from events.store import GENESIS, Outcome, Recorded, Snapshot, Unit, UnitResult, chain_rows, plan
 from events.writers import RowSigner
 
 IDEMPOTENCY_CONSTRAINT = "events_idempotency_key"  # alembic 0001
@@ -175,6 +175,27 @@ class PostgresStore:
             return {r[0] for r in rows}
 
         return self._run(q)
+
+    def row_hash(self, position: int) -> bytes | None:
+        row = self._run(lambda conn: conn.execute("SELECT hash FROM events WHERE position = %s",
+                                                  (position,)).fetchone())
+        return bytes(row[0]) if row else None
+
+    def save_snapshot(self, snap: Snapshot, keep: int = 2) -> None:
+        def tx(conn: psycopg.Connection) -> None:
+            conn.execute("INSERT INTO snapshots (owner, position, hash, state, signature) VALUES (%s, %s, %s, %s, %s) "
+                         "ON CONFLICT (owner, position) DO NOTHING",
+                         (snap.owner, snap.position, snap.hash, snap.state, snap.signature))
+            conn.execute("DELETE FROM snapshots WHERE owner = %s AND position NOT IN (SELECT position FROM snapshots "
+                         "WHERE owner = %s ORDER BY position DESC LIMIT %s)", (snap.owner, snap.owner, keep))
+
+        self._run(tx)
+
+    def snapshots(self, owner: str) -> list[Snapshot]:
+        rows = self._run(lambda conn: conn.execute(
+            "SELECT owner, position, hash, state, signature FROM snapshots WHERE owner = %s ORDER BY position DESC",
+            (owner,)).fetchall())
+        return [Snapshot(o, p, bytes(h), bytes(s), bytes(g) if g is not None else None) for o, p, h, s, g in rows]
 
     def last_position(self) -> int:
         return self._run(lambda conn: conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0])

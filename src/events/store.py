@@ -123,6 +123,23 @@ class Unit:
         return cls(dict(expected), tuple(NewEvent.of(e, cmd if i == 0 else b"") for i, e in enumerate(events)))
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A reader's folded state at a log position (events.snapshot), and what proves it belongs to this log."""
+
+    owner: str
+    position: int
+    hash: bytes  # the log's chain hash at ``position``
+    state: bytes
+    signature: bytes | None = None  # the owner's, over snapshot_bytes(...)
+
+
+def snapshot_bytes(owner: str, position: int, row_hash: bytes, state: bytes) -> bytes:
+    """What an owner signs: its name, the position, the log's hash there and a digest of the state."""
+    return b"".join((_LEN.pack(len(owner)), owner.encode(), struct.pack(">q", position), row_hash,
+                     blake3.blake3(state).digest()))
+
+
 class Outcome(Enum):
     APPENDED = "appended"
     DUPLICATE = "duplicate"
@@ -150,6 +167,15 @@ class EventStore(Protocol):
     def has_keys(self, keys: list[str]) -> set[str]: ...
 
     def last_position(self) -> int: ...
+
+    def row_hash(self, position: int) -> bytes | None:
+        """The chain hash of the row at ``position`` (None: no such row)."""
+
+    def save_snapshot(self, snap: Snapshot, keep: int = 2) -> None:
+        """Store ``snap`` and keep only the ``keep`` newest of its owner."""
+
+    def snapshots(self, owner: str) -> list[Snapshot]:
+        """The owner's snapshots, newest first."""
 
 
 def _check_new_event(e: NewEvent) -> None:

@@ -123,6 +123,8 @@ class NodeConfig:
     max_worker_lag_ms: int = 3000
     # Bounded memory: finished transactions kept in memory (older ones are read back from the log when named).
     retain_final: int = 10_000
+    # Bounded restart time: save the follower's state every this many log rows (a restart folds only what follows).
+    snapshot_every: int = 50_000
 
 
 @dataclass
@@ -171,6 +173,7 @@ class TrusteeNode:
         self._store_ok_since: float | None = None  # monotonic time the log became writable again (R9)
         self._reported: set[int] = set()  # positions of invalid entries we already reported (R13)
         self._beat = time.monotonic()  # the worker's last completed loop (back-pressure, health)
+        self._snapshot_at = 0  # the log position of our last snapshot
         self._followed_at = 0.0  # when the worker last read the log through (readiness)
 
     # lifecycle -------------------------------------------------------------------------------
@@ -184,7 +187,15 @@ class TrusteeNode:
                                  retain_final=self.cfg.retain_final)
         self.recorder.on_event = self._on_event
         self.recorder.on_void = self._on_void
+        loaded = self.recorder.load_snapshot()
+        if loaded:
+            log.info("%s starts from its snapshot at position %d", self.cfg.node_id, loaded)
+            for tx in self.recorder.ledger.txs.values():  # deadlines still to tick, opened before the snapshot
+                if not tx.deadline_fired:
+                    heapq.heappush(self._deadlines, (tx.deadline_at_ms + self._delay_ms(tx.tx_id), tx.tx_id))
+        self.recorder.on_void = self._on_void
         self.recorder.catch_up()
+        self._snapshot_at = self.recorder.position
         me = self.recorder.ledger.cluster.members.get(self.cfg.node_id)
         if me is None or not me.active:
             raise NodeStartError(f"{self.cfg.node_id} is not an admitted member: run `tvote members add` first (R1)")
@@ -514,6 +525,8 @@ class TrusteeNode:
         self._tick_deadlines()
         self._report_faults()
         self._enforce_bans()
+        if self.recorder.position - self._snapshot_at >= self.cfg.snapshot_every:
+            self._snapshot_at = self.recorder.save_snapshot() or self._snapshot_at
 
     # who records what (node.duty) --------------------------------------------------------------
 

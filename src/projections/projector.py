@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 
 from events import model as m
+from events import snapshot
 from events.errors import InvalidCommand, UnknownEvent
 from events.follow import Follower, Settled
 from events.model import tx_stream
@@ -40,6 +41,7 @@ from events.vocab import AbortReason, TxStatus
 from projections.metrics import EventMetrics
 
 log = logging.getLogger(__name__)
+SNAPSHOT_EVERY = 50_000  # log rows between two snapshots of the projector's follower
 RETAIN_FINAL = 10_000  # finished transactions the projector's follower keeps in memory (events.follow)
 PROJECTOR_LOCK = 0x7076_6A63  # "pvjc": one projector per database at a time
 DEFAULT_NAME = "main"
@@ -76,6 +78,7 @@ class Projector:
         self._connect()
         self.lock_key = PROJECTOR_LOCK if not schema else zlib.crc32(schema.encode())
         self._follower: Follower | None = None
+        self._snapshot_at = 0
         # Only the live projector feeds the metrics (a replay must not count twice); a restart
         # primes its gauges from the tables instead of re-counting the log.
         self.metrics: EventMetrics | None = None
@@ -146,6 +149,7 @@ class Projector:
                     "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
                     (self.name, follower.position),
                 )
+                self._maybe_snapshot(cur, follower)
         except BaseException:
             self._follower = None  # rolled back: rebuild it from the tracking position next time
             raise
@@ -164,6 +168,8 @@ class Projector:
         if f is not None and f.position == position:
             return f
         f = Follower(retain_final=RETAIN_FINAL, loader=lambda tx_id: read_stream_on(self.conn, tx_stream(tx_id)))
+        if self.schema is None:  # the live projector starts from its snapshot; a replay always from 0 (R12)
+            self._from_snapshot(cur, f, position)
         while f.read < position:
             rows = read_after(cur, f.read, min(5000, position - f.read))
             if not rows:
@@ -205,6 +211,38 @@ class Projector:
                 continue
             if n == 0:
                 time.sleep(idle_sleep)
+
+    # snapshots of the follower (bounded restart time) -----------------------------------------
+
+    @property
+    def owner(self) -> str:
+        return f"projector:{self.name}"
+
+    def _from_snapshot(self, cur: psycopg.Cursor, f: Follower, position: int) -> None:
+        row = cur.execute("SELECT s.position, s.hash, s.state, e.hash FROM snapshots s LEFT JOIN events e "
+                          "ON e.position = s.position WHERE s.owner = %s AND s.position <= %s "
+                          "ORDER BY s.position DESC LIMIT 1", (self.owner, position)).fetchone()
+        if row is None:
+            return
+        at, want, state, have = row[0], bytes(row[1]), bytes(row[2]), bytes(row[3]) if row[3] else None
+        if have != want:
+            log.error("projector snapshot at %d refused: the log's hash there differs; folding from 0", at)
+            return
+        try:
+            snapshot.decode(state, f)
+        except snapshot.SnapshotMismatch as e:
+            log.error("projector snapshot at %d refused: %s; folding from 0", at, e)
+            f.__init__(retain_final=f.retain_final, loader=f.loader)  # type: ignore[misc]  # back to an empty fold
+
+    def _maybe_snapshot(self, cur: psycopg.Cursor, f: Follower) -> None:
+        if self.schema is not None or f.waiting or f.position - self._snapshot_at < SNAPSHOT_EVERY:
+            return
+        cur.execute("INSERT INTO snapshots (owner, position, hash, state) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (owner, position) DO NOTHING",
+                    (self.owner, f.position, f.prev_hash, snapshot.encode(f)))
+        cur.execute("DELETE FROM snapshots WHERE owner = %s AND position NOT IN (SELECT position FROM snapshots "
+                    "WHERE owner = %s ORDER BY position DESC LIMIT 2)", (self.owner, self.owner))
+        self._snapshot_at = f.position
 
     # loading and writing ----------------------------------------------------------------------
 

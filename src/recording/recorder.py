@@ -19,24 +19,28 @@ A command the rules reject changes nothing and is reported as ``REJECTED`` with 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import ChainMap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from events import rules
+import nacl.exceptions
+
+from events import rules, snapshot
 from events.commands import to_json as command_json
 from events.errors import CommandRejected, StoreUnavailable
 from events.follow import Follower, Void
 from events.model import CLUSTER_STREAM, Event, tx_stream
-from events.store import EventStore, Outcome, Unit
+from events.store import EventStore, Outcome, Snapshot, Unit, snapshot_bytes
 from events.vote import SignedVote, verify_all
 from events.writers import RowSigner
 from observability.metrics import observe_results
 from observability.tracing import VOTE_AGGREGATE, VOTE_STORE, span
 from recording.guard import Claim, Guard, Refusal
 
+log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
 CLAIMS_PER_ETCD_TXN = 500  # ~5 ops each: needs etcd --max-txn-ops >= 4096 (devstack sets 8192)
 
@@ -88,6 +92,63 @@ class Recorder:
     def position(self) -> int:
         """The last log position read (every row up to it is applied, void, or waiting for its signature)."""
         return self.follower.read
+
+    # snapshots (bounded restart time) -------------------------------------------------------------
+
+    SNAPSHOT_DOMAIN = b"threshold-vote/v1/snapshot"
+
+    def extra_state(self) -> dict:
+        """What a subclass keeps beside the follower's state (the submitter's index)."""
+        return {}
+
+    def restore_extra(self, extra: dict) -> None:
+        return None
+
+    def save_snapshot(self) -> int | None:
+        """Save the follower's state at its settled position, signed with our key; returns the position."""
+        f = self.follower
+        if f.waiting or f.position == 0:
+            return None
+        row_hash = self.store.row_hash(f.position)
+        if row_hash is None:
+            return None
+        state = snapshot.encode(f, self.extra_state())
+        sig = self.signer.key.sign(self.SNAPSHOT_DOMAIN + snapshot_bytes(self.writer, f.position, row_hash,
+                                                                          state)).signature
+        self.store.save_snapshot(Snapshot(self.writer, f.position, row_hash, state, sig))
+        return f.position
+
+    def load_snapshot(self) -> int | None:
+        """Start from our newest snapshot that is ours (our signature) and this log's (its hash); else from 0.
+
+        A snapshot that fails either check is refused, logged, and the next older one tried; then the
+        log is folded from position 0, as if there were none.
+        """
+        for snap in self.store.snapshots(self.writer):
+            try:
+                self.signer.key.verify_key.verify(
+                    self.SNAPSHOT_DOMAIN + snapshot_bytes(snap.owner, snap.position, snap.hash, snap.state),
+                    snap.signature or b"")
+            except (nacl.exceptions.BadSignatureError, ValueError):
+                log.error("snapshot of %s at %d refused: not signed by us", self.writer, snap.position)
+                continue
+            if self.store.row_hash(snap.position) != snap.hash:
+                log.error("snapshot of %s at %d refused: the log's hash there differs (another log, or an edit)",
+                          self.writer, snap.position)
+                continue
+            try:
+                fresh = Follower(me=self.writer, retain_final=self.follower.retain_final, loader=self.follower.loader)
+                extra = snapshot.decode(snap.state, fresh)
+            except snapshot.SnapshotMismatch as e:
+                log.error("snapshot of %s at %d refused: %s", self.writer, snap.position, e)
+                continue
+            if fresh.prev_hash != snap.hash:
+                log.error("snapshot of %s at %d refused: its state ends at another hash", self.writer, snap.position)
+                continue
+            self.follower = fresh
+            self.restore_extra(extra)
+            return snap.position
+        return None
 
     # following the log ------------------------------------------------------------------------
 

@@ -120,6 +120,9 @@ def backoff_delay(attempt: int) -> float:
     return float(_BACKOFF(state))
 
 
+SNAPSHOT_EVERY = 50_000  # log rows between two snapshots of the submitter's follower and index
+
+
 class Submitter:
     def __init__(
         self,
@@ -204,6 +207,13 @@ class Submitter:
         """Rounds until ``stop`` is set; outages of Postgres, etcd or the chain only slow it down."""
         failures = 0
         try:
+            loaded = self.recorder.load_snapshot()  # bounded restart time: fold only what came after it
+            if loaded:
+                log.warning("%s starts from its snapshot at position %d", self.name, loaded)
+        except StoreUnavailable:
+            pass
+        snapshot_at = self.recorder.position
+        try:
             self.recover()
         except (StoreUnavailable, ChainError) as e:
             log.warning("recovery pass skipped (%s); each transaction is reconciled when claimed", e)
@@ -211,6 +221,8 @@ class Submitter:
             try:
                 progress = self.run_once()
                 failures = 0
+                if self.recorder.position - snapshot_at >= SNAPSHOT_EVERY:
+                    snapshot_at = self.recorder.save_snapshot() or snapshot_at
             except StoreUnavailable as e:
                 failures += 1
                 log.warning("log/etcd unavailable (%s); retrying", e)

@@ -11,6 +11,7 @@ back when the recorder re-reads after a conflict).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -151,6 +152,26 @@ class FollowingRecorder(Recorder):
         super().__init__(store, guard, signer, retain_final=retain_final)
         self.index = index
         self.on_event = lambda event: index.on_event(event, self.ledger)
+
+    def extra_state(self) -> dict:
+        """The index beside the follower's state in a snapshot: a restart needs its certificates and raw txs."""
+        ix = self.index
+        return {"certs": ix.certs, "dead": ix.dead, "pending": sorted(ix.pending),
+                "signed": [dataclasses.asdict(s) for per in ix.signed.values() for s in per.values()],
+                "max_nonce": [[c, s, n] for (c, s), n in ix.max_nonce.items()],
+                "by_nonce": [[c, s, n, x.tx_id, x.tx_hash] for (c, s), book in ix.by_nonce.items()
+                             for n, x in book.items()]}
+
+    def restore_extra(self, extra: dict) -> None:
+        ix = self.index
+        ix.certs, ix.dead, ix.pending = dict(extra["certs"]), dict(extra["dead"]), set(extra["pending"])
+        ix.signed = {}
+        for d in extra["signed"]:
+            ix.signed.setdefault(d["tx_id"], {})[d["tx_hash"]] = Signed(**d)
+        ix.max_nonce = {(c, s): n for c, s, n in extra["max_nonce"]}
+        ix.by_nonce = {}
+        for c, s, n, tx_id, tx_hash in extra["by_nonce"]:
+            ix.by_nonce.setdefault((c, s), {})[n] = ix.signed[tx_id][tx_hash]
 
     def execute(self, commands: list[rules.Command]) -> list[Result]:
         results = super().execute(commands)
