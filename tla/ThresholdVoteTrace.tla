@@ -50,7 +50,6 @@ Snap ==
      cert     |-> certificate,
      logUp    |-> logUp,
      inflight |-> inflight,
-     hsigned  |-> hsigned,
      subRev   |-> subRev,
      signed   |-> signedRaw,
      myRev    |-> myRev,
