@@ -53,6 +53,13 @@ WRONG = [
     pytest.param("MC_wrong_blame_claimed.cfg", "NoHonestBlamed", id="blame_claimed"),
     pytest.param("MC_wrong_no_fencing.cfg", "AtMostOneChainWrite", id="no_fencing"),
     pytest.param("MC_wrong_abort_after_claim.cfg", "AbortedNeverSubmitted", id="abort_after_claim"),
+    # R9 as revised / R14: silence charged on a transaction that never reached consensus.
+    pytest.param("MC_wrong_blame_without_consensus.cfg", "NoHonestBlamed", id="blame_without_consensus"),
+    # R9 / R14: the deadline fires ahead of an honest vote signed before it, queued by a store outage.
+    pytest.param("MC_wrong_deadline_during_outage.cfg", "HonestSilenceIsReal", id="deadline_during_outage"),
+    # Not a bug, a reachability witness: with the floor ban opted in (MC_N5_T4.cfg's settings) a crashed
+    # honest member does get banned, in a state where NoHonestBlamed (checked first) holds.
+    pytest.param("MC_reach_honest_floor_ban.cfg", "HonestNeverBanned", id="reach_honest_floor_ban"),
     # Liveness: TLC names no property, it prints the lasso (a behaviour that never writes).
     pytest.param("MC_wrong_lease_outlives_restart.cfg", "Temporal properties", id="lease_outlives_restart"),
 ]
