@@ -46,7 +46,6 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,9 +187,10 @@ def _run_namespaces(run_id: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _locked(state_dir: Path) -> Iterator[None]:
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(state_dir / ".lock", "a") as fh:
+def _locked() -> Iterator[None]:
+    """The machine-wide lock of test networks: held to allocate a run and to reap stale ones."""
+    STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(STATE_DIR / ".lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -198,10 +198,10 @@ def _locked(state_dir: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _read_states(state_dir: Path) -> dict[str, dict[str, Any]]:
+def _read_states() -> dict[str, dict[str, Any]]:
     states = {}
-    if state_dir.is_dir():
-        for f in state_dir.glob("*.json"):
+    if STATE_DIR.is_dir():
+        for f in STATE_DIR.glob("*.json"):
             try:
                 states[f.stem] = json.loads(f.read_text())
             except (OSError, ValueError):
@@ -346,7 +346,7 @@ Hosts = HostRef | Iterable[HostRef]
 
 # -- the network ---------------------------------------------------------------------------------------
 
-_LIVE: weakref.WeakSet[TestNetwork] = weakref.WeakSet()
+_LIVE: set[TestNetwork] = set()  # strong: a network nobody holds any more is still taken down at exit
 _HANDLED = (signal.SIGTERM, signal.SIGHUP)
 _saved_handlers: dict[int, Any] = {}
 
@@ -391,8 +391,7 @@ class TestNetwork:
 
     __test__ = False  # not a pytest test class, whatever its name
 
-    def __init__(self, hosts: Iterable[str], *, state_dir: Path | str = STATE_DIR,
-                 reap_stale: bool = True) -> None:
+    def __init__(self, hosts: Iterable[str], *, reap_stale: bool = True) -> None:
         names = list(hosts) if not isinstance(hosts, str) else [hosts]
         if not names:
             raise ValueError("a test network needs at least one host")
@@ -406,7 +405,6 @@ class TestNetwork:
         if dup:
             raise ValueError(f"host names given twice: {dup}")
         self.names = names
-        self.state_dir = Path(state_dir)
         self.reap_stale = reap_stale
         self.run_id: str | None = None
         self.subnet: ipaddress.IPv4Network | None = None
@@ -436,7 +434,7 @@ class TestNetwork:
 
     @property
     def state_file(self) -> Path:
-        return self.state_dir / f"{self.run_id}.json"
+        return STATE_DIR / f"{self.run_id}.json"
 
     def __getitem__(self, name: str) -> Host:
         return self._host(name)
@@ -461,7 +459,7 @@ class TestNetwork:
         _tool("iptables-restore", "iptables")
         t0 = time.monotonic()
         if self.reap_stale:
-            cleanup_stale(self.state_dir)
+            cleanup_stale()
         self._allocate()  # writes the state file: from here on a crash leaves something cleanup_stale finds
         _LIVE.add(self)
         _install_handlers()
@@ -487,8 +485,8 @@ class TestNetwork:
         return self
 
     def _allocate(self) -> None:
-        with _locked(self.state_dir):
-            states = _read_states(self.state_dir)
+        with _locked():
+            states = _read_states()
             used_nets = {s.get("subnet") for s in states.values()}
             for _ in range(1000):
                 rid = secrets.token_hex(3)
@@ -619,8 +617,7 @@ class TestNetwork:
         """Lift every partition, cut and isolation (loss and bandwidth limits stay: see ``clear``)."""
         with self._lock:
             self._require_up()
-            self._cuts.clear()
-            self._apply_rules()
+            self._set_rules(set(), self._loss)
 
     def loss(self, host: HostRef, rate: float) -> None:
         """Drop each packet ``host`` sends or receives with probability ``rate`` (0 lifts it).
@@ -632,11 +629,10 @@ class TestNetwork:
         h, p = self._host(host), _check_loss(rate)
         with self._lock:
             self._require_up()
-            if p == 0:
-                self._loss.pop(h.name, None)
-            else:
-                self._loss[h.name] = p
-            self._apply_rules()
+            loss = {k: v for k, v in self._loss.items() if k != h.name}
+            if p > 0:
+                loss[h.name] = p
+            self._set_rules(self._cuts, loss)
 
     def bandwidth(self, host: HostRef, rate: int | float | str | None) -> None:
         """Limit what ``host`` sends and what it receives to ``rate`` each (``tc tbf`` on both veth ends).
@@ -651,10 +647,14 @@ class TestNetwork:
                 self._tbf_off(h)
             else:
                 burst = max(bits // 8 // 50, 4096)  # 20 ms of traffic, and at least a few full frames
-                for ns, dev in ((h.ns, h.iface), (self.bridge_ns, h.port)):
-                    _run([_tool("tc", "iproute2"), "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf",
-                          "rate", f"{bits}bit", "burst", str(burst), "latency", "100ms"])
                 self._bandwidth[h.name] = bits
+                try:
+                    for ns, dev in ((h.ns, h.iface), (self.bridge_ns, h.port)):
+                        _run([_tool("tc", "iproute2"), "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf",
+                              "rate", f"{bits}bit", "burst", str(burst), "latency", "100ms"])
+                except BaseException:
+                    self._tbf_off(h)  # never half a limit: on failure the host has none
+                    raise
 
     def _tbf_off(self, h: Host) -> None:
         if self._bandwidth.pop(h.name, None) is not None:
@@ -667,11 +667,10 @@ class TestNetwork:
             self._require_up()
             targets = [self._host(host)] if host is not None else list(self.hosts.values())
             names = {h.name for h in targets}
-            self._cuts = {(a, b) for a, b in self._cuts if a not in names and b not in names}
             for h in targets:
-                self._loss.pop(h.name, None)
                 self._tbf_off(h)
-            self._apply_rules()
+            self._set_rules({(a, b) for a, b in self._cuts if a not in names and b not in names},
+                            {k: v for k, v in self._loss.items() if k not in names})
 
     def faults(self) -> dict[str, Any]:
         """What is in force: ``cuts`` (sender, receiver) pairs, ``loss`` per host, ``bandwidth`` bit/s per host."""
@@ -681,8 +680,19 @@ class TestNetwork:
     def _change(self, cuts: set[tuple[str, str]]) -> None:
         with self._lock:
             self._require_up()
-            self._cuts |= cuts
+            self._set_rules(self._cuts | cuts, self._loss)
+
+    def _set_rules(self, cuts: set[tuple[str, str]], loss: dict[str, float]) -> None:
+        """Make ``cuts`` and ``loss`` what is in force; if applying fails, put back what was (all or nothing)."""
+        old = self._cuts, self._loss
+        self._cuts, self._loss = set(cuts), dict(loss)
+        try:
             self._apply_rules()
+        except BaseException:
+            self._cuts, self._loss = old
+            with contextlib.suppress(Exception):
+                self._apply_rules()
+            raise
 
     def ruleset(self, host: HostRef) -> str:
         """The iptables-restore text this network wants in force in ``host`` now."""
@@ -694,8 +704,7 @@ class TestNetwork:
         for sender, p in sorted(self._loss.items()):
             if sender != h.name:
                 rules.append(f"-A INPUT -s {self.hosts[sender].ip}/32 {self._statistic(p)} {tag} -j DROP")
-        return "\n".join(["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
-                          *rules, "COMMIT", ""])
+        return _ruleset(rules)
 
     @staticmethod
     def _statistic(p: float) -> str:
@@ -705,53 +714,62 @@ class TestNetwork:
         """Replace the filter table of every host whose wanted ruleset changed (one iptables-restore each)."""
         for h in self.hosts.values():
             want = self.ruleset(h)
-            if self._applied.get(h.name, self.ruleset_empty) != want:
+            if self._applied.get(h.name, _EMPTY_RULESET) != want:
                 _run([*h.prefix, _tool("iptables-restore", "iptables")], input=want)
                 self._applied[h.name] = want
 
-    @property
-    def ruleset_empty(self) -> str:
-        return "\n".join(["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
-                          "COMMIT", ""])
+
+
+def _ruleset(rules: list[str]) -> str:
+    return "\n".join(["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+                      *rules, "COMMIT", ""])
+
+
+_EMPTY_RULESET = _ruleset([])  # what a new namespace enforces
 
 
 # -- crashed runs -------------------------------------------------------------------------------------
 
 
-def cleanup_stale(state_dir: Path | str = STATE_DIR) -> list[str]:
+def cleanup_stale() -> list[str]:
     """Remove what runs whose owner is gone left behind; returns their run ids.
 
     A run is stale when its state file names a process that no longer exists (pid and start time),
     when its state file is unreadable, or when its namespaces have no state file at all (a state file
     is always written before the first namespace and removed after the last). Its processes are
     killed, its namespaces deleted (its veths, bridge and iptables rules go with them), its state
-    file removed. Live runs (another test, another terminal) are never touched.
+    file removed. Live runs (another test, another terminal) are never touched. There is one state
+    directory per machine on purpose: a run recorded anywhere else would look like an orphan.
     """
-    state_dir = Path(state_dir)
+    with _locked():
+        return _reap_stale()
+
+
+def _reap_stale() -> list[str]:
+    """``cleanup_stale`` with the lock already held."""
     cleaned = []
-    with _locked(state_dir):
-        states = _read_states(state_dir)
-        try:
-            ns_names = os.listdir(NETNS_DIR)
-        except FileNotFoundError:
-            ns_names = []
-        rids = {m.group(1) for n in ns_names if (m := _NS_NAME.match(n))} | set(states)
-        for rid in sorted(rids):
-            if not RUN_ID.match(rid):
-                continue
-            st = states.get(rid)
-            if st and isinstance(st.get("pid"), int) and _alive(st["pid"], st.get("pid_start")):
-                continue
-            _remove_namespaces(sorted(set(_run_namespaces(rid)) | set((st or {}).get("namespaces", []))))
-            for suffix in (".json", ".tmp"):
-                (state_dir / f"{rid}{suffix}").unlink(missing_ok=True)
-            cleaned.append(rid)
+    states = _read_states()
+    try:
+        ns_names = os.listdir(NETNS_DIR)
+    except FileNotFoundError:
+        ns_names = []
+    rids = {m.group(1) for n in ns_names if (m := _NS_NAME.match(n))} | set(states)
+    for rid in sorted(rids):
+        if not RUN_ID.match(rid):
+            continue
+        st = states.get(rid)
+        if st and isinstance(st.get("pid"), int) and _alive(st["pid"], st.get("pid_start")):
+            continue
+        _remove_namespaces(sorted(set(_run_namespaces(rid)) | set((st or {}).get("namespaces", []))))
+        for suffix in (".json", ".tmp"):
+            (STATE_DIR / f"{rid}{suffix}").unlink(missing_ok=True)
+        cleaned.append(rid)
     return cleaned
 
 
-def live_runs(state_dir: Path | str = STATE_DIR) -> dict[str, dict[str, Any]]:
-    """The state of every run recorded in ``state_dir`` (live or stale), by run id."""
-    return _read_states(Path(state_dir))
+def live_runs() -> dict[str, dict[str, Any]]:
+    """The state of every run recorded on this machine (live or stale), by run id."""
+    return _read_states()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,7 @@ def dying(lines, netns=None, force=False):
     if netns and netns.count("-") == 1:  # "tvnet-<id>", the bridge namespace: the bridge step
         real(lines[:6], netns=netns)  # the bridge and the first veth, not the others
         print(netns.split("-")[1], flush=True)
+        input()  # the test holds the lock of test networks now: no other session reaps us before it looks
         os.kill(os.getpid(), signal.SIGKILL)
     return real(lines, netns, force)
 N._ip_batch = dying
@@ -60,8 +61,13 @@ N.TestNetwork(["p", "q", "r"]).start()
 
 
 def _spawn(code: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": SRC})
+
+
+# The crash tests hold the machine-wide lock of test networks from before the kill until they have
+# looked and reaped (netns._reap_stale is cleanup_stale under that lock): another session's start()
+# running cleanup_stale meanwhile waits, so "left behind, then removed by us" is not a race.
 
 
 def test_exit_removes_everything():
@@ -85,11 +91,12 @@ def test_owner_killed_then_cleanup_stale_removes_it():
         owner = _spawn(OWNER)
         report = json.loads(owner.stdout.readline())
         rid, inodes = report["run_id"], set(report["inodes"])
-        owner.kill()  # SIGKILL: no handler, no atexit, nothing of it runs
-        owner.wait()
-        left = leftovers(rid, inodes)
-        assert left["namespaces"] and left["state_file"] and all(pid_alive(p) for p in report["pids"])
-        assert cleanup_stale() == [rid]
+        with netns._locked():
+            owner.kill()  # SIGKILL: no handler, no atexit, nothing of it runs
+            owner.wait()
+            left = leftovers(rid, inodes)
+            assert left["namespaces"] and left["state_file"] and all(pid_alive(p) for p in report["pids"])
+            assert rid in netns._reap_stale()
         assert leftovers(rid, inodes) == {}
         assert not any(pid_alive(p) for p in report["pids"])
         assert live.run_id not in cleanup_stale() and (NETNS_DIR / live["live"].ns).exists()
@@ -99,12 +106,13 @@ def test_owner_killed_then_cleanup_stale_removes_it():
 def test_killed_mid_setup_then_cleanup_stale():
     child = _spawn(HALF_BUILT)
     rid = child.stdout.readline().strip()
-    child.wait()
-    assert child.returncode == -signal.SIGKILL and len(rid) == 6
-    half = [n for n in os.listdir(NETNS_DIR) if rid in n]
-    assert len(half) == 4  # bridge + 3 hosts exist, unwired: a half-built network
-    inodes = {os.stat(NETNS_DIR / n).st_ino for n in half}
-    assert rid in cleanup_stale()
+    with netns._locked():
+        child.communicate("\n")
+        assert child.returncode == -signal.SIGKILL and len(rid) == 6
+        half = [n for n in os.listdir(NETNS_DIR) if rid in n]
+        assert len(half) == 4  # bridge + 3 hosts exist, 2 of them unwired: a half-built network
+        inodes = {os.stat(NETNS_DIR / n).st_ino for n in half}
+        assert rid in netns._reap_stale()
     assert leftovers(rid, inodes) == {}
 
 
@@ -141,9 +149,10 @@ def test_orphan_namespace_without_state_is_removed():
     rid = secrets.token_hex(3)
     assert not (STATE_DIR / f"{rid}.json").exists()
     name = f"tvnet-{rid}-x"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    inode = os.stat(NETNS_DIR / name).st_ino
-    assert rid in cleanup_stale()
+    with netns._locked():
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        inode = os.stat(NETNS_DIR / name).st_ino
+        assert rid in netns._reap_stale()
     assert leftovers(rid, {inode}) == {}
 
 

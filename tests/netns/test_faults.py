@@ -18,7 +18,8 @@ import time
 import pytest
 from nethelpers import iptables_rules, listen_tcp, reach_matrix, udp_count
 
-from devstack.netns import TestNetwork, parse_rate
+from devstack import netns
+from devstack.netns import NetnsError, TestNetwork, parse_rate
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -196,3 +197,29 @@ def test_bad_fault_input_changes_nothing(net):
 def test_parse_rate():
     assert parse_rate("2mbit") == 2_000_000 and parse_rate("500 kbit") == 500_000 and parse_rate(64_000) == 64_000
     assert parse_rate("1.5Gbit") == 1_500_000_000
+
+
+def test_a_failing_change_is_all_or_nothing(net, monkeypatch):
+    """If iptables or tc fails half way (here: on the third host, on the bridge end), what was in force stays."""
+    net.loss("d", 0.1)
+    before = {h.name: iptables_rules(h) for h in net}
+    real = netns._run
+    calls = []
+
+    def flaky(argv, input=None, check=True, timeout=30):
+        calls.append(argv)
+        if argv[-1].endswith("iptables-restore") and net["c"].ns in argv and len(calls) < 5:
+            raise NetnsError("injected: iptables-restore failed")
+        if "tbf" in argv and net.bridge_ns in argv:
+            raise NetnsError("injected: tc failed")
+        return real(argv, input, check, timeout)
+
+    monkeypatch.setattr(netns, "_run", flaky)
+    with pytest.raises(NetnsError, match="iptables"):
+        net.partition(["a", "b"], ["c", "d"])
+    with pytest.raises(NetnsError, match="tc"):
+        net.bandwidth("a", "1mbit")
+    monkeypatch.undo()
+    assert net.faults() == {"cuts": [], "loss": {"d": 0.1}, "bandwidth": {}}
+    assert {h.name: iptables_rules(h) for h in net} == before
+    assert all("tbf" not in h.run(["tc", "qdisc"]).stdout for h in net)  # the host end was set, then lifted
