@@ -137,8 +137,11 @@ class Anvil:
         extra_args: list[str] | None = None,
         prefix: Sequence[str] | None = None,
     ) -> None:
-        if host not in ("127.0.0.1", "localhost", "::1") and not (prefix and _is_ipv4(host)):
-            raise ValueError("anvil is only run on loopback (or on a test network host's address, with its prefix)")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            if not prefix:  # a non-loopback address only inside a namespace (a test network host's prefix)
+                raise ValueError("anvil is only run on loopback")
+            if not _is_ipv4(host):
+                raise ValueError(f"anvil behind a prefix needs the host's IPv4 address, not {host!r}")
         if block_time is not None and no_mining:
             raise ValueError("block_time and no_mining are exclusive")
         self.host = host
@@ -314,7 +317,6 @@ class Anvil:
                 )
             return
         raise AnvilError(f"anvil not ready after {self.startup_timeout}s:\n{_tail(log_path, offset)}")
-
 
     def _chain_id(self) -> int:
         if not self.prefix:
