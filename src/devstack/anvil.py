@@ -12,12 +12,17 @@ installed by `npm ci` at the repo root); nothing is downloaded at run time.
         node.start()  # same port, state loaded back
 
     python -m devstack.anvil --block-time 1 --state .state/anvil.json   # run one in the foreground
+
+On a test network (devstack.netns): ``Anvil(host=h.ip, prefix=h.prefix)`` listens on that host's address
+and starts through the prefix (``ip netns exec <ns>``); readiness is probed through the prefix too. A
+non-loopback ``host`` is accepted only with a prefix: anvil is never exposed on the machine's own network.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import ipaddress
 import json
 import os
 import platform
@@ -30,6 +35,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -129,9 +135,13 @@ class Anvil:
         log_path: str | os.PathLike[str] | None = None,
         startup_timeout: float = 30.0,
         extra_args: list[str] | None = None,
+        prefix: Sequence[str] | None = None,
     ) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError("anvil is only run on loopback")
+            if not prefix:  # a non-loopback address only inside a namespace (a test network host's prefix)
+                raise ValueError("anvil is only run on loopback")
+            if not _is_ipv4(host):
+                raise ValueError(f"anvil behind a prefix needs the host's IPv4 address, not {host!r}")
         if block_time is not None and no_mining:
             raise ValueError("block_time and no_mining are exclusive")
         self.host = host
@@ -147,6 +157,7 @@ class Anvil:
         self.binary = Path(binary) if binary is not None else None
         self.startup_timeout = startup_timeout
         self.extra_args = list(extra_args or [])
+        self.prefix = list(prefix or [])  # argv prefix it starts through, e.g. ``ip netns exec <ns>``
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self._log_path = Path(log_path) if log_path is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -214,7 +225,7 @@ class Anvil:
         offset = log_path.stat().st_size if log_path.exists() else 0
         with open(log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                self.command(),
+                [*self.prefix, *self.command()],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -296,8 +307,8 @@ class Anvil:
                     continue
                 self.port = int(match.group(2))
             try:
-                chain_id = int(str(rpc(self.url, "eth_chainId", timeout=1.0)), 16)
-            except (OSError, urllib.error.URLError, AnvilError, ValueError):
+                chain_id = self._chain_id()
+            except (OSError, urllib.error.URLError, AnvilError, ValueError, subprocess.TimeoutExpired):
                 time.sleep(0.02)
                 continue
             if chain_id != self.chain_id:
@@ -306,6 +317,32 @@ class Anvil:
                 )
             return
         raise AnvilError(f"anvil not ready after {self.startup_timeout}s:\n{_tail(log_path, offset)}")
+
+    def _chain_id(self) -> int:
+        if not self.prefix:
+            return int(str(rpc(self.url, "eth_chainId", timeout=1.0)), 16)
+        # From inside the prefix (this process may not reach self.host): the same call in a stdlib-only child.
+        p = subprocess.run([*self.prefix, sys.executable, "-I", "-c", _PROBE, self.url], capture_output=True,
+                           text=True, timeout=5)
+        if p.returncode != 0:
+            raise AnvilError(f"probe failed: {p.stderr.strip()[-200:]}")
+        return int(p.stdout.strip(), 16)
+
+
+_PROBE = (
+    "import json, sys, urllib.request as u\n"
+    "r = u.Request(sys.argv[1], data=b'{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"eth_chainId\",\"params\":[]}',"
+    " headers={'Content-Type': 'application/json'})\n"
+    "print(json.loads(u.urlopen(r, timeout=1).read())['result'])\n"
+)
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _num(value: float) -> str:

