@@ -8,6 +8,7 @@
 // It verifies every vote it receives (lib/edge.mjs: the same edge rules as a trustee; @noble/ed25519) and
 // takes commands as JSON lines on stdin, answering each with one JSON line on stdout (events too):
 //   {"cmd":"status"}                                   connections, topic subscribers, mesh
+//   {"cmd":"dial","addr":"/ip4/.../p2p/..."}            connect to one more peer
 //   {"cmd":"vote","tx_id":"t","value":1}               sign (R2) and publish one vote in a batch
 //       "offset_ms": -400000                           ... signed with a timestamp that far from now
 //       "as": "trustee-1"                              ... in another member's name (a forgery, R7)
@@ -149,6 +150,9 @@ async function publish(payload) {
 
 async function handle(c) {
   switch (c.cmd) {
+    case 'dial':
+      await node.dial(multiaddr(c.addr), { signal: AbortSignal.timeout(5000) })
+      return { connected: connected() }
     case 'status':
       return { connected: connected(), subscribers: pubsub.getSubscribers(opt.topic).map(String),
         mesh: pubsub.getMeshPeers(opt.topic).map(String), counters }

@@ -62,6 +62,13 @@ class World:
     base: Path
     keys: dict[str, Path] = field(default_factory=dict)  # js node id -> key file (js-4: never admitted)
     peers: list[JsPeer] = field(default_factory=list)
+    forgery: dict | None = None  # js-3's reply to its forged vote, once sent
+
+    def forge(self) -> dict:
+        """js-3 sends one vote in trustee-1's name, signed with its own key (once per world: it is banned for it)."""
+        if self.forgery is None:
+            self.forgery = self.peer("js-3").call(cmd="vote", tx_id="interop_forged", value=9, **{"as": "trustee-1"})
+        return self.forgery
 
     @property
     def members_file(self) -> Path:
@@ -74,6 +81,10 @@ class World:
         return [t.status["listen_addrs"][0] for t in self.cluster.trustees]
 
     def peer(self, name: str, connect: list[str] | None = None, dial_timeout: float = 20) -> JsPeer:
+        """The js peer ``name`` (one process per key: a second one would be the same libp2p peer)."""
+        for p in self.peers:
+            if p.name == name and p.proc.poll() is None:
+                return p
         p = JsPeer(self.keys[name], name, connect if connect is not None else self.trustee_addrs(), self.members_file,
                    self.base / f"{name}.log", dial_timeout=dial_timeout)
         self.peers.append(p)
@@ -93,6 +104,7 @@ class World:
 
 def _database(pg_server) -> tuple[str, str, str]:
     from services import TEMPLATE
+
     from tvote import db
 
     name = f"interop_{uuid.uuid4().hex[:8]}"

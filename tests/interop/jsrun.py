@@ -66,8 +66,9 @@ class JsPeer:
             argv += ["--members", str(members)]
         for a in connect:
             argv += ["--connect", a]
+        self.name = node_id
         self.log = log
-        self._err = open(log, "ab")
+        self._err = open(log, "ab")  # noqa: SIM115 (the child writes to it until close())
         self.proc = subprocess.Popen(argv, cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
                                      text=True, bufsize=1)
         self.events: queue.Queue[dict] = queue.Queue()
@@ -90,7 +91,7 @@ class JsPeer:
         end = time.monotonic() + timeout
         while True:
             left = end - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None and self.events.empty():
+            if left <= 0 or (self.proc.poll() is not None and self.events.empty()):
                 raise AssertionError(f"js peer: no {name!r} event (exit {self.proc.poll()}): "
                                      f"{self.log.read_text()[-3000:]}")
             try:

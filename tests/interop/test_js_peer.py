@@ -45,7 +45,7 @@ def test_js_member_votes_count_toward_consensus_and_verifies_the_python_votes(wo
 def test_forged_vote_bans_the_js_author_at_every_node(world):
     js = world.peer("js-3")
     forger = world.peer_id("js-3")
-    r = js.call(cmd="vote", tx_id="interop_forged", value=9, **{"as": "trustee-1"})  # signed with js-3's key
+    r = world.forge()  # a vote in trustee-1's name, signed with js-3's key
     assert len(r["recipients"]) == 3, r
     # R7: INVALID_SIGNATURE names js-3 (the author whose envelope signature the router verified), not trustee-1
     viol = wait_for(lambda: [x for x in world.rows("ViolationDetected") if x.payload["tx_id"] == "interop_forged"],

@@ -199,7 +199,8 @@ def edge() -> dict:
     cfg = NodeConfig("x", "k", "d", "e")
     a = signed("alice").to_json()
     forged = signed("mallory", node_id="trustee-1")
-    noncanon = json.dumps({"v": 1, "votes": [{**forged.to_json(), "signature": forged.signature.hex().upper()}]}).encode()
+    shouted = {**forged.to_json(), "signature": forged.signature.hex().upper()}
+    noncanon = json.dumps({"v": 1, "votes": [shouted]}).encode()
     cases: list[dict] = [
         ("valid", "alice", wire.encode([signed("alice")]), "accepted and forwarded; no counter"),
         ("carries_others_votes", "bob", wire.encode([signed("alice"), signed("carol")]),
@@ -335,12 +336,15 @@ def envelope() -> dict:
     payload = wire.encode([forged])
     env = build(key("mallory"), payload, SEQNO, DEFAULT_TOPIC)
     fields = env.fields()
+    other = signed("mallory", "tx_other", 9, node_id="trustee-1").to_json()
+
+    def verdict(who: str, vote: dict) -> str | None:
+        return authored(env, pub(who), peer_id_bytes(pub(who)), vote)
+
     checks = [
-        {"author": "mallory", "verdict": authored(env, pub("mallory"), peer_id_bytes(pub("mallory")), forged.to_json())},
-        {"author": "alice", "verdict": authored(env, pub("alice"), peer_id_bytes(pub("alice")), forged.to_json())},
-        {"author": "mallory", "other_vote": signed("mallory", "tx_other", 9, node_id="trustee-1").to_json(),
-         "verdict": authored(env, pub("mallory"), peer_id_bytes(pub("mallory")),
-                             signed("mallory", "tx_other", 9, node_id="trustee-1").to_json())},
+        {"author": "mallory", "verdict": verdict("mallory", forged.to_json())},
+        {"author": "alice", "verdict": verdict("alice", forged.to_json())},
+        {"author": "mallory", "other_vote": other, "verdict": verdict("mallory", other)},
     ]
     return {
         "description": "The author's signed pubsub envelope as R7 evidence: signed = protobuf Message{1 from, 2 data, "
