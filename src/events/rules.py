@@ -174,6 +174,9 @@ class Tx:
     signed: tuple[str, ...] = ()  # tx hashes signed so far (R11)
     nonce: tuple[int, str, int] | None = None  # (chain id, sender, nonce) of the first signature
     failures: int = 0
+    # Members eligible when the transaction opened: only they can be silent on it (R9, R14). A member
+    # admitted or unbanned later was never asked; its vote still counts if it sends one.
+    expected: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -684,7 +687,8 @@ def _check_deadline(d: _Decision, c: CheckDeadline) -> None:
     is silent: SILENT_FAILURE and ``silent_penalty`` off its reputation, while every member that
     voted the consensus value earns ``participation_reward`` back (reputation measures recent
     behaviour; a restarted honest node recovers by voting). A transaction that never reached t
-    accuses nobody: still collecting, it EXPIRES. Silence bans only if the operator opted in,
+    accuses nobody: still collecting, it EXPIRES. Only members eligible both when the transaction
+    opened and now can be silent (one admitted or unbanned since was never asked). Silence bans only if the operator opted in,
     after ``floor_ban_after`` consensus transactions missed in a row with the reputation below
     the floor. (Store outages never trip a deadline: the shells decide when to ask, see
     docs/decisions.md.)
@@ -696,7 +700,8 @@ def _check_deadline(d: _Decision, c: CheckDeadline) -> None:
         return  # R9: fires exactly once, and not before its time
     members = d.cluster.members
     consensus = tx.value is not None
-    silent = tuple(sorted(n for n, m in members.items() if m.eligible and n not in tx.votes)) if consensus else ()
+    silent = tuple(sorted(n for n, m in members.items()
+                          if m.eligible and n in tx.expected and n not in tx.votes)) if consensus else ()
     passed = DeadlinePassed(tx.tx_id, tx.deadline_at_ms, silent)
     d.emit(passed)
     if consensus:
@@ -975,7 +980,9 @@ def _evolve(state: State, event: Event) -> State:
             faults = {p: f for p, f in cl.faults.items() if p != event.position}
             return replace(state, cluster=replace(cl, faults=faults))
         case TransactionOpened():
-            return replace(state, tx=Tx(event.tx_id, COLLECTING, event.opened_at_ms, event.deadline_at_ms))
+            expected = frozenset(n for n, m in cl.members.items() if m.eligible)
+            return replace(state, tx=Tx(event.tx_id, COLLECTING, event.opened_at_ms, event.deadline_at_ms,
+                                        expected=expected))
         case ViolationDetected() if tx is None:
             return state  # a forged vote's violation for a tx nobody opened (R7)
         case (VoteAccepted() | ThresholdReached() | TransactionAborted() | DeadlinePassed() | TransactionExpired()

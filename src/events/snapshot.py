@@ -28,7 +28,7 @@ from events.follow import Follower
 from events.model import EVENT_TYPES
 from events.vocab import TxStatus, WriterRole
 
-FORMAT = 1
+FORMAT = 2
 
 
 class SnapshotMismatch(ThresholdVoteError):
@@ -108,6 +108,7 @@ def _tx(t: rules.Tx) -> dict[str, Any]:
         "votes": [v.to_payload() for v in t.votes.values()], "flagged": sorted([k, n] for k, n in t.flagged),
         "value": t.value, "deadline_fired": t.deadline_fired, "lock_revision": t.lock_revision,
         "signed": list(t.signed), "nonce": list(t.nonce) if t.nonce else None, "failures": t.failures,
+        "expected": sorted(t.expected),
     }
 
 
@@ -116,4 +117,5 @@ def _untx(d: dict[str, Any]) -> rules.Tx:
     votes = {v["node_id"]: vote_type.from_payload(v) for v in d["votes"]}
     return rules.Tx(d["tx_id"], TxStatus(d["status"]), d["opened_at_ms"], d["deadline_at_ms"], votes,  # type: ignore
                     frozenset((k, n) for k, n in d["flagged"]), d["value"], d["deadline_fired"], d["lock_revision"],
-                    tuple(d["signed"]), tuple(d["nonce"]) if d["nonce"] else None, d["failures"])
+                    tuple(d["signed"]), tuple(d["nonce"]) if d["nonce"] else None, d["failures"],
+                    frozenset(d["expected"]))

@@ -85,7 +85,7 @@ def test_kill_9_at_random_moments_never_loses_a_returned_signature(tmp_path):
     rng = random.Random(14)
     printed: dict[str, tuple[int, int, str]] = {}  # every signature that ever left a child
     for run in itertools.count():  # at least KILLS kills, and more on a loaded machine until 200 votes left
-        if run >= KILLS and len(printed) > 200 or run >= 10 * KILLS:
+        if (run >= KILLS and len(printed) > 200) or run >= 10 * KILLS:
             break
         p = spawn("loop", "--journal", str(path), "--seed", str(run))
         wait_ready(p)

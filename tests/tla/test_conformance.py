@@ -11,7 +11,7 @@ vote, a vote from a banned member, a stale submitter's append) must leave the de
 unchanged too: an empty decision (R3) or a typed rejection.
 
 Model -> Python: member ``h1`` is node ``h1`` with its own Ed25519 key and peer
-``peer-h1``; value ``v1`` is 1, ``v2`` is 2. Reputation r is r * (1000 / RepMax)
+the libp2p peer id its key derives (R1); value ``v1`` is 1, ``v2`` is 2. Reputation r is r * (1000 / RepMax)
 milli-points (the decider's full 1000 is the model's RepMax); Penalty, Reward and Floor
 use the same unit, and the decider is configured with them and the model's FloorBanAfter
 (``Configure(..., silent_penalty, participation_reward, reputation_floor,
@@ -44,6 +44,8 @@ import pytest
 from tla_runner import TLA_DIR, run_tlc
 
 from events import errors
+from events.envelope import build, vote_bytes
+from events.identity import peer_id_of
 from events.model import NodeBanned, ThresholdReached, ViolationDetected
 from events.rules import (
     FULL_REPUTATION,
@@ -121,13 +123,14 @@ class Replay:
         self.params = params
         self.members = sorted(str(m) for m in init["acc"])
         self.keys = {m: _key(m) for m in self.members}
+        self.peer = {m: peer_id_of(bytes(k.verify_key)) for m, k in self.keys.items()}
         self.state = State()
         self.violations: set[tuple[str, str]] = set()
         self.voters: frozenset[str] | None = None  # ThresholdReached.voters
         self.queued: dict[str, SignedVote] = {}  # votes honest members signed while the log was down
         self.earlier = 0  # earlier transactions replayed by prime()
         for m in self.members:
-            self.must(AdmitMember(m, self.keys[m].verify_key.encode(), f"peer-{m}", "conformance"))
+            self.must(AdmitMember(m, self.keys[m].verify_key.encode(), self.peer[m], "conformance"))
         self.prime(
             {str(m): r * params.unit for m, r in init["rep"].items()}, {str(m): s for m, s in init["streak"].items()}
         )
@@ -167,7 +170,7 @@ class Replay:
         assert len(voters) >= self.params.threshold, "the model starts from a state no history leads to"
         self.state = State(self.state.cluster, None)
         for m in voters:
-            self.must(ReceiveVote(sign(Vote(tx, 1, m, 0), self.keys[m]), f"peer-{m}", now_ms=0))
+            self.must(ReceiveVote(sign(Vote(tx, 1, m, 0), self.keys[m]), self.peer[m], now_ms=0))
         assert self.state.tx is not None and self.state.tx.value == 1
         self.must(CheckDeadline(tx, DEADLINE_NOW))
         self.state = State(self.state.cluster, None)
@@ -256,7 +259,7 @@ def replay_trace(trace: tuple, stats: Counter) -> None:
                     stats["vote signed during a store outage delivered"] += 1
             else:
                 vote = sign(Vote(TX, VALUE[v], m, index), rp.keys[m])  # a new timestamp every time (R3)
-            cmd = ReceiveVote(vote, f"peer-{m}", now_ms=index)
+            cmd = ReceiveVote(vote, rp.peer[m], now_ms=index)
             if m in out or str(pre["acc"][m]) == v:
                 rp.rejected(cmd)  # R10 dropped at the edge / R3 idempotent
                 stats["vote no-op"] += 1
@@ -269,7 +272,9 @@ def replay_trace(trace: tuple, stats: Counter) -> None:
             p, m = args
             vote = Vote(TX, 1, m, index)
             bad = SignedVote(vote, rp.keys[p].sign(b"not-the-vote" + vote.signing_bytes()).signature)
-            cmd = ReceiveVote(bad, f"peer-{p}", now_ms=index)
+            # gossiped by p: p's signed envelope proves who sent the forgery (R7)
+            env = build(rp.keys[p], b'{"v":1,"votes":[' + vote_bytes(bad.to_json()) + b"]}", b"\0" * 8, "tvote/votes/1")
+            cmd = ReceiveVote(bad, rp.peer[p], now_ms=index, envelope=env)
             if p in out or m in out:
                 assert rp.rejected(cmd), where
             else:
