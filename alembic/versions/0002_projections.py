@@ -10,7 +10,6 @@ Create Date: 2026-11-24
 """
 
 from alembic import op
-
 from events.vocab import TxStatus, ViolationKind, sql_in
 
 revision = "0002"

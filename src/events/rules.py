@@ -688,9 +688,9 @@ def _check_deadline(d: _Decision, c: CheckDeadline) -> None:
     voted the consensus value earns ``participation_reward`` back (reputation measures recent
     behaviour; a restarted honest node recovers by voting). A transaction that never reached t
     accuses nobody: still collecting, it EXPIRES. Only members eligible both when the transaction
-    opened and now can be silent (one admitted or unbanned since was never asked). Silence bans only if the operator opted in,
-    after ``floor_ban_after`` consensus transactions missed in a row with the reputation below
-    the floor. (Store outages never trip a deadline: the shells decide when to ask, see
+    opened and now can be silent (one admitted or unbanned since was never asked). Silence bans
+    only if the operator opted in, after ``floor_ban_after`` consensus transactions missed in a
+    row with the reputation below the floor. (Store outages never trip a deadline: the shells decide when to ask, see
     docs/decisions.md.)
     """
     cfg = _config(d.cluster)
