@@ -38,9 +38,6 @@ from projections.projector import Projector
 from projections.replay import replay
 
 NO_SUBMITTER_OK = frozenset({rules.THRESHOLD_REACHED})
-# A vote signed before a deadline that lands in the log within this of the deadline firing was on its way, not
-# silent (the node's R9 outage grace is 5 s; a vote recorded much later was held by a crashed or cut-off node).
-ON_TIME_GRACE_US = 5_000_000
 
 
 class ChainView(Protocol):
@@ -226,9 +223,12 @@ def agreement(run: Run, rep: InvariantReport) -> None:
 
 def only_the_guilty(run: Run, rep: InvariantReport) -> None:
     """R14, with no exemption: no member outside the Byzantine set is banned, for any reason, or charged with
-    anything but real silence: SILENT_FAILURE only on a transaction that reached consensus and that the member
-    did not sign a vote for before its deadline (a vote in the log signed in time means it was not silent)."""
+    anything but real silence: SILENT_FAILURE only on a transaction that reached consensus, and in force only
+    if the member's vote is not in the log signed before the deadline (such a vote, however late it reached
+    the log, withdraws the silence: R9's outage and partition clause)."""
     problems = []
+    withdrawn = {(e.tx_id, e.node_id) for e in run.events if type(e).__name__ == "SilenceWithdrawn"}
+    in_force = 0
     for e in run.events:
         name = type(e).__name__
         if name == "NodeBanned":
@@ -243,18 +243,18 @@ def only_the_guilty(run: Run, rep: InvariantReport) -> None:
             tx = run.txs.get(e.tx_id)
             if tx is None or tx.value is None:
                 problems.append(f"honest {e.node_id} charged silent on {e.tx_id}, which never reached consensus")
-            elif (v := tx.votes.get(e.node_id)) is not None and v.vote["timestamp_ms"] <= tx.deadline_at_ms \
-                    and run.times.get(v.key, 0) - run.times.get(e.key, 0) < ON_TIME_GRACE_US:
-                # R9: signed before the deadline and in the log right after the deadline fired: the deadline
-                # went off while the vote was on its way (a store outage, a lagging view), not for silence.
+            elif (e.tx_id, e.node_id) in withdrawn:
+                continue
+            elif (v := tx.votes.get(e.node_id)) is not None and v.vote["timestamp_ms"] <= tx.deadline_at_ms:
                 problems.append(f"honest {e.node_id} charged silent on {e.tx_id} though it signed its vote in time")
+            else:
+                in_force += 1
         elif name == "InvalidEntryReported" and e.writer in set(run.ledger.cluster.members) - run.byzantine:
             problems.append(f"honest {e.writer} reported for an invalid log entry at {e.position}")
-    silent = sum(1 for e in run.events if type(e).__name__ == "ViolationDetected"
-                 and e.kind == ViolationKind.SILENT_FAILURE and e.node_id not in run.byzantine)
     rep.add("only_the_guilty", problems,
             f"bans {rep.byzantine_bans or 'none'}; floor bans {sorted(set(rep.floor_bans)) or 'none'}; "
-            f"{silent} silences of honest members, each on a consensus tx they did not vote on in time")
+            f"{in_force} silences of honest members in force, each on a consensus tx they did not vote on in time; "
+            f"{len(withdrawn)} withdrawn (signed in time, logged late)")
 
 
 def acked_votes_logged(run: Run, rep: InvariantReport) -> None:

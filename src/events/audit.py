@@ -142,6 +142,11 @@ def _check_evidence(r: Recorded, keys: dict[str, bytes], votes: dict, report: Au
                 return
             if cert != e.certificate_hash or any(votes[(e.tx_id, n)].vote.value != e.value for n in e.voters):
                 bad(Finding(r.position, f"consensus certificate of {e.tx_id} does not match its votes"))
+        case m.SilenceWithdrawn():
+            sv, ok = _verifies(e.vote, keys)
+            if not ok or sv.vote.node_id != e.node_id or sv.vote.tx_id != e.tx_id \
+                    or sv.vote.timestamp_ms > e.deadline_at_ms:
+                bad(Finding(r.position, f"silence of {e.node_id} on {e.tx_id} withdrawn without an on-time vote"))
         case m.ViolationDetected(kind=ViolationKind.SILENT_FAILURE):
             pass  # silence has no signed evidence: the deadline event beside it is the record
         case m.ViolationDetected():

@@ -301,6 +301,27 @@ class DeadlinePassed(Event):
 
 
 @dataclass(frozen=True)
+class SilenceWithdrawn(Event):
+    """A SILENT_FAILURE no longer in force: the member's vote, signed before the deadline, reached the log late.
+
+    R9: a store outage or a partition must not blame anyone for votes signed before the deadline.
+    The deadline is judged with the log as it was; a vote held back by an outage or a partition on
+    the voter's side arrives after it, and its signed timestamp (the voter's own word: a member can
+    only undo its own penalty with it) shows it was on time. ``vote`` is that signed vote.
+    """
+
+    TYPE = "SilenceWithdrawn"
+    tx_id: str
+    node_id: str
+    vote: dict[str, Any]
+    deadline_at_ms: int
+
+    @property
+    def key(self) -> str:
+        return f"withdrawn:{self.tx_id}:{self.node_id}"
+
+
+@dataclass(frozen=True)
 class TransactionExpired(Event):
     TYPE = "TransactionExpired"
     tx_id: str
@@ -413,6 +434,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ThresholdReached,
         TransactionAborted,
         DeadlinePassed,
+        SilenceWithdrawn,
         TransactionExpired,
         SubmissionStarted,
         SubmissionSigned,

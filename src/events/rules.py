@@ -29,6 +29,7 @@ from events.model import (
     NodeUnbanned,
     ReputationChanged,
     RetentionApplied,
+    SilenceWithdrawn,
     SubmissionBroadcast,
     SubmissionConfirmed,
     SubmissionFailed,
@@ -671,6 +672,29 @@ def _receive_vote(d: _Decision, c: ReceiveVote) -> None:
 
     d.emit(VoteAccepted(vote.tx_id, vote.node_id, vote.value, c.vote.to_json(), author.peer_id))
     d.evaluate()
+    _withdraw_silence(d, c.vote)
+
+
+def _withdraw_silence(d: _Decision, sv: SignedVote) -> None:
+    """R9: a late vote signed before the deadline for the consensus value was on time: its silence is withdrawn.
+
+    The deadline was judged with the log as it stood; an outage or a partition on the voter's side
+    held this vote back (R14: silence only for a vote not cast in time). The timestamp is the
+    voter's own signed word, so a member can only undo its own penalty with it, never anyone
+    else's, and never for another value (that one is a MINORITY_VOTE). A floor ban it caused
+    stays until an operator lifts it (R10); ``tvote status`` shows its cause withdrawn.
+    """
+    tx, vote = d.tx, sv.vote
+    if (SILENT_FAILURE, vote.node_id) not in tx.flagged or vote.value != tx.value \
+            or vote.timestamp_ms > tx.deadline_at_ms:
+        return
+    cfg = _config(d.cluster)
+    m = d.cluster.members[vote.node_id]
+    withdrawn = SilenceWithdrawn(tx.tx_id, vote.node_id, sv.to_json(), tx.deadline_at_ms)
+    d.emit(withdrawn)
+    score = min(FULL_REPUTATION, m.reputation + cfg.silent_penalty + cfg.participation_reward)
+    d.emit(ReputationChanged(vote.node_id, score, score - m.reputation, ReputationReason.SILENCE_WITHDRAWN,
+                             withdrawn.key))
 
 
 def _require_tx(d: _Decision, tx_id: str) -> Tx:
@@ -963,7 +987,8 @@ def _evolve(state: State, event: Event) -> State:
         case ReputationChanged():
             m = cl.members[event.node_id]
             streak = {ReputationReason.SILENT_FAILURE: m.silent_streak + 1, ReputationReason.PARTICIPATION: 0,
-                      ReputationReason.UNBANNED: 0}.get(event.reason, m.silent_streak)
+                      ReputationReason.SILENCE_WITHDRAWN: 0, ReputationReason.UNBANNED: 0}.get(event.reason,
+                                                                                                m.silent_streak)
             return _with_member(state, replace(m, reputation=event.score, silent_streak=streak))
         case RetentionApplied():
             return replace(state, cluster=replace(cl, retention_seq=cl.retention_seq + 1))
@@ -985,7 +1010,8 @@ def _evolve(state: State, event: Event) -> State:
                                         expected=expected))
         case ViolationDetected() if tx is None:
             return state  # a forged vote's violation for a tx nobody opened (R7)
-        case (VoteAccepted() | ThresholdReached() | TransactionAborted() | DeadlinePassed() | TransactionExpired()
+        case (VoteAccepted() | ThresholdReached() | TransactionAborted() | DeadlinePassed() | SilenceWithdrawn()
+              | TransactionExpired()
               | SubmissionStarted() | SubmissionSigned() | SubmissionBroadcast() | SubmissionConfirmed()
               | SubmissionFailed()) if tx is None:
             return state  # the decider never writes these before TransactionOpened: a forged row changes nothing
@@ -999,6 +1025,8 @@ def _evolve(state: State, event: Event) -> State:
             tx = replace(tx, status=AbortReason(event.reason).status)
         case DeadlinePassed():
             tx = replace(tx, deadline_fired=True)
+        case SilenceWithdrawn():
+            tx = replace(tx, flagged=tx.flagged - {(SILENT_FAILURE, event.node_id)})
         case TransactionExpired():
             tx = replace(tx, status=EXPIRED)
         case SubmissionStarted():

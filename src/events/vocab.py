@@ -79,6 +79,7 @@ class ReputationReason(StrEnum):
 
     SILENT_FAILURE = ViolationKind.SILENT_FAILURE.value
     PARTICIPATION = "PARTICIPATION"  # voted the consensus value of a transaction (R9: reputation recovers)
+    SILENCE_WITHDRAWN = "SILENCE_WITHDRAWN"  # its vote was on time after all: penalty back, and the reward
     UNBANNED = "UNBANNED"
     DOUBLE_VOTING = ViolationKind.DOUBLE_VOTING.value  # a Byzantine ban drops it to 0 (seed 3.3)
     MINORITY_VOTE = ViolationKind.MINORITY_VOTE.value

@@ -117,6 +117,8 @@ class NodeConfig:
     # R9: deadlines are ticked only once the log has been writable (and followed) for this long without
     # a break, so votes signed before a deadline during a store outage reach the log first.
     outage_grace_ms: int = 5000
+    # On start, votes our journal holds from this far back that the log lacks are sent again (R9, R14).
+    resend_window_ms: int = 24 * 3600 * 1000
     # Back-pressure: the API refuses new casts at once (503 + Retry-After, nothing signed) while more than
     # this many votes wait for the worker, or while the worker has not completed a loop for this long.
     max_backlog: int = 20_000
@@ -218,7 +220,29 @@ class TrusteeNode:
             t.start()
             self._threads.append(t)
         self._store_ok_since = time.monotonic()
+        self._resend_unlogged()
         return self
+
+    def _resend_unlogged(self) -> None:
+        """Votes we signed lately that the log lacks (a crash or an outage before they got there): send them now.
+
+        R9/R14: a vote signed before its deadline that reaches the log late withdraws the silence charged
+        for it; a vote that stayed only in our journal would leave that silence standing. A transaction
+        that may have left memory (finished long ago) is skipped.
+        """
+        since = now_ms() - self.cfg.resend_window_ms
+        txs = self.recorder.ledger.txs
+        evicted = self.recorder.follower.evicted
+        owed = []
+        for sv in self.signer.votes_since(since):
+            tx = txs.get(sv.vote.tx_id)
+            held = tx.votes.get(self.cfg.node_id) if tx else None
+            if held is None and (tx is not None or sv.vote.tx_id not in evicted):
+                owed.append(sv)
+        if owed:
+            log.info("%s sends %d votes from its journal the log does not hold yet", self.cfg.node_id, len(owed))
+            self.counters.add("resent_from_journal", len(owed))
+            self.send(owed)
 
     def _open_signer(self) -> None:
         """R14: one process per trustee key, and a journal consulted before any signature leaves us.

@@ -149,6 +149,11 @@ class Metrics:
             "silent_failures_total",
             "Eligible members that did not vote before a deadline (R9): costs reputation, not a ban by itself.",
             ["node_id"], registry=r)
+        self.silences_withdrawn = Counter(
+            "silences_withdrawn_total",
+            "Silent failures withdrawn (R9): the member's vote, signed before the deadline, reached the log late "
+            "(an outage or a partition on its side); its reputation is given back.",
+            ["node_id"], registry=r)
         self.transactions_opened = Counter(
             "transactions_opened_total", "Transactions opened by their first accepted vote.", registry=r)
         self.threshold_reached = Counter(

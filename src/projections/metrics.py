@@ -173,6 +173,9 @@ class EventMetrics:
                     mt.transactions_closed.labels(TxStatus.CONFIRMED).inc()
                     if started is not None:
                         mt.submission_latency.observe(max(0.0, at - started))
+            case m.SilenceWithdrawn():
+                if count:
+                    mt.silences_withdrawn.labels(e.node_id).inc()
             case (m.DeadlinePassed() | m.SubmissionSigned() | m.SubmissionBroadcast() | m.RetentionApplied()
                   | m.WriterAdmitted() | m.WriterRevoked() | m.InvalidEntryReported()):
                 pass  # counted only in events_projected_total

@@ -37,7 +37,7 @@ from events.follow import Follower, Settled
 from events.model import tx_stream
 from events.postgres_store import read_after, read_stream_on, us_to_datetime
 from events.store import Recorded
-from events.vocab import AbortReason, TxStatus
+from events.vocab import AbortReason, TxStatus, ViolationKind
 from projections.metrics import EventMetrics
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class Tables:
     submissions: dict[str, Row] = field(default_factory=dict)
     vote_history: list[Row] = field(default_factory=list)
     violations: list[Row] = field(default_factory=list)
+    withdrawn: list[tuple[str, str, datetime]] = field(default_factory=list)  # (tx_id, node_id, at): silences
     peer_of: dict[str, str] = field(default_factory=dict)  # node_id -> peer_id
     writers: dict[str, Row] = field(default_factory=dict)
     faults: dict[int, Row] = field(default_factory=dict)  # position -> log_faults row
@@ -283,6 +284,10 @@ class Projector:
         _upsert(cur, "blockchain_submissions", ["tx_id"], list(t.submissions.values()))
         _insert(cur, "vote_history", t.vote_history)
         _insert(cur, "byzantine_violations", t.violations)
+        for tx_id, node_id, at in t.withdrawn:
+            cur.execute("UPDATE byzantine_violations SET withdrawn_at = %s WHERE tx_id = %s AND node_id = %s "
+                        "AND violation_type = %s AND withdrawn_at IS NULL",
+                        (at, tx_id, node_id, ViolationKind.SILENT_FAILURE.value))
         _upsert(cur, "writers", ["writer"], list(t.writers.values()))
         _upsert(cur, "log_faults", ["position"], list(t.faults.values()))
 
@@ -398,9 +403,13 @@ def _apply(t: Tables, r: Recorded) -> None:
         case m.ViolationDetected():
             t.violations.append({
                 "id": r.position, "peer_id": e.peer_id, "node_id": e.node_id, "tx_id": e.tx_id,
-                "violation_type": e.kind, "evidence_json": e.evidence, "detected_at": naive(at)})
+                "violation_type": e.kind, "evidence_json": e.evidence, "detected_at": naive(at),
+                "withdrawn_at": None})
             if e.peer_id in t.node_reputation:
                 t.node_reputation[e.peer_id]["violations_count"] += 1
+        case m.SilenceWithdrawn():
+            t.withdrawn.append((e.tx_id, e.node_id, naive(at)))
+            t.node_reputation[t.peer_of[e.node_id]]["violations_count"] -= 1
         case m.ThresholdReached():
             t.tx_state[e.tx_id].update(status=TxStatus.THRESHOLD_REACHED, value=Decimal(e.value),
                                        certificate_hash=e.certificate_hash, decided_at=at)

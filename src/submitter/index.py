@@ -33,6 +33,7 @@ from events.model import (
     NodeUnbanned,
     ReputationChanged,
     RetentionApplied,
+    SilenceWithdrawn,
     SubmissionBroadcast,
     SubmissionConfirmed,
     SubmissionFailed,
@@ -121,7 +122,8 @@ class LogIndex:
                     self.pending.discard(event.tx_id)
             case (ClusterConfigured() | MemberAdmitted() | MemberRemoved() | NodeBanned() | NodeUnbanned()
                   | ReputationChanged() | RetentionApplied() | TransactionOpened() | VoteAccepted()
-                  | ViolationDetected() | DeadlinePassed() | SubmissionStarted() | SubmissionBroadcast()
+                  | ViolationDetected() | DeadlinePassed() | SilenceWithdrawn() | SubmissionStarted()
+                  | SubmissionBroadcast()
                   | WriterAdmitted() | WriterRevoked() | InvalidEntryReported()):
                 pass  # the decider's business: rules.Tx already holds what the submitter needs of them
             case _:

@@ -8,6 +8,7 @@ actions (unban, members) are events in the log, naming the operator and the reas
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -345,6 +346,42 @@ def unban(node_id: str, dsn: Dsn, etcd: EtcdEndpoint, operator: Operator, reason
     """Lift a ban: an audited event naming the operator and the reason (R10), signed with the operator's key."""
     _execute_one(_recorder(dsn, etcd, etcd_prefix, _operator(operator, operator_key_file)),
                  rules.Unban(node_id, operator, reason))
+
+
+@app.command()
+def configure(
+    dsn: Dsn, etcd: EtcdEndpoint, operator: Operator, operator_key_file: OperatorKey,
+    threshold: Annotated[int | None, typer.Option(help="t: identical votes needed for consensus.")] = None,
+    deadline_ms: Annotated[int | None, typer.Option(help="R9 deadline after a transaction's first vote.")] = None,
+    reputation_floor: Annotated[int | None, typer.Option(help="Milli-points below which operators are alerted.")]
+    = None,
+    silent_penalty: Annotated[int | None, typer.Option(help="Milli-points a silence costs (R9).")] = None,
+    participation_reward: Annotated[int | None, typer.Option(
+        help="Milli-points a vote for the consensus value earns back (R9).")] = None,
+    floor_ban_after: Annotated[int | None, typer.Option(
+        help="Opt in to the floor ban: consensus transactions missed in a row below the floor (0: never).")] = None,
+    etcd_prefix: EtcdPrefix = "/tvote",
+) -> None:
+    """Set the cluster's configuration (an audited ClusterConfigured); settings not given keep their value.
+
+    A cluster never configured takes the defaults of R9 as revised (no floor ban) for what is not given.
+    """
+    rec = _recorder(dsn, etcd, etcd_prefix, _operator(operator, operator_key_file))
+    try:
+        rec.catch_up()
+    except Exception:
+        rec.guard.close()
+        raise
+    current = rec.ledger.cluster.config
+    given = {"threshold": threshold, "deadline_ms": deadline_ms, "reputation_floor": reputation_floor,
+             "silent_penalty": silent_penalty, "participation_reward": participation_reward,
+             "floor_ban_after": floor_ban_after}
+    kept = dataclasses.asdict(current) if current else {}
+    settings = {k: v if v is not None else kept.get(k) for k, v in given.items()}
+    if settings["threshold"] is None:
+        rec.guard.close()
+        raise fail("the cluster has no configuration yet: give --threshold")
+    _execute_one(rec, rules.Configure(operator=operator, **{k: v for k, v in settings.items() if v is not None}))
 
 
 @members_app.command("add")

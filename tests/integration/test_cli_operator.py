@@ -81,3 +81,21 @@ def test_an_operator_command_signed_by_a_key_the_log_never_admitted_is_refused(d
                 "--etcd-prefix", etcd_prefix, "--operator", "op", "--reason", "retired", "--threshold", "2",
                 "--operator-key-file", str(real))
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_configure_changes_only_the_settings_given(database, log, etcd_server, etcd_prefix, tmp_path: Path):
+    real = tmp_path / "op.key"
+    real.write_bytes(OPERATOR.key.encode())
+    real.chmod(0o600)
+    common = ["--dsn", database.app_dsn, "--etcd", etcd_server.endpoints[0], "--etcd-prefix", etcd_prefix,
+              "--operator", "op", "--operator-key-file", str(real)]
+    before = log.ledger.cluster.config
+    out = tvote("configure", "--floor-ban-after", "3", *common)
+    assert out.returncode == 0, out.stdout + out.stderr
+    after = log.ledger.cluster.config
+    assert after.floor_ban_after == 3 and after.threshold == before.threshold == 3
+    assert (after.deadline_ms, after.silent_penalty) == (before.deadline_ms, before.silent_penalty)
+    position = log.store.last_position()
+    out = tvote("configure", "--threshold", "9", *common)  # more than the 4 eligible members
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
+    assert log.store.last_position() == position

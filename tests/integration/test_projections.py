@@ -224,3 +224,28 @@ def _read(cur, after, limit, reads):
 
     reads.append(after)
     return read_after(cur, after, limit)
+
+
+def test_a_withdrawn_silence_stays_in_the_table_marked_withdrawn(database):
+    """R9: node-3's vote, signed before the deadline, reached the log after it: its silence is withdrawn."""
+    ts = trustees(3)
+    rec = Writers(PostgresStore(database.app_dsn), voter=ts[0])
+    rec.execute(admin(ts, 2, deadline_ms=1000, silent_penalty=100)[1:])
+    rec.execute([ts[0].receive("t", 1, now=0), ts[1].receive("t", 1, now=0), rules.CheckDeadline("t", 5000)])
+    p = Projector(database.app_dsn)
+    p.catch_up()
+    with psycopg.connect(database.app_dsn) as c:
+        assert c.execute("SELECT node_id, withdrawn_at FROM byzantine_violations").fetchall() == [("node-3", None)]
+        assert c.execute("SELECT violations_count FROM node_reputation WHERE node_id = 'node-3'").fetchone() == (1,)
+    rec.execute([ts[2].receive("t", 1, now=60_000, ts=999)])  # signed at 999 < the deadline at 1000
+    p.catch_up()
+    p.close()
+    with psycopg.connect(database.app_dsn) as c:
+        (withdrawn,) = c.execute("SELECT withdrawn_at FROM byzantine_violations WHERE node_id = 'node-3'").fetchone()
+        assert withdrawn is not None
+        assert c.execute("SELECT violations_count, reputation_score FROM node_reputation "
+                         "WHERE node_id = 'node-3'").fetchone() == (0, 1.0)
+    report = replay(database.owner_dsn)
+    assert report.equal, report.differing_tables
+    assert not verify(PostgresStore(database.app_dsn)).evidence
+    rec.close()

@@ -125,3 +125,42 @@ def test_a_dead_thread_makes_the_node_exit_non_zero_with_its_cause(database, etc
             "thread _work died" if which == "worker" else "gossip thread ended") in log, log[-2000:]
     finally:
         cluster.stop()
+
+
+def test_a_vote_signed_in_time_that_reached_the_log_late_withdraws_the_silence(database, etcd_server, etcd_prefix):
+    """R9/R14: trustee-3 signed its vote, then crashed before it left the process (a partition or an outage
+    would hold it the same way). The deadline charges it silent; restarted, it sends the vote its journal
+    holds and the log lacks, and the silence is withdrawn with the penalty given back."""
+    import nacl.signing
+
+    from devstack.trustees import load_seed
+    from events.follow import Follower
+    from node.signer import Signer
+
+    cluster = TrusteeCluster(3, 2, database.app_dsn, etcd_server.endpoints[0], etcd_prefix, deadline_ms=3000)
+    cluster.start()
+    try:
+        t3 = cluster.trustees[2]
+        cluster.kill(2)
+        with Signer.open(f"{t3.key_file}.journal", nacl.signing.SigningKey(load_seed(t3.key_file)), t3.node_id) as s:
+            (signed,) = s.sign_many([("held_back", 5)], time.time_ns() // 1_000_000)  # signed, never sent
+        consensus(cluster, "held_back", 5, range(2))
+
+        def follow() -> list:
+            f = Follower(trust_own=False)
+            return [x.event for x in f.feed(PostgresStore(database.app_dsn).read_all(limit=10**6)) if x.event]
+
+        def named(kind: str) -> list:
+            return [e for e in follow() if type(e).__name__ == kind and getattr(e, "node_id", "") == t3.node_id]
+
+        (silence,) = wait_for(lambda: named("ViolationDetected"), 30, "the deadline to charge trustee-3 silent")
+        assert silence.kind == "SILENT_FAILURE" and silence.tx_id == "held_back"
+        cluster.restart(2)
+        (withdrawn,) = wait_for(lambda: named("SilenceWithdrawn"), 30, "trustee-3's vote to withdraw its silence")
+        assert withdrawn.vote == signed.vote.to_json()
+        assert cluster.counters(2).get("resent_from_journal") == 1
+        reputation = [e for e in named("ReputationChanged")]
+        assert reputation[-1].reason == "SILENCE_WITHDRAWN" and reputation[-1].score == 1000
+        assert not named("NodeBanned")
+    finally:
+        cluster.stop()

@@ -210,6 +210,11 @@ class R14Machine(RuleBasedStateMachine):
                 assert f.ledger.txs[e.tx_id].value is not None, "silence charged on a tx without consensus"
             if type(e).__name__ == "InvalidEntryReported":
                 assert e.writer not in honest
+        for tx in f.ledger.txs.values():  # a silence in force never stands beside a vote signed in time (R9)
+            for kind, n in tx.flagged:
+                v = tx.votes.get(n)
+                assert kind != ViolationKind.SILENT_FAILURE or v is None \
+                    or v.vote["timestamp_ms"] > tx.deadline_at_ms, f"{n} silent on {tx.tx_id} but voted in time"
         for node in self.nodes:
             node.rec.catch_up()
             assert node.rec.ledger.txs == f.ledger.txs

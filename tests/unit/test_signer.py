@@ -666,3 +666,11 @@ def test_the_cli_moves_a_trustee_and_refuses_mistakes(tmp_path, capsys):
     assert cli(["check", "--journal", str(new), *common]) == 0
     assert "2 signed votes, verified" in capsys.readouterr().out
     assert rows(new) == rows(old)
+
+
+def test_votes_since_lists_what_a_restarted_node_may_still_owe_the_log(signer):
+    for tx, at in (("a", 100), ("b", 200), ("c", 300)):
+        signer.sign_many([(tx, 1)], at)
+    assert [sv.vote.tx_id for sv in signer.votes_since(200)] == ["b", "c"]
+    assert all(sv.verifies_under(signer.vote_key) for sv in signer.votes_since(0))
+    assert signer.votes_since(301) == []

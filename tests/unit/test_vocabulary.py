@@ -46,6 +46,11 @@ def every_event_type() -> list[m.Event]:
         *run(ledger, n3.receive("tx6", 1)),
         *run(ledger, rules.StartSubmission("tx6", "sub-1", 9)),
         *run(ledger, rules.RecordFailed("tx6", 9, "rpc down", True)),
+        *run(ledger, rules.AdmitMember(n4.node_id, n4.vote_key, n4.peer_id, "op")),  # back: n1, n3, n4
+        *run(ledger, n1.receive("tx7", 1)),
+        *run(ledger, n3.receive("tx7", 1)),
+        *run(ledger, rules.CheckDeadline("tx7", 10**12)),  # n4 silent...
+        *run(ledger, n4.receive("tx7", 1, now=10**12 + 1)),  # ...but its vote was signed in time (R9)
         *run(ledger, rules.AdmitWriter("submitter:sub-2", "submitter", bytes(range(32)), "op")),
         *run(ledger, rules.RevokeWriter("submitter:sub-2", "op", "retired")),
     ]

@@ -158,6 +158,21 @@ class Journal:
         except sqlite3.Error as e:
             raise JournalUnavailable(f"{self.path}: reading the signer journal failed: {e}") from None
 
+    def votes_since(self, since_ms: int) -> list[SignedVote]:
+        """The votes signed at or after ``since_ms`` (by their own timestamp), each verified; a full scan."""
+        verify_key = nacl.signing.VerifyKey(self.vote_key)
+        out = []
+        try:
+            for row in self._db.execute("SELECT tx_id, value, timestamp_ms, signature FROM votes "
+                                        "WHERE CAST(timestamp_ms AS INTEGER) >= ? ORDER BY tx_id", (since_ms,)):
+                sv = row_vote(row, self.node_id)
+                if self._known.get(sv.vote.tx_id) != row:
+                    verify_row(sv, verify_key)
+                out.append(sv)
+        except sqlite3.Error as e:
+            raise JournalUnavailable(f"{self.path}: reading the signer journal failed: {e}") from None
+        return out
+
     def count(self) -> int:
         try:
             return self._db.execute("SELECT count(*) FROM votes").fetchone()[0]

@@ -243,6 +243,16 @@ class Signer:
     def path(self) -> Path:
         return self._journal.path
 
+    def votes_since(self, since_ms: int) -> list[SignedVote]:
+        """Votes this journal holds signed at or after ``since_ms``: what a restarted node may still owe the log."""
+        with self._mutex:
+            self._usable()
+            try:
+                return self._journal.votes_since(since_ms)
+            except JournalError as e:
+                self._fail(e)
+                raise
+
     def journal_size(self) -> int:
         with self._mutex:
             self._usable()
