@@ -206,7 +206,10 @@ class GossipEdge:
         generate_key_file(key, seed=bytes([2]) * 32)  # node-1's key (helpers.trustees)
         self.node = TrusteeNode(NodeConfig("node-1", str(key), "dsn", "etcd"))
         self.ledger = base_ledger()
-        self.node.recorder = SimpleNamespace(ledger=self.ledger, stats={"conflicts": 0})  # type: ignore[assignment]
+        from events.follow import Follower
+
+        self.node.recorder = SimpleNamespace(ledger=self.ledger, stats={"conflicts": 0},  # type: ignore[assignment]
+                                             follower=Follower())  # nothing evicted: GET /tx reads the ledger
         self.snapshot = (self.ledger.cluster, dict(self.ledger.txs))
 
     def close(self) -> None:
