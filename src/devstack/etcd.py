@@ -95,7 +95,7 @@ class Etcd:
         ]
 
     def start_member(self, m: EtcdMember) -> None:
-        if m.host == "127.0.0.1" and not m.prefix and port_in_use(m.client_port):
+        if m.host == "127.0.0.1" and port_in_use(m.client_port):
             raise RuntimeError(f"port {m.client_port} is busy: another etcd is running there")
         m.data_dir.parent.mkdir(parents=True, exist_ok=True)
         m.proc = subprocess.Popen([*m.prefix, *self._argv(m)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -8,6 +8,7 @@ directory; :func:`operate` runs commands as it (the genesis first, when the log 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from events import rules
@@ -19,6 +20,7 @@ from recording.recorder import Recorder, Result, Status
 from submitter.identity import log_signer
 
 NAME = "devstack"
+Plan = Callable[[rules.Cluster], list[rules.Command]]
 
 
 def operator_signer(base: Path, name: str = NAME) -> RowSigner:
@@ -29,12 +31,20 @@ def operator_signer(base: Path, name: str = NAME) -> RowSigner:
     return RowSigner.from_seed(operator_writer(name), load_seed(key))
 
 
-def operate(dsn: str, etcd: str, prefix: str, signer: RowSigner, commands: list[rules.Command],
+def operate(dsn: str, etcd: str, prefix: str, signer: RowSigner, commands: list[rules.Command] | Plan,
             strict: bool = True) -> list[Result]:
-    """Run operator commands as ``signer`` (after the log's genesis, if it has none yet)."""
+    """Run operator commands as ``signer`` (after the log's genesis, if it has none yet).
+
+    ``commands`` may be a plan: a function of the log's current state that returns the commands
+    still needed (a restarted ``up`` admits only who is not admitted yet).
+    """
     rec = Recorder(PostgresStore(dsn), EtcdGuard(etcd, prefix, signer.writer), signer)
     try:
         rec.catch_up()
+        if callable(commands):
+            commands = commands(rec.ledger.cluster)
+        if not commands:
+            return []
         if signer.writer not in rec.ledger.cluster.writers:
             name = signer.writer.removeprefix(operator_writer(""))
             commands = [rules.AdmitWriter(signer.writer, "operator", signer.public_key, name), *commands]
@@ -51,5 +61,5 @@ def operate(dsn: str, etcd: str, prefix: str, signer: RowSigner, commands: list[
 def admit_submitter(dsn: str, etcd: str, prefix: str, signer: RowSigner, name: str, eth_private_key: str) -> None:
     """Admit a submitter's log key (the one ``python -m submitter`` derives from its Ethereum key)."""
     sub = log_signer(name, eth_private_key)
-    operate(dsn, etcd, prefix, signer,
-            [rules.AdmitWriter(sub.writer, "submitter", sub.public_key, signer.writer.split(":", 1)[1])])
+    operate(dsn, etcd, prefix, signer, lambda cluster: [] if sub.writer in cluster.writers else [
+        rules.AdmitWriter(sub.writer, "submitter", sub.public_key, signer.writer.split(":", 1)[1])])

@@ -70,11 +70,23 @@ class Postgres:
             pw = pwd.getpwnam(SUPERUSER)
             os.chown(path, pw.pw_uid, pw.pw_gid)
 
+    def _check_reachable(self) -> None:
+        """Running as root, the server runs as the postgres user: it must be able to reach its directory."""
+        probe = self._as_user(["test", "-w", str(self.data_dir.parent)])
+        if os.geteuid() != 0 or subprocess.run(probe).returncode == 0:
+            return
+        private = next((p for p in reversed(self.data_dir.parent.resolve().parents) if not os.stat(p).st_mode & 0o001),
+                       self.data_dir.parent)
+        raise RuntimeError(f"the {SUPERUSER} user cannot reach {self.data_dir.parent}: {private} is private to its "
+                           f"owner; choose a data dir it can reach (e.g. under /var/lib or /srv), or allow it through "
+                           f"with `chmod o+x {private}`")
+
     def start(self) -> Postgres:
         if self.host == LOOPBACK and not self.prefix and port_in_use(self.port):  # (elsewhere: pg_ctl says)
             raise RuntimeError(f"port {self.port} is busy: another server is running there (stop it or pick --pg-port)")
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._chown(self.data_dir.parent)
+        self._check_reachable()
         if not (self.data_dir / "PG_VERSION").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._chown(self.data_dir)

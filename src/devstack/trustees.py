@@ -23,7 +23,7 @@ from pathlib import Path
 import nacl.signing
 
 from devstack.operator import NAME as OPERATOR
-from devstack.operator import admit_submitter, operate, operator_signer
+from devstack.operator import Plan, admit_submitter, operate, operator_signer
 from devstack.procs import die_with_parent, wait_until
 from events import rules
 from node.p2p.identity import generate_key_file, load_seed, peer_id_from_seed
@@ -94,13 +94,17 @@ class TrusteeCluster:
         return Path(f"{t.key_file}.api-token")
 
     def admit(self, trustees: list[Trustee] | None = None, configure: bool = True) -> None:
-        cmds: list[rules.Command] = [rules.AdmitMember(t.node_id, t.vote_key, t.peer_id, OPERATOR)
-                                     for t in trustees or self.trustees]
-        if configure:
-            cmds.append(rules.Configure(self.threshold, OPERATOR, deadline_ms=self.deadline_ms))
-        self.operate(cmds)
+        """Admit these trustees and configure the cluster: only what the log does not hold yet (a restart)."""
+        def plan(cluster: rules.Cluster) -> list[rules.Command]:
+            cmds: list[rules.Command] = [rules.AdmitMember(t.node_id, t.vote_key, t.peer_id, OPERATOR)
+                                         for t in trustees or self.trustees if t.node_id not in cluster.members]
+            if configure and cluster.config is None:
+                cmds.append(rules.Configure(self.threshold, OPERATOR, deadline_ms=self.deadline_ms))
+            return cmds
 
-    def operate(self, commands: list[rules.Command], strict: bool = True) -> list:
+        self.operate(plan)
+
+    def operate(self, commands: list[rules.Command] | Plan, strict: bool = True) -> list:
         """Operator commands (signed by this cluster's operator key, R13), e.g. ``rules.Unban(...)``."""
         return operate(self.dsn, self.etcd, self.prefix, self.operator, commands, strict)
 
@@ -151,7 +155,7 @@ class TrusteeCluster:
 
     def _some_addrs(self, exclude: Trustee) -> list[str]:
         """A second bootstrap peer where there is one (eclipse: never rely on one peer)."""
-        started = [t for t in self.trustees[1:] if t.status and t is not exclude]
+        started = [t for t in self.trustees[1:] if t.proc and t.proc.poll() is None and t is not exclude]
         return started[-1].status["listen_addrs"][:1] if started else []
 
     # API --------------------------------------------------------------------------------------

@@ -112,6 +112,17 @@ def up(
         raise typer.Exit(1)
 
 
+def _is_peer_addr(addr: str) -> bool:
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from multiaddr import Multiaddr
+
+    try:
+        info_from_p2p_addr(Multiaddr(addr))
+    except Exception:  # multiaddr and libp2p raise several unrelated types for bad input
+        return False
+    return True
+
+
 def _raise_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
@@ -171,6 +182,9 @@ def node(
     from node.p2p.identity import KeyFileError
     from node.service import NodeConfig, NodeStartError
 
+    for b in bootstrap or []:
+        if not _is_peer_addr(b):
+            raise fail(f"--bootstrap {b[:120]!r} is not a peer multiaddr (/ip4/HOST/tcp/PORT/p2p/PEER_ID)")
     _connect_check(dsn)
     configure_logging(service="tvote-node")
     # py-libp2p logs expected connection churn (closing peers, DHT reads) at ERROR level.

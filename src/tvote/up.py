@@ -26,12 +26,13 @@ from rich.table import Table
 
 from chain import ThresholdRecordClient, make_web3
 from devstack.anvil import Anvil
-from devstack.etcd import Etcd
+from devstack.etcd import Etcd, EtcdMember
 from devstack.postgres import Postgres
 from devstack.procs import die_with_parent
 from devstack.trustees import SRC, TrusteeCluster
 from events.vocab import FINAL
 from tvote import db
+from tvote.stackfile import StackFile, StackMismatch
 
 CHAIN_ID = 31337
 
@@ -76,18 +77,34 @@ class Stack:
 
 
 def run(opts: UpOptions, console: Console) -> bool:
+    """Start (or, on a data dir it ran on before, start again) the whole stack, stream a scenario, summarise."""
     data = opts.data_dir
-    stack = Stack(Postgres(data / "postgres" if data else None), Etcd(size=3, base_dir=data / "etcd" if data else None))
+    if data:
+        data.mkdir(parents=True, exist_ok=True)
+    state = StackFile.load(data) if data else None  # StackMismatch (a one-line error) before anything starts
+    if state:
+        state.check(opts.nodes, opts.threshold)
+    pg = Postgres(data / "postgres" if data else None, port=state.pg_port if state else None)
+    etcd = Etcd(size=3, base_dir=data / "etcd" if data else None,
+                members=[EtcdMember(n, cp, pp, data / "etcd" / n) for n, cp, pp in state.etcd] if state else [],
+                prefixes=[die_with_parent()] * 3)  # killed with us: no etcd left running after a crash of `up`
+    if data and not state:  # the ports are fixed from the first start on (etcd keeps its peer URLs)
+        state = StackFile(opts.nodes, opts.threshold, pg.port, [[m.name, m.client_port, m.peer_port]
+                                                                 for m in etcd.members])
+        state.save(data)
+    stack = Stack(pg, etcd)
     try:
         with console.status("starting Postgres and a 3-member etcd on 127.0.0.1 ..."):
-            stack.pg.start()
+            stack.pg.stop()  # a server an earlier `up` on this data dir left running (pg_ctl daemonizes it)
             stack.started.append(stack.pg)
-            stack.etcd.start()
+            stack.pg.start()
             stack.started.append(stack.etcd)
+            stack.etcd.start()
             stack.pg.create_database("tvote")
             db.upgrade(stack.pg.url("tvote"))
         app_dsn, owner_dsn = stack.pg.dsn("tvote", user=db.APP_ROLE), stack.pg.dsn("tvote")
-        console.print(f"[green]up[/green] postgres 127.0.0.1:{stack.pg.port}, etcd {' '.join(stack.etcd.endpoints)}")
+        console.print(f"[green]up[/green] postgres 127.0.0.1:{stack.pg.port}, etcd {' '.join(stack.etcd.endpoints)}"
+                      + (f" (data dir {data}, start {state.runs + 1})" if state else ""))
         byz = {opts.nodes - 1: opts.byzantine} if opts.byzantine != "none" else {}
         with console.status(f"starting {opts.nodes} trustee nodes (libp2p on loopback) ..."):
             # every etcd member, so a node fails over when the one it talks to dies
@@ -95,15 +112,35 @@ def run(opts: UpOptions, console: Console) -> bool:
             stack.cluster = TrusteeCluster(opts.nodes, opts.threshold, app_dsn, etcd_all, "/tvote", byzantine=byz,
                                            base_dir=data / "nodes" if data else None,
                                            deadline_ms=opts.deadline_ms, die_with_parent=True)
+            for t in stack.cluster.trustees:  # a restart keeps every address: peers and clients know them
+                if state and (ports := state.trustees.get(t.node_id)):
+                    t.status = {"api_port": ports["api_port"],
+                                "listen_addrs": [f"/ip4/127.0.0.1/tcp/{ports['listen_port']}/p2p/{t.peer_id}"]}
             stack.cluster.start()
+            if state:
+                state.trustees = {t.node_id: {"api_port": t.status["api_port"], "listen_port": int(
+                    t.status["listen_addrs"][0].split("/tcp/")[1].split("/")[0])} for t in stack.cluster.trustees}
+                state.save(data)
         base = Path(stack.cluster.base)
-        with console.status("starting anvil and deploying ThresholdRecord ..."):
-            stack.anvil = Anvil(log_path=base / "anvil.log")
+        with console.status("starting anvil and the ThresholdRecord contract ..."):
+            stack.anvil = Anvil(log_path=base / "anvil.log", port=state.anvil_port if state else None,
+                                state_path=data / "anvil.json" if data else None,
+                                state_interval=1 if data else None)
             stack.anvil.start()
             owner, submitter = Account.from_key(stack.anvil.private_key(0)), Account.from_key(
                 stack.anvil.private_key(1))
-            stack.client = ThresholdRecordClient.deploy(make_web3(stack.anvil.url), owner, [submitter.address],
-                                                        chain_id=CHAIN_ID)
+            w3 = make_web3(stack.anvil.url)
+            if state and state.contract:
+                if not w3.eth.get_code(state.contract):
+                    raise StackMismatch(f"anvil's chain ({data / 'anvil.json'}) has no contract at {state.contract}, "
+                                        "which this cluster's log writes to: the chain state is missing or from "
+                                        "another run; nothing was started on it")
+                stack.client = ThresholdRecordClient(w3, state.contract, chain_id=CHAIN_ID)
+            else:
+                stack.client = ThresholdRecordClient.deploy(w3, owner, [submitter.address], chain_id=CHAIN_ID)
+            if state:
+                state.anvil_port, state.contract = stack.anvil.port, stack.client.address
+                state.save(data)
             key_file = base / "submitter.key"
             key_file.write_text(stack.anvil.private_key(1))
             key_file.chmod(0o600)
@@ -128,13 +165,18 @@ def run(opts: UpOptions, console: Console) -> bool:
         console.print(f"N={opts.nodes} t={opts.threshold} f={(opts.nodes - opts.threshold) // 2}, "
                       f"{opts.transactions} transactions at {opts.rate:g}/s")
         t0 = time.monotonic()
-        _stream(stack.cluster, opts, app_dsn, console)
+        prefix = f"r{state.runs + 1}_" if state else ""  # a restart's transactions are new ones
+        _stream(stack.cluster, opts, app_dsn, console, prefix)
         console.print(f"all transactions settled in {time.monotonic() - t0:.1f}s")
         ok = _summary(app_dsn, owner_dsn, stack.cluster, stack.client, console)
+        if state:
+            state.runs += 1
+            state.save(data)
         if opts.keep_running:
             console.print(f"services stay up; the service role: TVOTE_DSN=\"{app_dsn}\"; the owner (migrations, "
                           f"replay, backup): psql \"{owner_dsn}\"; the operator's key: "
-                          f"{base / 'operator-devstack.key'}; Ctrl-C stops everything")
+                          f"{base / 'operator-devstack.key'}; Ctrl-C stops everything"
+                          + (f"; `tvote up --data-dir {data}` starts it again on the same data" if data else ""))
             while True:
                 time.sleep(3600)
         return ok
@@ -143,9 +185,9 @@ def run(opts: UpOptions, console: Console) -> bool:
             stack.stop(keep_data=data is not None)
 
 
-def _stream(cluster: TrusteeCluster, opts: UpOptions, dsn: str, console: Console) -> None:
+def _stream(cluster: TrusteeCluster, opts: UpOptions, dsn: str, console: Console, prefix: str = "") -> None:
     """Offer transactions at the chosen rate; every trustee votes the true value via its API."""
-    txs = [f"tx_{k:04d}" for k in range(opts.transactions)]
+    txs = [f"{prefix}tx_{k:04d}" for k in range(opts.transactions)]
     with Live(_progress_table(dsn, 0, len(txs)), console=console, refresh_per_second=4) as live:
         for k, tx in enumerate(txs):
             for i in range(len(cluster.trustees)):
@@ -154,23 +196,25 @@ def _stream(cluster: TrusteeCluster, opts: UpOptions, dsn: str, console: Console
             time.sleep(max(0.0, 1 / opts.rate))
         end = time.monotonic() + opts.deadline_ms / 1000 + 30
         while time.monotonic() < end:
-            counts = _statuses(dsn)
+            counts = _statuses(dsn, prefix)
             live.update(_progress_table(dsn, len(txs), len(txs)))
             settled = sum(v for k, v in counts.items() if k in FINAL)
-            deadlines_done = _deadlines_fired(dsn) >= len(txs)
+            deadlines_done = _deadlines_fired(dsn, prefix) >= len(txs)
             if settled >= len(txs) and deadlines_done:
                 return
             time.sleep(0.25)
 
 
-def _statuses(dsn: str) -> Counter:
+def _statuses(dsn: str, prefix: str = "") -> Counter:
     with psycopg.connect(dsn) as c:
-        return Counter(dict(c.execute("SELECT status, count(*) FROM tx_state GROUP BY status").fetchall()))
+        return Counter(dict(c.execute("SELECT status, count(*) FROM tx_state WHERE starts_with(tx_id, %s) "
+                                      "GROUP BY status", (prefix,)).fetchall()))
 
 
-def _deadlines_fired(dsn: str) -> int:
+def _deadlines_fired(dsn: str, prefix: str = "") -> int:
     with psycopg.connect(dsn) as c:
-        return c.execute("SELECT count(*) FROM events WHERE event_type = 'DeadlinePassed'").fetchone()[0]
+        return c.execute("SELECT count(*) FROM events WHERE event_type = 'DeadlinePassed' "
+                         "AND starts_with(stream_id, %s)", ("tx:" + prefix,)).fetchone()[0]
 
 
 def _progress_table(dsn: str, offered: int, total: int) -> Table:

@@ -45,3 +45,46 @@ def test_bad_flags_get_a_one_line_error_and_start_nothing():
     assert r.returncode == 1 and "cannot reach Postgres" in r.stdout
     r = run("up", "--nodes", "0")
     assert r.returncode == 2  # typer's own usage error
+
+
+def test_up_starts_again_on_its_data_dir_and_refuses_another_clusters():
+    """Issue 14: `up --data-dir D` twice: same ports, keys, log and chain; a data dir of another shape is refused."""
+    import shutil
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="tvote-up-", dir="/var/tmp"))
+    home.chmod(0o711)  # the postgres user must reach the data dir (pytest's tmp_path is private to root)
+    try:
+        _run_twice(home / "d")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_data_dir_the_postgres_user_cannot_reach_is_refused_in_one_line(tmp_path):
+    if os.geteuid() != 0:
+        return  # only root hands the server to the postgres user
+    r = run("up", "--transactions", "1", "--data-dir", str(tmp_path / "d"))
+    assert r.returncode == 1 and "cannot reach" in r.stdout and "Traceback" not in r.stdout + r.stderr, r.stdout
+
+
+def _run_twice(data: Path) -> None:
+    before = our_children()
+    flags = ["--transactions", "3", "--nodes", "3", "--threshold", "2", "--byzantine", "none",
+             "--deadline-ms", "2000", "--data-dir", str(data)]
+    first = run("up", *flags)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "on chain: 3 values recorded" in first.stdout
+    assert our_children() <= before
+    second = run("up", *flags)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "start 2" in second.stdout
+    assert "on chain: 6 values recorded" in second.stdout  # the first run's chain was kept, and its log
+    assert "audit verify: OK" in second.stdout and "projections equal" in second.stdout
+    assert our_children() <= before
+
+    other = run("up", *[f if f != "3" else "4" for f in flags])  # --nodes 4 (and 4 transactions)
+    assert other.returncode == 1 and "holds a cluster of N=3 t=2" in other.stdout, other.stdout[-2000:]
+    (data / "anvil.json").unlink()  # the chain lost: the log names a contract that is not there
+    lost = run("up", *flags)
+    assert lost.returncode == 1 and "has no contract at" in lost.stdout, lost.stdout[-2000:]
+    assert our_children() <= before
