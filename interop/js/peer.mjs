@@ -17,6 +17,9 @@
 //   {"cmd":"many","count":1025}                        one batch of count copies of a fresh vote
 //   {"cmd":"pad","bytes":600000}                       one vote, the batch padded with spaces to over that size
 //   {"cmd":"flood","count":100,"rate":20,"per_batch":5,"prefix":"lat"}   a paced stream of batches
+//   {"cmd":"rpc","hex":"...","from":"12D3...","sign":true}   a hand-made pubsub RPC on a stream of its own to each
+//                                                      trustee: these bytes as data, `from` that peer id (default
+//                                                      ours), signed by OUR key (or not): what GossipSub would never send
 //   {"cmd":"received"}                                 what we received: per author and node, verified or not
 //   {"cmd":"quit"}
 import { readFileSync } from 'node:fs'
@@ -153,6 +156,8 @@ async function handle(c) {
     case 'dial':
       await node.dial(multiaddr(c.addr), { signal: AbortSignal.timeout(5000) })
       return { connected: connected() }
+    case 'rpc':
+      return rawRpc(c)
     case 'status':
       return { connected: connected(), subscribers: pubsub.getSubscribers(opt.topic).map(String),
         mesh: pubsub.getMeshPeers(opt.topic).map(String), counters }
@@ -196,6 +201,34 @@ async function handle(c) {
     default:
       return { error: `unknown command ${c.cmd}` }
   }
+}
+
+// A pubsub RPC written by hand (docs/protocol.md, "The author's envelope"): RPC{2 publish: Message{1 from, 2 data,
+// 3 seqno, 4 topic, 5 signature}}, length-prefixed on a /meshsub/1.1.0 stream of its own. The streams stay open:
+// py-libp2p forgets a peer whose pubsub stream ends.
+const rawStreams = []
+const varintBytes = (n) => {
+  const out = []
+  do { let b = n & 0x7f; n >>>= 7; if (n) b |= 0x80; out.push(b) } while (n)
+  return Uint8Array.from(out)
+}
+const pb = (num, bytes) => p.concat(varintBytes((num << 3) | 2), varintBytes(bytes.length), bytes)
+async function rawRpc(c) {
+  const from = c.from ? p.base58btcDecode(c.from) : p.peerIdBytes(myKey)
+  const seqno = crypto.getRandomValues(new Uint8Array(8))
+  const data = p.unhex(c.hex)
+  const unsigned = p.concat(pb(1, from), pb(2, data), pb(3, seqno), pb(4, new TextEncoder().encode(opt.topic)))
+  const signature = p.sign(p.concat(new TextEncoder().encode(p.PUBSUB_PREFIX), unsigned), seed)
+  const msg = c.sign === false ? unsigned : p.concat(unsigned, pb(5, signature))
+  const rpc = pb(2, msg)
+  const sent = []
+  for (const conn of node.getConnections()) {
+    const stream = await conn.newStream('/meshsub/1.1.0')
+    stream.send(p.concat(varintBytes(rpc.length), rpc))
+    rawStreams.push(stream)
+    sent.push(conn.remotePeer.toString())
+  }
+  return { recipients: sent, msg_id: p.hex(p.messageId(data)) }
 }
 
 function stats(xs) {

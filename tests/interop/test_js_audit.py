@@ -15,8 +15,8 @@ import time
 import uuid
 
 import psycopg
-from conftest import SRC, wait_for
 from eth_account import Account
+from interop_world import SRC, wait_for
 from jsrun import run_js
 from services import TEMPLATE
 

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nacl.signing
-from conftest import wait_for
+from interop_world import wait_for
 
 from devstack.operator import NAME as OPERATOR
 from events import rules

@@ -97,6 +97,19 @@ export function base58btc(bytes) {
   return out
 }
 
+export function base58btcDecode(text) {
+  let n = 0n
+  for (const ch of text) {
+    const d = B58.indexOf(ch)
+    if (d < 0) throw new ProtocolError(`not base58btc: ${ch}`)
+    n = n * 58n + BigInt(d)
+  }
+  const bytes = []
+  while (n > 0n) { bytes.unshift(Number(n & 0xffn)); n >>= 8n }
+  for (const ch of text) { if (ch !== '1') break; bytes.unshift(0) }
+  return Uint8Array.from(bytes)
+}
+
 /** The binary peer id of an Ed25519 key: identity multihash of the protobuf PublicKey{Type=1, Data=key}. */
 export function peerIdBytes(pub) {
   if (pub.length !== 32) throw new ProtocolError('an Ed25519 public key is 32 bytes')
