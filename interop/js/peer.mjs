@@ -9,7 +9,8 @@
 // takes commands as JSON lines on stdin, answering each with one JSON line on stdout (events too):
 //   {"cmd":"status"}                                   connections, topic subscribers, mesh
 //   {"cmd":"dial","addr":"/ip4/.../p2p/..."}            connect to one more peer
-//   {"cmd":"vote","tx_id":"t","value":1}               sign (R2) and publish one vote in a batch
+//   {"cmd":"vote","tx_id":"t","value":1}               sign (R2) and publish one vote in a batch (a value beyond
+//                                                      2^53 as a string of digits)
 //       "offset_ms": -400000                           ... signed with a timestamp that far from now
 //       "as": "trustee-1"                              ... in another member's name (a forgery, R7)
 //   {"cmd":"votes","ballots":[["t",1],...]}             several of our votes in one batch
@@ -46,7 +47,8 @@ const { values: opt } = parseArgs({
     'dial-timeout': { type: 'string', default: '30' },
   },
 })
-const out = (obj) => process.stdout.write(JSON.stringify(obj, (_, v) => (typeof v === 'bigint' ? Number(v) : v)) + '\n')
+// BigInt as its exact digits (a u64 value is beyond a JavaScript number)
+const out = (obj) => process.stdout.write(JSON.stringify(obj, (_, v) => (typeof v === 'bigint' ? JSON.rawJSON(v.toString()) : v)) + '\n')
 
 const seedText = readFileSync(opt['key-file'], 'utf8').trim()
 const seed = p.unhex(seedText)
@@ -163,11 +165,11 @@ async function handle(c) {
         mesh: pubsub.getMeshPeers(opt.topic).map(String), counters }
     case 'vote': {
       const v = fresh(c.tx_id, c.value, c.offset_ms ?? 0, c.as ?? nodeId)
-      return { vote: JSON.parse(p.voteJson(v)), ...(await publish(p.encodeBatch([v]))) }
+      return { vote: p.parse(p.voteJson(v)), ...(await publish(p.encodeBatch([v]))) }
     }
     case 'votes': {
       const vs = c.ballots.map(([tx, value]) => fresh(tx, value))
-      return { votes: vs.map((v) => JSON.parse(p.voteJson(v))), ...(await publish(p.encodeBatch(vs))) }
+      return { votes: vs.map((v) => p.parse(p.voteJson(v))), ...(await publish(p.encodeBatch(vs))) }
     }
     case 'raw':
       return publish(p.unhex(c.hex))

@@ -25,8 +25,9 @@ def test_js_member_votes_count_toward_consensus_and_verifies_the_python_votes(wo
     for i in (0, 1):
         code, body = world.cluster.cast(i, tx, 7)
         assert code == 202, body
+    decided = {"THRESHOLD_REACHED", "SUBMITTING", "CONFIRMED"}  # the submitter moves it on at once
     views = wait_for(lambda: [v for v in (world.cluster.tx(i, tx) for i in range(3))
-                              if v and v["status"] == "THRESHOLD_REACHED"] or None, 20, "consensus")
+                              if v and v["status"] in decided] or None, 20, "consensus")
     assert views[0]["value"] == 7
     reached = [r for r in world.rows("ThresholdReached") if r.payload["tx_id"] == tx]
     assert len(reached) == 1 and "js-1" in reached[0].payload["voters"], reached
@@ -34,10 +35,12 @@ def test_js_member_votes_count_toward_consensus_and_verifies_the_python_votes(wo
     assert accepted["js-1"]["author_peer"] == world.peer_id("js-1")  # the js peer's own gossip envelope
     assert accepted["js-1"]["vote"] == r["vote"]  # byte for byte what js signed (R2)
     # the js peer received the Python trustees' votes and verified each with its own Ed25519 (@noble/ed25519)
-    got = wait_for(lambda: {x["node_id"]: x for x in js.call(cmd="received")["received"]
-                            if x["node_id"] in ("trustee-1", "trustee-2")} if len(
-        {x["node_id"] for x in js.call(cmd="received")["received"]} & {"trustee-1", "trustee-2"}) == 2 else None,
-        15, "the Python votes at the js peer")
+    def python_votes_seen() -> dict | None:
+        received = js.call(cmd="received")["received"]
+        seen = {x["node_id"]: x for x in received if x["node_id"] in ("trustee-1", "trustee-2")}
+        return seen if len(seen) == 2 else None
+
+    got = wait_for(python_votes_seen, 15, "the Python votes at the js peer")
     assert all(x["verified"] >= 1 and x["rejected"] == 0 for x in got.values()), got
     assert js.call(cmd="status")["counters"] == {}, "the js edge dropped a Python message"
 
