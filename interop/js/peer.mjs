@@ -18,6 +18,7 @@
 //   {"cmd":"many","count":1025}                        one batch of count copies of a fresh vote
 //   {"cmd":"pad","bytes":600000}                       one vote, the batch padded with spaces to over that size
 //   {"cmd":"flood","count":100,"rate":20,"per_batch":5,"prefix":"lat"}   a paced stream of batches
+//       "judge": false                                 ... meanwhile accepting what arrives unchecked (a pure sender)
 //   {"cmd":"rpc","hex":"...","from":"12D3...","sign":true}   a hand-made pubsub RPC on a stream of its own to each
 //                                                      trustee: these bytes as data, `from` that peer id (default
 //                                                      ours), signed by OUR key (or not): what GossipSub would never send
@@ -87,7 +88,9 @@ const pubsub = node.services.pubsub
 // --- receiving: every message is judged by the edge rules before GossipSub forwards it ---------------------
 const received = new Map() // `${author} ${node_id}` -> { author, node_id, verified, rejected, latencies }
 const counters = {}
+let judging = true // off only while a flood with "judge": false runs (a sender that does nothing else, for timing)
 pubsub.topicValidators.set(opt.topic, (from, msg) => {
+  if (!judging) return TopicValidatorResult.Accept
   const author = from.toString()
   const now = Date.now()
   const verdict = judge(members, author, msg.data, now)
@@ -129,6 +132,9 @@ for (;;) {
   await new Promise((r) => setTimeout(r, 300))
 }
 const connected = () => node.getConnections().map((c) => c.remotePeer.toString())
+for (const t of targets) { // keep the refusals of the trustees that never let us in
+  if (connected().includes(t.getComponents().find((c) => c.name === 'p2p')?.value)) delete refusals[t.toString()]
+}
 // The mesh: wait until every trustee we are connected to is subscribed to the topic, then one heartbeat.
 while (Date.now() < deadline && connected().length &&
        !connected().every((id) => pubsub.getSubscribers(opt.topic).some((s) => s.toString() === id))) {
@@ -180,6 +186,7 @@ async function handle(c) {
       return publish(new TextEncoder().encode('{"v":1,"votes":[' + ' '.repeat(c.bytes) + vote + ']}'))
     }
     case 'flood': {
+      judging = c.judge !== false
       const interval = 1000 / c.rate
       const start = performance.now()
       const results = { sent: 0, errors: 0 }
@@ -191,6 +198,8 @@ async function handle(c) {
         if (r.error) results.errors++
         else results.sent++
       }
+      await new Promise((r) => setTimeout(r, 1000))
+      judging = true
       return { ...results, seconds: (performance.now() - start) / 1000 }
     }
     case 'received':

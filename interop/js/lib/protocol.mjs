@@ -78,7 +78,8 @@ export function verify(sig, msg, pub) {
   }
   if (A.isSmallOrder() || R.isSmallOrder()) return false
   const k = le(sha512(concat(Rb, pub, msg))) % L
-  const check = ed.Point.BASE.multiplyUnsafe(S).subtract(A.multiplyUnsafe(k))
+  const sB = S === 0n ? ed.Point.ZERO : ed.Point.BASE.multiply(S) // precomputed tables: public data, speed matters
+  const check = sB.subtract(A.multiplyUnsafe(k))
   return equal(check.toBytes(), Rb)
 }
 
