@@ -130,4 +130,4 @@ def test_js_to_python_latency_next_to_python_to_python(world, capsys):
         print(f"\ngossip latency to a Python host (signed -> edge), {RATE:g} batches/s x {PER_BATCH:g} votes from each "
               "of 3 senders at once: " + " | ".join(
                   f"{k} p50 {v['p50_ms']} ms p99 {v['p99_ms']} ms" for k, v in report.items() if k != "load"))
-    assert report["js_libp2p"]["p99_ms"] < 10_000, report  # a bound for a shared 2-core machine: the numbers are printed
+    assert report["js_libp2p"]["p99_ms"] < 10_000, report  # loose: a shared 2-core machine; the numbers are printed
