@@ -9,7 +9,8 @@
 // takes commands as JSON lines on stdin, answering each with one JSON line on stdout (events too):
 //   {"cmd":"status"}                                   connections, topic subscribers, mesh
 //   {"cmd":"dial","addr":"/ip4/.../p2p/..."}            connect to one more peer
-//   {"cmd":"vote","tx_id":"t","value":1}               sign (R2) and publish one vote in a batch
+//   {"cmd":"vote","tx_id":"t","value":1}               sign (R2) and publish one vote in a batch (a value beyond
+//                                                      2^53 as a string of digits)
 //       "offset_ms": -400000                           ... signed with a timestamp that far from now
 //       "as": "trustee-1"                              ... in another member's name (a forgery, R7)
 //   {"cmd":"votes","ballots":[["t",1],...]}             several of our votes in one batch
@@ -17,6 +18,10 @@
 //   {"cmd":"many","count":1025}                        one batch of count copies of a fresh vote
 //   {"cmd":"pad","bytes":600000}                       one vote, the batch padded with spaces to over that size
 //   {"cmd":"flood","count":100,"rate":20,"per_batch":5,"prefix":"lat"}   a paced stream of batches
+//       "judge": false                                 ... meanwhile accepting what arrives unchecked (a pure sender)
+//   {"cmd":"rpc","hex":"...","from":"12D3...","sign":true}   a hand-made pubsub RPC on a stream of its own to each
+//                                                      trustee: these bytes as data, `from` that peer id (default
+//                                                      ours), signed by OUR key (or not): what GossipSub would never send
 //   {"cmd":"received"}                                 what we received: per author and node, verified or not
 //   {"cmd":"quit"}
 import { readFileSync } from 'node:fs'
@@ -43,7 +48,8 @@ const { values: opt } = parseArgs({
     'dial-timeout': { type: 'string', default: '30' },
   },
 })
-const out = (obj) => process.stdout.write(JSON.stringify(obj, (_, v) => (typeof v === 'bigint' ? Number(v) : v)) + '\n')
+// BigInt as its exact digits (a u64 value is beyond a JavaScript number)
+const out = (obj) => process.stdout.write(JSON.stringify(obj, (_, v) => (typeof v === 'bigint' ? JSON.rawJSON(v.toString()) : v)) + '\n')
 
 const seedText = readFileSync(opt['key-file'], 'utf8').trim()
 const seed = p.unhex(seedText)
@@ -82,7 +88,9 @@ const pubsub = node.services.pubsub
 // --- receiving: every message is judged by the edge rules before GossipSub forwards it ---------------------
 const received = new Map() // `${author} ${node_id}` -> { author, node_id, verified, rejected, latencies }
 const counters = {}
+let judging = true // off only while a flood with "judge": false runs (a sender that does nothing else, for timing)
 pubsub.topicValidators.set(opt.topic, (from, msg) => {
+  if (!judging) return TopicValidatorResult.Accept
   const author = from.toString()
   const now = Date.now()
   const verdict = judge(members, author, msg.data, now)
@@ -124,6 +132,9 @@ for (;;) {
   await new Promise((r) => setTimeout(r, 300))
 }
 const connected = () => node.getConnections().map((c) => c.remotePeer.toString())
+for (const t of targets) { // keep the refusals of the trustees that never let us in
+  if (connected().includes(t.getComponents().find((c) => c.name === 'p2p')?.value)) delete refusals[t.toString()]
+}
 // The mesh: wait until every trustee we are connected to is subscribed to the topic, then one heartbeat.
 while (Date.now() < deadline && connected().length &&
        !connected().every((id) => pubsub.getSubscribers(opt.topic).some((s) => s.toString() === id))) {
@@ -153,16 +164,18 @@ async function handle(c) {
     case 'dial':
       await node.dial(multiaddr(c.addr), { signal: AbortSignal.timeout(5000) })
       return { connected: connected() }
+    case 'rpc':
+      return rawRpc(c)
     case 'status':
       return { connected: connected(), subscribers: pubsub.getSubscribers(opt.topic).map(String),
         mesh: pubsub.getMeshPeers(opt.topic).map(String), counters }
     case 'vote': {
       const v = fresh(c.tx_id, c.value, c.offset_ms ?? 0, c.as ?? nodeId)
-      return { vote: JSON.parse(p.voteJson(v)), ...(await publish(p.encodeBatch([v]))) }
+      return { vote: p.parse(p.voteJson(v)), ...(await publish(p.encodeBatch([v]))) }
     }
     case 'votes': {
       const vs = c.ballots.map(([tx, value]) => fresh(tx, value))
-      return { votes: vs.map((v) => JSON.parse(p.voteJson(v))), ...(await publish(p.encodeBatch(vs))) }
+      return { votes: vs.map((v) => p.parse(p.voteJson(v))), ...(await publish(p.encodeBatch(vs))) }
     }
     case 'raw':
       return publish(p.unhex(c.hex))
@@ -173,6 +186,7 @@ async function handle(c) {
       return publish(new TextEncoder().encode('{"v":1,"votes":[' + ' '.repeat(c.bytes) + vote + ']}'))
     }
     case 'flood': {
+      judging = c.judge !== false
       const interval = 1000 / c.rate
       const start = performance.now()
       const results = { sent: 0, errors: 0 }
@@ -184,6 +198,8 @@ async function handle(c) {
         if (r.error) results.errors++
         else results.sent++
       }
+      await new Promise((r) => setTimeout(r, 1000))
+      judging = true
       return { ...results, seconds: (performance.now() - start) / 1000 }
     }
     case 'received':
@@ -196,6 +212,34 @@ async function handle(c) {
     default:
       return { error: `unknown command ${c.cmd}` }
   }
+}
+
+// A pubsub RPC written by hand (docs/protocol.md, "The author's envelope"): RPC{2 publish: Message{1 from, 2 data,
+// 3 seqno, 4 topic, 5 signature}}, length-prefixed on a /meshsub/1.1.0 stream of its own. The streams stay open:
+// py-libp2p forgets a peer whose pubsub stream ends.
+const rawStreams = []
+const varintBytes = (n) => {
+  const out = []
+  do { let b = n & 0x7f; n >>>= 7; if (n) b |= 0x80; out.push(b) } while (n)
+  return Uint8Array.from(out)
+}
+const pb = (num, bytes) => p.concat(varintBytes((num << 3) | 2), varintBytes(bytes.length), bytes)
+async function rawRpc(c) {
+  const from = c.from ? p.base58btcDecode(c.from) : p.peerIdBytes(myKey)
+  const seqno = crypto.getRandomValues(new Uint8Array(8))
+  const data = p.unhex(c.hex)
+  const unsigned = p.concat(pb(1, from), pb(2, data), pb(3, seqno), pb(4, new TextEncoder().encode(opt.topic)))
+  const signature = p.sign(p.concat(new TextEncoder().encode(p.PUBSUB_PREFIX), unsigned), seed)
+  const msg = c.sign === false ? unsigned : p.concat(unsigned, pb(5, signature))
+  const rpc = pb(2, msg)
+  const sent = []
+  for (const conn of node.getConnections()) {
+    const stream = await conn.newStream('/meshsub/1.1.0')
+    stream.send(p.concat(varintBytes(rpc.length), rpc))
+    rawStreams.push(stream)
+    sent.push(conn.remotePeer.toString())
+  }
+  return { recipients: sent, msg_id: p.hex(p.messageId(data)) }
 }
 
 function stats(xs) {

@@ -22,6 +22,7 @@ for (const k of keys) {
   expect(p.hex(p.publicKey(seedOf[k.name])) === k.public_key, `keys: public key of ${k.name}`)
   expect(p.hex(p.peerIdBytes(pubOf[k.name])) === k.peer_id_bytes, `keys: peer id bytes of ${k.name}`)
   expect(p.peerId(pubOf[k.name]) === k.peer_id, `keys: peer id of ${k.name}`)
+  expect(p.equal(p.base58btcDecode(k.peer_id), p.peerIdBytes(pubOf[k.name])), `keys: peer id of ${k.name} decodes`)
 }
 
 const votes = load('votes.json')

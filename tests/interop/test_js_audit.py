@@ -15,8 +15,8 @@ import time
 import uuid
 
 import psycopg
-from conftest import SRC, wait_for
 from eth_account import Account
+from interop_world import SRC, wait_for
 from jsrun import run_js
 from services import TEMPLATE
 
@@ -48,12 +48,12 @@ def head_at(dsn: str, position: int) -> str:
 def test_js_audit_agrees_with_the_python_audit_on_a_live_log_and_chain(world):
     world.forge()  # so that the log holds a forgery of a js author (R7), whatever ran before
     js = world.peer("js-1")
-    tx = "interop_audited"
-    js.call(cmd="vote", tx_id=tx, value=3)
+    tx, value = "interop_audited", 2**64 - 1  # the largest value: exact through JSON, jsonb, both audits and the chain
+    assert js.call(cmd="vote", tx_id=tx, value=str(value))["vote"]["value"] == value
     wait_for(lambda: "js-1" in (world.cluster.tx(0, tx) or {}).get("votes", {}), 15, "the js vote")
     wait_for(lambda: world.rows("NodeBanned"), 15, "the forger banned")
     for i in (0, 2):
-        assert world.cluster.cast(i, tx, 3)[0] == 202
+        assert world.cluster.cast(i, tx, value)[0] == 202
     # every consensus of the log written on chain by the submitter
     wait_for(lambda: {r.payload["tx_id"] for r in world.rows("SubmissionConfirmed")} >= {
         r.payload["tx_id"] for r in world.rows("ThresholdReached")} >= {tx}, 60, "every consensus on chain")
@@ -72,6 +72,7 @@ def test_js_audit_agrees_with_the_python_audit_on_a_live_log_and_chain(world):
     # what it re-checked: js-1's accepted votes, js-3's forgery (its own js-libp2p envelope), the certificates
     kinds = {r.event_type for r in world.rows()}
     assert {"VoteAccepted", "ThresholdReached", "ViolationDetected", "NodeBanned", "SubmissionConfirmed"} <= kinds
+    assert world.client.record_of(tx).value == value
     text = run_js("audit.mjs", "--dsn", world.dsn, *chain)
     assert text.returncode == 0 and "each a consensus of the log, once" in text.stdout, text.stdout
 

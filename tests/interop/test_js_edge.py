@@ -9,10 +9,11 @@ delivered) and log nothing. js-2 is a member: bad input is dropped, never blamed
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from interop_world import wait_for
 
 VECTORS = {c["name"]: c for c in json.loads(
     (Path(__file__).resolve().parents[1] / "vectors" / "edge.json").read_text())["cases"]}
@@ -78,3 +79,32 @@ def test_an_outsider_js_peer_is_refused_at_the_connection_and_nothing_it_sends_i
         assert a.get("dropped_outsider", 0) == b.get("dropped_outsider", 0)  # its messages never reached an edge
     assert not [r for r in world.rows()[rows_before:] if pid in json.dumps(r.payload) or "js-4" in json.dumps(r.payload)
                 or r.payload.get("tx_id") == "interop_outsider"]
+
+
+def test_a_js_member_cannot_frame_another_member_with_a_forged_envelope(world):
+    """R7 blames the author whose envelope signature the router verified: an envelope that names trustee-1 as its
+    author but is signed with js-2's key never reaches the edge, so nobody is blamed for what it carries."""
+    js = world.peer("js-2")
+    t1 = world.cluster.trustees[0]
+    forged_vote = {"node_id": "trustee-2", "signature": "ab" * 64, "timestamp_ms": int(time.time() * 1000),
+                   "tx_id": "interop_framed", "value": 4}  # were it delivered: a forgery "by trustee-1" (R7)
+    payload = json.dumps({"v": 1, "votes": [forged_vote]}, sort_keys=True, separators=(",", ":")).encode()
+    watched = ("invalid_signature", "dropped_garbage", "dropped_stale", "gossip_validated", "gossip_rejected_invalid")
+    before = world.counters()
+    r = js.call(cmd="rpc", hex=payload.hex(), **{"from": t1.peer_id})  # signed by js-2, claiming trustee-1
+    assert len(r["recipients"]) == 3, r
+    unsigned = js.call(cmd="rpc", hex=payload.replace(b"interop_framed", b"interop_unsigned").hex(), sign=False)
+    assert len(unsigned["recipients"]) == 3
+    # a control through the same hand-made path, honestly signed: it reaches the edge (as garbage)
+    control = js.call(cmd="rpc", hex=f"control {time.time_ns()}".encode().hex())
+    assert len(control["recipients"]) == 3
+    wait_for(lambda: all(a.get("dropped_garbage", 0) == b.get("dropped_garbage", 0) + 1
+                         for a, b in zip(world.counters(), before, strict=True)), 15, "the control at the edge")
+    time.sleep(0.5)
+    for a, b in zip(world.counters(), before, strict=True):
+        # the framed and the unsigned messages moved no counter: the router dropped them before the edge
+        moved = {k: a.get(k, 0) - b.get(k, 0) for k in watched if a.get(k, 0) != b.get(k, 0)}
+        assert moved == {"dropped_garbage": 1, "gossip_rejected_invalid": 1}, moved  # the control alone
+    assert not [x for x in world.rows() if x.payload.get("tx_id") in ("interop_framed", "interop_unsigned")]
+    assert not [x for x in world.rows("NodeBanned") if x.payload["node_id"] in ("trustee-1", "js-2")]
+    assert {t.peer_id for t in world.cluster.trustees} <= set(js.call(cmd="status")["connected"])

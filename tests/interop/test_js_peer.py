@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import wait_for
+from interop_world import wait_for
 
 from events.envelope import Envelope, authored
 from events.identity import peer_id_bytes
@@ -25,8 +25,9 @@ def test_js_member_votes_count_toward_consensus_and_verifies_the_python_votes(wo
     for i in (0, 1):
         code, body = world.cluster.cast(i, tx, 7)
         assert code == 202, body
+    decided = {"THRESHOLD_REACHED", "SUBMITTING", "CONFIRMED"}  # the submitter moves it on at once
     views = wait_for(lambda: [v for v in (world.cluster.tx(i, tx) for i in range(3))
-                              if v and v["status"] == "THRESHOLD_REACHED"] or None, 20, "consensus")
+                              if v and v["status"] in decided] or None, 20, "consensus")
     assert views[0]["value"] == 7
     reached = [r for r in world.rows("ThresholdReached") if r.payload["tx_id"] == tx]
     assert len(reached) == 1 and "js-1" in reached[0].payload["voters"], reached
@@ -34,15 +35,20 @@ def test_js_member_votes_count_toward_consensus_and_verifies_the_python_votes(wo
     assert accepted["js-1"]["author_peer"] == world.peer_id("js-1")  # the js peer's own gossip envelope
     assert accepted["js-1"]["vote"] == r["vote"]  # byte for byte what js signed (R2)
     # the js peer received the Python trustees' votes and verified each with its own Ed25519 (@noble/ed25519)
-    got = wait_for(lambda: {x["node_id"]: x for x in js.call(cmd="received")["received"]
-                            if x["node_id"] in ("trustee-1", "trustee-2")} if len(
-        {x["node_id"] for x in js.call(cmd="received")["received"]} & {"trustee-1", "trustee-2"}) == 2 else None,
-        15, "the Python votes at the js peer")
+    def python_votes_seen() -> dict | None:
+        received = js.call(cmd="received")["received"]
+        seen = {x["node_id"]: x for x in received if x["node_id"] in ("trustee-1", "trustee-2")}
+        return seen if len(seen) == 2 else None
+
+    got = wait_for(python_votes_seen, 15, "the Python votes at the js peer")
     assert all(x["verified"] >= 1 and x["rejected"] == 0 for x in got.values()), got
     assert js.call(cmd="status")["counters"] == {}, "the js edge dropped a Python message"
 
 
 def test_forged_vote_bans_the_js_author_at_every_node(world):
+    """R7 with a js-libp2p author. Seen once under heavy load: a trustee's gossip host died at this ban with
+    KeyError(<js-3's peer id>): py-libp2p 0.8.1's Pubsub._teardown_if_connected (started by add_to_blacklist in
+    GossipHost.ban) deletes peers[id] after an await, and GossipHost.ban's own disconnect may delete it first."""
     js = world.peer("js-3")
     forger = world.peer_id("js-3")
     r = world.forge()  # a vote in trustee-1's name, signed with js-3's key

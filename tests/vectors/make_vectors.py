@@ -24,7 +24,7 @@ from events.errors import CommandRejected, InvalidVote
 from events.identity import peer_id_bytes, peer_id_of
 from events.model import ClusterConfigured, MemberAdmitted, NodeBanned
 from events.store import GENESIS, Unit, canonical_json, chain_rows, plan
-from events.vote import SignedVote, Vote, certificate_bytes, certificate_hash, sign
+from events.vote import DOMAIN_TAG, SignedVote, Vote, certificate_bytes, certificate_hash, sign
 from events.writers import RowSigner, batch_bytes, operator_writer
 from node import wire
 from node.p2p.config import DEFAULT_TOPIC
@@ -141,7 +141,7 @@ def votes() -> dict:
         "description": "Signed votes (R2). signing_bytes = field(domain tag) || field(tx_id) || u64be(value) || "
                        "field(node_id) || u64be(timestamp_ms), field(x) = u32be(len(x)) || x; the signature is "
                        "Ed25519 over signing_bytes; json is the vote as it travels (canonical JSON).",
-        "domain_tag": "threshold-vote/v1/vote",
+        "domain_tag": DOMAIN_TAG.decode(),
         "valid": good,
         "invalid_signatures": bad_sigs,
         "invalid_fields": bad_fields,

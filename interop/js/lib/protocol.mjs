@@ -78,7 +78,8 @@ export function verify(sig, msg, pub) {
   }
   if (A.isSmallOrder() || R.isSmallOrder()) return false
   const k = le(sha512(concat(Rb, pub, msg))) % L
-  const check = ed.Point.BASE.multiplyUnsafe(S).subtract(A.multiplyUnsafe(k))
+  const sB = S === 0n ? ed.Point.ZERO : ed.Point.BASE.multiply(S) // precomputed tables: public data, speed matters
+  const check = sB.subtract(A.multiplyUnsafe(k))
   return equal(check.toBytes(), Rb)
 }
 
@@ -95,6 +96,19 @@ export function base58btc(bytes) {
   while (n > 0n) { out = B58[Number(n % 58n)] + out; n /= 58n }
   for (const x of bytes) { if (x !== 0) break; out = '1' + out }
   return out
+}
+
+export function base58btcDecode(text) {
+  let n = 0n
+  for (const ch of text) {
+    const d = B58.indexOf(ch)
+    if (d < 0) throw new ProtocolError(`not base58btc: ${ch}`)
+    n = n * 58n + BigInt(d)
+  }
+  const bytes = []
+  while (n > 0n) { bytes.unshift(Number(n & 0xffn)); n >>= 8n }
+  for (const ch of text) { if (ch !== '1') break; bytes.unshift(0) }
+  return Uint8Array.from(bytes)
 }
 
 /** The binary peer id of an Ed25519 key: identity multihash of the protobuf PublicKey{Type=1, Data=key}. */
