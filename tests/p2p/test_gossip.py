@@ -265,6 +265,36 @@ def test_ban_disconnects_refuses_messages_and_reconnects() -> None:
     trio.run(main)
 
 
+def test_a_ban_while_the_stream_closes_slowly_does_not_stop_the_banning_host(monkeypatch) -> None:
+    """Patch 3 (node.p2p._patches): a ban's teardown awaits the peer's stream reset; the peer's entry
+    may be gone when it resumes (our ban also disconnects it). 0.8.1's ``del`` then raised KeyError and
+    ended the banning host's Trio thread. Here the reset is made slow, so that always happens."""
+    from libp2p.network.stream.net_stream import NetStream
+
+    reset = NetStream.reset
+
+    async def slow_reset(self) -> None:
+        await reset(self)
+        await trio.sleep(1.0)
+
+    monkeypatch.setattr(NetStream, "reset", slow_reset)
+    a = ThreadedGossipHost(GossipConfig(seed=os.urandom(32), dht_discovery=False)).start()
+    b = ThreadedGossipHost(GossipConfig(seed=os.urandom(32), bootstrap=[a.listen_addrs[0]],
+                                        dht_discovery=False)).start()
+    try:
+        end = time.monotonic() + 20
+        while b.peer_id not in a.connected_peer_ids and time.monotonic() < end:
+            time.sleep(0.02)
+        time.sleep(1.5)  # subscriptions exchanged: a holds a pubsub stream of b's
+        a.ban(b.peer_id)
+        time.sleep(2.5)
+        assert a.alive, f"the banning host stopped: {a.error!r}"
+        assert b.peer_id not in a.connected_peer_ids
+    finally:
+        b.close()
+        a.close()
+
+
 def test_ban_on_one_node_refuses_messages_relayed_by_others() -> None:
     async def main() -> None:
         async with cluster(["ra", "rb", "rx"]) as (_, nodes):

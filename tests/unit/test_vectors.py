@@ -132,10 +132,10 @@ def test_edge_cases_are_named_in_the_document_with_their_counters():
     forged = next(c for c in e["cases"] if c["name"] == "forged")
     kinds = [(ev["type"], ev.get("kind"), ev.get("node_id")) for ev in forged["decider"][0]["events"]]
     assert kinds[:2] == [("ViolationDetected", "INVALID_SIGNATURE", "trustee-4"), ("NodeBanned", None, "trustee-4")]
-    # G1 (docs/protocol.md, Known gaps): the same forgery in non-canonical JSON blames nobody. When the evidence
-    # check decodes the batch instead, this vector changes: update the document's Known gaps with it.
-    gap = next(c for c in e["cases"] if c["name"] == "forged_non_canonical")
-    assert gap["decider"][0]["rejected"] == "UnprovenForgery" and "G1" in DOC
+    # Was G1 (docs/protocol.md): the same forgery in non-canonical JSON is the forger's just the same (R7).
+    spelled = next(c for c in e["cases"] if c["name"] == "forged_non_canonical")
+    kinds = [(ev["type"], ev.get("kind"), ev.get("node_id")) for ev in spelled["decider"][0]["events"]]
+    assert kinds[:2] == [("ViolationDetected", "INVALID_SIGNATURE", "trustee-4"), ("NodeBanned", None, "trustee-4")]
 
 
 def test_certificate_as_documented():

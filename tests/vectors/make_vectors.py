@@ -238,9 +238,8 @@ def edge() -> dict:
                                                         node_id="trustee-1")]),
          "the age check comes first: a stale forgery is only stale (nobody blamed)"),
         ("forged_non_canonical", "mallory", noncanon,
-         "KNOWN GAP (docs/protocol.md): the same forgery sent as non-canonical JSON (spaces, upper-case hex) is "
-         "decoded, but the evidence check looks for the vote's canonical bytes inside the signed envelope, finds "
-         "none, and nobody is blamed"),
+         "the same forgery sent as non-canonical JSON (spaces, upper-case hex): the evidence check decodes the "
+         "signed batch and finds the vote in it, spelled otherwise, so mallory is banned just the same (was G1)"),
     ]
     out = []
     for name, author, payload, why in cases:

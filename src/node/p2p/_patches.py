@@ -3,8 +3,9 @@
 1. Memoise the per-RPC signed-peer-record work (a measured receive-path cost).
 2. Release a swarm's inbound-connection slot when the connection closes (a leak that makes
    a host deaf after 250 inbound connections in its lifetime).
+3. Blacklisting a connected peer must not crash the host (``safe_teardown``).
 
-Both refuse to install on another libp2p version (the code they wrap may have changed).
+All refuse to install on another libp2p version (the code they wrap may have changed).
 
 Patch 1: signed peer records
 ----------------------------
@@ -144,8 +145,26 @@ def cached_consume_signed_record(msg: Any, host: Any, peer_id: ID) -> bool:
     return ok
 
 
+async def _safe_teardown_if_connected(self: Any, peer_id: ID) -> None:
+    """Patch 3: ``Pubsub._teardown_if_connected`` of 0.8.1, with ``pop`` where it had ``del``.
+
+    What is wrong (libp2p/pubsub/pubsub.py, ``add_to_blacklist`` -> ``_teardown_if_connected``):
+    it reads the peer's stream, awaits ``stream.reset()`` and then does ``del self.peers[peer_id]``.
+    While it awaits, the connection's own close path (our ban disconnects the peer at once) can
+    remove the entry first; the ``del`` then raises ``KeyError`` in the host's task group, which
+    ends the Trio thread: banning a Byzantine peer stopped the honest node that banned it (seen
+    under load with a js-libp2p forger, reproduced by widening the await).
+    """
+    stream = self.peers.get(peer_id)
+    if stream is not None:
+        with contextlib.suppress(Exception):
+            await stream.reset()
+        self.peers.pop(peer_id, None)
+    self._forget_all_subscriptions(peer_id)
+
+
 def install() -> bool:
-    """Install the wrappers into libp2p.pubsub.{pubsub,gossipsub}. True if active."""
+    """Install the wrappers into libp2p.pubsub.{pubsub,gossipsub} (and patch 3). True if active."""
     global _installed
     if _installed:
         return True
@@ -155,6 +174,7 @@ def install() -> bool:
     _gossipsub_mod.env_to_send_in_RPC = cached_env_to_send_in_rpc  # type: ignore[attr-defined]
     _pubsub_mod.maybe_consume_signed_record = cached_consume_signed_record  # type: ignore[attr-defined]
     _gossipsub_mod.maybe_consume_signed_record = cached_consume_signed_record  # type: ignore[attr-defined]
+    _pubsub_mod.Pubsub._teardown_if_connected = _safe_teardown_if_connected  # type: ignore[method-assign]  # type: ignore[method-assign]
     _installed = True
     return True
 
