@@ -11,23 +11,30 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nacl.signing
 
 from devstack.operator import NAME as OPERATOR
 from devstack.operator import Plan, admit_submitter, operate, operator_signer
 from devstack.procs import die_with_parent, wait_until
+from devstack.tls import self_signed
 from events import rules
 from node.p2p.identity import generate_key_file, load_seed, peer_id_from_seed
 from node.signer import Signer
+
+if TYPE_CHECKING:
+    from devstack.netns import Host
 
 SRC = Path(__file__).resolve().parents[1]
 
@@ -65,7 +72,14 @@ def init_journal(key_file: Path, node_id: str) -> Path:
 class TrusteeCluster:
     def __init__(self, n: int, threshold: int, dsn: str, etcd: str, etcd_prefix: str = "/tvote",
                  byzantine: dict[int, str] | None = None, base_dir: Path | None = None,
-                 deadline_ms: int = 30_000, die_with_parent: bool = False) -> None:
+                 deadline_ms: int = 30_000, die_with_parent: bool = False, hosts: Sequence[Host] | None = None
+                 ) -> None:
+        """``hosts``: one test-network host per trustee (devstack.netns): each node runs inside its own,
+        listens on its address (libp2p and the API, the API over TLS with a certificate made here). The
+        caller must then reach those addresses: run from the network's operator host (``enter_netns``)."""
+        if hosts is not None and len(hosts) != n:
+            raise ValueError(f"{len(hosts)} hosts for {n} trustees")
+        self.hosts = list(hosts) if hosts is not None else None
         self.dsn, self.etcd, self.prefix = dsn, etcd, etcd_prefix
         self.die_with_parent = die_with_parent
         self.threshold, self.deadline_ms = threshold, deadline_ms
@@ -127,7 +141,13 @@ class TrusteeCluster:
                      "--listen-port", t.status["listen_addrs"][0].split("/tcp/")[1].split("/")[0]]
         for b in bootstrap:
             argv += ["--bootstrap", b]
-        argv = [*(die_with_parent() if self.die_with_parent else []), *t.wrapper, *argv, *t.extra_args]
+        host = self.host_of(t)
+        if host is not None:
+            cert, key = self.tls_files(t)
+            argv += ["--listen-host", host.ip, "--api-host", host.ip, "--api-tls-cert", str(cert),
+                     "--api-tls-key", str(key)]
+        argv = [*(die_with_parent() if self.die_with_parent else []), *(host.prefix if host else []), *t.wrapper,
+                *argv, *t.extra_args]
         env = {**os.environ, "PYTHONPATH": str(SRC)}
         with open(t.log, "ab") as log:
             # die_with_parent is tied to the *thread* that forks (prctl semantics): only for callers that
@@ -160,15 +180,30 @@ class TrusteeCluster:
 
     # API --------------------------------------------------------------------------------------
 
+    def host_of(self, t: Trustee) -> Host | None:
+        return self.hosts[self.trustees.index(t)] if self.hosts is not None else None
+
+    def tls_files(self, t: Trustee) -> tuple[Path, Path]:
+        """The trustee's API certificate and key for its host's address (made once, kept beside its key)."""
+        host = self.host_of(t)
+        cert, key = Path(f"{t.key_file}.api.crt"), Path(f"{t.key_file}.api.key")
+        if host is not None and not cert.exists():
+            made = self_signed(self.base, f"{t.node_id}-tls", host.ip)
+            made[0].replace(cert)
+            made[1].replace(key)
+        return cert, key
+
     def _request(self, t: Trustee, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        api_host = t.status.get("api_host", "127.0.0.1")
+        context = ssl.create_default_context(cafile=str(self.tls_files(t)[0])) if t.status.get("api_tls") else None
         req = urllib.request.Request(
-            f"http://127.0.0.1:{t.status['api_port']}{path}", method=method,
+            f"{'https' if context else 'http'}://{api_host}:{t.status['api_port']}{path}", method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"Bearer {t.token}", "Content-Type": "application/json"})
         code, body = 0, {}
         for _ in range(10):  # a client that honours Retry-After (back-pressure), a few times
             try:
-                with urllib.request.urlopen(req, timeout=15) as r:
+                with urllib.request.urlopen(req, timeout=15, context=context) as r:
                     return r.status, json.loads(r.read() or b"{}")
             except urllib.error.HTTPError as e:
                 code, body = e.code, json.loads(e.read() or b"{}")

@@ -1,4 +1,4 @@
-"""The node's local API on 127.0.0.1, for clients and operators, behind a bearer token.
+"""The node's API (127.0.0.1 by default; elsewhere only over TLS), for clients and operators, behind a bearer token.
 
 ``POST /votes`` {"tx_id", "value"} casts this node's vote and answers 202 once it is in the cluster
 log (503 if it is not within 10 s: retrying is idempotent, the same signed vote comes back); asking
@@ -15,7 +15,10 @@ file only the operator can read.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
+import socket
+import ssl
 import sys
 import threading
 from http import HTTPStatus
@@ -33,14 +36,43 @@ RECORD_WAIT = 10.0  # seconds a cast waits for its vote to be in the log before 
 
 
 class NodeAPI:
-    def __init__(self, node: TrusteeNode, port: int, token: str) -> None:
+    """The API on ``host:port``. On loopback plain HTTP is enough (only this machine reaches it); on any
+    other address the bearer token would cross the network in the clear, so TLS (``tls``: cert and key
+    files) is required unless the operator says ``plain_http`` explicitly (e.g. behind its own TLS proxy)."""
+
+    def __init__(self, node: TrusteeNode, port: int, token: str, host: str = "127.0.0.1",
+                 tls: tuple[str, str] | None = None, plain_http: bool = False) -> None:
         if len(token) < 16:
             raise NodeStartError("the API token must be at least 16 characters")
+        if tls is None and not plain_http and not _loopback(host):
+            raise NodeStartError(f"the API on {host} (not loopback) needs TLS: give --api-tls-cert and --api-tls-key "
+                                 "(or --api-plain-http, if something else encrypts the link)")
+        context = None
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            try:
+                context.load_cert_chain(*tls)
+            except (OSError, ssl.SSLError) as e:
+                raise NodeStartError(f"the API's TLS certificate or key cannot be used: {e}") from None
         self.node = node
         self.token = token
-        self.server = _QuietServer(("127.0.0.1", port), _handler(self))
+        try:
+            server = _QuietServer6 if ":" in host else _QuietServer
+            self.server = server((host, port), _handler(self))
+        except OSError as e:
+            raise NodeStartError(f"the API cannot listen on {host}:{port}: {e.strerror or e}") from None
+        if context is not None:  # the handshake happens in the request's own thread, not in accept()
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True,
+                                                     do_handshake_on_connect=False)
+        self.host, self.tls = host, context is not None
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="api", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def start(self) -> NodeAPI:
         self._thread.start()
@@ -49,6 +81,13 @@ class NodeAPI:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -60,10 +99,14 @@ class _QuietServer(ThreadingHTTPServer):
     resets = 0
 
     def handle_error(self, request: object, client_address: object) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError | ssl.SSLError):  # a TLS handshake failed
             self.resets += 1
             return
         super().handle_error(request, client_address)
+
+
+class _QuietServer6(_QuietServer):
+    address_family = socket.AF_INET6
 
 
 def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:

@@ -29,7 +29,9 @@ def serve(cfg: NodeConfig, status_file: Path | None, say: Callable[[str], None])
     adapt = ADAPT
     n = TrusteeNode(cfg).start()
     try:
-        api = NodeAPI(adapt(n) if adapt else n, cfg.api_port, cfg.api_token).start()
+        tls = (cfg.api_tls_cert, cfg.api_tls_key) if cfg.api_tls_cert or cfg.api_tls_key else None
+        api = NodeAPI(adapt(n) if adapt else n, cfg.api_port, cfg.api_token, host=cfg.api_host, tls=tls,
+                      plain_http=cfg.api_plain_http).start()
     except BaseException:
         n.stop()
         raise
@@ -39,8 +41,9 @@ def serve(cfg: NodeConfig, status_file: Path | None, say: Callable[[str], None])
     serve_from_env(health=lambda: n.healthy)  # /metrics when TVOTE_METRICS_PORT is set
     if status_file:
         status_file.write_text(json.dumps({"node_id": cfg.node_id, "peer_id": n.gossip.peer_id,
-                                           "listen_addrs": n.gossip.listen_addrs, "api_port": api.port}))
-    say(f"{cfg.node_id} up: peer {n.gossip.peer_id}, api 127.0.0.1:{api.port}")
+                                           "listen_addrs": n.gossip.listen_addrs, "api_port": api.port,
+                                           "api_host": api.host, "api_tls": api.tls}))
+    say(f"{cfg.node_id} up: peer {n.gossip.peer_id}, api {api.url}")
     try:
         while not stop["now"] and n.healthy:
             time.sleep(0.1)

@@ -94,6 +94,11 @@ class NodeConfig:
     bootstrap: list[str] = field(default_factory=list)
     api_port: int = 0
     api_token: str = ""
+    listen_host: str = "127.0.0.1"  # the address libp2p listens on and peers dial (an address of this host)
+    api_host: str = "127.0.0.1"  # off loopback the API needs TLS (or api_plain_http, said explicitly)
+    api_tls_cert: str = ""
+    api_tls_key: str = ""
+    api_plain_http: bool = False
     journal: str = ""  # R14: the signing journal (default: beside the key file, ``<key_file>.journal``)
     batch_window_ms: float = 5.0  # the worker gathers received votes this long into one recording batch
     publish_interval_ms: float = wire.PUBLISH_INTERVAL_MS  # the publisher's pace under load
@@ -207,7 +212,8 @@ class TrusteeNode:
         self._banned = {m.peer_id for m in members if m.banned and _parses(m.peer_id)}
         self._allowed = {m.peer_id for m in members if m.active and _parses(m.peer_id)}
         self.gossip = ThreadedGossipHost(
-            GossipConfig(seed=self.seed, listen_port=self.cfg.listen_port, bootstrap=list(self.cfg.bootstrap),
+            GossipConfig(seed=self.seed, listen_host=self.cfg.listen_host, listen_port=self.cfg.listen_port,
+                         bootstrap=list(self.cfg.bootstrap),
                          banned=sorted(self._banned), author_rate_limit=self.cfg.author_rate_limit,
                          allowed_peers=sorted(self._allowed)),
             validate=self._validate,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import os
 import signal
@@ -160,9 +161,17 @@ def node(
     etcd: EtcdEndpoint,
     api_token_file: Annotated[Path, typer.Option(help="Bearer token for the local API, mode 0600.")],
     etcd_prefix: EtcdPrefix = "/tvote",
-    listen_port: Annotated[int, typer.Option(help="libp2p TCP port on 127.0.0.1 (0: any).")] = 0,
+    listen_port: Annotated[int, typer.Option(help="libp2p TCP port (0: any).")] = 0,
+    listen_host: Annotated[str, typer.Option(
+        help="The address libp2p listens on, which peers dial: one of this host's addresses.")] = "127.0.0.1",
+    api_host: Annotated[str, typer.Option(
+        help="The API's address; anything but loopback needs --api-tls-cert/--api-tls-key.")] = "127.0.0.1",
+    api_tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (chain) for the API's TLS.")] = None,
+    api_tls_key: Annotated[Path | None, typer.Option(help="PEM private key for the API's TLS, mode 0600.")] = None,
+    api_plain_http: Annotated[bool, typer.Option(
+        help="Serve the API off loopback without TLS (only behind something else that encrypts).")] = False,
     bootstrap: Annotated[list[str] | None, typer.Option(help="Bootstrap peer multiaddr (repeatable).")] = None,
-    api_port: Annotated[int, typer.Option(help="Local API port on 127.0.0.1 (0: any).")] = 0,
+    api_port: Annotated[int, typer.Option(help="API port (0: any).")] = 0,
     status_file: Annotated[Path | None, typer.Option(help="Write peer id, addresses and API port here.")] = None,
     journal: Annotated[Path | None, typer.Option(
         help="The signing journal (R14; default <key file>.journal). Create it once with `tvote signer init`.")]
@@ -182,6 +191,12 @@ def node(
     from node.p2p.identity import KeyFileError
     from node.service import NodeConfig, NodeStartError
 
+    try:
+        listen_ip = ipaddress.ip_address(listen_host)
+    except ValueError:
+        raise fail(f"--listen-host {listen_host[:80]!r} is not an IP address") from None
+    if listen_ip.is_unspecified:
+        raise fail("--listen-host: give the address peers should dial, not a wildcard (it is advertised)")
     for b in bootstrap or []:
         if not _is_peer_addr(b):
             raise fail(f"--bootstrap {b[:120]!r} is not a peer multiaddr (/ip4/HOST/tcp/PORT/p2p/PEER_ID)")
@@ -193,7 +208,9 @@ def node(
         token = _read_secret(api_token_file)
         cfg = NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, listen_port, bootstrap or [], api_port, token,
                          record_grace_ms=record_grace_ms, record_patience_ms=record_patience_ms,
-                         publish_interval_ms=publish_interval_ms, journal=str(journal or ""))
+                         publish_interval_ms=publish_interval_ms, journal=str(journal or ""),
+                         listen_host=listen_host, api_host=api_host, api_tls_cert=str(api_tls_cert or ""),
+                         api_tls_key=str(api_tls_key or ""), api_plain_http=api_plain_http)
         stopped = runner.serve(cfg, status_file, console.print)
     except (NodeStartError, KeyFileError, OSError) as e:
         raise fail(str(e)) from None
