@@ -61,6 +61,7 @@ def test_a_client_retry_with_another_value_is_refused_and_nobody_is_banned(datab
         (other / "trustee-1.key").chmod(0o600)
         shutil.copy(f"{t0.key_file}.journal", other / "trustee-1.key.journal")
         (other / "trustee-1.key.journal").chmod(0o600)
+        shutil.copy(cluster.token_file(t0), other / "trustee-1.key.api-token")  # its API token, as on that machine
         remote = dataclasses.replace(t0, key_file=other / "trustee-1.key", proc=None, status={}, log=None)
         with pytest.raises(RuntimeError, match="another process signs as trustee-1"):
             cluster.start_node(remote, [cluster.trustees[1].status["listen_addrs"][0]])
