@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import nacl.signing
@@ -167,3 +168,39 @@ class Writers:
         for rec in self.by_writer.values():
             rec.guard.close()
         self.store.close()
+
+
+def wait_for(pred, timeout: float, what: str):
+    """``pred()``'s first truthy value, polled every 0.1 s; AssertionError naming ``what`` after ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def forge_row(dsn: str, event, writer: str) -> int:
+    """INSERT a correctly chained row as the service role: what anyone holding the database role can do (R13).
+
+    No writer signature covers it, so every follower finds it void; returns its position.
+    """
+    import psycopg
+
+    from events.postgres_store import us_to_datetime
+    from events.store import canonical_json, chain_hash
+
+    with psycopg.connect(dsn) as c:
+        pos, prev = c.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
+        version = c.execute("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = %s",
+                            (event.stream,)).fetchone()[0] + 1
+        now_us = time.time_ns() // 1000
+        body = canonical_json(event.to_payload())
+        h = chain_hash(bytes(prev), pos + 1, event.stream, version, event.TYPE, event.VERSION, body, now_us,
+                       event.key, writer)
+        c.execute("INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, "
+                  "recorded_at, idempotency_key, writer, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s::jsonb, "
+                  "%s, %s, %s, %s, %s)", (pos + 1, event.stream, version, event.TYPE, event.VERSION, body.decode(),
+                                          us_to_datetime(now_us), event.key, writer, bytes(prev), h))
+    return pos + 1

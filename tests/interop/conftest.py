@@ -24,7 +24,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from eth_account import Account
-from interop_world import JS_MEMBERS, SRC, World, database_for, public_key, wait_for
+from helpers import wait_for
+from interop_world import JS_MEMBERS, SRC, World, database_for, public_key
 from jsrun import NodeMissing, check_installed
 
 from chain import ThresholdRecordClient, make_web3

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +18,6 @@ from node.p2p.identity import load_seed, peer_id_from_seed
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 JS_MEMBERS = ("js-1", "js-2", "js-3")
-
-
-def wait_for(pred, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass

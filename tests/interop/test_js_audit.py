@@ -11,19 +11,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 
 import psycopg
 from eth_account import Account
-from interop_world import SRC, wait_for
+from helpers import forge_row, wait_for
+from interop_world import SRC
 from jsrun import run_js
 from services import TEMPLATE
 
 from chain import ThresholdRecordClient, make_web3
 from events.model import NodeBanned
-from events.postgres_store import us_to_datetime
-from events.store import canonical_json, chain_hash
 from tvote import db
 
 TVOTE = [sys.executable, "-c", "from tvote.cli import app; app()"]
@@ -107,7 +105,7 @@ def test_js_audit_fails_on_planted_bad_rows_like_the_python_audit(world, pg_serv
                                   "AND payload->>'node_id' = 'js-1' ORDER BY position LIMIT 1").fetchone()
             c.execute("UPDATE events SET payload = jsonb_set(payload, '{value}', '99') WHERE position = %s", (edited,))
         # 2. a correctly chained row nobody signed, as anyone holding the service role could INSERT it
-        planted = _forge_row(app, NodeBanned("trustee-1", world.cluster.trustees[0].peer_id, "DOUBLE_VOTING", "x"),
+        planted = forge_row(app, NodeBanned("trustee-1", world.cluster.trustees[0].peer_id, "DOUBLE_VOTING", "x"),
                              "trustee-2")
 
         py = tvote("audit", "verify", "--dsn", app)
@@ -123,19 +121,3 @@ def test_js_audit_fails_on_planted_bad_rows_like_the_python_audit(world, pg_serv
     finally:
         with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _forge_row(dsn: str, event, writer: str) -> int:
-    with psycopg.connect(dsn) as c:
-        pos, prev = c.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
-        version = c.execute("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = %s",
-                            (event.stream,)).fetchone()[0] + 1
-        now_us = time.time_ns() // 1000
-        body = canonical_json(event.to_payload())
-        h = chain_hash(bytes(prev), pos + 1, event.stream, version, event.TYPE, event.VERSION, body, now_us,
-                       event.key, writer)
-        c.execute("INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, "
-                  "recorded_at, idempotency_key, writer, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s::jsonb, "
-                  "%s, %s, %s, %s, %s)", (pos + 1, event.stream, version, event.TYPE, event.VERSION, body.decode(),
-                                          us_to_datetime(now_us), event.key, writer, bytes(prev), h))
-    return pos + 1

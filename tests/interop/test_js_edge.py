@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from interop_world import wait_for
+from helpers import wait_for
 
 VECTORS = {c["name"]: c for c in json.loads(
     (Path(__file__).resolve().parents[1] / "vectors" / "edge.json").read_text())["cases"]}

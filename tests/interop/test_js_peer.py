@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from interop_world import wait_for
+from helpers import wait_for
 
 from events.envelope import Envelope, authored
 from events.identity import peer_id_bytes

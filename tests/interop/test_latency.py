@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nacl.signing
-from interop_world import wait_for
+from helpers import wait_for
 
 from devstack.operator import NAME as OPERATOR
 from events import rules

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-sys.path.insert(0, str(SRC))
+sys.path[:0] = [str(SRC), str(SRC.parent / "tests")]
+
+from helpers import wait_for  # noqa: E402
 
 from devstack.etcd import Etcd  # noqa: E402
 from devstack.netns import TestNetwork, enter_netns  # noqa: E402
@@ -36,16 +38,6 @@ from tvote import db  # noqa: E402
 
 TRUSTEES = [f"t{i}" for i in range(1, 5)]
 STORES = ["pg", "e0", "e1", "e2"]
-
-
-def wait_for(pred, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def log_events(dsn: str) -> list:

@@ -17,25 +17,15 @@ import time
 
 import psycopg
 import pytest
+from helpers import forge_row, wait_for
 
 from devstack.trustees import TrusteeCluster
 from events.audit import verify
 from events.model import NodeBanned
-from events.postgres_store import JSONB_V1, PostgresStore, us_to_datetime
-from events.store import canonical_json, chain_hash
+from events.postgres_store import PostgresStore
 
 pytestmark = pytest.mark.integration
 TVOTE = [sys.executable, "-c", "from tvote.cli import app; app()"]
-
-
-def wait_for(pred, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def consensus(cluster: TrusteeCluster, tx: str, value: int, who: range) -> None:
@@ -43,24 +33,6 @@ def consensus(cluster: TrusteeCluster, tx: str, value: int, who: range) -> None:
         code, body = cluster.cast(i, tx, value)
         assert code == 202, (i, body)
     wait_for(lambda: (cluster.tx(0, tx) or {}).get("status") == "THRESHOLD_REACHED", 20, f"consensus on {tx}")
-
-
-def forge_row(dsn: str, event, writer: str) -> int:
-    """INSERT a correctly chained row as the service role: what anyone holding the database role can do."""
-    with psycopg.connect(dsn) as c:
-        pos, prev = c.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
-        version = c.execute("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = %s",
-                            (event.stream,)).fetchone()[0] + 1
-        now_us = time.time_ns() // 1000
-        body = canonical_json(event.to_payload())
-        h = chain_hash(bytes(prev), pos + 1, event.stream, version, event.TYPE, event.VERSION, body, now_us,
-                       event.key, writer)
-        c.execute("INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, "
-                  "recorded_at, idempotency_key, writer, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s::jsonb, "
-                  "%s, %s, %s, %s, %s)", (pos + 1, event.stream, version, event.TYPE, event.VERSION, body.decode(),
-                                          us_to_datetime(now_us), event.key, writer, bytes(prev), h))
-    assert JSONB_V1  # the service writes jsonb in binary; a text INSERT stores the same value
-    return pos + 1
 
 
 def test_forged_and_tampered_rows_ban_nobody_and_a_typo_crashes_nobody(database, etcd_server, etcd_prefix):

@@ -8,24 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
 
 import pytest
+from helpers import wait_for
 
 from devstack.trustees import TrusteeCluster
 from events.postgres_store import PostgresStore
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(pred, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_client_retry_with_another_value_is_refused_and_nobody_is_banned(database, etcd_server, etcd_prefix,

@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from helpers import wait_for
 
 from devstack.trustees import TrusteeCluster
 from events.audit import verify
@@ -19,16 +20,6 @@ from events.postgres_store import PostgresStore
 from node import duty
 from projections.projector import Projector
 from projections.replay import replay
-
-
-def wait_for(pred, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_scenario(database, etcd_server, etcd_prefix, mode: str, deadline_ms: int = 30_000):
