@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -115,6 +116,7 @@ class Load:
         self.byz_acks: list[Ack] = []
         self.offers: list[Offer] = []
         self.failed_casts = 0
+        self.refusals: Counter[int] = Counter()  # by HTTP status (0: no answer)
         self.refused_ineligible = 0
         self.cast_latency: list[float] = []
         self._lock = threading.Lock()
@@ -135,6 +137,7 @@ class Load:
                 return False
             if code != 202:
                 self.failed_casts += 1
+                self.refusals[code] += 1
                 self.pending[i].append((tx_id, value))
                 return False
             self.cast_latency.append(time.monotonic() - t0)
@@ -182,6 +185,22 @@ class Load:
             self.down.discard(i)
         for tx_id, value in todo:
             self._cast(i, tx_id, value)
+
+    def drain(self, reachable: Callable[[int], bool], timeout: float) -> None:
+        """Retry what the client could not cast, round after round, until nothing is pending or ``timeout``.
+
+        A client keeps an unacknowledged cast until a node takes it: one retry right after a fault may still
+        meet a node that is catching up (its worker behind, a store it has not reconnected to yet).
+        """
+        end = time.monotonic() + timeout
+        while True:
+            todo = [i for i, casts in self.pending.items() if casts and reachable(i)]
+            if not todo or time.monotonic() >= end:
+                return
+            for i in todo:
+                self.retry(i)
+            if any(self.pending[i] for i in todo):
+                time.sleep(1.0)
 
     @property
     def tx_ids(self) -> list[str]:

@@ -189,9 +189,7 @@ def run(env: ChaosEnv, name: str, fault: Fault | None = None, *, n: int = 5, t: 
             fault(ctx)
         load.join(txs / rate + 120)
         ctx.revive("during the run")  # a node that died after the heal check is a finding too
-        for i in list(load.pending):
-            if load.pending[i] and i not in ctx.excluded and cluster.trustees[i].proc.poll() is None:
-                load.retry(i)
+        load.drain(lambda i: i not in ctx.excluded and cluster.trustees[i].proc.poll() is None, 45.0)
         watch = [i for i in honest(cluster) if i not in ctx.excluded]
         ok = rules.FINAL if chain is not None else SETTLED
         if res.exited:
@@ -239,7 +237,8 @@ def run(env: ChaosEnv, name: str, fault: Fault | None = None, *, n: int = 5, t: 
                          f"({res.lost_in_flight} acked <2 s before their node's SIGKILL)")
     res.held = rep.ok and res.error is None
     if load and load.failed_casts:
-        res.notes.append(f"{load.failed_casts} casts refused while faulted (retried)")
+        codes = ", ".join(f"{c or 'no answer'}: {k}" for c, k in sorted(load.refusals.items()))
+        res.notes.append(f"{load.failed_casts} casts refused while faulted (retried; {codes})")
     res.seconds = time.monotonic() - t0
     return res
 

@@ -249,6 +249,7 @@ def replay_trace(trace: tuple, stats: Counter) -> None:
         args = [str(a) for a in args]
         where = f"step {index} {action}{tuple(args)}"
         out = {str(m) for m in pre["banned"] | pre["removed"]}
+        now = DEADLINE_NOW + index if pre["dl"] else index  # the clock has passed the deadline once it fired
         stats[action] += 1
         if action == "ReceiveVote":
             m, v = args
@@ -258,8 +259,11 @@ def replay_trace(trace: tuple, stats: Counter) -> None:
                 if m not in out:
                     stats["vote signed during a store outage delivered"] += 1
             else:
-                vote = sign(Vote(TX, VALUE[v], m, index), rp.keys[m])  # a new timestamp every time (R3)
-            cmd = ReceiveVote(vote, rp.peer[m], now_ms=index)
+                # A new timestamp every time (R3). The model's votes are cast when it receives them, so
+                # after the deadline they are signed after it: no silence to withdraw (R9), which the
+                # model rules out by firing the deadline only with no honest vote in flight.
+                vote = sign(Vote(TX, VALUE[v], m, now), rp.keys[m])
+            cmd = ReceiveVote(vote, rp.peer[m], now_ms=now)
             if m in out or str(pre["acc"][m]) == v:
                 rp.rejected(cmd)  # R10 dropped at the edge / R3 idempotent
                 stats["vote no-op"] += 1
@@ -267,14 +271,14 @@ def replay_trace(trace: tuple, stats: Counter) -> None:
                 rp.must(cmd)
         elif action == "HonestSign":
             (h,) = args  # no command: the vote waits for the log
-            rp.queued[h] = sign(Vote(TX, params.honest_value, h, index), rp.keys[h])
+            rp.queued[h] = sign(Vote(TX, params.honest_value, h, now), rp.keys[h])
         elif action == "ReceiveForged":
             p, m = args
-            vote = Vote(TX, 1, m, index)
+            vote = Vote(TX, 1, m, now)
             bad = SignedVote(vote, rp.keys[p].sign(b"not-the-vote" + vote.signing_bytes()).signature)
             # gossiped by p: p's signed envelope proves who sent the forgery (R7)
             env = build(rp.keys[p], b'{"v":1,"votes":[' + vote_bytes(bad.to_json()) + b"]}", b"\0" * 8, "tvote/votes/1")
-            cmd = ReceiveVote(bad, rp.peer[p], now_ms=index, envelope=env)
+            cmd = ReceiveVote(bad, rp.peer[p], now_ms=now, envelope=env)
             if p in out or m in out:
                 assert rp.rejected(cmd), where
             else:
