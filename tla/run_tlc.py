@@ -154,8 +154,12 @@ def run_tlc(
     extra: list[str] | None = None,
     timeout: float | None = None,
     echo: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> TlcResult:
-    """Model check ``module`` with ``cfg`` (both relative to tla/ unless absolute)."""
+    """Model check ``module`` with ``cfg`` (both relative to tla/ unless absolute).
+
+    ``extra_files``: more files for the run's folder, name -> text (a generated module, e.g. the
+    trace data of tla/trace_check.py)."""
     cfg_path = Path(cfg) if Path(cfg).is_absolute() else TLA_DIR / cfg
     module_path = Path(module) if Path(module).is_absolute() else TLA_DIR / module
     with tempfile.TemporaryDirectory(prefix="tlc-") as workdir:
@@ -166,6 +170,8 @@ def run_tlc(
         for tla in {*module_path.parent.glob("*.tla"), *TLA_DIR.glob("*.tla")}:
             shutil.copy(tla, work / tla.name)
         shutil.copy(cfg_path, work / "MC.cfg")
+        for name, text in (extra_files or {}).items():
+            (work / name).write_text(text)
         cmd = tlc_command(Path("MC.cfg"), Path(module_path.name), work / "states", workers=workers, extra=extra)
         start = time.monotonic()
         lines: list[str] = []

@@ -1,4 +1,5 @@
-"""tla/run_tlc.py loaded as a module, for the TLC tests and the conformance test (one loader)."""
+"""tla/run_tlc.py and tla/trace_check.py loaded as modules, for the TLC, conformance and trace-check tests
+(one loader)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from pathlib import Path
 TLA_DIR = Path(__file__).resolve().parents[2] / "tla"
 
 
-def _load_runner():
-    spec = importlib.util.spec_from_file_location("run_tlc", TLA_DIR / "run_tlc.py")
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, TLA_DIR / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["run_tlc"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-run_tlc = _load_runner()
+run_tlc = _load("run_tlc")
+trace_check = _load("trace_check")
