@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src")]
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parents[1] / "tla")]
 
 import psutil  # noqa: E402
+import trace_check  # noqa: E402  (tla/trace_check.py)
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -64,7 +65,32 @@ def machine() -> str:
             "shared with other engineers' runs (numbers are noisy)")
 
 
-def run_scenarios(env: ChaosEnv, full: bool, only: list[str], chain: bool, base: Path) -> list[scenarios.Result]:
+def check_trace(res: scenarios.Result, max_tx: int | None) -> None:
+    """TLC trace-checks the scenario's log against tla/ThresholdVote.tla (tla/trace_check.py); the sizes
+    and the verdict go to ``res.trace`` and the results' trace table."""
+    if not res.log_dsn:
+        return
+    try:
+        tc = trace_check.check_dsn(res.log_dsn, max_tx=max_tx)
+    except Exception as e:  # the log is gone (harness failure): the table says so
+        res.trace = {"scenario": res.name, "verdict": f"ERROR {type(e).__name__}: {e}"[:160]}
+        return
+    verdict = "accepted" if tc.accepted else ("REJECTED" if tc.failed_step else "ERROR")
+    failed = ""
+    if tc.failed_step:
+        failed = (f"step {tc.failed_index}: {tc.failed_step.get('tx')} pos {tc.failed_step.get('pos')} "
+                  f"{tc.failed_step.get('ev')} {tc.failed_step.get('node', '')}").rstrip()
+    elif tc.errors:
+        failed = tc.errors[0][:120]
+    res.trace = {"scenario": res.name, "verdict": verdict, "log_events": tc.events, "txs_checked": tc.transactions,
+                 "txs_left_out": "; ".join(f"{n} {why}" for why, n in tc.skipped.items()) or "-",
+                 "trace_steps": tc.steps, "tlc_distinct_states": tc.distinct,
+                 "export_s": f"{tc.export_seconds:.2f}", "tlc_s": f"{tc.tlc_seconds:.1f}", "first_unmatched": failed}
+    console.print(tc.summary())
+
+
+def run_scenarios(env: ChaosEnv, full: bool, only: list[str], chain: bool, base: Path,
+                  trace: bool = True, trace_max_tx: int | None = None) -> list[scenarios.Result]:
     out = []
     todo = scenarios.catalogue(full)
     for name, kwargs in todo:
@@ -73,6 +99,8 @@ def run_scenarios(env: ChaosEnv, full: bool, only: list[str], chain: bool, base:
         console.print(f"[bold]{name}[/]")
         res = scenarios.run(env, name, **kwargs)
         _show(res)
+        if trace:
+            check_trace(res, trace_max_tx)
         out.append(res)
     name = "submitter SIGKILL mid-submission"
     if chain and (not only or any(o.lower() in name.lower() for o in only)):
@@ -88,6 +116,8 @@ def run_scenarios(env: ChaosEnv, full: bool, only: list[str], chain: bool, base:
         finally:
             rig.close()
         _show(res)
+        if trace:
+            check_trace(res, trace_max_tx)
         out.append(res)
     return out
 
@@ -108,6 +138,9 @@ def main() -> None:
     ap.add_argument("--load-nodes", type=int, nargs="+", default=[4, 7])
     ap.add_argument("--load-rates", type=float, nargs="+", default=[5.0, 10.0])
     ap.add_argument("--load-txs", type=int, default=60)
+    ap.add_argument("--no-trace-check", action="store_true",
+                    help="do not trace-check each scenario's log with TLC (tla/trace_check.py)")
+    ap.add_argument("--trace-max-tx", type=int, default=None, help="trace-check only the first K transactions")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # clean up servers
@@ -117,7 +150,8 @@ def main() -> None:
     points: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="chaos-bench-") as tmp, ChaosEnv(Path(tmp)) as env:
         if not args.no_scenarios:
-            results = run_scenarios(env, not args.quick, args.only, not args.no_chain, Path(tmp))
+            results = run_scenarios(env, not args.quick, args.only, not args.no_chain, Path(tmp),
+                                    not args.no_trace_check, args.trace_max_tx)
         if not args.no_load:
             for n in args.load_nodes:
                 for rate in args.load_rates:
@@ -131,6 +165,9 @@ def main() -> None:
     rows = [r.row() for r in results]
     if rows:
         console.print(_table("chaos scenarios", rows))
+    traces = [r.trace for r in results if r.trace]
+    if traces:
+        console.print(_table("trace checks (TLC)", traces))
     if points:
         console.print(_table("load points", points))
     write_results(args, rows, results, points, time.monotonic() - t0)
@@ -165,6 +202,13 @@ def write_results(args: argparse.Namespace, rows: list[dict[str, Any]], results:
     lines += [f"- **{n}**: {'; '.join(p) or ''} {e or ''}".rstrip() for n, p, e in failed] or ["- none"]
     lines += ["", "### Nodes that exited by themselves during a fault (restarted by the harness)", ""]
     lines += [f"- **{r.name}**: {', '.join(r.exited)}" for r in results if r.exited] or ["- none"]
+    traces = [r.trace for r in results if r.trace]
+    if traces:
+        lines += ["", "### Trace checks: each scenario's log against tla/ThresholdVote.tla (TLC)", "",
+                  "`tla/trace_check.py`: the log exported per transaction (one step per event), replayed by TLC"
+                  " through the model's actions (tla/ThresholdVoteTraceCheck.tla; what it proves and abstracts:"
+                  " tla/README.md). `accepted`: every step of every checked transaction is a step of the model.",
+                  "", _md(traces)]
     lines += ["", "## Load points (seed 14.3, scaled)", "",
               "Offered rate in transactions/s (every node votes on each: N API calls per tx); latencies from the "
               "log (reception = vote signed -> VoteAccepted recorded; e2e = first vote signed -> ThresholdReached"

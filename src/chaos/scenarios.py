@@ -75,6 +75,8 @@ class Result:
     counters: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     exited: list[str] = field(default_factory=list)  # nodes that exited by themselves during the fault
+    log_dsn: str = ""  # the scenario's log (its own database), for checks after the run (tla/trace_check.py)
+    trace: dict[str, Any] = field(default_factory=dict)  # the trace check's sizes and verdict, if run
 
     def row(self) -> dict[str, Any]:
         rec = "-" if self.recovery_s is None else f"{self.recovery_s:.1f}"
@@ -170,6 +172,7 @@ def run(env: ChaosEnv, name: str, fault: Fault | None = None, *, n: int = 5, t: 
     res = Result(name, n, t, txs, rate)
     t0 = time.monotonic()
     scope = env.scope()
+    res.log_dsn = scope.owner_dsn
     cluster = TrusteeCluster(n, t, scope.app_dsn, env.endpoint(etcd_member), scope.prefix, byzantine=byzantine,
                              deadline_ms=deadline_ms, base_dir=base_dir, die_with_parent=True)
     for i, tr in enumerate(cluster.trustees):
