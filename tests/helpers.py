@@ -181,6 +181,23 @@ def wait_for(pred, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def tla_tool(name: str):
+    """A script of tla/ (``run_tlc``, ``trace_check``) as a module, for every suite that runs TLC (one loader)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parents[1] / "tla" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def forge_row(dsn: str, event, writer: str) -> int:
     """INSERT a correctly chained row as the service role: what anyone holding the database role can do (R13).
 
