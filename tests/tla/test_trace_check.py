@@ -141,3 +141,15 @@ def test_a_ban_inserted_into_the_table_is_rejected(database, real_log):
     assert not res.accepted and res.failed_step is not None, res.summary()
     assert res.failed_step["pos"] == pos and res.failed_step["ev"] == "NodeBanned"
     assert res.failed_step["k"] == "env" and res.failed_step["origin"] == "none"
+
+
+def test_a_reward_off_by_one_milli_point_is_rejected(real_log):
+    # tx-c's deadline rewards its voters (R9): one of them a milli-point more than the model's Reward.
+    at = next(i for i, r in enumerate(real_log) if r.event_type == "ReputationChanged"
+              and r.payload["reason"] == "PARTICIPATION" and r.payload["cause"] == "deadline:tx-c")
+    row = real_log[at]
+    payload = {**row.payload, "score": row.payload["score"] + 1, "delta": row.payload["delta"] + 1}
+    res = trace_check.check_rows([*real_log[:at], dataclasses.replace(row, payload=payload), *real_log[at + 1:]])
+    print("\n" + res.summary())
+    assert not res.accepted and res.failed_step is not None, res.summary()
+    assert res.failed_step["tx"] == "tx-c" and res.failed_step["last"]  # the end of the deadline's decision
