@@ -213,6 +213,8 @@ Env(e) ==
           /\ streak' = [streak EXCEPT ![e.node] = NewStreak(@, e.reason)]
           /\ UNCHANGED <<banned, removed>>
        \/ /\ e.ev = "MemberRemoved" /\ e.origin = "RemoveMember"
+          \* RemoveMember's guard: t eligible members must remain (the threshold stays t).
+          /\ Cardinality(DOMAIN accepted \ (banned \cup removed \cup {e.node})) >= cur.t
           /\ removed' = removed \cup {e.node}
           /\ UNCHANGED <<banned, rep, streak>>
     /\ lg' = [lg EXCEPT !.banned = banned', !.removed = removed', !.rep = rep', !.streak = streak']

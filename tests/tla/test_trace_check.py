@@ -153,3 +153,29 @@ def test_a_reward_off_by_one_milli_point_is_rejected(real_log):
     print("\n" + res.summary())
     assert not res.accepted and res.failed_step is not None, res.summary()
     assert res.failed_step["tx"] == "tx-c" and res.failed_step["last"]  # the end of the deadline's decision
+
+
+def test_an_operator_removal_while_a_transaction_is_open_is_accepted():
+    """RemoveMember (an env step of the open transaction) then the shell's Reevaluate: the settling half of
+    the model's RemoveMember. Here the removal leaves no value able to reach t: ABORTED_NO_QUORUM.
+    (The decider in memory: no I/O is needed for this path; the real write path is the tests above.)"""
+    from events.memory_store import MemoryStore
+
+    ts = trustees(5)
+    store = MemoryStore()
+    w = Writers(store, ts[0])
+    w.execute(admin(ts, 3)[1:])
+    # 1, 1, 2, 2: node-5 can still make either value reach t = 3, until it is removed.
+    w.execute([ts[0].receive("tx-r", 1), ts[1].receive("tx-r", 1), ts[2].receive("tx-r", 2),
+               ts[3].receive("tx-r", 2)])
+    w.execute([rules.RemoveMember("node-5", "op", "decommissioned")])
+    w.execute([rules.Reevaluate("tx-r")])
+    rows = store.read_all(0, 10_000)
+    assert [r.event_type for r in rows[-2:]] == ["MemberRemoved", "TransactionAborted"]
+    ex = export(rows)
+    (tr,) = ex.checked
+    assert [(s["k"], s["ev"], s.get("origin")) for s in tr.steps[-2:]] == [
+        ("env", "MemberRemoved", "RemoveMember"), ("own", "TransactionAborted", None)]
+    res = trace_check.check_rows(rows)
+    print("\n" + res.summary())
+    assert res.accepted, res.summary()
