@@ -36,7 +36,8 @@
 (***************************************************************************)
 EXTENDS Naturals, Sequences, FiniteSets, TLC, TraceData
 
-CONSTANTS NoVal, NoSub
+CONSTANTS NoVal, NoSub,
+    Bug   \* "none"; a wrong variant of the model (ThresholdVote's Bug) must reject real logs
 
 VARIABLES
     txState, accepted, banned, removed, violations, rep, streak, deadlineFired,
@@ -61,7 +62,7 @@ TV(p) == INSTANCE ThresholdVote WITH
     Penalty <- p.penalty, Reward <- p.reward, Floor <- p.floor, FloorBanAfter <- p.fba,
     Submitters <- {"s"}, NoSub <- NoSub, MaxRemovals <- 0, MaxCrashes <- 0,
     MaxExpiries <- 0, MaxOutages <- 0, MaxStoreOutages <- 0, ContractGuard <- TRUE,
-    Bug <- "none"
+    Bug <- Bug
 
 \* ThresholdVote's ASSUMEs, per transaction (an INSTANCE does not check them).
 ParamsOK(p) ==

@@ -36,6 +36,7 @@ MODULE = "ThresholdVoteTraceCheck.tla"
 CFG = """CONSTANTS
     NoVal = NoVal
     NoSub = NoSub
+    Bug = "{bug}"
 INIT TraceInit
 NEXT TraceNext
 """
@@ -115,16 +116,18 @@ class TraceCheck:
 _DEPTH = re.compile(r"depth of the complete state graph search is (\d+)")
 
 
-def check_lines(lines: list[dict[str, Any]], timeout: float = 600, workers: int = 1) -> run_tlc.TlcResult:
+def check_lines(lines: list[dict[str, Any]], timeout: float = 600, workers: int = 1,
+                bug: str = "none") -> run_tlc.TlcResult:
+    """TLC on the steps; ``bug`` picks a deliberately wrong model (ThresholdVote's Bug), for non-vacuity."""
     with tempfile.TemporaryDirectory(prefix="trace-check-") as tmp:
         cfg = Path(tmp) / "TraceCheck.cfg"
-        cfg.write_text(CFG)
+        cfg.write_text(CFG.format(bug=bug))
         return run_tlc.run_tlc(cfg, module=TLA_DIR / MODULE, workers=workers, timeout=timeout,
                                extra_files={"TraceData.tla": trace_module(lines)})
 
 
 def check_export(ex: Export, export_seconds: float = 0.0, max_tx: int | None = None,
-                 timeout: float = 600) -> TraceCheck:
+                 timeout: float = 600, bug: str = "none") -> TraceCheck:
     """Run TLC on the export's checked transactions (the first ``max_tx`` of them)."""
     chosen = ex.checked[:max_tx] if max_tx is not None else ex.checked
     lines = [json.loads(x) for x in Export(chosen, ex.events, ex.units).ndjson().splitlines()]
@@ -132,7 +135,7 @@ def check_export(ex: Export, export_seconds: float = 0.0, max_tx: int | None = N
                 export_seconds=export_seconds)
     if not lines:
         return TraceCheck(accepted=False, distinct=None, tlc_seconds=0.0, errors=["no transaction to check"], **base)
-    result = check_lines(lines, timeout=timeout)
+    result = check_lines(lines, timeout=timeout, bug=bug)
     out = TraceCheck(accepted=False, distinct=result.distinct, tlc_seconds=result.seconds, **base)
     depth = [int(d) for d in _DEPTH.findall(result.output)]
     if result.ok and depth:
@@ -154,10 +157,10 @@ def check_export(ex: Export, export_seconds: float = 0.0, max_tx: int | None = N
     return out
 
 
-def check_rows(rows: list, max_tx: int | None = None, timeout: float = 600) -> TraceCheck:
+def check_rows(rows: list, max_tx: int | None = None, timeout: float = 600, bug: str = "none") -> TraceCheck:
     start = time.monotonic()
     ex = export(rows)
-    return check_export(ex, time.monotonic() - start, max_tx=max_tx, timeout=timeout)
+    return check_export(ex, time.monotonic() - start, max_tx=max_tx, timeout=timeout, bug=bug)
 
 
 def check_dsn(dsn: str, max_tx: int | None = None, timeout: float = 600, ndjson: Path | None = None) -> TraceCheck:

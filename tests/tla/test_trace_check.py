@@ -130,12 +130,17 @@ def test_a_ban_inside_a_decision_without_a_violation_is_rejected(real_log):
     assert res.failed_step["tx"] == "tx-f"
 
 
-def test_a_ban_inserted_into_the_table_is_rejected(database, real_log):
+def test_a_ban_inserted_into_the_table_is_rejected(database, real_log, tmp_path, capsys):
     # A row no decision wrote, appended to the real table (R13's void row): a ban of an honest member.
     pos = forge_row(database.owner_dsn, NodeBanned("node-3", trustees(N)[2].peer_id, "DOUBLE_VOTING", "none"),
                     "node-1")
     rows = read_log(database.owner_dsn)
     assert rows[-1].position == pos and rows[-1].command is None
+    # the command line, as an operator would run it on a live log
+    out = tmp_path / "run.ndjson"
+    assert trace_check.main(["--dsn", database.owner_dsn, "--ndjson", str(out)]) == 1
+    assert f'"pos": {pos}' in capsys.readouterr().out
+    assert out.read_text().count("\n") == len(export(rows).ndjson().splitlines())
     res = trace_check.check_rows(rows)
     print("\n" + res.summary())
     assert not res.accepted and res.failed_step is not None, res.summary()
@@ -179,3 +184,12 @@ def test_an_operator_removal_while_a_transaction_is_open_is_accepted():
     res = trace_check.check_rows(rows)
     print("\n" + res.summary())
     assert res.accepted, res.summary()
+
+
+def test_a_wrong_model_rejects_the_real_log(real_log):
+    """Non-vacuity from the model's side: with ThresholdVote's "blame_claimed" bug (R7 broken: a forged vote
+    blames the member it names, not the peer that sent it) the real log's forgery on tx-e no longer matches."""
+    res = trace_check.check_rows(real_log, bug="blame_claimed")
+    print("\n" + res.summary())
+    assert not res.accepted and res.failed_step is not None, res.summary()
+    assert res.failed_step["tx"] == "tx-e" and res.failed_step["last"]
