@@ -386,6 +386,10 @@ class SubmitterRig:
         return self
 
     def spawn(self, ctx: Ctx, *extra: str) -> Any:
+        return self.launch(ctx.cluster, ctx.scope.app_dsn, ctx.env.endpoint(0), ctx.scope.prefix, *extra)
+
+    def launch(self, cluster: TrusteeCluster, dsn: str, etcd_endpoint: str, prefix: str, *extra: str) -> Any:
+        """One more ``python -m submitter`` process on this chain for ``cluster``'s log (admitted first, R13)."""
         import os
         import subprocess
         import sys
@@ -393,10 +397,10 @@ class SubmitterRig:
         from devstack.trustees import SRC
 
         i = len(self.procs)
-        ctx.cluster.admit_submitter(f"chaos-sub-{i}", self.key_file.read_text())  # its log key (R13)
-        endpoint = ctx.env.endpoint(0).removeprefix("http://")
-        argv = [sys.executable, "-m", "submitter", "--dsn", ctx.scope.app_dsn, "--etcd", endpoint,
-                "--etcd-prefix", ctx.scope.prefix, "--rpc", self.anvil.url, "--contract", self.client.address,
+        cluster.admit_submitter(f"chaos-sub-{i}", self.key_file.read_text())  # its log key (R13)
+        endpoint = etcd_endpoint.removeprefix("http://")
+        argv = [sys.executable, "-m", "submitter", "--dsn", dsn, "--etcd", endpoint,
+                "--etcd-prefix", prefix, "--rpc", self.anvil.url, "--contract", self.client.address,
                 "--key-file", str(self.key_file), "--chain-id", str(self.anvil.chain_id), "--confirmations", "0",
                 "--lock-ttl", "3", "--name", f"chaos-sub-{i}", "--stuck-after", "2", *extra]
         log = open(self.base / f"submitter-{i}.log", "ab")  # noqa: SIM115 - owned by the process

@@ -135,6 +135,7 @@ def run(opts: UpOptions, console: Console) -> bool:
                     raise StackMismatch(f"anvil's chain ({data / 'anvil.json'}) has no contract at {state.contract}, "
                                         "which this cluster's log writes to: the chain state is missing or from "
                                         "another run; nothing was started on it")
+                _check_chain_holds_the_log(w3, owner_dsn, data / "anvil.json")
                 stack.client = ThresholdRecordClient(w3, state.contract, chain_id=CHAIN_ID)
             else:
                 stack.client = ThresholdRecordClient.deploy(w3, owner, [submitter.address], chain_id=CHAIN_ID)
@@ -183,6 +184,27 @@ def run(opts: UpOptions, console: Console) -> bool:
     finally:
         with console.status("stopping everything ..."):
             stack.stop(keep_data=data is not None)
+
+
+def _check_chain_holds_the_log(w3, dsn: str, state_file: Path) -> None:
+    """A kept chain must hold what the log says was confirmed on it: an anvil state file older than the log
+    (restored from an old copy, or the last second's dump lost) would leave consensus values the log calls
+    CONFIRMED missing from the chain, and the submitter would never write them again. The log's newest
+    confirmation is enough: the chain only grows, so it holds every older one if it holds that one."""
+    with psycopg.connect(dsn) as c:
+        row = c.execute("SELECT payload->>'tx_id', payload->>'tx_hash', (payload->>'block_number')::bigint FROM events "
+                        "WHERE event_type = 'SubmissionConfirmed' ORDER BY position DESC LIMIT 1").fetchone()
+    if row is None:
+        return
+    tx_id, tx_hash, block = row
+    try:
+        receipt = w3.eth.get_transaction_receipt(tx_hash)
+    except Exception:  # web3's TransactionNotFound: the chain never saw it
+        receipt = None
+    if receipt is None or receipt["blockNumber"] != block:
+        raise StackMismatch(f"anvil's chain ({state_file}) lacks the log's last confirmed record ({tx_id}: "
+                            f"{tx_hash} in block {block}): the chain state is older than the log; nothing was "
+                            "started on it")
 
 
 def _stream(cluster: TrusteeCluster, opts: UpOptions, dsn: str, console: Console, prefix: str = "") -> None:

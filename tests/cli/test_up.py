@@ -48,7 +48,8 @@ def test_bad_flags_get_a_one_line_error_and_start_nothing():
 
 
 def test_up_starts_again_on_its_data_dir_and_refuses_another_clusters():
-    """Issue 14: `up --data-dir D` twice: same ports, keys, log and chain; a data dir of another shape is refused."""
+    """Issue 14: `up --data-dir D` twice: same ports, keys, log and chain; a data dir of another shape, a chain
+    older than the log and a chain lost are refused."""
     import shutil
     import tempfile
 
@@ -75,6 +76,7 @@ def _run_twice(data: Path) -> None:
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "on chain: 3 values recorded" in first.stdout
     assert our_children() <= before
+    old_chain = (data / "anvil.json").read_bytes()  # the chain as the first run left it (3 records)
     second = run("up", *flags)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "start 2" in second.stdout
@@ -84,6 +86,10 @@ def _run_twice(data: Path) -> None:
 
     other = run("up", *[f if f != "3" else "4" for f in flags])  # --nodes 4 (and 4 transactions)
     assert other.returncode == 1 and "holds a cluster of N=3 t=2" in other.stdout, other.stdout[-2000:]
+    (data / "anvil.json").write_bytes(old_chain)  # an older copy of the chain: the log's last 3 records missing
+    stale = run("up", *flags)
+    assert stale.returncode == 1 and "lacks the log's last confirmed record" in stale.stdout, stale.stdout[-2000:]
+    assert our_children() <= before
     (data / "anvil.json").unlink()  # the chain lost: the log names a contract that is not there
     lost = run("up", *flags)
     assert lost.returncode == 1 and "has no contract at" in lost.stdout, lost.stdout[-2000:]
