@@ -137,7 +137,9 @@ def synthetic(args: argparse.Namespace) -> dict:
             done = batch.stop
             if done % 10_000 == 0 or done == args.txs:
                 gc.collect()
+                etcd_mb = node.guard.client.status().db_size / 2**20
                 samples.append({"txs": done, "rss_mb": round(rss_mb(), 1), "events": node.position,
+                                "etcd_db_mb": round(etcd_mb, 1),
                                 "in_memory_txs": len(node.ledger.txs), "elapsed_s": round(time.monotonic() - t0, 1)})
                 print(json.dumps(samples[-1]), flush=True)
         events = node.position
@@ -178,7 +180,8 @@ def synthetic(args: argparse.Namespace) -> dict:
     chart(OUT / "soak-synthetic.png", f"one node's recorder and ledger, {args.txs:,} synthetic transactions "
           f"(thousands on x)", [("RSS MB", xs, {"node process": [s["rss_mb"] for s in samples]}),
                                 ("txs in memory", xs, {"ledger": [s["in_memory_txs"] for s in samples]}),
-                                ("log events (M)", xs, {"events": [s["events"] / 1e6 for s in samples]})])
+                                ("log events (M)", xs, {"events": [s["events"] / 1e6 for s in samples]}),
+                                ("etcd db MB", xs, {"etcd": [s["etcd_db_mb"] for s in samples]})])
     return result
 
 

@@ -91,6 +91,10 @@ class Etcd:
             "--initial-cluster-token", f"tvote-{self.base_dir.name}",
             "--heartbeat-interval", "50", "--election-timeout", "500",
             "--max-txn-ops", "8192", "--quota-backend-bytes", str(2 * 1024**3),
+            # Without compaction etcd keeps every revision of every key until its quota is full and it
+            # refuses all writes (heads and claims are written for every vote): history older than 5 min
+            # is dropped, which nothing reads (no watch starts from an old revision).
+            "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "5m",
             "--logger", "zap", "--log-outputs", str(m.data_dir.parent / f"{m.name}.log"),
         ]
 

@@ -14,6 +14,17 @@ Crash analysis (etcd first, Postgres second):
   so the claim vanishes with its claimer and the next node to receive the vote claims and
   appends it (the idempotency key keeps it single). A node that finds its *own* stale claim
   (its append failed) clears it by CAS and retries.
+
+Bounded key space (running for months): claims and writer marks are only needed until the append
+they guard is in Postgres, yet a live writer's lease never lapses, so etcd would keep one vote key
+per vote and one writer mark per transaction for as long as the node runs (at 50 tx/s x 10 nodes,
+43 M keys a day; etcd's 2 GiB quota was full after ~210,000 transactions in bench/soak_bench.py).
+So claims go under a lease that is replaced every ``rotate_s`` (5 min): the keep-alive stops
+refreshing the old one, which lapses ``lease_ttl`` later and takes its keys with it. A claim whose
+append is still in flight when its lease lapses is what a claimer crash leaves behind: the vote may
+be claimed again and the idempotency key keeps it single; a lapsed writer mark lets a reader repair
+a head from Postgres, which only ever moves it to the truth. A claim under our previous lease is
+still ours (``Refusal.votes``), so we may release it.
 - etcd lost or restored from an old snapshot (heads *behind* or missing): repaired
   forward from PG on the first conflict.
 """
@@ -32,13 +43,15 @@ from events.errors import StoreUnavailable
 from recording.guard import Claim, Refusal
 
 LEASE_TTL = 10
+ROTATE_S = 300.0  # claims move to a fresh lease this often; the old one lapses with the keys of appended votes
 RETENTION_TTL = 24 * 3600  # seed 9.1: etcd's fast-path keys expire; Postgres keeps the truth
 
 
 class EtcdGuard:
     """The guard on an etcd cluster (``recording.guard.Guard``)."""
 
-    def __init__(self, endpoint: str, prefix: str, node_id: str, lease_ttl: int = LEASE_TTL) -> None:
+    def __init__(self, endpoint: str, prefix: str, node_id: str, lease_ttl: int = LEASE_TTL,
+                 rotate_s: float = ROTATE_S) -> None:
         """``endpoint``: one etcd client URL, or several separated by commas (failover between them)."""
         endpoints = []
         for url in endpoint.split(","):
@@ -50,7 +63,10 @@ class EtcdGuard:
         self.prefix = prefix.rstrip("/")
         self.node_id = node_id
         self._lease_ttl = lease_ttl
+        self._rotate_s = rotate_s
         self.lease = self._call(self.client.lease, lease_ttl)
+        self._lease_at = time.monotonic()
+        self._previous_lease_id: int | None = None  # the lease before the last rotation, lapsing
         self._retention = self._call(self.client.lease, RETENTION_TTL)
         self._retention_at = time.monotonic()
         self._stop = threading.Event()
@@ -58,8 +74,10 @@ class EtcdGuard:
         self._keepalive.start()
 
     def _keep_alive(self, ttl: int) -> None:
-        while not self._stop.wait(ttl / 3):
+        while not self._stop.wait(min(ttl / 3, self._rotate_s)):
             try:
+                if time.monotonic() - self._lease_at >= self._rotate_s:
+                    self._rotate()
                 responses = self.lease.refresh()
                 if responses and responses[0].TTL <= 0:
                     self._renew_lease()  # it lapsed (we were frozen or cut off longer than the TTL)
@@ -69,6 +87,14 @@ class EtcdGuard:
     def _renew_lease(self) -> None:
         """A new lease after ours lapsed; our old claims died with it, which is what claims are for."""
         self.lease = self.client.lease(self._lease_ttl)
+        self._lease_at = time.monotonic()
+
+    def _rotate(self) -> None:
+        """New claims go under a fresh lease; the old one is no longer refreshed and lapses in ``lease_ttl``."""
+        old = self.lease
+        self.lease = self.client.lease(self._lease_ttl)
+        self._previous_lease_id = old.id
+        self._lease_at = time.monotonic()
 
     def close(self) -> None:
         self._stop.set()
@@ -151,7 +177,8 @@ class EtcdGuard:
             i += 1
             if got:
                 value, meta = got[0]
-                refusal.votes[k] = (value.decode(), meta.mod_revision, meta.lease_id == self.lease.id)
+                ours = meta.lease_id in (self.lease.id, self._previous_lease_id)
+                refusal.votes[k] = (value.decode(), meta.mod_revision, ours)
         return refusal
 
     def repair_head(self, stream: str, seen: int | None, truth: int) -> bool:
