@@ -53,6 +53,7 @@ from devstack.etcd import Etcd  # noqa: E402
 from devstack.postgres import Postgres  # noqa: E402
 from devstack.trustees import TrusteeCluster  # noqa: E402
 from events import rules  # noqa: E402
+from events.errors import StoreUnavailable  # noqa: E402
 from events.postgres_store import PostgresStore  # noqa: E402
 from recording.etcd_guard import EtcdGuard  # noqa: E402
 from recording.recorder import Recorder  # noqa: E402
@@ -124,22 +125,42 @@ def synthetic(args: argparse.Namespace) -> dict:
         samples: list[dict] = []
         t0 = time.monotonic()
         per_batch = 100
+        stalls: list[float] = []
+
+        def retrying(rec: Recorder, commands: list | None = None) -> None:
+            """As a node's worker does: a store that does not answer is waited for, never a reason to stop."""
+            t1 = time.monotonic()
+            while True:
+                try:
+                    rec.execute(commands) if commands is not None else rec.catch_up()
+                    break
+                except StoreUnavailable:
+                    if time.monotonic() - t1 > 120:
+                        raise
+                    time.sleep(0.2)
+            if time.monotonic() - t1 > 1.0:
+                stalls.append(round(time.monotonic() - t1, 2))
+
         for start in range(0, args.txs, per_batch):
             batch = range(start, min(args.txs, start + per_batch))
-            node.execute([x.receive(f"s{k}", 1, now=k * 10, ts=k * 10) for k in batch for x in ts])
-            node.execute([rules.CheckDeadline(f"s{k}", k * 10 + 5) for k in batch])
-            sub.catch_up()
-            sub.execute([rules.StartSubmission(f"s{k}", "sub-1", 1) for k in batch])
-            sub.execute([rules.RecordSigned(f"s{k}", 1, 31337, "0xsender", k, f"0x{k:064x}", "0x01") for k in batch])
-            sub.execute([c for k in batch for c in (rules.RecordBroadcast(f"s{k}", 1, f"0x{k:064x}"),
-                                                     rules.RecordConfirmed(f"s{k}", 1, f"0x{k:064x}", 1))])
-            node.catch_up()
+            retrying(node, [x.receive(f"s{k}", 1, now=k * 10, ts=k * 10) for k in batch for x in ts])
+            retrying(node, [rules.CheckDeadline(f"s{k}", k * 10 + 5) for k in batch])
+            retrying(sub)
+            retrying(sub, [rules.StartSubmission(f"s{k}", "sub-1", 1) for k in batch])
+            retrying(sub, [rules.RecordSigned(f"s{k}", 1, 31337, "0xsender", k, f"0x{k:064x}", "0x01")
+                           for k in batch])
+            retrying(sub, [c for k in batch for c in (rules.RecordBroadcast(f"s{k}", 1, f"0x{k:064x}"),
+                                                      rules.RecordConfirmed(f"s{k}", 1, f"0x{k:064x}", 1))])
+            retrying(node)
             done = batch.stop
             if done % 10_000 == 0 or done == args.txs:
                 gc.collect()
-                etcd_mb = node.guard.client.status().db_size / 2**20
+                etcd_mb = 0.0
+                with contextlib.suppress(Exception):  # a figure, not a reason to stop the run
+                    etcd_mb = node.guard.client.status().db_size / 2**20
                 samples.append({"txs": done, "rss_mb": round(rss_mb(), 1), "events": node.position,
-                                "etcd_db_mb": round(etcd_mb, 1),
+                                "etcd_db_mb": round(etcd_mb, 1), "store_stalls_over_1s": len(stalls),
+                                "longest_stall_s": max(stalls, default=0.0),
                                 "in_memory_txs": len(node.ledger.txs), "elapsed_s": round(time.monotonic() - t0, 1)})
                 print(json.dumps(samples[-1]), flush=True)
         events = node.position
