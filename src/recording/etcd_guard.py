@@ -17,16 +17,17 @@ Crash analysis (etcd first, Postgres second):
 
 Bounded key space (running for months): claims and writer marks are only needed until the append
 they guard is in Postgres, yet a live writer's lease never lapses, so etcd would keep one vote key
-per vote and one writer mark per transaction for as long as the node runs (at 50 tx/s x 10 nodes,
-43 M keys a day; etcd's 2 GiB quota was full after ~210,000 transactions in bench/soak_bench.py).
-So claims go under a lease that is replaced every ``rotate_s`` (30 s): the keep-alive stops
-refreshing the old one, which lapses ``lease_ttl`` later and takes its keys with it. Short, because
-etcd deletes a lapsed lease's keys in one step and serves nothing meanwhile (measured: 1.5 s for
-200,000 keys; a 5-minute lease at 240 tx/s held ~360,000 and stalled a client past its timeout). A claim whose
-append is still in flight when its lease lapses is what a claimer crash leaves behind: the vote may
-be claimed again and the idempotency key keeps it single; a lapsed writer mark lets a reader repair
-a head from Postgres, which only ever moves it to the truth. A claim under our previous lease is
-still ours (``Refusal.votes``), so we may release it.
+per vote and one writer mark per transaction for as long as the node runs (bench/soak_bench.py:
+etcd's database grew 3.2 MB per 1,000 transactions, so its 2 GiB quota would refuse every write
+after ~640,000 of them, 3.5 hours at 50 tx/s). So claims go under a lease that is replaced every
+``rotate_s`` (30 s): the keep-alive stops refreshing the old one, which lapses ``lease_ttl`` later
+and takes its keys with it. Short, because etcd deletes a lapsed lease's keys in one step and
+serves nothing meanwhile (1.5 s for 200,000 keys; with 5-minute leases at 240 tx/s the soak's
+client timed out just after the first rotation). A claim whose append is still in flight when its
+lease lapses is what a claimer crash leaves behind: the vote may be claimed again and the
+idempotency key keeps it single; a lapsed writer mark lets a reader repair a head from Postgres,
+which only ever moves it to the truth. A claim under our previous lease is still ours
+(``Refusal.votes``), so we may release it.
 - etcd lost or restored from an old snapshot (heads *behind* or missing): repaired
   forward from PG on the first conflict.
 """
