@@ -211,7 +211,7 @@ class Submitter:
             if loaded:
                 log.warning("%s starts from its snapshot at position %d", self.name, loaded)
         except StoreUnavailable:
-            pass
+            pass  # no snapshot read: the loop below folds the log from the start once the store answers
         snapshot_at = self.recorder.position
         try:
             self.recover()

@@ -23,6 +23,7 @@ from eth_account import Account
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from web3.exceptions import TransactionNotFound
 
 from chain import ThresholdRecordClient, make_web3
 from devstack.anvil import Anvil
@@ -199,7 +200,7 @@ def _check_chain_holds_the_log(w3, dsn: str, state_file: Path) -> None:
     tx_id, tx_hash, block = row
     try:
         receipt = w3.eth.get_transaction_receipt(tx_hash)
-    except Exception:  # web3's TransactionNotFound: the chain never saw it
+    except TransactionNotFound:  # the chain never saw it
         receipt = None
     if receipt is None or receipt["blockNumber"] != block:
         raise StackMismatch(f"anvil's chain ({state_file}) lacks the log's last confirmed record ({tx_id}: "

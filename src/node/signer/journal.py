@@ -56,8 +56,8 @@ Step = Callable[[str], None]
 Row = tuple[str, str, str, bytes]  # tx_id, value, timestamp_ms, signature, as stored
 
 
-def _no_step(_: str) -> None:
-    pass
+def no_step(_: str) -> None:
+    """The default ``on_step`` hook: crash tests pass one that kills the process between two steps."""
 
 
 def side_files(path: Path) -> tuple[Path, Path]:
@@ -81,7 +81,7 @@ class Journal:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], vote_key: bytes, node_id: str, *, create: bool = False,
-             initial: Iterable[SignedVote] = (), on_step: Step = _no_step) -> Journal:
+             initial: Iterable[SignedVote] = (), on_step: Step = no_step) -> Journal:
         """Open (or, with ``create``, create) the journal for ``vote_key``/``node_id``; refuse anything doubtful.
 
         ``initial``: votes a new journal is created with, in the same atomic step (an import onto
@@ -181,7 +181,7 @@ class Journal:
 
     # writes -------------------------------------------------------------------------------------
 
-    def insert_many(self, votes: list[SignedVote], on_step: Step = _no_step) -> None:
+    def insert_many(self, votes: list[SignedVote], on_step: Step = no_step) -> None:
         """All votes in one transaction, committed (WAL fsync'd) before this returns: one fsync per call."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -194,7 +194,7 @@ class Journal:
             raise JournalUnavailable(f"{self.path}: the signer journal commit failed: {e}") from None
         _remember(self._known, rows)
 
-    def import_votes(self, votes: list[SignedVote], on_step: Step = _no_step) -> tuple[int, int]:
+    def import_votes(self, votes: list[SignedVote], on_step: Step = no_step) -> tuple[int, int]:
         """Add verified votes atomically: (added, already present); any contradiction adds nothing."""
         try:
             self._db.execute("BEGIN IMMEDIATE")

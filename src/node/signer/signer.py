@@ -34,7 +34,7 @@ from events.vote import SignedVote, Vote, check_node_id, sign
 from . import interchange
 from .core import Outcome, Refused, Signed, check_ballots, make_plan, outcomes
 from .errors import ClaimLost, InterchangeConflict, JournalError, JournalUnavailable, SignerClosed
-from .journal import Journal
+from .journal import Journal, no_step
 from .lock import LocalLock
 
 if TYPE_CHECKING:  # the claim pulls in pyetcd and grpc; the CLI and a claim-less signer do without them
@@ -68,9 +68,6 @@ class ImportResult:
     already_present: int  # entries whose tx_id the journal already held with the same value (no-op)
 
 
-def _no_step(_: str) -> None:
-    pass
-
 
 class Signer:
     def __init__(self, journal: Journal, lock: LocalLock, signing_key: nacl.signing.SigningKey,
@@ -97,7 +94,7 @@ class Signer:
         check_node_id(node_id)
         if claim is not None and claim.node_id != node_id:
             raise InvalidCommand(f"the instance claim is for node {claim.node_id!r}, not {node_id!r}")
-        step = on_step or _no_step
+        step = on_step or no_step
         lock = LocalLock.acquire(lock_path(journal_path))
         try:
             step("locked")
@@ -118,7 +115,7 @@ class Signer:
         """
         check_node_id(node_id)
         votes = interchange.decode(raw, bytes(signing_key.verify_key), node_id)
-        step = on_step or _no_step
+        step = on_step or no_step
         lock = LocalLock.acquire(lock_path(journal_path))
         try:
             step("locked")
