@@ -160,7 +160,8 @@ def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
             if self.path == "/healthz":
                 self._send(200 if api.node.healthy else 503, {"healthy": api.node.healthy})
             elif self.path == "/readyz":
-                self._send(200 if api.node.ready else 503, {"ready": api.node.ready})
+                ready = api.node.ready
+                self._send(200 if ready else 503, {"ready": ready, "eligible": api.node.eligible})
             elif self.path.startswith("/tx/"):
                 if not self._authorised():
                     return

@@ -328,6 +328,12 @@ class TrusteeNode:
         return (self.healthy and self._caught_up and following
                 and self.gossip.connected_member_count >= self.peers_needed())
 
+    @property
+    def eligible(self) -> bool:
+        """A member the log has neither banned nor removed: one that can ever be ready (peers refuse the others)."""
+        me = self.recorder.ledger.cluster.members.get(self.cfg.node_id)
+        return me is not None and me.eligible
+
     def peers_needed(self) -> int:
         """Connected members needed for our votes to reach t: t - 1 of the eligible others."""
         cluster = self.recorder.ledger.cluster

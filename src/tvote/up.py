@@ -126,7 +126,8 @@ def run(opts: UpOptions, console: Console) -> bool:
         with console.status("starting anvil and the ThresholdRecord contract ..."):
             stack.anvil = Anvil(log_path=base / "anvil.log", port=state.anvil_port if state else None,
                                 state_path=data / "anvil.json" if data else None,
-                                state_interval=1 if data else None)
+                                state_interval=1 if data else None,
+                                prefix=die_with_parent())  # SIGTERM (it dumps its state) if `up` dies mid-stop
             stack.anvil.start()
             owner, submitter = Account.from_key(stack.anvil.private_key(0)), Account.from_key(
                 stack.anvil.private_key(1))
