@@ -62,6 +62,26 @@ from tvote import db  # noqa: E402
 OUT = Path(__file__).resolve().parent
 
 
+def memory_parts() -> dict[str, float]:
+    """Where this process's resident memory sits, to tell Python objects from the C heap's fragmentation:
+    the main malloc heap, anonymous mappings (pymalloc arenas, other threads' malloc arenas, large
+    blocks), file-backed pages, and pymalloc's count of live blocks (thousands)."""
+    parts = {"heap_mb": 0.0, "anon_mb": 0.0, "file_mb": 0.0}
+    name = ""
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=6)
+            if "-" in head[0] and len(head) >= 5:  # a mapping's first line: address, perms, offset, dev, inode[, path]
+                name = head[5].strip() if len(head) > 5 else ""
+            elif head[0] == "Rss:":
+                kb = int(head[1]) / 1024
+                key = "heap_mb" if name == "[heap]" else "anon_mb" if not name else "file_mb"
+                parts[key] += kb
+    out = {k: round(v, 1) for k, v in parts.items()}
+    out["py_blocks_k"] = round(sys.getallocatedblocks() / 1000, 1)
+    return out
+
+
 def rss_mb(pid: int | None = None) -> float:
     return psutil.Process(pid or os.getpid()).memory_info().rss / 2**20
 
@@ -158,7 +178,8 @@ def synthetic(args: argparse.Namespace) -> dict:
                 etcd_mb = 0.0
                 with contextlib.suppress(Exception):  # a figure, not a reason to stop the run
                     etcd_mb = node.guard.client.status().db_size / 2**20
-                samples.append({"txs": done, "rss_mb": round(rss_mb(), 1), "events": node.position,
+                samples.append({"txs": done, "rss_mb": round(rss_mb(), 1), **memory_parts(),
+                                "events": node.position,
                                 "etcd_db_mb": round(etcd_mb, 1), "store_stalls_over_1s": len(stalls),
                                 "longest_stall_s": max(stalls, default=0.0),
                                 "in_memory_txs": len(node.ledger.txs), "elapsed_s": round(time.monotonic() - t0, 1)})
@@ -196,9 +217,9 @@ def synthetic(args: argparse.Namespace) -> dict:
         "fold_from_0_s_per_million_events": round(fold_s / (events / 1e6), 2),
         "database_mb": round(db_mb, 1), "samples": samples,
     }
-    (OUT / "soak-synthetic.json").write_text(json.dumps(result, indent=1))
+    (args.out / "soak-synthetic.json").write_text(json.dumps(result, indent=1))
     xs = [s["txs"] / 1000 for s in samples]
-    chart(OUT / "soak-synthetic.png", f"one node's recorder and ledger, {args.txs:,} synthetic transactions "
+    chart(args.out / "soak-synthetic.png", f"one node's recorder and ledger, {args.txs:,} synthetic transactions "
           f"(thousands on x)", [("RSS MB", xs, {"node process": [s["rss_mb"] for s in samples]}),
                                 ("txs in memory", xs, {"ledger": [s["in_memory_txs"] for s in samples]}),
                                 ("log events (M)", xs, {"events": [s["events"] / 1e6 for s in samples]}),
@@ -350,10 +371,10 @@ def cluster(args: argparse.Namespace) -> dict:
               "startup_s_per_million_events": round(restarts.get("node_restart_to_ready_s", 0)
                                                     / max(log_events / 1e6, 1e-9), 3),
               **restarts, "log_events": log_events, "intervals": intervals}
-    (OUT / "soak.json").write_text(json.dumps(result, indent=1))
+    (args.out / "soak.json").write_text(json.dumps(result, indent=1))
     xs = [r["minute"] for r in intervals]
     names = sorted({k for r in intervals for k in r["rss_mb"]})
-    chart(OUT / "soak.png", f"N=4 t=3 at {args.rate:g} tx/s (node restart at 1/3, Postgres restart at 2/3)", [
+    chart(args.out / "soak.png", f"N=4 t=3 at {args.rate:g} tx/s (node restart at 1/3, Postgres restart at 2/3)", [
         ("tx/s", xs, {"completed": [r["completed_tx_s"] for r in intervals]}),
         ("confirmed on chain (k)", xs, {"confirmed": [r.get("confirmed", 0) / 1000 for r in intervals]}),
         ("e2e ms", xs, {"p50": [r["e2e_p50_ms"] or 0 for r in intervals],
@@ -374,6 +395,7 @@ def main() -> None:
     ap.add_argument("--interval-s", type=float, default=60.0)
     ap.add_argument("--txs", type=int, default=100_000)
     ap.add_argument("--retain", type=int, default=10_000, help="finished transactions kept in memory")
+    ap.add_argument("--out", type=Path, default=OUT, help="directory for the JSON and the PNG (default: bench/)")
     args = ap.parse_args()
     result = synthetic(args) if args.mode == "synthetic" else cluster(args)
     figures = {k: v for k, v in result.items() if not isinstance(v, list | dict)}

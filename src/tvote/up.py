@@ -171,7 +171,7 @@ def run(opts: UpOptions, console: Console) -> bool:
         prefix = f"r{state.runs + 1}_" if state else ""  # a restart's transactions are new ones
         _stream(stack.cluster, opts, app_dsn, console, prefix)
         console.print(f"all transactions settled in {time.monotonic() - t0:.1f}s")
-        ok = _summary(app_dsn, owner_dsn, stack.cluster, stack.client, console)
+        ok = _summary(app_dsn, owner_dsn, stack.cluster, stack.client, console, first_tx=f"{prefix}tx_0000")
         if state:
             state.runs += 1
             state.save(data)
@@ -252,7 +252,7 @@ def _progress_table(dsn: str, offered: int, total: int) -> Table:
 
 
 def _summary(app_dsn: str, owner_dsn: str, cluster: TrusteeCluster, client: ThresholdRecordClient,
-             console: Console) -> bool:
+             console: Console, first_tx: str) -> bool:
     from events.audit import verify
     from events.postgres_store import PostgresStore
     from projections.replay import replay
@@ -287,6 +287,7 @@ def _summary(app_dsn: str, owner_dsn: str, cluster: TrusteeCluster, client: Thre
                   f"(digest {rep.live_digest[:16]}...)")
     console.print(f"where to look: psql \"{owner_dsn}\"\n"
                   "  SELECT node_id, violation_type, tx_id, detected_at FROM byzantine_violations ORDER BY id;\n"
-                  "  SELECT node_id, value, received_at FROM vote_history WHERE tx_id = 'tx_0000' ORDER BY position;\n"
+                  f"  SELECT node_id, value, received_at FROM vote_history WHERE tx_id = '{first_tx}'"
+                  " ORDER BY position;\n"
                   "  node logs and keys: " + str(cluster.base))
     return report.ok and rep.equal and not chain.findings

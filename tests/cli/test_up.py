@@ -68,19 +68,33 @@ def test_a_data_dir_the_postgres_user_cannot_reach_is_refused_in_one_line(tmp_pa
     assert r.returncode == 1 and "cannot reach" in r.stdout and "Traceback" not in r.stdout + r.stderr, r.stdout
 
 
+def _on_chain(out: str) -> int:
+    import re
+
+    found = re.search(r"on chain: (\d+) values recorded", out)
+    assert found, out[-3000:]
+    return int(found.group(1))
+
+
 def _run_twice(data: Path) -> None:
+    """The first run bans its double-voting member, so the second starts with a banned trustee in the log:
+    its peers refuse it, it is never ready, and the cluster must start (and decide) without it."""
     before = our_children()
-    flags = ["--transactions", "3", "--nodes", "3", "--threshold", "2", "--byzantine", "none",
+    flags = ["--transactions", "3", "--nodes", "3", "--threshold", "2", "--byzantine", "double",
              "--deadline-ms", "2000", "--data-dir", str(data)]
     first = run("up", *flags)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "on chain: 3 values recorded" in first.stdout
+    assert "ABORTED_BYZANTINE" in first.stdout and "DOUBLE_VOT" in first.stdout
+    recorded = _on_chain(first.stdout)
+    assert recorded >= 1
     assert our_children() <= before
-    old_chain = (data / "anvil.json").read_bytes()  # the chain as the first run left it (3 records)
+    old_chain = (data / "anvil.json").read_bytes()  # the chain as the first run left it
     second = run("up", *flags)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "start 2" in second.stdout
-    assert "on chain: 6 values recorded" in second.stdout  # the first run's chain was kept, and its log
+    # the first run's chain and log were kept; the banned member stays banned, the other two decide all three
+    assert _on_chain(second.stdout) == recorded + 3, second.stdout[-3000:]
+    assert "r2_tx_0000" in second.stdout  # the hint names this run's transactions
     assert "audit verify: OK" in second.stdout and "projections equal" in second.stdout
     assert our_children() <= before
 
