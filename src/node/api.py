@@ -8,24 +8,38 @@ casts up to 1,000 at once (all or nothing: one bad entry refuses the whole reque
 that is banned or removed answers 403 at once (its votes would never be recorded);
 ``GET /tx/<tx_id>`` reads a
 transaction's state; ``GET /healthz`` (threads alive) and ``GET /readyz`` (caught up with the
-log) are unauthenticated, for supervisors. Anyone else gets 401: the token is read from a
-file only the operator can read.
+log) are unauthenticated, for supervisors; so is ``GET /openapi.json``, this API described
+(node/openapi.py). Anyone else gets 401: the token is read from a file only the operator can read.
+
+The server is cheroot (CherryPy's WSGI server), not ``http.server`` (whose documentation says it is
+not for production): a bounded pool of worker threads (``http.server`` started one per connection,
+without limit), idle keep-alive connections parked in a selector instead of holding a thread, body
+and header size limits enforced before the application runs. Two things are adapted here: its own
+error answers are JSON like ours, and the TLS handshake runs in the worker thread that reads the
+request, not in cheroot's single accept thread (where one client that never finishes its handshake
+would stall every other connection for the socket timeout).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
-import socket
+import logging
 import ssl
-import sys
 import threading
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import cheroot.server
+import cheroot.ssl.builtin
+import cheroot.wsgi
 
 from events.errors import InvalidVote, ThresholdVoteError
 from events.vote import check_tx_id, check_u64
+from node.openapi import OPENAPI
 from node.service import NodeStartError, NotEligible, TrusteeNode, VoteConflict
 from node.wire import MAX_DEPTH, too_deep
 
@@ -57,30 +71,36 @@ class NodeAPI:
                 raise NodeStartError(f"the API's TLS certificate or key cannot be used: {e}") from None
         self.node = node
         self.token = token
+        self.server = _Server((host, port), _application(self))
+        if context is not None:
+            self.server.ssl_adapter = _HandshakeInWorker(context)
         try:
-            server = _QuietServer6 if ":" in host else _QuietServer
-            self.server = server((host, port), _handler(self))
+            self.server.prepare()  # binds and listens now: a busy or foreign address is a start error
         except OSError as e:
             raise NodeStartError(f"the API cannot listen on {host}:{port}: {e.strerror or e}") from None
-        if context is not None:  # the handshake happens in the request's own thread, not in accept()
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True,
-                                                     do_handshake_on_connect=False)
         self.host, self.tls = host, context is not None
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, name="api", daemon=True)
+        self.port = self.server.bind_addr[1]
+        self._thread = threading.Thread(target=self.server.serve, name="api", daemon=True)
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.server.ready
+
+    @property
+    def resets(self) -> int:
+        return self.server.resets
+
     def start(self) -> NodeAPI:
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 def _loopback(host: str) -> bool:
@@ -90,144 +110,203 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-class _QuietServer(ThreadingHTTPServer):
-    """A client that resets its connection (before reading a 401, say) is counted, not a traceback in the log:
-    200 such connections once wrote 320 KB to the node's log, no token needed."""
+WORKERS = (4, 64)  # threads: kept, at most (a cast holds one for up to RECORD_WAIT while its vote is recorded)
+SOCKET_TIMEOUT = 5  # a client that announces more body than it sends must not hold a thread forever
 
-    daemon_threads = True
-    request_queue_size = 256  # socketserver's default backlog of 5 drops SYNs under a burst (1 s client retries)
-    resets = 0
 
-    def handle_error(self, request: object, client_address: object) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError | ssl.SSLError):  # a TLS handshake failed
-            self.resets += 1
+def _json(code: int, body: object, headers: dict[str, str] | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
+    data = json.dumps(body).encode()
+    return (f"{code} {_phrase(code)}",
+            [*(headers or {}).items(), ("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
+            data)
+
+
+def _phrase(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "error"
+
+
+class _JsonErrors(cheroot.server.HTTPRequest):
+    """cheroot's own answers (malformed request line, unsupported version, too large) in JSON like ours; and
+    every answer closes its connection without first reading the rest of the body (cheroot would drain it:
+    after a read timed out, or when back-pressure refuses before reading, that read fails or waits for a
+    client that is not sending)."""
+
+    def send_headers(self) -> None:
+        self.close_connection = True  # one request per connection: see _application
+        super().send_headers()
+
+    def simple_response(self, status: Any, msg: Any = "") -> None:
+        status = str(status)
+        code = int(status[:3])
+        text = msg.decode("latin-1") if isinstance(msg, bytes) else str(msg or "")
+        data = json.dumps({"error": text or status[4:] or _phrase(code)}).encode()
+        self.close_connection = True
+        head = (f"{self.server.protocol} {status}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n")
+        with contextlib.suppress(OSError):  # the client left before its answer: nothing to tell it
+            self.conn.wfile.write(head.encode("latin-1") + data)
+
+
+class _Connection(cheroot.server.HTTPConnection):
+    RequestHandlerClass = _JsonErrors
+
+
+class _Server(cheroot.wsgi.Server):
+    """A client that resets its connection (before reading a 401, say), a TLS handshake that fails, a read
+    that times out: counted, not a traceback in the log (200 such connections once wrote 320 KB to the node's
+    log, no token needed). Anything else cheroot reports is logged once, without a traceback."""
+
+    ConnectionClass = _Connection
+
+    def __init__(self, bind: tuple[str, int], app: Callable) -> None:
+        super().__init__(bind, app, numthreads=WORKERS[0], max=WORKERS[1], request_queue_size=256,
+                         timeout=SOCKET_TIMEOUT, shutdown_timeout=1)
+        self.max_request_body_size = MAX_BATCH_BODY
+        self.max_request_header_size = 16 * 1024
+        self.server_name = "tvote-node"
+        self.resets = 0
+
+    def process_conn(self, conn: Any) -> None:
+        """A new connection waits in the selector for its first bytes instead of taking a worker at once.
+
+        cheroot hands a freshly accepted connection straight to a worker, which then blocks reading it for
+        up to the socket timeout: 300 clients that connect and send nothing held every worker for 5 s
+        each and starved the rest. Parked first, an idle connection costs a file descriptor until
+        cheroot's expiry closes it; a worker is taken only once there is something to read."""
+        if not getattr(conn, "tvote_parked", False):
+            conn.tvote_parked = True
+            self._connections.put(conn)
             return
-        super().handle_error(request, client_address)
+        super().process_conn(conn)
+
+    def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
+        self.resets += 1
+        if level >= logging.ERROR and not msg.startswith(("socket.error", "Client ")):
+            logging.getLogger(__name__).warning("api server: %s", msg[:200])
 
 
-class _QuietServer6(_QuietServer):
-    address_family = socket.AF_INET6
+class _HandshakeInWorker(cheroot.ssl.builtin.BuiltinSSLAdapter):
+    """TLS whose handshake happens on the first read, in the worker thread that serves the request.
+
+    cheroot's builtin adapter completes the handshake inside ``accept()``, on its one acceptor thread: a
+    client that connects and sends nothing holds every other client off for the socket timeout. Here
+    ``wrap`` only attaches the TLS state; OpenSSL performs the handshake on the first ``SSL_read``,
+    which cheroot makes from a worker once the socket is readable. A failed handshake is then an
+    ``ssl.SSLError`` in that worker, which the server counts as a reset."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:  # not the base's: it would load the files again
+        self.context = context
+        self.certificate = self.private_key = self.certificate_chain = None
+        self.ciphers = None
+
+    def wrap(self, sock: Any) -> tuple[Any, dict]:
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), {}
+
+    def get_environ(self, sock: Any) -> dict:
+        return {"HTTPS": "on"}
 
 
-def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        timeout = 5  # a client that announces more body than it sends must not hold a thread forever
+def _application(api: NodeAPI) -> Callable[[dict, Callable], Iterable[bytes]]:
+    """The WSGI application. Every answer closes its connection (``Connection: close``): bytes a request
+    sent beyond what the server read (a body under a missing, negative or wrong Content-Length) can never
+    be taken as the next request, so no request is smuggled behind another; clients that cast many votes
+    send one batch (up to 1,000) instead of many requests on one connection."""
 
-        def parse_request(self) -> bool:
-            for _ in range(4):  # RFC 9112 2.2: ignore a few empty lines before the request line
-                if self.raw_requestline not in (b"\r\n", b"\n"):
-                    break
-                self.raw_requestline = self.rfile.readline(65537)
-            ok = super().parse_request()
-            if ok and self.request_version == "HTTP/0.9":
-                self.request_version = "HTTP/1.0"  # so that our answer has a status line
-                self.send_error(400, "HTTP/0.9 is not supported")
-                return False
-            return ok
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        status, headers, data = _route(api, environ)
+        start_response(status, [*headers, ("Connection", "close")])
+        return [data]
 
-        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-            """http.server's own errors (bad request line, 501, 414, 431) answer JSON like ours."""
-            self.close_connection = True
-            if self.request_version == "HTTP/0.9":  # http.server's default before a version was parsed
-                self.request_version = "HTTP/1.0"
-            try:
-                phrase = HTTPStatus(code).phrase
-            except ValueError:
-                phrase = "error"
-            self._send(code, {"error": message or phrase})
+    return app
 
-        def log_message(self, *args: object) -> None:
-            """Requests are counted, not logged (a client loop must not flood the node's log)."""
 
-        def _send(self, code: int, body: object, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+def _route(api: NodeAPI, env: dict) -> tuple[str, list[tuple[str, str]], bytes]:
+    method, path = env["REQUEST_METHOD"], env.get("REQUEST_URI", env.get("PATH_INFO", ""))
+    if method == "GET":
+        return _get(api, env, path)
+    if method == "POST":
+        return _post(api, env, path)
+    return _json(405, {"error": f"method {method} is not allowed"}, {"Allow": "GET, POST"})
 
-        def _authorised(self) -> bool:
-            given = self.headers.get("Authorization", "").removeprefix("Bearer ")
-            if hmac.compare_digest(given.encode(), api.token.encode()):
-                return True
-            self._send(401, {"error": "missing or wrong bearer token"})
-            return False
 
-        def do_GET(self) -> None:
-            if self.path == "/healthz":
-                self._send(200 if api.node.healthy else 503, {"healthy": api.node.healthy})
-            elif self.path == "/readyz":
-                ready = api.node.ready
-                self._send(200 if ready else 503, {"ready": ready, "eligible": api.node.eligible})
-            elif self.path.startswith("/tx/"):
-                if not self._authorised():
-                    return
-                try:
-                    tx_id = check_tx_id(self.path[4:])
-                except InvalidVote as e:
-                    self._send(400, {"error": str(e)})
-                    return
-                view = api.node.tx_view(tx_id)
-                self._send(200 if view else 404, view or {"error": f"no transaction {tx_id}"})
-            elif self.path == "/counters":
-                if self._authorised():
-                    gossip = api.node.gossip.counters.snapshot() if api.node.gossip else {}
-                    recorder = api.node.recorder.stats if api.node.recorder else {}
-                    self._send(200, api.node.counters.snapshot() | {f"gossip_{k}": v for k, v in gossip.items()}
-                               | {f"recorder_{k}": v for k, v in recorder.items()} | api.node.reception_summary())
-            else:
-                self._send(404, {"error": "no such endpoint"})
+def _authorised(api: NodeAPI, env: dict) -> bool:
+    given = env.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), api.token.encode())
 
-        def do_POST(self) -> None:
-            if self.path != "/votes":
-                self._send(404, {"error": "no such endpoint"})
-                return
-            if not self._authorised():
-                return
-            retry_after = api.node.overload()
-            if retry_after is not None:  # back-pressure: refuse before reading, signing or queueing anything
-                self.close_connection = True
-                self._send(503, {"error": "the node is behind; try again later (nothing was signed)"},
-                           {"Retry-After": str(int(retry_after + 0.999))})
-                return
-            try:
-                length = int(self.headers.get("Content-Length", "0"))
-                if not 0 < length <= MAX_BATCH_BODY:
-                    raise InvalidVote(f"body must be 1..{MAX_BATCH_BODY} bytes")
-                try:
-                    raw = self.rfile.read(length)
-                except (TimeoutError, OSError):
-                    self.close_connection = True
-                    self._send(408, {"error": f"the body did not arrive within {self.timeout}s"})
-                    return
-                if len(raw) < length:
-                    raise InvalidVote("the body is shorter than its Content-Length")
-                if too_deep(raw):  # before json.loads: deep nesting overflows its C recursion
-                    raise InvalidVote(f"body nests deeper than {MAX_DEPTH}")
-                votes = api.node.cast_many(ballots(json.loads(raw), length))
-            except (InvalidVote, ValueError) as e:
-                self._send(400, {"error": str(e)})
-                return
-            except VoteConflict as e:  # R14: nothing signed; the earlier signed vote says what was
-                self._send(409, {"error": str(e), "earlier": [sv.to_json() for sv in e.earlier]})
-                return
-            except NotEligible as e:
-                self._send(403, {"error": str(e)})  # final: retrying cannot help
-                return
-            except (NodeStartError, ThresholdVoteError) as e:
-                self._send(503, {"error": str(e)})
-                return
-            # 202 means durable: the vote is in the cluster log, so a crash after the answer loses nothing.
-            if not api.node.wait_recorded(votes, RECORD_WAIT):
-                self._send(503, {"error": f"the vote is not in the log after {RECORD_WAIT:g}s "
-                                          "(is Postgres or etcd down?); retry: casting again is idempotent (R3)"})
-                return
-            self._send(202, {"accepted": [sv.to_json() for sv in votes], "recorded": True})
 
-    return Handler
+UNAUTHORISED = (401, {"error": "missing or wrong bearer token"})
+
+
+def _get(api: NodeAPI, env: dict, path: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    node = api.node
+    if path == "/healthz":
+        return _json(200 if node.healthy else 503, {"healthy": node.healthy})
+    if path == "/readyz":
+        ready = node.ready
+        return _json(200 if ready else 503, {"ready": ready, "eligible": node.eligible})
+    if path == "/openapi.json":
+        return _json(200, OPENAPI)
+    if path.startswith("/tx/"):
+        if not _authorised(api, env):
+            return _json(*UNAUTHORISED)
+        try:
+            tx_id = check_tx_id(path[4:])
+        except InvalidVote as e:
+            return _json(400, {"error": str(e)})
+        view = node.tx_view(tx_id)
+        return _json(200 if view else 404, view or {"error": f"no transaction {tx_id}"})
+    if path == "/counters":
+        if not _authorised(api, env):
+            return _json(*UNAUTHORISED)
+        gossip = node.gossip.counters.snapshot() if node.gossip else {}
+        recorder = node.recorder.stats if node.recorder else {}
+        return _json(200, node.counters.snapshot() | {f"gossip_{k}": v for k, v in gossip.items()}
+                     | {f"recorder_{k}": v for k, v in recorder.items()} | node.reception_summary()
+                     | {"api_resets": api.resets})
+    return _json(404, {"error": "no such endpoint"})
+
+
+def _post(api: NodeAPI, env: dict, path: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    if path != "/votes":
+        return _json(404, {"error": "no such endpoint"})
+    if not _authorised(api, env):
+        return _json(*UNAUTHORISED)
+    retry_after = api.node.overload()
+    if retry_after is not None:  # back-pressure: refuse before reading, signing or queueing anything
+        return _json(503, {"error": "the node is behind; try again later (nothing was signed)"},
+                     {"Retry-After": str(int(retry_after + 0.999))})
+    try:
+        try:
+            length = int(env.get("CONTENT_LENGTH") or "0")
+        except ValueError:
+            raise InvalidVote("Content-Length must be an integer") from None
+        if not 0 < length <= MAX_BATCH_BODY:
+            raise InvalidVote(f"body must be 1..{MAX_BATCH_BODY} bytes")
+        try:
+            raw = env["wsgi.input"].read(length)
+        except (TimeoutError, OSError):
+            return _json(408, {"error": f"the body did not arrive within {SOCKET_TIMEOUT}s"})
+        if len(raw) < length:
+            raise InvalidVote("the body is shorter than its Content-Length")
+        if too_deep(raw):  # before json.loads: deep nesting overflows its C recursion
+            raise InvalidVote(f"body nests deeper than {MAX_DEPTH}")
+        votes = api.node.cast_many(ballots(json.loads(raw), length))
+    except (InvalidVote, ValueError) as e:
+        return _json(400, {"error": str(e)})
+    except VoteConflict as e:  # R14: nothing signed; the earlier signed vote says what was
+        return _json(409, {"error": str(e), "earlier": [sv.to_json() for sv in e.earlier]})
+    except NotEligible as e:
+        return _json(403, {"error": str(e)})  # final: retrying cannot help
+    except (NodeStartError, ThresholdVoteError) as e:
+        return _json(503, {"error": str(e)})
+    # 202 means durable: the vote is in the cluster log, so a crash after the answer loses nothing.
+    if not api.node.wait_recorded(votes, RECORD_WAIT):
+        return _json(503, {"error": f"the vote is not in the log after {RECORD_WAIT:g}s "
+                                    "(is Postgres or etcd down?); retry: casting again is idempotent (R3)"})
+    return _json(202, {"accepted": [sv.to_json() for sv in votes], "recorded": True})
 
 
 def ballots(body: object, length: int) -> list[tuple[str, int]]:

@@ -45,13 +45,14 @@ def serve(cfg: NodeConfig, status_file: Path | None, say: Callable[[str], None])
                                            "api_host": api.host, "api_tls": api.tls}))
     say(f"{cfg.node_id} up: peer {n.gossip.peer_id}, api {api.url}")
     try:
-        while not stop["now"] and n.healthy:
+        while not stop["now"] and n.healthy and api.alive:
             time.sleep(0.1)
     except KeyboardInterrupt:  # Ctrl-C stops like SIGTERM
         stop["now"] = True
     finally:
         if not stop["now"]:  # never a silent zombie: say why, then exit non-zero for a supervisor to restart us
-            log.error("node %s is unhealthy, exiting: %s", cfg.node_id, n.why_unhealthy())
+            why = n.why_unhealthy() if not n.healthy else "the API server stopped"
+            log.error("node %s is unhealthy, exiting: %s", cfg.node_id, why)
         api.stop()
         n.stop()
     return stop["now"]

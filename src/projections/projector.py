@@ -349,6 +349,8 @@ def apply(t: Tables, r: Recorded) -> None:
         raise ProjectionError(f"event {r.position} ({r.event_type}) names unknown {e.args[0]!r:.80}") from None
     except ValueError as e:  # a name outside events.vocab
         raise ProjectionError(f"event {r.position} ({r.event_type}): {e}") from None
+    except OverflowError as e:  # a time no timestamp column holds (the decider never writes one; fuzz found it)
+        raise ProjectionError(f"event {r.position} ({r.event_type}) holds a time outside the calendar: {e}") from None
 
 
 def _apply(t: Tables, r: Recorded) -> None:

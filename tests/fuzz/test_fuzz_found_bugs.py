@@ -1,4 +1,4 @@
-"""Minimal reproductions of what the fuzzers found, one per bug (B1-B12), kept as regression tests.
+"""Minimal reproductions of what the fuzzers found, one per bug (B1-B13), kept as regression tests.
 
 Why keep them beside the fuzzers: a fuzzer finds a bug again only by chance; these find it every
 time. They were strict xfails until the fixes landed (f71a1bc). A new finding gets a reproduction
@@ -199,8 +199,15 @@ def test_b11_fold_of_an_event_for_an_unknown_member_is_a_typed_error() -> None:
         == "rejected"
 
 
+# Fuzz find B13 (fixed): src/projections/projector.py apply: OverflowError on a deadline before year 1
+def test_b13_a_time_outside_the_calendar_is_a_typed_refusal_of_the_fold() -> None:
+    replay = fs.Replay()
+    assert replay.check(("TransactionOpened", 1, {"tx_id": "tc", "opened_at_ms": 0,
+                                                  "deadline_at_ms": -62_135_596_800_001})) == "rejected"
+
+
 def test_no_known_bug_is_tolerated() -> None:
-    """B1-B12 are fixed: the fuzzers tolerate nothing (a new entry needs a reproduction here)."""
+    """B1-B13 are fixed: the fuzzers tolerate nothing (a new entry needs a reproduction here)."""
     assert fs.KNOWN == []
 
 
