@@ -13,11 +13,10 @@ log) are unauthenticated, for supervisors; so is ``GET /openapi.json``, this API
 
 The server is cheroot (CherryPy's WSGI server), not ``http.server`` (whose documentation says it is
 not for production): a bounded pool of worker threads (``http.server`` started one per connection,
-without limit), idle keep-alive connections parked in a selector instead of holding a thread, body
-and header size limits enforced before the application runs. Two things are adapted here: its own
-error answers are JSON like ours, and the TLS handshake runs in the worker thread that reads the
-request, not in cheroot's single accept thread (where one client that never finishes its handshake
-would stall every other connection for the socket timeout).
+without limit), body and header size limits enforced before the application runs. Adapted here (see
+docs/decisions.md, "Across hosts"): a new connection waits in a selector until it has bytes instead
+of holding a worker; the TLS handshake runs in the worker that reads the request, not in cheroot's
+single accept thread; every answer closes its connection; cheroot's own refusals answer JSON.
 """
 
 from __future__ import annotations
