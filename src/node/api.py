@@ -26,6 +26,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable
@@ -167,6 +168,19 @@ class _Server(cheroot.wsgi.Server):
         self.max_request_header_size = 16 * 1024
         self.server_name = "tvote-node"
         self.resets = 0
+
+    @classmethod
+    def prepare_socket(cls, bind_addr: Any, family: Any, type: Any, proto: Any, nodelay: Any,
+                       ssl_adapter: Any, reuse_port: bool = False) -> Any:
+        """SO_REUSEADDR on every listening socket, the first one on port 0 included.
+
+        cheroot leaves it off for port 0. Linux lets a new listener take a port whose old connections
+        are in TIME_WAIT only if those had it too (they inherit it from their listener), so a node
+        restarted on the API port it was first given (its clients know it there) failed with "Address
+        already in use" for a minute after it had served anything (every answer closes, server side)."""
+        sock = super().prepare_socket(bind_addr, family, type, proto, nodelay, ssl_adapter, reuse_port)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return sock
 
     def process_conn(self, conn: Any) -> None:
         """A new connection waits in the selector for its first bytes instead of taking a worker at once.

@@ -159,3 +159,17 @@ def test_alive_says_whether_the_server_thread_still_serves():
     while a.alive and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not a.alive
+
+
+def test_a_restarted_node_takes_its_api_port_again_after_serving(api):
+    """The first listener is on port 0; its answered connections sit in TIME_WAIT when the node restarts."""
+    for _ in range(5):
+        assert _raw(api.port, b"GET /healthz HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    port = api.port
+    api.stop()
+    again = NodeAPI(_node(), port, TOKEN).start()
+    try:
+        assert again.port == port
+        assert _raw(port, b"GET /healthz HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    finally:
+        again.stop()
