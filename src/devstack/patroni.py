@@ -28,6 +28,7 @@ default, ``recording.etcd_guard``): the constructor refuses an overlap with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -327,6 +328,13 @@ class PatroniCluster:
         except (OSError, ValueError):
             return None
 
+    def _kill_postmaster(self, m: Member) -> None:
+        """SIGKILL to the postmaster's process group (Patroni starts it in a session of its own)."""
+        pid = self._postmaster_pid(m)
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+
     def kill_member(self, m: Member) -> None:
         """A machine crash: SIGKILL to Patroni and to its postmaster's process group (every backend)."""
         if m.proc is None:
@@ -334,12 +342,7 @@ class PatroniCluster:
         if m.proc.poll() is None:
             os.killpg(m.proc.pid, signal.SIGKILL)
             m.proc.wait()
-        pid = self._postmaster_pid(m)
-        if pid:
-            try:
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self._kill_postmaster(m)
         wait_until(lambda: not port_in_use(m.port), 10, f"{m.name} gone")
 
     def stop_member(self, m: Member, timeout: float = 30) -> None:
@@ -357,12 +360,8 @@ class PatroniCluster:
         for m in sorted(self.members, key=lambda m: m is p):
             self.stop_member(m)
         for m in self.members:  # a postmaster Patroni left behind (it was killed, or did not stop it)
-            pid = self._postmaster_pid(m)
-            if pid and m.proc is not None:
-                try:
-                    os.killpg(os.getpgid(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            if m.proc is not None:
+                self._kill_postmaster(m)
 
     def destroy(self) -> None:
         for m in self.members:

@@ -26,7 +26,7 @@ from rich.table import Table
 from events import rules
 from events.audit import verify
 from events.errors import ThresholdVoteError
-from events.postgres_store import PostgresStore
+from events.postgres_store import PostgresStore, connect_failure
 from events.writers import RowSigner, operator_writer
 from node import duty, wire
 from observability.logging import configure_logging
@@ -73,8 +73,9 @@ def fail(msg: str) -> typer.Exit:
 def _connect_check(dsn: str) -> None:
     try:
         psycopg.connect(dsn, connect_timeout=3).close()
-    except (psycopg.Error, ValueError) as e:  # unreachable, refused, or not a DSN at all
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    except (psycopg.Error, ValueError) as e:  # unreachable, refused, only standbys, or not a DSN at all
+        text = connect_failure(e) if isinstance(e, psycopg.OperationalError) else str(e).strip()
+        first = (text.splitlines() or [type(e).__name__])[0]
         raise fail(f"cannot reach Postgres ({first}); check --dsn / TVOTE_DSN") from None
 
 
