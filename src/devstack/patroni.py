@@ -132,11 +132,19 @@ class PatroniCluster:
 
     def __init__(self, etcd_endpoints: Sequence[str], size: int = 3, base_dir: Path | None = None,
                  namespace: str = NAMESPACE, scope: str = SCOPE, service_prefixes: Sequence[str] = (SERVICE_PREFIX,),
-                 fsync: bool = True, ttl: int = 8, loop_wait: int = 1, retry_timeout: int = 3,
+                 fsync: bool = True, ttl: int = 6, loop_wait: int = 1, retry_timeout: int = 2,
                  prefix: Sequence[str] = ()) -> None:
         """``etcd_endpoints``: client URLs of the project's etcd; ``service_prefixes``: the etcd prefixes the
         service uses there (refused if Patroni's keys would overlap them); ``prefix``: an argv prefix for
-        Patroni (``devstack.procs.die_with_parent()``)."""
+        Patroni (``devstack.procs.die_with_parent()``).
+
+        ``fsync=False`` (tests): no fsync in Postgres, initdb or base backups. A kill -9 of a process loses
+        nothing the kernel holds, so failover tests stay meaningful; only a power loss would not be.
+        ``ttl``: the leader key's lease (s), the longest a dead primary holds the cluster; Patroni needs
+        ``loop_wait + 2 * retry_timeout <= ttl``.
+        """
+        if loop_wait + 2 * retry_timeout > ttl:
+            raise ValueError(f"ttl {ttl} < loop_wait {loop_wait} + 2 * retry_timeout {retry_timeout} (Patroni's rule)")
         check_prefixes(namespace, scope, service_prefixes)
         if size < 2:
             raise ValueError(f"size {size}: a Patroni cluster here has a primary and at least one standby")
@@ -209,16 +217,22 @@ class PatroniCluster:
                     "synchronous_node_count": 1,
                     "postgresql": {
                         "use_pg_rewind": True,
+                        # an old primary that cannot be rewound is cloned again from the new one: what
+                        # only it held was never acknowledged (synchronous commit), so nothing is lost
+                        "remove_data_directory_on_rewind_failure": True,
+                        "remove_data_directory_on_diverged_timelines": True,
                         "use_slots": True,
                         "parameters": {
                             "max_connections": 200, "shared_buffers": "128MB", "fsync": onoff,
-                            "full_page_writes": onoff, "synchronous_commit": "on", "wal_level": "replica",
+                            # pg_rewind needs full-page writes, with or without fsync
+                            "full_page_writes": "on", "synchronous_commit": "on", "wal_level": "replica",
                             "hot_standby": "on", "wal_log_hints": "on", "max_wal_senders": 10,
                             "max_replication_slots": 10, "wal_keep_size": "256MB",
                         },
                     },
                 },
-                "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],
+                "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums",
+                           *([] if self.fsync else ["no-sync"])],
             },
             "postgresql": {
                 "listen": f"{LOOPBACK}:{m.port}",
@@ -227,6 +241,7 @@ class PatroniCluster:
                 "bin_dir": bin_dir,
                 "pgpass": str(m.base / "pgpass"),
                 "use_unix_socket": True,
+                "basebackup": [{"checkpoint": "fast"}, *([] if self.fsync else ["no-sync"])],
                 "authentication": {
                     "superuser": {"username": SUPERUSER},
                     "replication": {"username": REPLICATION_USER},
@@ -266,12 +281,17 @@ class PatroniCluster:
         """Start every member; return once there is a primary that takes writes and every standby streams."""
         self.base.mkdir(parents=True, exist_ok=True)
         self._chown(self.base)
+        self.heal(timeout)
+        return self
+
+    def heal(self, timeout: float = 90) -> None:
+        """Start every member that is down (killed by a scenario); return once all stream again."""
         for m in self.members:
-            self.start_member(m)
+            if m.proc is None or m.proc.poll() is not None:
+                self.start_member(m)
         self.wait_primary(timeout)
         wait_until(lambda: self.streaming() == len(self.members) - 1 and self.sync_standby() is not None,
                    timeout, "patroni standbys")
-        return self
 
     def cluster(self) -> dict | None:
         """Patroni's view (``GET /cluster``) from the first member that answers."""
@@ -317,16 +337,28 @@ class PatroniCluster:
             time.sleep(0.2)
         raise NoPrimary(f"no writable Postgres member after {timeout:.0f}s: see {self.base}/pg*/patroni.log")
 
+    def walreceiver_pid(self, m: Member) -> int:
+        """The WAL receiver of a standby (chaos: SIGSTOP it and the primary's synchronous commits wait)."""
+        with psycopg.connect(self.member_dsn(m), connect_timeout=2) as c:
+            row = c.execute("SELECT pid FROM pg_stat_wal_receiver").fetchone()
+        if not row:
+            raise RuntimeError(f"{m.name} has no WAL receiver: not a streaming standby")
+        return int(row[0])
+
     def create_database(self, name: str) -> None:
         with psycopg.connect(self.dsn("postgres"), autocommit=True) as c:
             if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
                 c.execute(f'CREATE DATABASE "{name}"')
 
     def _postmaster_pid(self, m: Member) -> int | None:
+        """The member's running postmaster: the pid in postmaster.pid, if that process is a postgres on this data
+        directory (a pid file a crash left behind may name a pid reused by someone else's process)."""
         try:
-            return int((m.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+            pid = int((m.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return None
+        return pid if str(m.data_dir).encode() in cmdline else None
 
     def _kill_postmaster(self, m: Member) -> None:
         """SIGKILL to the postmaster's process group (Patroni starts it in a session of its own)."""

@@ -7,8 +7,11 @@ dropped mid-commit is resolved by its idempotency keys on the new primary.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psycopg
@@ -16,11 +19,12 @@ import pytest
 from helpers import wait_for
 
 from chaos.pg_failover import AppendLoad, check_log
-from devstack.patroni import PatroniCluster
+from devstack.patroni import Member, PatroniCluster
 from devstack.trustees import SRC
 from events.errors import StoreUnavailable
 from events.postgres_store import PostgresStore
 from projections.projector import Projector
+from recording.recorder import Status
 from tvote import db
 
 pytestmark = pytest.mark.integration
@@ -30,6 +34,9 @@ def tvote(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from tvote.cli import app; app()", *args], capture_output=True,
                           text=True, timeout=60, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin",
                                                       "COLUMNS": "200"})
+
+
+LAST = "SELECT max(position), (SELECT hash FROM events ORDER BY position DESC LIMIT 1) FROM events"
 
 
 def _has_database(dsn: str, name: str) -> bool:
@@ -118,19 +125,77 @@ def test_kill_9_of_the_primary_under_load_loses_no_acknowledged_append(patroni: 
         if b.retries:
             assert set(b.statuses) <= {"appended", "duplicate"}, b
     # the old primary comes back as a standby, rewound onto the new timeline, with the same log
+    rejoin(patroni, old, ha_database)
+
+
+def rejoin(patroni: PatroniCluster, old: Member, database) -> None:
+    """Start a killed member again; wait until it streams as a standby and holds the primary's log."""
     patroni.start_member(old)
-    deadline = time.monotonic() + 60
-    with psycopg.connect(ha_database.app_dsn) as c:
-        want = c.execute("SELECT max(position), (SELECT hash FROM events ORDER BY position DESC LIMIT 1) "
-                         "FROM events").fetchone()
-    while True:
+    with psycopg.connect(database.app_dsn) as c:
+        want = c.execute(LAST).fetchone()
+
+    def caught_up() -> bool:
         try:
-            with psycopg.connect(patroni.member_dsn(old, ha_database.name), connect_timeout=2) as c:
-                got = c.execute("SELECT max(position), (SELECT hash FROM events ORDER BY position DESC LIMIT 1), "
-                                "pg_is_in_recovery() FROM events").fetchone()
-                if got == (*want, True):
-                    break
+            with psycopg.connect(patroni.member_dsn(old, database.name), connect_timeout=2) as c:
+                return c.execute(LAST).fetchone() == want and c.execute("SELECT pg_is_in_recovery()").fetchone()[0]
         except psycopg.OperationalError:
-            pass
-        assert time.monotonic() < deadline, f"{old.name} did not rejoin with the log: {patroni.cluster()}"
-        time.sleep(0.5)
+            return False
+
+    try:
+        wait_for(caught_up, 90, f"{old.name} to rejoin with the log")
+    except AssertionError:
+        tail = [x for x in old.log_file.read_text().splitlines() if "no action" not in x][-40:]
+        raise AssertionError(f"{old.name} did not rejoin: {patroni.cluster()}\n" + "\n".join(tail)) from None
+    wait_for(lambda: patroni.streaming() == len(patroni.members) - 1 and patroni.sync_standby(), 30, "standbys")
+
+
+def test_an_append_in_doubt_at_the_failover_is_found_by_its_idempotency_keys(patroni: PatroniCluster, ha_database,
+                                                                             etcd_server, etcd_prefix):
+    """The commit reached the synchronous standby but its acknowledgement never reached the client.
+
+    The standby's WAL receiver is frozen (SIGSTOP) so the primary's commit waits for it (SyncRep); the
+    primary is then killed: the client sees the connection drop mid-commit, in doubt. The receiver
+    resumes and reads the commit the dead primary had already sent; Patroni promotes that standby. The
+    node retries the same votes: their idempotency keys find them in the log, recorded once.
+    """
+    old, sync = patroni.primary(), patroni.sync_standby()
+    assert old is not None and sync is not None
+    load = AppendLoad(ha_database.app_dsn, etcd_server.endpoints[0], etcd_prefix)
+    load.found()
+    rec = load.recorder
+    assert {r.status for r in rec.execute([x.receive("before", 1) for x in load.trustees[:3]])} == {Status.APPENDED}
+    cmds = [x.receive("in_doubt", 1) for x in load.trustees[:3]]
+    receiver = patroni.walreceiver_pid(sync)
+    outcome: list = []
+    os.kill(receiver, signal.SIGSTOP)
+    try:
+        t = threading.Thread(target=lambda: outcome.append(_try(rec.execute, cmds)))
+        t.start()
+        wait_for(lambda: _sync_waiters(patroni, old) > 0, 10, "the commit waiting for the standby")
+        patroni.kill_member(old)
+        t.join(30)
+    finally:
+        os.kill(receiver, signal.SIGCONT)
+    assert isinstance(outcome[0], StoreUnavailable), outcome  # in doubt: the connection dropped mid-commit
+    assert patroni.wait_primary(60, other_than=old) is sync
+    results = wait_for(lambda: _try(rec.execute, cmds), 30, "the retry on the new primary")
+    while isinstance(results, StoreUnavailable):  # the promotion may still be settling
+        time.sleep(0.2)
+        results = _try(rec.execute, cmds)
+    assert [r.status for r in results] == [Status.DUPLICATE] * 3  # found by its keys: it had committed
+    rows = PostgresStore(ha_database.app_dsn).read_stream("tx:in_doubt")
+    assert sum(r.event_type == "VoteAccepted" for r in rows) == 3
+    check = check_log(ha_database.app_dsn, load)
+    assert check.held, check
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except StoreUnavailable as e:
+        return e
+
+
+def _sync_waiters(patroni: PatroniCluster, m: Member) -> int:
+    with psycopg.connect(patroni.member_dsn(m), connect_timeout=2) as c:
+        return c.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'").fetchone()[0]
