@@ -93,6 +93,8 @@ def up(
     deadline_ms: Annotated[int, typer.Option(help="Per-transaction deadline (R9).", min=100)] = 5000,
     data_dir: Annotated[Path | None, typer.Option(help="Keep the services' data here (default: temp).")] = None,
     keep_running: Annotated[bool, typer.Option(help="Leave everything up until Ctrl-C.")] = False,
+    postgres: Annotated[str, typer.Option(help="embedded (one server) | patroni (three members under Patroni on "
+                                               "the etcd cluster, synchronous replication)")] = "embedded",
 ) -> None:
     """Start Postgres, etcd x3 and N trustee nodes on loopback, run a real scenario, summarise it."""
     from tvote.up import UpOptions, run
@@ -101,10 +103,12 @@ def up(
         raise fail("--byzantine must be one of double, minority, forge, silent, none")
     if threshold > nodes:
         raise fail(f"--threshold {threshold} > --nodes {nodes}: need 1 <= t <= N")
+    if postgres not in ("embedded", "patroni"):
+        raise fail("--postgres must be embedded or patroni")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        ok = run(UpOptions(nodes, threshold, transactions, byzantine, rate, deadline_ms, data_dir, keep_running),
-                 console)
+        ok = run(UpOptions(nodes, threshold, transactions, byzantine, rate, deadline_ms, data_dir, keep_running,
+                           postgres=postgres), console)
     except KeyboardInterrupt:
         console.print("stopped")
         return
