@@ -47,7 +47,7 @@ from urllib.parse import quote
 import psycopg
 
 from devstack.postgres import PG_BIN_DIRS, SUPERUSER, pg_bin
-from devstack.procs import free_port, port_in_use, wait_until
+from devstack.procs import die_with_parent, free_port, port_in_use, wait_until
 
 LOOPBACK = "127.0.0.1"
 NAMESPACE = "/patroni"  # Patroni's keys: /patroni/<scope>/leader, /sync, /members/<name>, ...
@@ -133,10 +133,10 @@ class PatroniCluster:
     def __init__(self, etcd_endpoints: Sequence[str], size: int = 3, base_dir: Path | None = None,
                  namespace: str = NAMESPACE, scope: str = SCOPE, service_prefixes: Sequence[str] = (SERVICE_PREFIX,),
                  fsync: bool = True, ttl: int = 6, loop_wait: int = 1, retry_timeout: int = 2,
-                 prefix: Sequence[str] = ()) -> None:
+                 die_with_parent: bool = False) -> None:
         """``etcd_endpoints``: client URLs of the project's etcd; ``service_prefixes``: the etcd prefixes the
-        service uses there (refused if Patroni's keys would overlap them); ``prefix``: an argv prefix for
-        Patroni (``devstack.procs.die_with_parent()``).
+        service uses there (refused if Patroni's keys would overlap them); ``die_with_parent``: Patroni gets
+        SIGTERM (and stops its Postgres) when this process dies (``devstack.procs.die_with_parent``).
 
         ``fsync=False`` (tests): no fsync in Postgres, initdb or base backups. A kill -9 of a process loses
         nothing the kernel holds, so failover tests stay meaningful; only a power loss would not be.
@@ -155,7 +155,7 @@ class PatroniCluster:
         self.namespace, self.scope = namespace, scope
         self.fsync = fsync
         self.ttl, self.loop_wait, self.retry_timeout = ttl, loop_wait, retry_timeout
-        self.prefix = list(prefix)
+        self.die_with_parent = die_with_parent
         self._owned_tmp = base_dir is None
         self.base = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="tvote-patroni-"))
         self.members = [Member(f"pg{i}", free_port(), free_port(), self.base / f"pg{i}") for i in range(size)]
@@ -256,9 +256,12 @@ class PatroniCluster:
 
     def _argv(self, m: Member) -> list[str]:
         argv = [shutil.which("patroni") or "patroni", str(m.config)]
-        if os.geteuid() == 0:  # setpriv execs in place: the pid we hold is Patroni's own
+        if self.die_with_parent:
+            argv = [*die_with_parent(), *argv]
+        if os.geteuid() == 0:  # setpriv execs in place: the pid we hold is Patroni's own. The parent-death
+            # signal goes after the user change, which would clear it (prctl(2))
             argv = ["setpriv", f"--reuid={SUPERUSER}", f"--regid={SUPERUSER}", "--init-groups", "--", *argv]
-        return [*self.prefix, *argv]
+        return argv
 
     # lifecycle ---------------------------------------------------------------------------------------
 

@@ -98,7 +98,7 @@ def run(opts: UpOptions, console: Console) -> bool:
                                                                  for m in etcd.members])
         state.save(data)
     if opts.postgres == "patroni":  # Patroni's keys beside the service's "/tvote" (refused if they overlap)
-        pg = PatroniCluster(etcd.endpoints, prefix=die_with_parent())  # type: ignore[assignment]
+        pg = PatroniCluster(etcd.endpoints, die_with_parent=True)  # type: ignore[assignment]
     stack = Stack(pg, etcd)
     try:
         with console.status("starting Postgres and a 3-member etcd on 127.0.0.1 ..."):
