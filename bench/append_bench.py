@@ -9,6 +9,8 @@ synchronous_commit=on, etcd on disk. Run: ``.venv/bin/python bench/append_bench.
 - our store alone (``PostgresStore.append``) and the eventsourcing library's PostgreSQL application
   recorder appending the same pre-made events (the like-for-like comparison of the two recorders)
 - projection rebuild (replay into fresh tables): events/s
+- ``--replication``: only the full path on one server against a three-member Patroni cluster with
+  synchronous replication (issue 17), runs interleaved on the same machine, with the ratio
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import psycopg  # noqa: E402
 from helpers import OPERATOR, admin, signer, trustees  # noqa: E402
 
 from devstack.etcd import Etcd  # noqa: E402
+from devstack.patroni import PatroniCluster  # noqa: E402
 from devstack.postgres import Postgres  # noqa: E402
 from events import rules  # noqa: E402
 from events.postgres_store import PostgresStore  # noqa: E402
@@ -205,12 +208,43 @@ def median_of(runs: list[dict]) -> dict:
     return out
 
 
+def bench_replication(votes: int, single_votes: int, repeat: int) -> dict:
+    """The full path (decide + etcd CAS + append) on one server and on a Patroni cluster whose commits wait
+    for the synchronous standby, A/B interleaved run by run (this box is shared and noisy)."""
+    out: dict = {"rows": []}
+    with Etcd(size=1) as etcd, Postgres(fsync=True) as pg, PatroniCluster(etcd.endpoints, fsync=True) as pc:
+        def fresh_db(server: Postgres | PatroniCluster) -> str:
+            name = f"b{uuid.uuid4().hex[:8]}"
+            server.create_database(name)
+            db.upgrade(server.url(name))
+            return server.dsn(name, user=db.APP_ROLE)
+
+        for batch, n in ((1, single_votes), (500, votes)):
+            single, sync = [], []
+            for _ in range(repeat):
+                single.append(bench_full_path(fresh_db(pg), etcd.endpoints[0], n, batch))
+                sync.append(bench_full_path(fresh_db(pc), etcd.endpoints[0], n, batch))
+            a, b = median_of(single), median_of(sync)
+            row = {"batch": batch, "votes": n, "single_vote_events_per_s": a["vote_events_per_s"],
+                   "sync_replication_vote_events_per_s": b["vote_events_per_s"],
+                   "ratio_sync_over_single": round(b["vote_events_per_s"] / a["vote_events_per_s"], 2),
+                   "runs": repeat}
+            out["rows"].append(row)
+            print("single server vs synchronous replication (full path):", row, flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--votes", type=int, default=20_000)
     ap.add_argument("--single-votes", type=int, default=1_000)
     ap.add_argument("--repeat", type=int, default=3, help="runs per row; rows print the medians")
+    ap.add_argument("--replication", action="store_true",
+                    help="only: one server vs a Patroni cluster with synchronous replication (issue 17)")
     args = ap.parse_args()
+    if args.replication:
+        print(json.dumps(bench_replication(args.votes, args.single_votes, args.repeat)))
+        return
     rep = range(args.repeat)
     results: dict = {}
     results["decide_evolve"] = bench_pure(args.votes)

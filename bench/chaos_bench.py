@@ -7,6 +7,8 @@ invariants of ``chaos.invariants`` afterwards. Prints one table per suite; asser
 Run: ``.venv/bin/python bench/chaos_bench.py`` (about 15 minutes on 2 cores)
      ``--quick`` CI sizes; ``--only "node crash"`` substring filter; ``--no-load``; ``--no-chain``;
      ``--load-nodes 4 7 --load-rates 5 10 --load-txs 60``.
+     ``--patroni``: also kill -9 the primary of a three-member Patroni cluster (issue 17) under load, with a
+     submitter writing to anvil; e.g. ``--patroni --no-scenarios --no-load --out bench/RESULTS-patroni.md``.
 """
 
 from __future__ import annotations
@@ -122,6 +124,35 @@ def run_scenarios(env: ChaosEnv, full: bool, only: list[str], chain: bool, base:
     return out
 
 
+def run_patroni(full: bool, base: Path, trace: bool = True, trace_max_tx: int | None = None) -> scenarios.Result:
+    """kill -9 of the Patroni primary under load, with a submitter on chain: its own env (three Postgres members
+    under Patroni on the 3-member etcd, fsync on)."""
+    name = "Patroni: kill -9 of the primary (+ submitter)"
+    console.print(f"[bold]{name}[/]")
+    rig = scenarios.SubmitterRig(base / "submitter")
+    try:
+        with ChaosEnv(base / "env", postgres="patroni") as env:
+            rig.start_chain()
+
+            def start(ctx: scenarios.Ctx) -> scenarios.SubmitterRig:
+                rig.spawn(ctx)
+                return rig
+
+            res = scenarios.run(env, name, scenarios.patroni_primary_kill(5.0), txs=40 if full else 24, rate=4.0,
+                                chain=rig.client, submitter=start, settle_timeout=120)
+            _show(res)
+            console.print(res.figures)
+            if trace and res.report is not None:
+                check_trace(res, trace_max_tx)  # while its log is still there
+            return res
+    except Exception as e:  # no patroni, no anvil: the table says so
+        res = scenarios.Result(name, 5, 4, 0, 0.0, error=f"{type(e).__name__}: {e}", notes=[str(e)[:200]])
+    finally:
+        rig.close()
+    _show(res)
+    return res
+
+
 def _show(res: scenarios.Result) -> None:
     if res.report is not None:
         res.report.print(res.name)
@@ -141,6 +172,7 @@ def main() -> None:
     ap.add_argument("--no-trace-check", action="store_true",
                     help="do not trace-check each scenario's log with TLC (tla/trace_check.py)")
     ap.add_argument("--trace-max-tx", type=int, default=None, help="trace-check only the first K transactions")
+    ap.add_argument("--patroni", action="store_true", help="also kill -9 a Patroni primary (issue 17)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # clean up servers
@@ -162,6 +194,9 @@ def main() -> None:
                         p = {"N": n, "offered_tx_per_s": rate, "error": f"{type(e).__name__}: {e}"[:200]}
                     console.print(json.dumps(p))
                     points.append(p)
+    if args.patroni:
+        with tempfile.TemporaryDirectory(prefix="chaos-patroni-") as tmp:
+            results.append(run_patroni(not args.quick, Path(tmp), not args.no_trace_check, args.trace_max_tx))
     rows = [r.row() for r in results]
     if rows:
         console.print(_table("chaos scenarios", rows))

@@ -27,6 +27,7 @@ import psycopg
 
 from chaos.invariants import Ack
 from devstack.etcd import Etcd
+from devstack.patroni import PatroniCluster
 from devstack.postgres import Postgres
 from devstack.trustees import TrusteeCluster
 from tvote import db
@@ -52,17 +53,21 @@ class Scope:
 class ChaosEnv:
     """A private Postgres (fsync on: chaos kills it) and a 3-member etcd, for many scenarios."""
 
-    def __init__(self, base: Path | None = None, etcd_size: int = 3) -> None:
+    def __init__(self, base: Path | None = None, etcd_size: int = 3, postgres: str = "embedded") -> None:
+        """``postgres``: "embedded" (one server) or "patroni" (three members under Patroni on this etcd,
+        synchronous replication; ``devstack.patroni``)."""
+        self.etcd = Etcd(size=etcd_size, base_dir=(base / "etcd") if base else None)
         # Postgres always in a directory of its own: as root it runs as `postgres`, which cannot
         # traverse a caller's 0700 directories (pytest's tmp_path, for one).
-        self.pg = Postgres(fsync=True)
-        self.etcd = Etcd(size=etcd_size, base_dir=(base / "etcd") if base else None)
+        self.pg: Postgres | PatroniCluster = (
+            PatroniCluster(self.etcd.endpoints, fsync=True, service_prefixes=("/chaos",)) if postgres == "patroni"
+            else Postgres(fsync=True))
 
     def start(self) -> ChaosEnv:
+        self.etcd.start()  # first: Patroni keeps its leader key there
         self.pg.start()
         self.pg.create_database("chaos_template")
         db.upgrade(self.pg.url("chaos_template"))
-        self.etcd.start()
         return self
 
     def scope(self) -> Scope:
@@ -76,7 +81,9 @@ class ChaosEnv:
 
     def heal_all(self) -> None:
         """Put every server back (a scenario that failed mid-fault must not poison the next one)."""
-        if not self.pg._ready():
+        if isinstance(self.pg, PatroniCluster):
+            self.pg.heal()
+        elif not self.pg._ready():
             self.pg.start()
         for i, m in enumerate(self.etcd.members):
             if m.proc is None or m.proc.poll() is not None:

@@ -44,6 +44,7 @@ from chaos.harness import (
     wait_converged,
     wait_for,
 )
+from devstack.patroni import PatroniCluster
 from devstack.trustees import TrusteeCluster
 from events import rules
 
@@ -77,6 +78,7 @@ class Result:
     exited: list[str] = field(default_factory=list)  # nodes that exited by themselves during the fault
     log_dsn: str = ""  # the scenario's log (its own database), for checks after the run (tla/trace_check.py)
     trace: dict[str, Any] = field(default_factory=dict)  # the trace check's sizes and verdict, if run
+    figures: dict[str, Any] = field(default_factory=dict)  # a fault's own measurements (e.g. a failover's)
 
     def row(self) -> dict[str, Any]:
         rec = "-" if self.recovery_s is None else f"{self.recovery_s:.1f}"
@@ -350,6 +352,41 @@ def postgres_kill(down_s: float = 5.0) -> Fault:
         time.sleep(down_s)
         ctx.env.pg.start()
         ctx.revive("while Postgres was down")
+        ctx.healed()
+
+    return fault
+
+
+def patroni_primary_kill(down_s: float = 5.0) -> Fault:
+    """kill -9 of the Patroni primary (its Patroni and every Postgres process: a machine crash) mid-stream.
+
+    The synchronous standby is promoted once the leader key lapses; the nodes, the submitter and the
+    projector find it through their multi-host DSN. The old primary starts again after ``down_s`` and
+    rejoins as a standby (pg_rewind). Notes: when the standby was promoted and when the log grew again.
+    """
+
+    def fault(ctx: Ctx) -> None:
+        pc = ctx.env.pg
+        if not isinstance(pc, PatroniCluster):
+            raise TypeError("patroni_primary_kill needs ChaosEnv(postgres='patroni')")
+        ctx.wait_offered(0.3)
+        old = pc.primary()
+        if old is None:
+            raise RuntimeError("no Patroni primary to kill")
+        t0 = time.monotonic()
+        pc.kill_member(old)
+        new = pc.wait_primary(60, other_than=old)
+        promoted = time.monotonic() - t0
+        at = ctx.log_position()
+        grew = wait_for(lambda: (p := ctx.log_position()) is not None and at is not None and p > at, 60, 0.05)
+        resumed = time.monotonic() - t0
+        ctx.result.figures.update(promoted_s=round(promoted, 2), no_appends_s=round(resumed, 2) if grew else None)
+        ctx.note(f"primary {old.name} SIGKILLed at tx {len(ctx.load.offers)}; {new.name} promoted after "
+                 f"{promoted:.1f} s; appends resumed after {resumed:.1f} s" if grew else "appends did not resume")
+        time.sleep(max(0.0, down_s - resumed))
+        pc.heal()
+        ctx.note(f"{old.name} back as a standby {time.monotonic() - t0:.0f} s after the kill")
+        ctx.revive("during the failover")
         ctx.healed()
 
     return fault

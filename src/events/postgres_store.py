@@ -46,6 +46,22 @@ SELECT = (
 )
 
 
+def connect_failure(e: psycopg.OperationalError) -> str:
+    """Why a connection failed (psycopg's text); a multi-host DSN that found only standbys is said so plainly.
+
+    With ``target_session_attrs=read-write`` (a Patroni cluster's DSN) libpq refuses every read-only
+    member with "session is read-only", and psycopg lists every attempt: the gist is that no member
+    named in the DSN takes writes (the DSN names only standbys, or a failover is in progress).
+    """
+    text = str(e).strip()
+    lines = [x for x in text.splitlines() if x.strip()]
+    attempts = [x for x in lines if x.startswith("- host:")] or lines[:1]
+    if attempts and all("read-only" in x or "hot standby" in x for x in attempts):
+        return (f"no writable member: all {len(attempts)} server(s) the DSN names are read-only (standbys, or a "
+                "failover in progress); target_session_attrs=read-write keeps only a primary")
+    return text or type(e).__name__
+
+
 def us_to_datetime(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
@@ -64,7 +80,7 @@ class PostgresStore:
             try:
                 self._conn = psycopg.connect(self.dsn, connect_timeout=self._timeout, autocommit=False)
             except psycopg.OperationalError as e:
-                raise StoreUnavailable(f"postgres unreachable: {e}") from e
+                raise StoreUnavailable(f"postgres unreachable: {connect_failure(e)}") from e
         return self._conn
 
     def close(self) -> None:

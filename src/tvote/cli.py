@@ -26,7 +26,7 @@ from rich.table import Table
 from events import rules
 from events.audit import verify
 from events.errors import ThresholdVoteError
-from events.postgres_store import PostgresStore
+from events.postgres_store import PostgresStore, connect_failure
 from events.writers import RowSigner, operator_writer
 from node import duty, wire
 from observability.logging import configure_logging
@@ -73,8 +73,9 @@ def fail(msg: str) -> typer.Exit:
 def _connect_check(dsn: str) -> None:
     try:
         psycopg.connect(dsn, connect_timeout=3).close()
-    except (psycopg.Error, ValueError) as e:  # unreachable, refused, or not a DSN at all
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    except (psycopg.Error, ValueError) as e:  # unreachable, refused, only standbys, or not a DSN at all
+        text = connect_failure(e) if isinstance(e, psycopg.OperationalError) else str(e).strip()
+        first = (text.splitlines() or [type(e).__name__])[0]
         raise fail(f"cannot reach Postgres ({first}); check --dsn / TVOTE_DSN") from None
 
 
@@ -92,6 +93,8 @@ def up(
     deadline_ms: Annotated[int, typer.Option(help="Per-transaction deadline (R9).", min=100)] = 5000,
     data_dir: Annotated[Path | None, typer.Option(help="Keep the services' data here (default: temp).")] = None,
     keep_running: Annotated[bool, typer.Option(help="Leave everything up until Ctrl-C.")] = False,
+    postgres: Annotated[str, typer.Option(help="embedded (one server) | patroni (three members under Patroni on "
+                                               "the etcd cluster, synchronous replication)")] = "embedded",
 ) -> None:
     """Start Postgres, etcd x3 and N trustee nodes on loopback, run a real scenario, summarise it."""
     from tvote.up import UpOptions, run
@@ -100,10 +103,12 @@ def up(
         raise fail("--byzantine must be one of double, minority, forge, silent, none")
     if threshold > nodes:
         raise fail(f"--threshold {threshold} > --nodes {nodes}: need 1 <= t <= N")
+    if postgres not in ("embedded", "patroni"):
+        raise fail("--postgres must be embedded or patroni")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        ok = run(UpOptions(nodes, threshold, transactions, byzantine, rate, deadline_ms, data_dir, keep_running),
-                 console)
+        ok = run(UpOptions(nodes, threshold, transactions, byzantine, rate, deadline_ms, data_dir, keep_running,
+                           postgres=postgres), console)
     except KeyboardInterrupt:
         console.print("stopped")
         return

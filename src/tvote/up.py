@@ -28,6 +28,7 @@ from web3.exceptions import TransactionNotFound
 from chain import ThresholdRecordClient, make_web3
 from devstack.anvil import Anvil
 from devstack.etcd import Etcd, EtcdMember
+from devstack.patroni import PatroniCluster
 from devstack.postgres import Postgres
 from devstack.procs import die_with_parent
 from devstack.trustees import SRC, TrusteeCluster
@@ -48,6 +49,7 @@ class UpOptions:
     deadline_ms: int = 5000
     data_dir: Path | None = None
     keep_running: bool = False
+    postgres: str = "embedded"  # or "patroni": three members with synchronous replication (devstack.patroni)
 
 
 @dataclass
@@ -80,6 +82,8 @@ class Stack:
 def run(opts: UpOptions, console: Console) -> bool:
     """Start (or, on a data dir it ran on before, start again) the whole stack, stream a scenario, summarise."""
     data = opts.data_dir
+    if opts.postgres == "patroni" and data:
+        raise StackMismatch("--postgres patroni keeps no data dir yet: run it without --data-dir")
     if data:
         data.mkdir(parents=True, exist_ok=True)
     state = StackFile.load(data) if data else None  # StackMismatch (a one-line error) before anything starts
@@ -93,19 +97,23 @@ def run(opts: UpOptions, console: Console) -> bool:
         state = StackFile(opts.nodes, opts.threshold, pg.port, [[m.name, m.client_port, m.peer_port]
                                                                  for m in etcd.members])
         state.save(data)
+    if opts.postgres == "patroni":  # Patroni's keys beside the service's "/tvote" (refused if they overlap)
+        pg = PatroniCluster(etcd.endpoints, die_with_parent=True)  # type: ignore[assignment]
     stack = Stack(pg, etcd)
     try:
         with console.status("starting Postgres and a 3-member etcd on 127.0.0.1 ..."):
             stack.pg.stop()  # a server an earlier `up` on this data dir left running (pg_ctl daemonizes it)
-            stack.started.append(stack.pg)
-            stack.pg.start()
-            stack.started.append(stack.etcd)
-            stack.etcd.start()
+            # Patroni keeps its leader key in etcd: etcd first
+            for server in (stack.etcd, stack.pg) if opts.postgres == "patroni" else (stack.pg, stack.etcd):
+                stack.started.append(server)
+                server.start()
             stack.pg.create_database("tvote")
             db.upgrade(stack.pg.url("tvote"))
         app_dsn, owner_dsn = stack.pg.dsn("tvote", user=db.APP_ROLE), stack.pg.dsn("tvote")
         console.print(f"[green]up[/green] postgres 127.0.0.1:{stack.pg.port}, etcd {' '.join(stack.etcd.endpoints)}"
                       + (f" (data dir {data}, start {state.runs + 1})" if state else ""))
+        if isinstance(stack.pg, PatroniCluster):
+            console.print(f"  patroni {stack.pg.roles()}, every role through \"{app_dsn}\"")
         byz = {opts.nodes - 1: opts.byzantine} if opts.byzantine != "none" else {}
         with console.status(f"starting {opts.nodes} trustee nodes (libp2p on loopback) ..."):
             # every etcd member, so a node fails over when the one it talks to dies

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 TVOTE = [sys.executable, "-c", "from tvote.cli import app; app()"]
@@ -45,6 +46,34 @@ def test_bad_flags_get_a_one_line_error_and_start_nothing():
     assert r.returncode == 1 and "cannot reach Postgres" in r.stdout
     r = run("up", "--nodes", "0")
     assert r.returncode == 2  # typer's own usage error
+
+
+@pytest.mark.slow
+def test_up_on_a_patroni_cluster_runs_the_same_scenario_and_leaves_nothing_running():
+    """Issue 17: `up --postgres patroni`: three Postgres members under Patroni, every role through the multi-host
+    DSN, the same verdicts, chain and audit as on one server."""
+    before = our_children() | patroni_children()
+    r = run("up", "--postgres", "patroni", "--transactions", "6", "--nodes", "4", "--threshold", "3",
+            "--byzantine", "double")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    assert "target_session_attrs=read-write" in out and "sync_standby" in out
+    assert "CONFIRMED" in out and "ABORTED_BYZANTINE" in out
+    assert "each consensus written once" in out
+    assert "audit verify: OK" in out and "projections equal" in out
+    assert our_children() | patroni_children() <= before
+
+
+def patroni_children() -> set[int]:
+    return {p.pid for p in psutil.process_iter(["cmdline"]) if "tvote-patroni-" in " ".join(p.info["cmdline"] or [])}
+
+
+def test_up_refuses_a_postgres_it_does_not_know_and_patroni_with_a_data_dir(tmp_path):
+    r = run("up", "--postgres", "mysql")
+    assert r.returncode == 1 and "--postgres must be embedded or patroni" in r.stdout
+    r = run("up", "--postgres", "patroni", "--data-dir", str(tmp_path / "d"))
+    assert r.returncode == 1 and "keeps no data dir yet" in r.stdout, r.stdout
+    assert not (tmp_path / "d").exists()  # nothing made
 
 
 def test_up_starts_again_on_its_data_dir_and_refuses_another_clusters():
