@@ -175,6 +175,9 @@ def _handler(api: NodeAPI) -> type[BaseHTTPRequestHandler]:
             elif self.path == "/counters":
                 if self._authorised():
                     gossip = api.node.gossip.counters.snapshot() if api.node.gossip else {}
+                    if api.node.gossip:  # gauges: is our topic mesh formed, and under which IP rules (issue 18)
+                        gossip |= {"mesh_peers": len(api.node.gossip.mesh_peers()), "eclipse_protection": int(
+                            api.node.gossip.gossip.config.eclipse_protection_effective)}
                     recorder = api.node.recorder.stats if api.node.recorder else {}
                     self._send(200, api.node.counters.snapshot() | {f"gossip_{k}": v for k, v in gossip.items()}
                                | {f"recorder_{k}": v for k, v in recorder.items()} | api.node.reception_summary())
