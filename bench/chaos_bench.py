@@ -7,6 +7,10 @@ invariants of ``chaos.invariants`` afterwards. Prints one table per suite; asser
 Run: ``.venv/bin/python bench/chaos_bench.py`` (about 15 minutes on 2 cores)
      ``--quick`` CI sizes; ``--only "node crash"`` substring filter; ``--no-load``; ``--no-chain``;
      ``--load-nodes 4 7 --load-rates 5 10 --load-txs 60``.
+     ``--netns`` (root) adds the network faults on the namespace network (``chaos.netchaos``: partitions,
+     one-way cut, packet loss, tbf, etcd leader isolated) and the same load points on it and on loopback,
+     one after the other; ``--netns --no-scenarios --no-load`` runs only those and rewrites only their
+     section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -142,13 +148,20 @@ def main() -> None:
                     help="do not trace-check each scenario's log with TLC (tla/trace_check.py)")
     ap.add_argument("--trace-max-tx", type=int, default=None, help="trace-check only the first K transactions")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--netns", action="store_true", help="the network faults on the namespace network (root)")
+    ap.add_argument("--netns-load", nargs=3, action="append", default=None, metavar=("N", "RATE", "TXS"),
+                    help="load points compared netns vs loopback (default: 4 5 40)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # clean up servers
 
     t0 = time.monotonic()
     results: list[scenarios.Result] = []
     points: list[dict[str, Any]] = []
+    net_rows: list[dict[str, Any]] = []
+    net_points: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="chaos-bench-") as tmp, ChaosEnv(Path(tmp)) as env:
+        if args.netns:
+            net_rows, net_points = run_netns(env, not args.quick, args.only, args.netns_load or [["4", "5", "40"]])
         if not args.no_scenarios:
             results = run_scenarios(env, not args.quick, args.only, not args.no_chain, Path(tmp),
                                     not args.no_trace_check, args.trace_max_tx)
@@ -163,6 +176,15 @@ def main() -> None:
                     console.print(json.dumps(p))
                     points.append(p)
     rows = [r.row() for r in results]
+    if net_rows:
+        console.print(_table("network chaos (netns)", [_net_row(r) for r in net_rows]))
+    if net_points:
+        console.print(_table("load points: netns vs loopback", net_points))
+    if args.netns and args.no_scenarios and args.no_load:
+        old = args.out.read_text() if args.out.exists() else ""
+        args.out.write_text(_splice(old, netns_section(args, net_rows, net_points)))
+        console.print(f"wrote the network section of {args.out}")
+        return
     if rows:
         console.print(_table("chaos scenarios", rows))
     traces = [r.trace for r in results if r.trace]
@@ -170,8 +192,88 @@ def main() -> None:
         console.print(_table("trace checks (TLC)", traces))
     if points:
         console.print(_table("load points", points))
+    old = args.out.read_text() if args.out.exists() else ""
     write_results(args, rows, results, points, time.monotonic() - t0)
+    section = netns_section(args, net_rows, net_points) if args.netns else _section_of(old)
+    if section:
+        args.out.write_text(_splice(args.out.read_text(), section))
     console.print(f"wrote {args.out}")
+
+
+NET_BEGIN, NET_END = "<!-- netns:begin -->", "<!-- netns:end -->"
+
+
+def run_netns(env: ChaosEnv, full: bool, only: list[str], points: list[list[str]]
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``python -m chaos.netchaos`` in a child (it enters a namespace before any gRPC thread), then the same load
+    points here on loopback: A then B, at the same offered load."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    argv = [sys.executable, "-m", "chaos.netchaos", *(["--full"] if full else []), *(["--only", *only] if only else [])]
+    for p in points:
+        argv += ["--load", *p]
+    rows, net_points = [], []
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(src)})
+    for line in proc.stdout:
+        console.print(line.rstrip()[:400])
+        if line.startswith("RESULT "):
+            rows.append(json.loads(line.removeprefix("RESULT ")))
+        elif line.startswith("LOAD "):
+            net_points.append(json.loads(line.removeprefix("LOAD ")))
+    proc.wait()
+    for n, rate, txs in points:
+        console.print(f"[bold]load N={n} rate={rate}/s on loopback[/]")
+        net_points.append({"network": "loopback", **run_point(env, int(n), float(rate), int(txs))})
+    return rows, net_points
+
+
+def _net_row(r: dict[str, Any]) -> dict[str, Any]:
+    return {"scenario": r["scenario"], "N/t": r["N/t"], "txs": r["txs"], "held": r["held"],
+            "recovery_s": r["recovery_s"], "votes_lost": r["votes_lost"], "txs_lost": r["txs_lost"],
+            "chain writes/consensus": r["writes_per_consensus"], "end_states": r["end_states"],
+            "secs": r["secs"], "notes": r["notes"]}
+
+
+def netns_section(args: argparse.Namespace, rows: list[dict[str, Any]], points: list[dict[str, Any]]) -> str:
+    failed = [f"- **{r['scenario']}**: {'; '.join(r['failed']) or r['error']}" for r in rows if not r["held_bool"]]
+    return "\n".join([
+        NET_BEGIN,
+        "## Network chaos on the namespace network (issue 18)",
+        "",
+        f"Command: `.venv/bin/python bench/chaos_bench.py {' '.join(sys.argv[1:])}` "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); machine: {machine()}.",
+        "",
+        "`python -m chaos.netchaos`: every trustee, Postgres and each etcd member on a host of its own "
+        "(devstack.netns, docs/netns.md); faults cut, thin or limit links (iptables in the receivers' "
+        "namespaces, `-m statistic` for loss, `tc tbf`), processes are never stopped. Each row is "
+        "`chaos.scenarios.run` with a fresh ThresholdRecord contract and a submitter, checked by "
+        "`chaos.invariants` (`held`; with the chain: one write per CONFIRMED tx). `recovery_s`: heal -> "
+        "every tx offered before the heal settled on every honest node.",
+        "",
+        _md([_net_row(r) for r in rows]),
+        "Invariants that did not hold:" if failed else "Every invariant held in every row.",
+        *failed,
+        "",
+        "### Load points: the namespace network vs loopback, same offered load",
+        "",
+        "Run one after the other (netns first) with the same N, rate and transaction count; e2e = first vote "
+        "signed -> ThresholdReached recorded, from the log.",
+        "",
+        _md(points),
+        NET_END,
+    ])
+
+
+def _section_of(text: str) -> str:
+    if NET_BEGIN in text and NET_END in text:
+        return text[text.index(NET_BEGIN):text.index(NET_END) + len(NET_END)]
+    return ""
+
+
+def _splice(text: str, section: str) -> str:
+    old = _section_of(text)
+    if old:
+        return text.replace(old, section)
+    return text.rstrip("\n") + "\n\n" + section + "\n"
 
 
 def write_results(args: argparse.Namespace, rows: list[dict[str, Any]], results: list[scenarios.Result],

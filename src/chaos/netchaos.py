@@ -152,9 +152,19 @@ def link_loss(rate: float = 0.2) -> Fault:
         for h in _trustees(ctx):
             net.loss(h, 0)
         ctx.revive("under packet loss")
+        _retry_refused(ctx)
         ctx.healed()
 
     return fault
+
+
+def _retry_refused(ctx: Ctx) -> None:
+    """The clients cast again what a node did not acknowledge under the fault (a 503, no answer), as the
+    frozen-process scenarios' clients do after SIGCONT: a vote never cast cannot settle its transaction."""
+    refused = sum(len(v) for v in ctx.load.pending.values())
+    if refused:
+        ctx.note(f"{refused} casts unacknowledged under the fault, cast again after it")
+        ctx.load.drain(lambda i: ctx.cluster.trustees[i].proc.poll() is None, 45.0)
 
 
 def bandwidth(rate: str = "1mbit") -> Fault:
@@ -170,6 +180,7 @@ def bandwidth(rate: str = "1mbit") -> Fault:
         for h in _trustees(ctx):
             net.bandwidth(h, None)
         ctx.revive("under the bandwidth cap")
+        _retry_refused(ctx)
         ctx.healed()
 
     return fault
@@ -201,7 +212,7 @@ def etcd_leader_isolated(cut_s: float = 10.0) -> Fault:
 
 def catalogue(full: bool) -> list[tuple[str, dict[str, Any]]]:
     """(name, ``scenarios.run`` kwargs) for each network scenario; ``full`` = bench sizes, else CI sizes."""
-    txs, rate = (60, 4.0) if full else (20, 4.0)
+    txs, rate = (60, 4.0) if full else (16, 4.0)
     return [
         ("net split 5|3 (N=8 t=5), stores with the 5",
          {"fault": split((5, 6, 7), True, 12.0 if full else 8.0), "n": 8, "t": 5, "txs": txs, "rate": rate}),
@@ -224,12 +235,19 @@ def hosts(n: int = MAX_TRUSTEES) -> list[str]:
     return ["op", *STORES, *(trustee(i) for i in range(n))]
 
 
-def run_all(full: bool, only: list[str], base: Path, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Build the network, enter ``op``, run the chosen scenarios with a chain each; one dict per scenario."""
+def run_all(full: bool, only: list[str], base: Path, say: Callable[[str], None] = print,
+            points: list[tuple[int, float, int]] = ()) -> list[dict[str, Any]]:
+    """Build the network, enter ``op``, run the chosen scenarios with a chain each; one dict per scenario.
+    ``points``: load points (N, rate, txs) on the same network first (``LOAD`` lines)."""
+    from chaos.loadpoint import run_point
+
     todo = [(name, kw) for name, kw in catalogue(full) if not only or any(o.lower() in name.lower() for o in only)]
     out: list[dict[str, Any]] = []
-    with TestNetwork(hosts(max((kw.get("n", 5) for _, kw in todo), default=1))) as net, net["op"].enter():
+    size = max([kw.get("n", 5) for _, kw in todo] + [p[0] for p in points] + [1])
+    with TestNetwork(hosts(size)) as net, net["op"].enter():
         env = NetChaosEnv(net, base).start()
+        for n, rate, txs in points:
+            say("LOAD " + json.dumps({"network": "netns", **run_point(env, n, rate, txs)}))
         rig = SubmitterRig(base / "chain").start_chain()  # anvil on op's loopback, the submitter in op
         try:
             for name, kw in todo:
@@ -281,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full", action="store_true", help="bench sizes (60 txs at 4/s), else CI sizes")
     ap.add_argument("--only", nargs="*", default=[], help="scenarios whose name contains one of these")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--no-scenarios", action="store_true", help="only the load points")
+    ap.add_argument("--load", nargs=3, action="append", default=[], metavar=("N", "RATE", "TXS"),
+                    help="a load point on the network first (chaos.loadpoint; repeatable)")
     args = ap.parse_args(argv)
     if args.list:
         for name, _ in catalogue(args.full):
@@ -288,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="netchaos-") as tmp:
         Path(tmp).chmod(0o711)  # the postgres user reaches its data dir below
-        rows = run_all(args.full, args.only, Path(tmp), lambda s: print(s, flush=True))
-    return 0 if rows and all(r["held_bool"] for r in rows) else 1
+        points = [(int(n), float(r), int(k)) for n, r, k in args.load]
+        rows = run_all(args.full, ["(none)"] if args.no_scenarios else args.only, Path(tmp),
+                       lambda s: print(s, flush=True), points)
+    return 0 if all(r["held_bool"] for r in rows) else 1
 
 
 if __name__ == "__main__":
