@@ -325,10 +325,10 @@ NOTES = """
 - **Message loss**: `chaos.trustee --drop-rate 0.2` on every node drops 20 % of accepted gossip deliveries after the
   router handled them, so GossipSub does not retransmit: loss above TCP, stricter than 20 % IP packet loss
   (which TCP turns into latency). Nodes recover through the one cluster log (R13).
-- **Partition**: the minority's processes are SIGSTOPped, then SIGCONTed. A frozen node reaches nobody (peers,
-  etcd, Postgres), its TCP connections stay open and its etcd lease (10 s) runs out: a partition that isolates
-  the minority from everything. A split in which both sides still reach the stores is not modelled; with one
-  log it only costs gossip (the message-loss row).
+- **Frozen process**: the minority's processes are SIGSTOPped, then SIGCONTed. A frozen node reaches nobody
+  (peers, etcd, Postgres), its TCP connections stay open and its etcd lease (10 s) runs out. Real network
+  partitions (links cut, both with the stores on the majority's side and on both sides), one-way cuts,
+  packet loss and bandwidth limits run on the namespace network: `--netns` (`chaos.netchaos`).
 - **Clock skew**: two node processes run with their wall clock shifted +5 s and -5 s by `python -m chaos.skew`:
   the clocks the node's code reads (vote timestamps, the edge's age window, deadlines, the log's `recorded_at`)
   are offset; monotonic clocks and libraries are not. Debian's libfaketime 0.9.10 could not be used: with the
@@ -380,8 +380,8 @@ a lapsed etcd lease is renewed instead of killing the node. The original write-u
 - CI (issue 8 point 5): `.ci/run` runs `./dev test`, i.e. all of pytest, so `tests/chaos/` (the CI subset:
   10 scenarios, the submitter crash, one load point, the checker's own test; ~4-5 min on 2 cores) runs there;
   the README documents the suites and the commands for the full runs.
-- Network namespaces + a fault-injecting proxy (real packet loss/delay between nodes): not built; loss is
-  injected at the gossip layer.
+- Real packet loss, partitions and bandwidth limits: `--netns` (root), in their own section below; `tc netem`
+  (delay, jitter) is not available on this machine's kernel.
 - etcd leader vs follower kill is not chosen deterministically (the notes name the leader at kill time).
 - Scenarios run once each; run-to-run variance (which node dies, how many votes are lost) is not measured.
 """
