@@ -65,6 +65,10 @@ class NetChaosEnv(ChaosEnv):
             raise ValueError(f"this network has {MAX_TRUSTEES} trustee hosts, not {n}")
         return [self.net[trustee(i)] for i in range(n)]
 
+    def endpoint(self, member: int = 0) -> str:
+        """Every member, as ``tvote up`` gives its nodes: a client fails over when its member is cut off."""
+        return ",".join(self.etcd.endpoints)
+
     def heal_all(self) -> None:
         self.net.clear()  # no cut, loss or limit outlives its scenario
         super().heal_all()
@@ -256,9 +260,10 @@ def run_all(full: bool, only: list[str], base: Path, say: Callable[[str], None] 
                                                chain_id=rig.anvil.chain_id)  # a fresh contract: its own records
 
                 def start(ctx: Ctx) -> SubmitterRig:
-                    rig.spawn(ctx)
+                    rig.launch(ctx.cluster, ctx.scope.app_dsn, env.endpoint().replace("http://", ""), ctx.scope.prefix)
                     return rig
 
+                kw = {**kw, "fault": _supervised(kw["fault"], rig, start)}
                 res = scenarios.run(env, name, chain=rig.client, submitter=start, settle_timeout=120, **kw)
                 out.append(_figures(res, rig))
                 say("RESULT " + json.dumps(out[-1]))
@@ -266,6 +271,21 @@ def run_all(full: bool, only: list[str], base: Path, say: Callable[[str], None] 
             rig.close()
             env.close()
     return out
+
+
+def _supervised(fault: Fault, rig: SubmitterRig, start: Callable[[Ctx], Any]) -> Fault:
+    """After the fault, a submitter that exited is started again (as its supervisor would), with a note."""
+
+    def run(ctx: Ctx) -> None:
+        fault(ctx)
+        p = rig.procs[-1]
+        if p.poll() is not None:
+            log = rig.base / f"submitter-{len(rig.procs) - 1}.log"
+            last = (log.read_text(errors="replace").strip().splitlines() or ["?"])[-1] if log.exists() else "?"
+            ctx.note(f"the submitter exited during the fault ({p.returncode}: {last[:160]}); restarted")
+            start(ctx)
+
+    return run
 
 
 def _owner(rig: SubmitterRig) -> Any:
@@ -300,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=[], help="scenarios whose name contains one of these")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--no-scenarios", action="store_true", help="only the load points")
+    ap.add_argument("--keep", type=Path, help="keep the chain's and the submitters' logs here")
     ap.add_argument("--load", nargs=3, action="append", default=[], metavar=("N", "RATE", "TXS"),
                     help="a load point on the network first (chaos.loadpoint; repeatable)")
     args = ap.parse_args(argv)
@@ -308,9 +329,11 @@ def main(argv: list[str] | None = None) -> int:
             print(name)
         return 0
     with tempfile.TemporaryDirectory(prefix="netchaos-") as tmp:
-        Path(tmp).chmod(0o711)  # the postgres user reaches its data dir below
+        base = args.keep or Path(tmp)
+        base.mkdir(parents=True, exist_ok=True)
+        base.chmod(0o711)  # the postgres user reaches its data dir below
         points = [(int(n), float(r), int(k)) for n, r, k in args.load]
-        rows = run_all(args.full, ["(none)"] if args.no_scenarios else args.only, Path(tmp),
+        rows = run_all(args.full, ["(none)"] if args.no_scenarios else args.only, base,
                        lambda s: print(s, flush=True), points)
     return 0 if all(r["held_bool"] for r in rows) else 1
 

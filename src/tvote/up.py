@@ -91,7 +91,8 @@ def run(opts: UpOptions, console: Console) -> bool:
     if place.isolated and opts.data_dir:
         raise StackMismatch("--data-dir works with --network loopback only: a test network's addresses are "
                             "new on every run, and etcd keeps its members' addresses in its data")
-    with console.status("building the test network (one namespace per process) ..." if place.isolated else ""):
+    with (console.status("building the test network (one namespace per process) ...") if place.isolated
+          else contextlib.nullcontext()):
         place.open()
     try:
         with place.operating():
