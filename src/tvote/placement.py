@@ -71,8 +71,8 @@ class Placement:
 
         self.net = TestNetwork(roles(self.nodes))
         try:
+            self._watchdog = _start_watchdog()  # first: from the network's first namespace on, a SIGKILL is covered
             self.net.start()
-            self._watchdog = _start_watchdog()
         except BaseException:
             self.close()
             raise
