@@ -120,6 +120,7 @@ def cut_from_peers(node: int = 1, cut_s: float = 10.0) -> Fault:
         time.sleep(cut_s)
         net.heal()
         ctx.revive("while cut from its peers")
+        _retry_refused(ctx)
         ctx.healed()
 
     return fault
@@ -137,6 +138,7 @@ def one_way(node: int = 1, cut_s: float = 10.0) -> Fault:
         time.sleep(cut_s)
         net.heal()
         ctx.revive("during the one-way cut")
+        _retry_refused(ctx)
         ctx.healed()
 
     return fault
@@ -206,6 +208,7 @@ def etcd_leader_isolated(cut_s: float = 10.0) -> Fault:
         net.heal()
         wait_for(etcd.healthy, 30)
         ctx.revive("while the etcd leader was isolated")
+        _retry_refused(ctx)
         ctx.healed()
 
     return fault
