@@ -9,6 +9,10 @@ Run: ``.venv/bin/python bench/chaos_bench.py`` (about 15 minutes on 2 cores)
      ``--load-nodes 4 7 --load-rates 5 10 --load-txs 60``.
      ``--patroni``: also kill -9 the primary of a three-member Patroni cluster (issue 17) under load, with a
      submitter writing to anvil; e.g. ``--patroni --no-scenarios --no-load --out bench/RESULTS-patroni.md``.
+     ``--netns`` (root) adds the network faults on the namespace network (``chaos.netchaos``: partitions,
+     one-way cut, packet loss, tbf, etcd leader isolated) and the same load points on it and on loopback,
+     one after the other; ``--netns --no-scenarios --no-load`` runs only those and rewrites only their
+     section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -174,13 +180,20 @@ def main() -> None:
     ap.add_argument("--trace-max-tx", type=int, default=None, help="trace-check only the first K transactions")
     ap.add_argument("--patroni", action="store_true", help="also kill -9 a Patroni primary (issue 17)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--netns", action="store_true", help="the network faults on the namespace network (root)")
+    ap.add_argument("--netns-load", nargs=3, action="append", default=None, metavar=("N", "RATE", "TXS"),
+                    help="load points compared netns vs loopback (default: 4 5 40)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # clean up servers
 
     t0 = time.monotonic()
     results: list[scenarios.Result] = []
     points: list[dict[str, Any]] = []
+    net_rows: list[dict[str, Any]] = []
+    net_points: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="chaos-bench-") as tmp, ChaosEnv(Path(tmp)) as env:
+        if args.netns:
+            net_rows, net_points = run_netns(env, not args.quick, args.only, args.netns_load or [["4", "5", "40"]])
         if not args.no_scenarios:
             results = run_scenarios(env, not args.quick, args.only, not args.no_chain, Path(tmp),
                                     not args.no_trace_check, args.trace_max_tx)
@@ -198,6 +211,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="chaos-patroni-") as tmp:
             results.append(run_patroni(not args.quick, Path(tmp), not args.no_trace_check, args.trace_max_tx))
     rows = [r.row() for r in results]
+    if net_rows:
+        console.print(_table("network chaos (netns)", [_net_row(r) for r in net_rows]))
+    if net_points:
+        console.print(_table("load points: netns vs loopback", net_points))
+    if args.netns and args.no_scenarios and args.no_load:
+        old = args.out.read_text() if args.out.exists() else ""
+        args.out.write_text(_splice(old, netns_section(args, net_rows, net_points)))
+        console.print(f"wrote the network section of {args.out}")
+        return
     if rows:
         console.print(_table("chaos scenarios", rows))
     traces = [r.trace for r in results if r.trace]
@@ -205,8 +227,88 @@ def main() -> None:
         console.print(_table("trace checks (TLC)", traces))
     if points:
         console.print(_table("load points", points))
+    old = args.out.read_text() if args.out.exists() else ""
     write_results(args, rows, results, points, time.monotonic() - t0)
+    section = netns_section(args, net_rows, net_points) if args.netns else _section_of(old)
+    if section:
+        args.out.write_text(_splice(args.out.read_text(), section))
     console.print(f"wrote {args.out}")
+
+
+NET_BEGIN, NET_END = "<!-- netns:begin -->", "<!-- netns:end -->"
+
+
+def run_netns(env: ChaosEnv, full: bool, only: list[str], points: list[list[str]]
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``python -m chaos.netchaos`` in a child (it enters a namespace before any gRPC thread), then the same load
+    points here on loopback: A then B, at the same offered load."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    argv = [sys.executable, "-m", "chaos.netchaos", *(["--full"] if full else []), *(["--only", *only] if only else [])]
+    for p in points:
+        argv += ["--load", *p]
+    rows, net_points = [], []
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(src)})
+    for line in proc.stdout:
+        console.print(line.rstrip()[:400])
+        if line.startswith("RESULT "):
+            rows.append(json.loads(line.removeprefix("RESULT ")))
+        elif line.startswith("LOAD "):
+            net_points.append(json.loads(line.removeprefix("LOAD ")))
+    proc.wait()
+    for n, rate, txs in points:
+        console.print(f"[bold]load N={n} rate={rate}/s on loopback[/]")
+        net_points.append({"network": "loopback", **run_point(env, int(n), float(rate), int(txs))})
+    return rows, net_points
+
+
+def _net_row(r: dict[str, Any]) -> dict[str, Any]:
+    return {"scenario": r["scenario"], "N/t": r["N/t"], "txs": r["txs"], "held": r["held"],
+            "recovery_s": r["recovery_s"], "votes_lost": r["votes_lost"], "txs_lost": r["txs_lost"],
+            "chain writes/consensus": r["writes_per_consensus"], "end_states": r["end_states"],
+            "secs": r["secs"], "notes": r["notes"]}
+
+
+def netns_section(args: argparse.Namespace, rows: list[dict[str, Any]], points: list[dict[str, Any]]) -> str:
+    failed = [f"- **{r['scenario']}**: {'; '.join(r['failed']) or r['error']}" for r in rows if not r["held_bool"]]
+    return "\n".join([
+        NET_BEGIN,
+        "## Network chaos on the namespace network (issue 18)",
+        "",
+        f"Command: `.venv/bin/python bench/chaos_bench.py {' '.join(sys.argv[1:])}` "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); machine: {machine()}.",
+        "",
+        "`python -m chaos.netchaos`: every trustee, Postgres and each etcd member on a host of its own "
+        "(devstack.netns, docs/netns.md); faults cut, thin or limit links (iptables in the receivers' "
+        "namespaces, `-m statistic` for loss, `tc tbf`), processes are never stopped. Each row is "
+        "`chaos.scenarios.run` with a fresh ThresholdRecord contract and a submitter, checked by "
+        "`chaos.invariants` (`held`; with the chain: one write per CONFIRMED tx). `recovery_s`: heal -> "
+        "every tx offered before the heal settled on every honest node.",
+        "",
+        _md([_net_row(r) for r in rows]),
+        "Invariants that did not hold:" if failed else "Every invariant held in every row.",
+        *failed,
+        "",
+        "### Load points: the namespace network vs loopback, same offered load",
+        "",
+        "Run one after the other (netns first) with the same N, rate and transaction count; e2e = first vote "
+        "signed -> ThresholdReached recorded, from the log.",
+        "",
+        _md(points),
+        NET_END,
+    ])
+
+
+def _section_of(text: str) -> str:
+    if NET_BEGIN in text and NET_END in text:
+        return text[text.index(NET_BEGIN):text.index(NET_END) + len(NET_END)]
+    return ""
+
+
+def _splice(text: str, section: str) -> str:
+    old = _section_of(text)
+    if old:
+        return text.replace(old, section)
+    return text.rstrip("\n") + "\n\n" + section + "\n"
 
 
 def write_results(args: argparse.Namespace, rows: list[dict[str, Any]], results: list[scenarios.Result],
@@ -258,10 +360,10 @@ NOTES = """
 - **Message loss**: `chaos.trustee --drop-rate 0.2` on every node drops 20 % of accepted gossip deliveries after the
   router handled them, so GossipSub does not retransmit: loss above TCP, stricter than 20 % IP packet loss
   (which TCP turns into latency). Nodes recover through the one cluster log (R13).
-- **Partition**: the minority's processes are SIGSTOPped, then SIGCONTed. A frozen node reaches nobody (peers,
-  etcd, Postgres), its TCP connections stay open and its etcd lease (10 s) runs out: a partition that isolates
-  the minority from everything. A split in which both sides still reach the stores is not modelled; with one
-  log it only costs gossip (the message-loss row).
+- **Frozen process**: the minority's processes are SIGSTOPped, then SIGCONTed. A frozen node reaches nobody
+  (peers, etcd, Postgres), its TCP connections stay open and its etcd lease (10 s) runs out. Real network
+  partitions (links cut, both with the stores on the majority's side and on both sides), one-way cuts,
+  packet loss and bandwidth limits run on the namespace network: `--netns` (`chaos.netchaos`).
 - **Clock skew**: two node processes run with their wall clock shifted +5 s and -5 s by `python -m chaos.skew`:
   the clocks the node's code reads (vote timestamps, the edge's age window, deadlines, the log's `recorded_at`)
   are offset; monotonic clocks and libraries are not. Debian's libfaketime 0.9.10 could not be used: with the
@@ -313,8 +415,8 @@ a lapsed etcd lease is renewed instead of killing the node. The original write-u
 - CI (issue 8 point 5): `.ci/run` runs `./dev test`, i.e. all of pytest, so `tests/chaos/` (the CI subset:
   10 scenarios, the submitter crash, one load point, the checker's own test; ~4-5 min on 2 cores) runs there;
   the README documents the suites and the commands for the full runs.
-- Network namespaces + a fault-injecting proxy (real packet loss/delay between nodes): not built; loss is
-  injected at the gossip layer.
+- Real packet loss, partitions and bandwidth limits: `--netns` (root), in their own section below; `tc netem`
+  (delay, jitter) is not available on this machine's kernel.
 - etcd leader vs follower kill is not chosen deterministically (the notes name the leader at kill time).
 - Scenarios run once each; run-to-run variance (which node dies, how many votes are lost) is not measured.
 """

@@ -76,6 +76,10 @@ class ChaosEnv:
             c.execute(f'CREATE DATABASE "{name}" TEMPLATE chaos_template')
         return Scope(self.pg.dsn(name, user=db.APP_ROLE), self.pg.dsn(name), f"/chaos/{name}", name)
 
+    def trustee_hosts(self, n: int) -> list | None:
+        """Where the trustees run: None = on loopback (``chaos.netchaos`` puts each on a host of its own)."""
+        return None
+
     def endpoint(self, member: int = 0) -> str:
         return self.etcd.endpoints[member]
 
@@ -261,7 +265,7 @@ def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
 
 
 def freeze(cluster: TrusteeCluster, i: int) -> None:
-    """SIGSTOP: the node neither sends nor receives, nor reaches etcd or Postgres (see scenarios.partition)."""
+    """SIGSTOP: the node neither sends nor receives, nor reaches etcd or Postgres (see scenarios.frozen)."""
     p = cluster.trustees[i].proc
     if p and p.poll() is None:
         os.kill(p.pid, signal.SIGSTOP)

@@ -42,7 +42,8 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
     t = default_threshold(n)
     scope = env.scope()
     cluster = TrusteeCluster(n, t, scope.app_dsn, env.endpoint(0), scope.prefix, deadline_ms=600_000,
-                             die_with_parent=True)  # started from the main thread: no orphans
+                             die_with_parent=True,  # started from the main thread: no orphans
+                             hosts=env.trustee_hosts(n))  # loopback, or a host each (chaos.netchaos)
     cluster.start()
     load = Load(cluster, rate)
     try:

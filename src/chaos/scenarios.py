@@ -11,11 +11,10 @@ How each fault maps to a real one (no ``tc netem`` on this machine):
   node, after the router handled them (so GossipSub does not retransmit them). That is packet loss
   above TCP, where it cannot be recovered by the transport: stricter than 20 % IP packet loss, which
   TCP would hide as latency. The cluster recovers through the shared log (R13).
-- partition: the minority's processes are SIGSTOPped. A frozen node neither sends nor receives, nor
-  reaches etcd or Postgres; its TCP connections stay open and its etcd lease runs out (10 s). So it
-  is a partition that cuts the minority off from *everything* (peers and stores), healed at SIGCONT.
-  It does not model a split where both sides still reach the stores; with one log (R13) that split
-  only costs gossip, which the message-loss scenario covers.
+- frozen process: the minority's processes are SIGSTOPped. A frozen node neither sends nor receives,
+  nor reaches etcd or Postgres; its TCP connections stay open and its etcd lease runs out (10 s). It
+  is not a network partition (the process stops, not a link): those, with links really cut, one-way
+  cuts, packet loss and bandwidth limits, are ``chaos.netchaos`` on the namespace network.
 - clock skew: two node processes run with the clocks their code reads shifted +5 s / -5 s (fixed offset,
   no drift, monotonic clocks untouched) by ``chaos.skew``; libfaketime breaks CPython's timed waits here.
 """
@@ -176,7 +175,8 @@ def run(env: ChaosEnv, name: str, fault: Fault | None = None, *, n: int = 5, t: 
     scope = env.scope()
     res.log_dsn = scope.owner_dsn
     cluster = TrusteeCluster(n, t, scope.app_dsn, env.endpoint(etcd_member), scope.prefix, byzantine=byzantine,
-                             deadline_ms=deadline_ms, base_dir=base_dir, die_with_parent=True)
+                             deadline_ms=deadline_ms, base_dir=base_dir, die_with_parent=True,
+                             hosts=env.trustee_hosts(n))
     for i, tr in enumerate(cluster.trustees):
         tr.wrapper = list((wrappers or {}).get(i, []))
         tr.drop_rate = drop_rate
@@ -270,8 +270,8 @@ def crash_restart(node: int = 1, down_s: float = 3.0) -> Fault:
     return fault
 
 
-def partition(nodes: tuple[int, ...] = (1,), frozen_s: float = 12.0) -> Fault:
-    """SIGSTOP a minority (a partition cutting it off from peers and stores), SIGCONT after ``frozen_s``."""
+def frozen(nodes: tuple[int, ...] = (1,), frozen_s: float = 12.0) -> Fault:
+    """SIGSTOP a minority (frozen processes: cut off from peers and stores alike), SIGCONT after ``frozen_s``."""
 
     def fault(ctx: Ctx) -> None:
         ctx.wait_offered(0.3)
@@ -320,7 +320,7 @@ def etcd_leader(env: ChaosEnv) -> str | None:
 
     for m in env.etcd.members:
         try:
-            c = pyetcd.client(host="127.0.0.1", port=m.client_port, timeout=2)
+            c = pyetcd.client(host=m.host, port=m.client_port, timeout=2)
             try:
                 return str(c.status().leader.name)
             finally:
@@ -506,8 +506,8 @@ def catalogue(full: bool) -> list[tuple[str, dict[str, Any]]]:
         ("etcd member kill (the nodes' own)", {"fault": etcd_kill((0,)), "txs": txs, "rate": rate}),
         ("etcd quorum loss (2 of 3)", {"fault": etcd_kill((1, 2), 8.0), "txs": txs, "rate": rate}),
         ("Postgres kill (immediate) + restart", {"fault": postgres_kill(5.0), "txs": txs, "rate": rate}),
-        ("partition: SIGSTOP 1 of 5", {"fault": partition((1,), 12.0), "txs": txs, "rate": rate}),
-        ("partition: SIGSTOP 2 of 5 (no quorum)", {"fault": partition((1, 2), 12.0), "txs": txs, "rate": rate}),
+        ("frozen process: SIGSTOP 1 of 5", {"fault": frozen((1,), 12.0), "txs": txs, "rate": rate}),
+        ("frozen process: SIGSTOP 2 of 5 (no quorum)", {"fault": frozen((1, 2), 12.0), "txs": txs, "rate": rate}),
         ("byzantine double under load", {"byzantine": {4: "double"}, "txs": txs, "rate": rate}),
         ("byzantine minority under load", {"byzantine": {4: "minority"}, "txs": txs, "rate": rate}),
         ("byzantine forge under load", {"byzantine": {4: "forge"}, "txs": txs, "rate": rate}),

@@ -111,8 +111,13 @@ def _pid_start(pid: int) -> int | None:
 
 
 def _alive(pid: int, start: int | None) -> bool:
-    now = _pid_start(pid)
-    return now is not None and (start is None or now == start)
+    """Is ``pid`` (started at ``start``) still running? A zombie is not: it has exited, only its parent has
+    not reaped it yet (a killed ``tvote up`` under a shell that has not waited for it)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return False
+    return fields[0] not in ("Z", "X") and (start is None or int(fields[19]) == start)
 
 
 def _ns_id(path: str | Path) -> tuple[int, int] | None:

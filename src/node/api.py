@@ -275,6 +275,9 @@ def _get(api: NodeAPI, env: dict, path: str) -> tuple[str, list[tuple[str, str]]
         if not _authorised(api, env):
             return _json(*UNAUTHORISED)
         gossip = node.gossip.counters.snapshot() if node.gossip else {}
+        if node.gossip:  # gauges: is our topic mesh formed, and under which IP rules (issue 18)
+            gossip |= {"mesh_peers": len(node.gossip.mesh_peers()),
+                       "eclipse_protection": int(node.gossip.gossip.config.eclipse_protection_effective)}
         recorder = node.recorder.stats if node.recorder else {}
         return _json(200, node.counters.snapshot() | {f"gossip_{k}": v for k, v in gossip.items()}
                      | {f"recorder_{k}": v for k, v in recorder.items()} | node.reception_summary()

@@ -95,8 +95,13 @@ def up(
     keep_running: Annotated[bool, typer.Option(help="Leave everything up until Ctrl-C.")] = False,
     postgres: Annotated[str, typer.Option(help="embedded (one server) | patroni (three members under Patroni on "
                                                "the etcd cluster, synchronous replication)")] = "embedded",
+    network: Annotated[str, typer.Option(
+        help="loopback: every process on 127.0.0.1. netns (root): each process in a network namespace of its own, "
+             "with its own address on a private bridge, removed at the end (docs/netns.md).")] = "loopback",
 ) -> None:
-    """Start Postgres, etcd x3 and N trustee nodes on loopback, run a real scenario, summarise it."""
+    """Start Postgres, etcd x3 and N trustee nodes (on loopback, or each on a host of its own), run a real
+    scenario, summarise it."""
+    from tvote.placement import NETWORKS
     from tvote.up import UpOptions, run
 
     if byzantine not in ("double", "minority", "forge", "silent", "none"):
@@ -105,10 +110,19 @@ def up(
         raise fail(f"--threshold {threshold} > --nodes {nodes}: need 1 <= t <= N")
     if postgres not in ("embedded", "patroni"):
         raise fail("--postgres must be embedded or patroni")
+    if network not in NETWORKS:
+        raise fail(f"--network must be one of {', '.join(NETWORKS)}")
+    if network == "netns" and os.geteuid() != 0:
+        raise fail("--network netns needs root (it creates network namespaces, veths and iptables rules): "
+                   "run it as root, or use --network loopback")
+    if network == "netns" and data_dir:
+        raise fail("--data-dir works with --network loopback only (a test network's addresses are new every run)")
+    if network == "netns" and postgres == "patroni":
+        raise fail("--postgres patroni runs on --network loopback only (not built on the test network yet)")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         ok = run(UpOptions(nodes, threshold, transactions, byzantine, rate, deadline_ms, data_dir, keep_running,
-                           postgres=postgres), console)
+                           postgres=postgres, network=network), console)
     except KeyboardInterrupt:
         console.print("stopped")
         return

@@ -1,10 +1,14 @@
-"""``tvote up``: the whole system on one machine, on loopback, running a real scenario.
+"""``tvote up``: the whole system on one machine, running a real scenario.
 
 Starts Postgres, a 3-member etcd, anvil with the ThresholdRecord contract, N trustee node
 processes (real libp2p), the projector and the submitter; streams transactions through the
 nodes' local APIs with one Byzantine trustee; shows progress; ends with a summary (verdicts,
-values written on chain, bans with evidence, audit, replay digest) and where to look.
-Everything it started is stopped on exit, Ctrl-C included.
+values written on chain, bans with evidence, gossip meshes, audit, replay digest) and where to
+look. Everything it started is stopped on exit, Ctrl-C included.
+
+Where the processes run is ``--network`` (tvote.placement): all on 127.0.0.1 (``loopback``, the
+default), or each in a network namespace of its own with its own address (``netns``, root only),
+the multi-host test network of devstack.netns, removed with everything in it when ``up`` ends.
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ from devstack.anvil import Anvil
 from devstack.etcd import Etcd, EtcdMember
 from devstack.patroni import PatroniCluster
 from devstack.postgres import Postgres
-from devstack.procs import die_with_parent
 from devstack.trustees import SRC, TrusteeCluster
 from events.vocab import FINAL
 from tvote import db
+from tvote.placement import ETCD, Placement, trustee_roles
 from tvote.stackfile import StackFile, StackMismatch
 
 CHAIN_ID = 31337
@@ -50,6 +54,7 @@ class UpOptions:
     data_dir: Path | None = None
     keep_running: bool = False
     postgres: str = "embedded"  # or "patroni": three members with synchronous replication (devstack.patroni)
+    network: str = "loopback"  # or "netns": each process on a host of its own (tvote.placement)
 
 
 @dataclass
@@ -80,19 +85,44 @@ class Stack:
 
 
 def run(opts: UpOptions, console: Console) -> bool:
-    """Start (or, on a data dir it ran on before, start again) the whole stack, stream a scenario, summarise."""
+    """Start (or, on a data dir it ran on before, start again) the whole stack, stream a scenario, summarise.
+
+    On ``--network netns`` the test network is built first, this thread enters its operator host
+    before anything opens a socket, and the network goes last, whatever happened (tvote.placement)."""
+    place = Placement(opts.network, opts.nodes)
+    if place.isolated and opts.data_dir:
+        raise StackMismatch("--data-dir works with --network loopback only: a test network's addresses are "
+                            "new on every run, and etcd keeps its members' addresses in its data")
+    with (console.status("building the test network (one namespace per process) ...") if place.isolated
+          else contextlib.nullcontext()):
+        place.open()
+    try:
+        with place.operating():
+            return _run(opts, console, place)
+    finally:
+        if place.isolated:
+            with console.status("removing the test network ..."):
+                place.close()
+            console.print(f"test network {place.net.run_id} removed (namespaces, veths, bridge, rules, processes)")
+
+
+def _run(opts: UpOptions, console: Console, place: Placement) -> bool:
     data = opts.data_dir
     if opts.postgres == "patroni" and data:
         raise StackMismatch("--postgres patroni keeps no data dir yet: run it without --data-dir")
+    if opts.postgres == "patroni" and place.isolated:
+        raise StackMismatch("--postgres patroni runs on --network loopback only (not built on the test network yet)")
     if data:
         data.mkdir(parents=True, exist_ok=True)
     state = StackFile.load(data) if data else None  # StackMismatch (a one-line error) before anything starts
     if state:
         state.check(opts.nodes, opts.threshold)
-    pg = Postgres(data / "postgres" if data else None, port=state.pg_port if state else None)
+    pg = Postgres(data / "postgres" if data else None, port=state.pg_port if state else None, host=place.ip("pg"),
+                  prefix=place.ns_prefix("pg"))
     etcd = Etcd(size=3, base_dir=data / "etcd" if data else None,
                 members=[EtcdMember(n, cp, pp, data / "etcd" / n) for n, cp, pp in state.etcd] if state else [],
-                prefixes=[die_with_parent()] * 3)  # killed with us: no etcd left running after a crash of `up`
+                hosts=[place.ip(e) for e in ETCD] if place.isolated else None,
+                prefixes=[place.prefix(e) for e in ETCD])  # killed with us: no etcd left after a crash of `up`
     if data and not state:  # the ports are fixed from the first start on (etcd keeps its peer URLs)
         state = StackFile(opts.nodes, opts.threshold, pg.port, [[m.name, m.client_port, m.peer_port]
                                                                  for m in etcd.members])
@@ -101,7 +131,7 @@ def run(opts: UpOptions, console: Console) -> bool:
         pg = PatroniCluster(etcd.endpoints, die_with_parent=True)  # type: ignore[assignment]
     stack = Stack(pg, etcd)
     try:
-        with console.status("starting Postgres and a 3-member etcd on 127.0.0.1 ..."):
+        with console.status(f"starting Postgres and a 3-member etcd {place.describe()} ..."):
             stack.pg.stop()  # a server an earlier `up` on this data dir left running (pg_ctl daemonizes it)
             # Patroni keeps its leader key in etcd: etcd first
             for server in (stack.etcd, stack.pg) if opts.postgres == "patroni" else (stack.pg, stack.etcd):
@@ -110,17 +140,22 @@ def run(opts: UpOptions, console: Console) -> bool:
             stack.pg.create_database("tvote")
             db.upgrade(stack.pg.url("tvote"))
         app_dsn, owner_dsn = stack.pg.dsn("tvote", user=db.APP_ROLE), stack.pg.dsn("tvote")
-        console.print(f"[green]up[/green] postgres 127.0.0.1:{stack.pg.port}, etcd {' '.join(stack.etcd.endpoints)}"
+        if place.isolated:
+            console.print(f"[green]up[/green] {place.describe().removeprefix('on ')}; this harness is the operator "
+                          f"host {place.ip('operator')}")
+        console.print(f"[green]up[/green] postgres {stack.pg.host}:{stack.pg.port}, "
+                      f"etcd {' '.join(stack.etcd.endpoints)}"
                       + (f" (data dir {data}, start {state.runs + 1})" if state else ""))
         if isinstance(stack.pg, PatroniCluster):
             console.print(f"  patroni {stack.pg.roles()}, every role through \"{app_dsn}\"")
         byz = {opts.nodes - 1: opts.byzantine} if opts.byzantine != "none" else {}
-        with console.status(f"starting {opts.nodes} trustee nodes (libp2p on loopback) ..."):
+        with console.status(f"starting {opts.nodes} trustee nodes (libp2p {place.describe()}) ..."):
             # every etcd member, so a node fails over when the one it talks to dies
             etcd_all = ",".join(stack.etcd.endpoints)
             stack.cluster = TrusteeCluster(opts.nodes, opts.threshold, app_dsn, etcd_all, "/tvote", byzantine=byz,
                                            base_dir=data / "nodes" if data else None,
-                                           deadline_ms=opts.deadline_ms, die_with_parent=True)
+                                           deadline_ms=opts.deadline_ms, die_with_parent=True,
+                                           hosts=place.hosts(trustee_roles(opts.nodes)))
             for t in stack.cluster.trustees:  # a restart keeps every address: peers and clients know them
                 if state and (ports := state.trustees.get(t.node_id)):
                     t.status = {"api_port": ports["api_port"],
@@ -134,8 +169,8 @@ def run(opts: UpOptions, console: Console) -> bool:
         with console.status("starting anvil and the ThresholdRecord contract ..."):
             stack.anvil = Anvil(log_path=base / "anvil.log", port=state.anvil_port if state else None,
                                 state_path=data / "anvil.json" if data else None,
-                                state_interval=1 if data else None,
-                                prefix=die_with_parent())  # SIGTERM (it dumps its state) if `up` dies mid-stop
+                                state_interval=1 if data else None, host=place.ip("anvil"),
+                                prefix=place.prefix("anvil"))  # SIGTERM (it dumps its state) if `up` dies mid-stop
             stack.anvil.start()
             owner, submitter = Account.from_key(stack.anvil.private_key(0)), Account.from_key(
                 stack.anvil.private_key(1))
@@ -160,32 +195,38 @@ def run(opts: UpOptions, console: Console) -> bool:
         env = {**os.environ, "PYTHONPATH": str(SRC)}
         tvote = [sys.executable, "-c", "from tvote.cli import app; app()"]
         etcd_hostport = ",".join(e.removeprefix("http://") for e in stack.etcd.endpoints)  # failover, as the nodes
-        for argv, log in (
-            ([*tvote, "projector", "--dsn", app_dsn], "projector.log"),
-            ([sys.executable, "-m", "submitter", "--dsn", app_dsn, "--etcd", etcd_hostport, "--etcd-prefix", "/tvote",
-              "--rpc", stack.anvil.url, "--contract", stack.client.address, "--key-file", str(key_file),
-              "--chain-id", str(CHAIN_ID), "--name", "submitter-1"], "submitter.log"),
+        for role, argv in (
+            ("projector", [*tvote, "projector", "--dsn", app_dsn]),
+            ("submitter", [sys.executable, "-m", "submitter", "--dsn", app_dsn, "--etcd", etcd_hostport,
+                           "--etcd-prefix", "/tvote", "--rpc", stack.anvil.url, "--contract", stack.client.address,
+                           "--key-file", str(key_file), "--chain-id", str(CHAIN_ID), "--name", "submitter-1"]),
         ):
-            with open(base / log, "ab") as out:
-                stack.procs.append(subprocess.Popen([*die_with_parent(), *argv], env=env, stdout=out,
+            with open(base / f"{role}.log", "ab") as out:
+                stack.procs.append(subprocess.Popen([*place.prefix(role), *argv], env=env, stdout=out,
                                                     stderr=subprocess.STDOUT))
         for t in stack.cluster.trustees:
-            console.print(f"  {t.node_id} peer {t.peer_id[:20]}... api 127.0.0.1:{t.status['api_port']} "
-                          f"(token {stack.cluster.token_file(t)})"
+            libp2p = f" libp2p {t.status['listen_addrs'][0].split('/p2p/')[0]}" if place.isolated else ""
+            console.print(f"  {t.node_id} peer {t.peer_id[:20]}...{libp2p} api "
+                          f"{'https' if t.status.get('api_tls') else 'http'}://{t.status.get('api_host', '127.0.0.1')}"
+                          f":{t.status['api_port']} (token {stack.cluster.token_file(t)})"
                           + (f" [red]byzantine: {t.byzantine}[/red]" if t.byzantine != "none" else ""))
+        if place.isolated:
+            console.print(f"  projector {place.ip('projector')} (reads and projects the log at "
+                          f"{stack.pg.host}:{stack.pg.port})")
+            console.print(f"  submitter {place.ip('submitter')} (etcd {etcd_hostport}, chain {stack.anvil.url})")
         console.print(f"N={opts.nodes} t={opts.threshold} f={(opts.nodes - opts.threshold) // 2}, "
                       f"{opts.transactions} transactions at {opts.rate:g}/s")
         t0 = time.monotonic()
         prefix = f"r{state.runs + 1}_" if state else ""  # a restart's transactions are new ones
         _stream(stack.cluster, opts, app_dsn, console, prefix)
         console.print(f"all transactions settled in {time.monotonic() - t0:.1f}s")
-        ok = _summary(app_dsn, owner_dsn, stack.cluster, stack.client, console, first_tx=f"{prefix}tx_0000")
+        ok = _summary(app_dsn, owner_dsn, stack.cluster, stack.client, console, f"{prefix}tx_0000", place)
         if state:
             state.runs += 1
             state.save(data)
         if opts.keep_running:
             console.print(f"services stay up; the service role: TVOTE_DSN=\"{app_dsn}\"; the owner (migrations, "
-                          f"replay, backup): psql \"{owner_dsn}\"; the operator's key: "
+                          f"replay, backup): {place.shell()}psql \"{owner_dsn}\"; the operator's key: "
                           f"{base / 'operator-devstack.key'}; Ctrl-C stops everything"
                           + (f"; `tvote up --data-dir {data}` starts it again on the same data" if data else ""))
             while True:
@@ -260,7 +301,7 @@ def _progress_table(dsn: str, offered: int, total: int) -> Table:
 
 
 def _summary(app_dsn: str, owner_dsn: str, cluster: TrusteeCluster, client: ThresholdRecordClient,
-             console: Console, first_tx: str) -> bool:
+             console: Console, first_tx: str, place: Placement | None = None) -> bool:
     from events.audit import verify
     from events.postgres_store import PostgresStore
     from projections.replay import replay
@@ -275,8 +316,18 @@ def _summary(app_dsn: str, owner_dsn: str, cluster: TrusteeCluster, client: Thre
     console.print(table)
     print_bans(app_dsn, console)
     drops: Counter = Counter()
-    for i in range(len(cluster.trustees)):
-        drops.update({k: v for k, v in cluster.counters(i).items() if k.startswith("dropped")})
+    meshes, eclipse = [], set()
+    for i, t in enumerate(cluster.trustees):
+        counters = cluster.counters(i)
+        drops.update({k: v for k, v in counters.items() if k.startswith("dropped")})
+        if "gossip_mesh_peers" in counters:
+            meshes.append(f"{t.node_id} {counters['gossip_mesh_peers']}")
+            eclipse.add(counters["gossip_eclipse_protection"])
+    if meshes:
+        rules = {frozenset({1}): "on", frozenset({0}): "off"}.get(frozenset(eclipse), "mixed")
+        why = "each peer has an address of its own" if place and place.isolated else "every peer shares 127.0.0.1"
+        console.print(f"gossip meshes (peers): {', '.join(meshes)}; IP-diversity and IP-colocation protections: "
+                      f"{rules} ({why})")
     if drops:
         console.print("dropped at the edge (counted, never logged): "
                       + ", ".join(f"{k.removeprefix('dropped_')}={v}" for k, v in sorted(drops.items())))
@@ -293,7 +344,8 @@ def _summary(app_dsn: str, owner_dsn: str, cluster: TrusteeCluster, client: Thre
     verdict = "[green]equal[/green]" if rep.equal else "[red]DIFFERENT[/red]"
     console.print(f"replay: {rep.events} events in {rep.seconds:.2f}s, projections {verdict} "
                   f"(digest {rep.live_digest[:16]}...)")
-    console.print(f"where to look: psql \"{owner_dsn}\"\n"
+    shell = place.shell() if place else ""
+    console.print(f"where to look{' (while it runs: --keep-running)' if shell else ''}: {shell}psql \"{owner_dsn}\"\n"
                   "  SELECT node_id, violation_type, tx_id, detected_at FROM byzantine_violations ORDER BY id;\n"
                   f"  SELECT node_id, value, received_at FROM vote_history WHERE tx_id = '{first_tx}'"
                   " ORDER BY position;\n"

@@ -23,7 +23,7 @@ CI = [
     "etcd member kill (not the nodes')",
     "etcd quorum loss (2 of 3)",
     "Postgres kill (immediate) + restart",
-    "partition: SIGSTOP 1 of 5",
+    "frozen process: SIGSTOP 1 of 5",
     "byzantine double under load",
     "byzantine forge under load",
     "byzantine silent under load",
