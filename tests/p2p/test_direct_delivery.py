@@ -37,7 +37,7 @@ def test_a_connected_committee_receives_each_message_once_and_relays_nothing() -
         async with cluster(NAMES, allowed_peers=MEMBERS) as (_, nodes):
             await _connected_to_all(nodes)
             want = _publish_all(nodes, 20)
-            assert await wait_until(lambda: all(n.payloads() >= want[n.name] for n in nodes), 30)
+            assert await wait_until(lambda: all(n.payloads() >= want[n.name] for n in nodes), 45)
             await trio.sleep(1.5)  # a heartbeat of IHAVE/IWANT gossip: no late copies either
             for n in nodes:
                 c = n.host.counters
@@ -55,13 +55,13 @@ def test_without_an_allowlist_the_mesh_relays_and_duplicates_arrive() -> None:
     async def main() -> None:
         async with cluster(NAMES) as (_, nodes):
             await wait_full_mesh(nodes)
-            want = _publish_all(nodes, 20)
-            assert await wait_until(lambda: all(n.payloads() >= want[n.name] for n in nodes), 30)
+            want = _publish_all(nodes, 10)
+            assert await wait_until(lambda: all(n.payloads() >= want[n.name] for n in nodes), 45)
             await trio.sleep(1.0)
             copies = sum(n.host.counters.copies_in for n in nodes)
             assert all(n.host.counters.direct_published == 0 for n in nodes)
-            assert all(len(n.received) == 60 for n in nodes)
-            assert copies > 2 * 4 * 60, copies  # ~3 copies per delivery in a 4-host mesh
+            assert all(len(n.received) == 30 for n in nodes)
+            assert copies > 2 * 4 * 30, copies  # ~3 copies per delivery in a 4-host mesh
             assert sum(n.host.counters.relayed_copies for n in nodes) > 0
 
     trio.run(main)
@@ -112,3 +112,82 @@ def test_an_offline_member_means_mesh_delivery_and_direct_delivery_can_be_switch
 def test_direct_max_peers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="direct_max_peers"):
         GossipConfig(seed=b"\x01" * 32, direct_max_peers=0).validate()
+
+
+# ---------------------------------------------------------------------------- patch 4 (read_rpcs_inline)
+
+
+def _count_push_tasks(node) -> list[int]:
+    """Wrap the host's pubsub manager so every task spawned for ``push_msg`` is counted."""
+    calls = [0]
+    manager = node.host.pubsub.manager
+    original = manager.run_task
+
+    def run_task(fn, *args, **kw):
+        if getattr(fn, "__name__", "") == "push_msg":
+            calls[0] += 1
+        return original(fn, *args, **kw)
+
+    manager.run_task = run_task
+    return calls
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_received_messages_are_handled_in_the_read_loop_not_one_task_each(inline: bool) -> None:
+    """Patch 4 pinned: with it no task per message; without it (the library) one per copy. Same deliveries."""
+
+    async def main() -> None:
+        async with cluster(["ia", "ib"], inline_push=inline) as (_, nodes):
+            a, b = nodes
+            await wait_full_mesh(nodes)
+            spawned = _count_push_tasks(b)
+            for k in range(30):
+                assert a.host.publish_nowait(b"i:%d" % k)
+            assert await wait_until(lambda: len(b.received) == 30, 15)
+            assert [p for _, p in b.received] == [b"i:%d" % k for k in range(30)]  # in order
+            assert spawned[0] == (0 if inline else 30)
+            assert b.host.counters.push_errors == 0
+
+    trio.run(main)
+
+
+def test_an_async_validator_still_gets_a_task_per_message() -> None:
+    async def main() -> None:
+        async with cluster(["ja", "jb"]) as (_, nodes):
+            a, b = nodes
+            await wait_full_mesh(nodes)
+
+            async def slow_ok(forwarder, msg) -> bool:
+                await trio.sleep(0)
+                return True
+
+            b.host.pubsub.set_topic_validator(b.host.config.topic, slow_ok, True)
+            b.host.pubsub.set_topic_validator(b.host.config.direct_topic, slow_ok, True)
+            spawned = _count_push_tasks(b)
+            for k in range(5):
+                assert a.host.publish_nowait(b"j:%d" % k)
+            assert await wait_until(lambda: len(b.received) == 5, 15)
+            assert spawned[0] == 5
+
+    trio.run(main)
+
+
+def test_a_failing_message_handler_does_not_end_the_read_loop(monkeypatch) -> None:
+    async def main() -> None:
+        async with cluster(["ka", "kb"]) as (_, nodes):
+            a, b = nodes
+            await wait_full_mesh(nodes)
+            original = b.host.pubsub.notify_subscriptions
+
+            def flaky(msg) -> None:
+                if msg.data == b"k:boom":
+                    raise RuntimeError("a bug in a handler")
+                original(msg)
+
+            monkeypatch.setattr(b.host.pubsub, "notify_subscriptions", flaky)
+            for p in (b"k:1", b"k:boom", b"k:2"):
+                assert a.host.publish_nowait(p)
+            assert await wait_until(lambda: b.payloads() == {b"k:1", b"k:2"}, 15)
+            assert b.host.counters.push_errors == 1
+
+    trio.run(main)

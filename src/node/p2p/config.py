@@ -136,6 +136,10 @@ class GossipConfig:
     # patch 2). False = py-libp2p 0.8.1's behaviour: the slot is held until the host stops
     # and the host refuses every inbound connection after 250 in its lifetime.
     release_inbound_slots: bool = True
+    # Run push_msg inside the stream's read loop instead of one managed task per received
+    # message (see _patches.py, patch 4; topics with synchronous validators only, i.e. ours).
+    # False = py-libp2p 0.8.1's loop.
+    inline_push: bool = True
     max_publish_rate: float | None = None  # msgs/s; None = 0.8 * spam_limit_per_peer
 
     # Delivery to the node: bounded (messages buffered for the consumer).

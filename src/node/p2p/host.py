@@ -124,6 +124,7 @@ class GossipCounters:
     duplicate_copies: int = 0  # of those, copies of a message already seen (dropped before validation)
     direct_published: int = 0  # own payloads published on the direct topic (to every member, not relayed)
     relayed_copies: int = 0  # copies of other authors' messages we sent on (mesh relaying)
+    push_errors: int = 0  # handling a received message raised (logged; the read loop goes on)
     banned_conns_closed: int = 0  # banned peers' connections refused after the handshake (or closed on open)
     refused_outsider_conns: int = 0  # connections of peers off the allowlist refused after the handshake
     refused_dials: int = 0  # dials to banned / non-allowlisted peers refused before any socket
@@ -214,6 +215,16 @@ class _Pubsub(Pubsub):
     sink: Callable[[rpc_pb2.Message], None]
     counters: GossipCounters
     outbound_queue_size: int
+    inline_push: bool = False
+
+    async def continuously_read_stream(self, stream: INetStream) -> None:
+        if self.inline_push and libp2p.__version__ == _patches.PATCHED_VERSION:
+            await _patches.read_rpcs_inline(self, stream, self._count_push_error)
+        else:
+            await super().continuously_read_stream(stream)
+
+    def _count_push_error(self) -> None:
+        self.counters.push_errors += 1
 
     async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
         if msg_forwarder != self.my_id:
@@ -420,6 +431,7 @@ class GossipHost:
         pubsub.sink = self._on_message
         pubsub.counters = self.counters
         pubsub.outbound_queue_size = config.outbound_queue_size
+        pubsub.inline_push = config.inline_push
         pubsub.set_topic_validator(config.topic, self._topic_validator, False)
         pubsub.set_topic_validator(config.direct_topic, self._topic_validator, False)
         router.direct_topic = config.direct_topic
