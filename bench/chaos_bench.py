@@ -35,7 +35,7 @@ from rich.table import Table  # noqa: E402
 
 from chaos import scenarios  # noqa: E402
 from chaos.harness import ChaosEnv  # noqa: E402
-from chaos.loadpoint import REPORT_KEYS, run_point  # noqa: E402
+from chaos.loadpoint import REPORT_KEYS, TRANSPORT_KEYS, run_point  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "RESULTS.md"
 console = Console()
@@ -181,7 +181,7 @@ def main() -> None:
                             if args.base_src:
                                 p = {"code": code, **p}
                             if args.json:
-                                keys = (("code",) if args.base_src else ()) + REPORT_KEYS
+                                keys = (("code",) if args.base_src else ()) + REPORT_KEYS + TRANSPORT_KEYS
                                 print(json.dumps({k: p.get(k) for k in keys} if "error" not in p else p), flush=True)
                             else:
                                 console.print(json.dumps(p))

@@ -30,6 +30,8 @@ from events.vote import Vote, sign
 REPORT_KEYS = ("nodes", "threshold", "offered_tx_per_s", "completed_tx_per_s", "e2e_p50_ms", "e2e_p99_ms",
                "reception_p99_ms", "trustee_cpu_s", "cpu_ms_per_consensus", "floor_cpu_ms_per_consensus",
                "node_rss_mb_max", "votes_lost")
+# ... and after them, how the transport carried the votes (None for node code that does not count them).
+TRANSPORT_KEYS = ("votes_per_msg", "copies_per_delivery", "gossip_drops", "standby_taken_over")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -103,6 +105,7 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
         settled = wait_converged(cluster, honest(cluster), load.tx_ids, {rules.THRESHOLD_REACHED}, settle_timeout)
         wall = sampler.stop()
         node_views = views(cluster, honest(cluster), load.tx_ids)
+        counters = [cluster.counters(i) for i in range(n)]
     finally:
         if spy is not None:
             spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
@@ -130,6 +133,9 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
     cpu = {k: round(100 * v / wall, 1) for k, v in sampler.cpu.items()}
     rss = {k: round(v / 2**20) for k, v in sampler.rss_peak.items()}
     trustee_cpu_s = sum(sampler.cpu.get(x, 0.0) for x in nodes)
+    total = {k: sum(c.get(k, 0) for c in counters) for k in ("gossip_copies_in", "gossip_delivered", "gossip_published",
+                                                              "gossip_direct_published", "gossip_drops",
+                                                              "published_votes", "standby_taken_over")}
     verify_ms = verify_cost_ms()
     return {
         # issue 15's figures: trustee CPU seconds over the point (load start -> settled) per consensus,
@@ -138,6 +144,13 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
         "cpu_ms_per_consensus": round(1000 * trustee_cpu_s / len(e2e), 1) if e2e else None,
         "floor_cpu_ms_per_consensus": round(n * n * verify_ms, 2), "verify_us": round(1000 * verify_ms, 1),
         "node_rss_mb_max": max(rss.get(x, 0) for x in nodes),
+        # the transport: gossip messages sent, votes per message, copies received per delivered message
+        "gossip_msgs": total["gossip_published"], "gossip_direct_msgs": total["gossip_direct_published"],
+        "votes_per_msg": round(total["published_votes"] / total["gossip_published"], 2)
+        if total["gossip_published"] else None,
+        "copies_per_delivery": round(total["gossip_copies_in"] / total["gossip_delivered"], 2)
+        if total["gossip_delivered"] else None,
+        "gossip_drops": total["gossip_drops"], "standby_taken_over": total["standby_taken_over"],
         "N": n, "t": t, "offered_tx_per_s": rate, "txs": txs, "offered_s": round(offered_s, 1),
         "completed": len(e2e), "completed_tx_per_s": round(len(e2e) / span, 1) if span else None,
         "settled": settled is not None, "votes": len(reception),
