@@ -191,3 +191,31 @@ def test_a_failing_message_handler_does_not_end_the_read_loop(monkeypatch) -> No
             assert b.host.counters.push_errors == 1
 
     trio.run(main)
+
+
+def test_a_threaded_host_can_hand_deliveries_to_a_callback_on_its_trio_thread() -> None:
+    import threading
+    import time
+
+    from node.p2p import ThreadedGossipHost
+
+    got: list[tuple[str, bytes, str]] = []
+    h1 = ThreadedGossipHost(GossipConfig(seed=seed_for("cb1"))).start()
+    h2 = ThreadedGossipHost(GossipConfig(seed=seed_for("cb2"), bootstrap=[h1.listen_addrs[0]]),
+                            on_deliver=lambda a, p: got.append((a, p, threading.current_thread().name))).start()
+    try:
+        deadline = time.monotonic() + 15
+        while (not h1.mesh_peers() or not h2.mesh_peers()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for k in range(10):
+            assert h1.publish(b"cb:%d" % k)
+        deadline = time.monotonic() + 15
+        while len(got) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(p for _, p, _ in got) == sorted(b"cb:%d" % k for k in range(10))
+        assert {a for a, _, _ in got} == {h1.peer_id}
+        assert {t for _, _, t in got} == {f"gossip-{h2.peer_id[-6:]}"}  # the host's Trio thread
+        assert h2.deliveries.empty()
+    finally:
+        h2.close()
+        h1.close()

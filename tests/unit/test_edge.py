@@ -105,8 +105,8 @@ def test_forged_signature_is_not_forwarded_but_handed_on_for_r7(edge):
         ("ViolationDetected", "node-3"), ("NodeBanned", "node-3")]
 
 
-def test_an_accepted_batch_is_parsed_once_the_pump_takes_the_edges_votes(edge):
-    """Issue 15: the pump takes the votes the edge parsed; a rejected batch leaves nothing behind."""
+def test_an_accepted_batch_is_parsed_once_delivery_takes_the_edges_votes(edge):
+    """Issue 15: delivery takes the votes the edge parsed; a rejected batch leaves nothing behind."""
     node, _, ts = edge
     good = wire.encode([vote(ts[1]), vote(ts[2], tx="tx2")])
     bad = wire.encode([vote(ts[1], tx="old", ts=now_ms() - 10 * node.cfg.max_vote_age_ms)])
@@ -114,6 +114,20 @@ def test_an_accepted_batch_is_parsed_once_the_pump_takes_the_edges_votes(edge):
     assert not node._validate(ts[1].peer_id, bad)
     assert list(node._parsed) == [good]
     assert node._parsed[good] == wire.decode(good)
+    node._deliver(ts[1].peer_id, good)
+    assert not node._parsed
+    got = [node.inbox.get_nowait() for _ in range(2)]
+    assert [(a, sv, env) for a, sv, env in got] == [(ts[1].peer_id, sv, None) for sv in wire.decode(good)]
+
+
+def test_delivery_parses_what_the_edge_did_not_and_never_blocks(edge):
+    node, _, ts = edge
+    node._deliver(ts[1].peer_id, b"garbage")
+    assert node.counters.snapshot() == {"dropped_garbage": 1}
+    import queue
+    node.inbox = queue.Queue(maxsize=1)
+    node._deliver(ts[1].peer_id, wire.encode([vote(ts[1]), vote(ts[2])]))  # one fits, one is counted
+    assert node.inbox.qsize() == 1 and node.counters.snapshot()["delivery_inbox_full"] == 1
 
 
 def test_the_edges_parsed_votes_are_bounded(edge):
