@@ -10,7 +10,9 @@ Run: ``.venv/bin/python bench/chaos_bench.py`` (about 15 minutes on 2 cores)
      ``--json`` prints only the issue-15 figures of each load point, one JSON line each;
      ``--base-src DIR`` runs every load point twice, interleaved: first on the node code under DIR
      (another checkout's ``src``, tagged ``"code": "base"``), then on this checkout's;
-     ``--profile-dir DIR`` writes a py-spy record (collapsed stacks) of the first trustee per point.
+     ``--profile-dir DIR`` writes a py-spy record (collapsed stacks) of the first trustee per point;
+     ``--load-open`` offers at the rate without waiting for the answers (default: closed loop, the
+     next transaction once every node answered the last, so the offered rate is capped by latency).
 """
 
 from __future__ import annotations
@@ -149,6 +151,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print only the issue-15 JSON line of each load point")
     ap.add_argument("--base-src", type=Path, default=None, help="also run each point on the node code here")
     ap.add_argument("--profile-dir", type=Path, default=None, help="py-spy the first trustee of each point")
+    ap.add_argument("--load-open", action="store_true",
+                    help="open loop: offer at the rate without waiting for each transaction's casts")
     ap.add_argument("--load-repeat", type=int, default=1, help="run each (base, this) pair this many times")
     ap.add_argument("--node-arg", action="append", default=[], help="extra `tvote node` option (repeatable)")
     args = ap.parse_args()
@@ -175,7 +179,7 @@ def main() -> None:
                                 prof.parent.mkdir(parents=True, exist_ok=True)
                             try:
                                 p = run_point(env, n, rate, args.load_txs, src=src, profile=prof,
-                                              node_args=args.node_arg)
+                                              node_args=args.node_arg, open_loop=args.load_open)
                             except Exception as e:
                                 p = {"N": n, "offered_tx_per_s": rate, "error": f"{type(e).__name__}: {e}"[:200]}
                             if args.base_src:

@@ -31,7 +31,7 @@ REPORT_KEYS = ("nodes", "threshold", "offered_tx_per_s", "completed_tx_per_s", "
                "reception_p99_ms", "trustee_cpu_s", "cpu_ms_per_consensus", "floor_cpu_ms_per_consensus",
                "node_rss_mb_max", "votes_lost")
 # ... and after them, how the transport carried the votes (None for node code that does not count them).
-TRANSPORT_KEYS = ("votes_per_msg", "copies_per_delivery", "gossip_drops", "standby_taken_over")
+TRANSPORT_KEYS = ("open_loop", "votes_per_msg", "copies_per_delivery", "gossip_drops", "standby_taken_over")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -78,9 +78,10 @@ def node_src(src: Path | None):
 
 def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: float = 120,
               src: Path | None = None, profile: Path | None = None, node_args: list[str] | None = None,
-              ) -> dict[str, Any]:
+              open_loop: bool = False) -> dict[str, Any]:
     """One point. ``src``: the node code to run (default: this checkout's); ``profile``: a py-spy
-    record of the first trustee over the load (collapsed stacks, written to that file)."""
+    record of the first trustee over the load (collapsed stacks, written to that file); ``open_loop``:
+    offer at the rate without waiting for answers (``Load``)."""
     t = default_threshold(n)
     scope = env.scope()
     cluster = TrusteeCluster(n, t, scope.app_dsn, env.endpoint(0), scope.prefix, deadline_ms=600_000,
@@ -89,7 +90,7 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
         tr.extra_args = list(node_args or [])
     with node_src(src):
         cluster.start()
-    load = Load(cluster, rate)
+    load = Load(cluster, rate, open_loop=open_loop)
     spy = None
     try:
         pids = {tr.node_id: tr.proc.pid for tr in cluster.trustees} | server_pids(env)
@@ -102,6 +103,7 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
         t0 = time.monotonic()
         load.run(txs)
         offered_s = time.monotonic() - t0
+        load.close()  # every cast answered (open loop: they were still in flight)
         settled = wait_converged(cluster, honest(cluster), load.tx_ids, {rules.THRESHOLD_REACHED}, settle_timeout)
         wall = sampler.stop()
         node_views = views(cluster, honest(cluster), load.tx_ids)
@@ -149,9 +151,9 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
         "votes_per_msg": round(total["published_votes"] / total["gossip_published"], 2)
         if total["gossip_published"] else None,
         "copies_per_delivery": round(total["gossip_copies_in"] / total["gossip_delivered"], 2)
-        if total["gossip_delivered"] else None,
+        if total["gossip_delivered"] and total["gossip_copies_in"] else None,
         "gossip_drops": total["gossip_drops"], "standby_taken_over": total["standby_taken_over"],
-        "N": n, "t": t, "offered_tx_per_s": rate, "txs": txs, "offered_s": round(offered_s, 1),
+        "N": n, "t": t, "open_loop": open_loop, "offered_tx_per_s": rate, "txs": txs, "offered_s": round(offered_s, 1),
         "completed": len(e2e), "completed_tx_per_s": round(len(e2e) / span, 1) if span else None,
         "settled": settled is not None, "votes": len(reception),
         "node_ingest_votes_per_s": round(len(reception) / span, 1) if span else None,
