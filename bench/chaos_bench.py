@@ -6,7 +6,13 @@ invariants of ``chaos.invariants`` afterwards. Prints one table per suite; asser
 
 Run: ``.venv/bin/python bench/chaos_bench.py`` (about 15 minutes on 2 cores)
      ``--quick`` CI sizes; ``--only "node crash"`` substring filter; ``--no-load``; ``--no-chain``;
-     ``--load-nodes 4 7 --load-rates 5 10 --load-txs 60``.
+     ``--load-nodes 4 7 --load-rates 5 10 --load-txs 60``;
+     ``--json`` prints only the issue-15 figures of each load point, one JSON line each;
+     ``--base-src DIR`` runs every load point twice, interleaved: first on the node code under DIR
+     (another checkout's ``src``, tagged ``"code": "base"``), then on this checkout's;
+     ``--profile-dir DIR`` writes a py-spy record (collapsed stacks) of the first trustee per point;
+     ``--load-open`` offers at the rate without waiting for the answers (default: closed loop, the
+     next transaction once every node answered the last, so the offered rate is capped by latency).
      ``--patroni``: also kill -9 the primary of a three-member Patroni cluster (issue 17) under load, with a
      submitter writing to anvil; e.g. ``--patroni --no-scenarios --no-load --out bench/RESULTS-patroni.md``.
      ``--netns`` (root) adds the network faults on the namespace network (``chaos.netchaos``: partitions,
@@ -39,7 +45,7 @@ from rich.table import Table  # noqa: E402
 
 from chaos import scenarios  # noqa: E402
 from chaos.harness import ChaosEnv  # noqa: E402
-from chaos.loadpoint import run_point  # noqa: E402
+from chaos.loadpoint import REPORT_KEYS, TRANSPORT_KEYS, run_point  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "RESULTS.md"
 console = Console()
@@ -183,6 +189,13 @@ def main() -> None:
     ap.add_argument("--netns", action="store_true", help="the network faults on the namespace network (root)")
     ap.add_argument("--netns-load", nargs=3, action="append", default=None, metavar=("N", "RATE", "TXS"),
                     help="load points compared netns vs loopback (default: 4 5 40)")
+    ap.add_argument("--json", action="store_true", help="print only the issue-15 JSON line of each load point")
+    ap.add_argument("--base-src", type=Path, default=None, help="also run each point on the node code here")
+    ap.add_argument("--profile-dir", type=Path, default=None, help="py-spy the first trustee of each point")
+    ap.add_argument("--load-open", action="store_true",
+                    help="open loop: offer at the rate without waiting for each transaction's casts")
+    ap.add_argument("--load-repeat", type=int, default=1, help="run each (base, this) pair this many times")
+    ap.add_argument("--node-arg", action="append", default=[], help="extra `tvote node` option (repeatable)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # clean up servers
 
@@ -198,15 +211,30 @@ def main() -> None:
             results = run_scenarios(env, not args.quick, args.only, not args.no_chain, Path(tmp),
                                     not args.no_trace_check, args.trace_max_tx)
         if not args.no_load:
+            codes = [("base", args.base_src), ("this", None)] if args.base_src else [("this", None)]
             for n in args.load_nodes:
                 for rate in args.load_rates:
-                    console.print(f"[bold]load N={n} rate={rate}/s[/]")
-                    try:
-                        p = run_point(env, n, rate, args.load_txs)
-                    except Exception as e:
-                        p = {"N": n, "offered_tx_per_s": rate, "error": f"{type(e).__name__}: {e}"[:200]}
-                    console.print(json.dumps(p))
-                    points.append(p)
+                    for rep in range(args.load_repeat):
+                        for code, src in codes:
+                            if not args.json:
+                                console.print(f"[bold]load N={n} rate={rate}/s code={code}[/]")
+                            prof = (args.profile_dir / f"n{n}_r{int(rate)}_{code}_{rep}.txt"
+                                    if args.profile_dir else None)
+                            if prof:
+                                prof.parent.mkdir(parents=True, exist_ok=True)
+                            try:
+                                p = run_point(env, n, rate, args.load_txs, src=src, profile=prof,
+                                              node_args=args.node_arg, open_loop=args.load_open)
+                            except Exception as e:
+                                p = {"N": n, "offered_tx_per_s": rate, "error": f"{type(e).__name__}: {e}"[:200]}
+                            if args.base_src:
+                                p = {"code": code, **p}
+                            if args.json:
+                                keys = (("code",) if args.base_src else ()) + REPORT_KEYS + TRANSPORT_KEYS
+                                print(json.dumps({k: p.get(k) for k in keys} if "error" not in p else p), flush=True)
+                            else:
+                                console.print(json.dumps(p))
+                            points.append(p)
     if args.patroni:
         with tempfile.TemporaryDirectory(prefix="chaos-patroni-") as tmp:
             results.append(run_patroni(not args.quick, Path(tmp), not args.no_trace_check, args.trace_max_tx))

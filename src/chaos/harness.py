@@ -118,8 +118,11 @@ class Load:
     ``pending``; ``retry(i)`` replays those once the node is back, as a client that retries would.
     """
 
-    def __init__(self, cluster: TrusteeCluster, rate: float, prefix: str = "tx") -> None:
-        self.cluster, self.rate, self.prefix = cluster, rate, prefix
+    def __init__(self, cluster: TrusteeCluster, rate: float, prefix: str = "tx", open_loop: bool = False) -> None:
+        """``open_loop``: offer at the rate without waiting for the casts of one transaction to be answered
+        (each answer still waits until the vote is in the log); default: the next transaction is offered
+        once every node answered, so the rate offered is at most 1 / the slowest cast."""
+        self.cluster, self.rate, self.prefix, self.open_loop = cluster, rate, prefix, open_loop
         self.n = len(cluster.trustees)
         self.down: set[int] = set()
         self.pending: dict[int, list[tuple[str, int]]] = {i: [] for i in range(self.n)}
@@ -131,7 +134,7 @@ class Load:
         self.refused_ineligible = 0
         self.cast_latency: list[float] = []
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max(2, self.n))
+        self._pool = ThreadPoolExecutor(max(2, self.n) * (32 if open_loop else 1))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._k = 0
@@ -166,7 +169,10 @@ class Load:
             targets = [i for i in range(self.n) if i not in self.down]
             for i in self.down:
                 self.pending[i].append((tx_id, value))
-        list(self._pool.map(lambda i: self._cast(i, tx_id, value), targets))
+        casts = [self._pool.submit(self._cast, i, tx_id, value) for i in targets]
+        if not self.open_loop:
+            for f in casts:
+                f.result()
         return tx_id
 
     def run(self, count: int) -> None:

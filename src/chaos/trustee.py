@@ -78,17 +78,15 @@ class Misbehaving:
 
 def lossy(node: TrusteeNode, rate: float) -> None:
     """Drop ``rate`` of the gossip deliveries the node's host accepted, before the node sees them."""
-    host = node.gossip
-    get = host.get
+    deliver = node._deliver
 
-    def dropping_get(*args: Any, **kwargs: Any) -> Any:
-        while True:
-            d = get(*args, **kwargs)
-            if random.random() >= rate:
-                return d
+    def dropping_deliver(author: str, payload: bytes) -> None:
+        if random.random() >= rate:
+            deliver(author, payload)
+        else:
             node.counters.add("fault_dropped_messages")
 
-    host.get = dropping_get  # type: ignore[method-assign]
+    node._deliver = dropping_deliver  # type: ignore[method-assign]
 
 
 def flood(node: TrusteeNode) -> None:

@@ -5,7 +5,8 @@ Threads and why (the Trio boundary is described in ``node/p2p/README.md``):
 - the gossip host runs Trio on its own thread; our ``_validate`` runs there, before a
   message is forwarded: it parses the batch, drops outsiders (R1, counted, never logged),
   and verifies every signature (memoised, so the decider's check is a cache hit);
-- ``pump`` moves accepted deliveries from the host into the inbox;
+- accepted deliveries go from the Trio thread straight into the inbox (``_deliver``, non-blocking,
+  with the votes the edge already parsed: no thread hop, no second parse);
 - ``worker`` is the only writer: it drains the inbox in short windows, runs the batch
   through the ``Recorder`` (decide -> etcd CAS -> Postgres), ticks deadlines, retries
   deferred votes, follows the log written by the other nodes, and enforces bans on the
@@ -101,7 +102,8 @@ class NodeConfig:
     api_plain_http: bool = False
     journal: str = ""  # R14: the signing journal (default: beside the key file, ``<key_file>.journal``)
     batch_window_ms: float = 5.0  # the worker gathers received votes this long into one recording batch
-    publish_interval_ms: float = wire.PUBLISH_INTERVAL_MS  # the publisher's pace under load
+    publish_interval_ms: float = wire.PUBLISH_INTERVAL_MS  # the publisher's pace under load, at least
+    publish_interval_per_member_ms: float = wire.PUBLISH_INTERVAL_PER_MEMBER_MS  # ... times the eligible members
     max_batch: int = 500
     tick_ms: float = 100.0
     # Edge replay protection beside the seen-cache: a vote signed further in the past or the
@@ -119,6 +121,9 @@ class NodeConfig:
     record_patience_ms: int = duty.DEFAULT_PATIENCE_MS
     # How often the worker reads what the other nodes appended (it also reads after each append).
     follow_ms: float = 20.0
+    # ... backing off (doubling) to this while the log and the inbox stay quiet: an idle node's
+    # 50 reads/s were most of its CPU (issue 15); the first vote or row back resets it to follow_ms.
+    follow_idle_ms: float = 200.0
     # R9: deadlines are ticked only once the log has been writable (and followed) for this long without
     # a break, so votes signed before a deadline during a store outage reach the log first.
     outage_grace_ms: int = 5000
@@ -170,6 +175,7 @@ class TrusteeNode:
         self._caught_up = False
         self._log_moved = threading.Condition()
         self.reception: collections.deque[int] = collections.deque(maxlen=20_000)  # ms, signed -> our edge
+        self._parsed: dict[bytes, list[SignedVote]] = {}  # payload -> its votes, from the edge to the pump
         # votes left to the members ranked before us: (tx, node, value) -> (command, arrived, due, ours)
         self.standby: dict[tuple[str, str, int], tuple[rules.ReceiveVote, float, float, bool]] = {}
         self._delays: dict[str, tuple[int, list[str]]] = {}  # tx_id -> (our delay ms, members ahead of us)
@@ -217,11 +223,12 @@ class TrusteeNode:
                          banned=sorted(self._banned), author_rate_limit=self.cfg.author_rate_limit,
                          allowed_peers=sorted(self._allowed)),
             validate=self._validate,
+            on_deliver=lambda author, payload: self._deliver(author, payload),  # looked up per call (chaos wraps it)
         ).start()
         if self.gossip.peer_id != me.peer_id:
             self.gossip.close()
             raise NodeStartError(f"libp2p peer id {self.gossip.peer_id} is not the one admitted ({me.peer_id})")
-        for target in (self._pump, self._work, self._publish):
+        for target in (self._work, self._publish):
             t = threading.Thread(target=target, name=target.__name__, daemon=True)
             t.start()
             self._threads.append(t)
@@ -451,6 +458,13 @@ class TrusteeNode:
         self.reception.extend(seen)
         for age in seen:
             METRICS.vote_reception.labels(self.cfg.node_id).observe(max(0, age) / 1000)
+        if ok:
+            # The pump gets these very bytes next (the host delivers what we accept): hand it the
+            # votes parsed here instead of parsing them twice. Bounded: an entry the pump never
+            # takes (a message accepted but not delivered) is cleared with the rest.
+            if len(self._parsed) >= 4096:
+                self._parsed.clear()
+            self._parsed[payload] = votes
         return ok
 
     def reception_summary(self) -> dict[str, float]:
@@ -463,31 +477,39 @@ class TrusteeNode:
 
     # threads ---------------------------------------------------------------------------------
 
-    def _pump(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                d = self.gossip.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            except Exception:
-                if self._stopped.is_set():
+    def _deliver(self, author: str, payload: bytes) -> None:
+        """An accepted gossip message: its votes into the inbox. Runs on the Trio thread: never blocks.
+
+        A full inbox (200,000 votes: the worker is far behind) drops the vote, counted; the log
+        brings it when its recorder appends it (R13), as a dropped delivery always did.
+        """
+        with span(VOTE_RECEIVE, peer_id=author):
+            votes = self._parsed.pop(payload, None)
+            if votes is None:
+                try:
+                    votes = wire.decode(payload)
+                except InvalidVote:
+                    self.counters.add("dropped_garbage")
                     return
-                raise
-            try:
-                with span(VOTE_RECEIVE, peer_id=d.author):
-                    for sv in wire.decode(d.payload):
-                        self.inbox.put((d.author, sv, None))
-            except InvalidVote:
-                self.counters.add("dropped_garbage")
+            for sv in votes:
+                try:
+                    self.inbox.put_nowait((author, sv, None))
+                except queue.Full:
+                    self.counters.add("delivery_inbox_full")
+
+    def _publish_interval(self) -> float:
+        members = self.recorder.ledger.cluster.eligible_count()
+        return wire.publish_interval_ms(self.cfg.publish_interval_ms, self.cfg.publish_interval_per_member_ms,
+                                        members) / 1000
 
     def _publish(self) -> None:
-        interval = self.cfg.publish_interval_ms / 1000
-        last = -interval
+        last = -10.0
         while not (self._stopped.is_set() and self.outbox.empty()):
             try:
                 first = self.outbox.get(timeout=0.1)
             except queue.Empty:
                 continue
+            interval = self._publish_interval()
             batch = [first]
             end = max(time.monotonic(), last + interval)  # idle: now; busy: one interval after the last send
             while len(batch) < wire.MAX_BATCH:
@@ -503,7 +525,9 @@ class TrusteeNode:
 
     def _work(self) -> None:
         tick, follow = self.cfg.tick_ms / 1000, self.cfg.follow_ms / 1000
+        idle_follow = max(follow, self.cfg.follow_idle_ms / 1000)
         next_tick = next_follow = 0.0
+        pause = follow
         while True:
             self._beat = time.monotonic()
             items = self._drain(self.cfg.batch_window_ms / 1000)
@@ -514,10 +538,16 @@ class TrusteeNode:
                         self._record(now)
                 elif self._stopped.is_set() and not self.recorder.deferred and not self.standby:
                     return
+                if items:
+                    pause = follow
+                    next_follow = min(next_follow, time.monotonic() + follow)
                 if time.monotonic() >= next_follow:
-                    next_follow = time.monotonic() + follow
                     if self.recorder.catch_up():
                         self._moved()
+                        pause = follow
+                    elif not (self.standby or self.recorder.deferred):
+                        pause = min(idle_follow, 2 * pause)
+                    next_follow = time.monotonic() + pause
                     self._followed_at = time.monotonic()
                     self._sweep_standby()
                 if time.monotonic() >= next_tick:

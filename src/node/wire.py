@@ -18,6 +18,16 @@ MAX_BYTES = 512 * 1024
 # Under load a node sends at most one gossip message per interval (at once when idle): votes per
 # message grow with the rate, and the per-message cost of the gossip stack stops growing with it.
 PUBLISH_INTERVAL_MS = 50.0
+# ... and the interval grows with the committee: every member receives the messages of the N - 1
+# others, so with N x this per member a receiver handles at most ~1 / this messages/s under load
+# (80/s), whatever N (issue 15). N=4: 50 ms as before; N=10: 125 ms.
+PUBLISH_INTERVAL_PER_MEMBER_MS = 12.5
+MAX_PUBLISH_INTERVAL_MS = 500.0
+
+
+def publish_interval_ms(base_ms: float, per_member_ms: float, members: int) -> float:
+    """The publisher's pace under load for a committee of ``members``: the larger of the two, capped."""
+    return min(MAX_PUBLISH_INTERVAL_MS, max(base_ms, per_member_ms * members))
 
 
 def encode(votes: list[SignedVote]) -> bytes:

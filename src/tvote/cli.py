@@ -202,8 +202,11 @@ def node(
         help="How long a vote may wait for a live member ranked before us (node.duty).",
         min=0, max=600_000)] = duty.DEFAULT_PATIENCE_MS,
     publish_interval_ms: Annotated[float, typer.Option(
-        help="Under load, send at most one gossip message per this interval (idle: at once).",
+        help="Under load, send at most one gossip message per this interval (idle: at once), at least.",
         min=0.0, max=10_000.0)] = wire.PUBLISH_INTERVAL_MS,
+    publish_interval_per_member_ms: Annotated[float, typer.Option(
+        help="... or per this times the eligible members, if longer (capped at 500 ms); 0: the fixed interval.",
+        min=0.0, max=1_000.0)] = wire.PUBLISH_INTERVAL_PER_MEMBER_MS,
 ) -> None:
     """Run a trustee node: libp2p gossip, the decider, the cluster log, the local API."""
     from node import runner
@@ -227,7 +230,8 @@ def node(
         token = _read_secret(api_token_file)
         cfg = NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, listen_port, bootstrap or [], api_port, token,
                          record_grace_ms=record_grace_ms, record_patience_ms=record_patience_ms,
-                         publish_interval_ms=publish_interval_ms, journal=str(journal or ""),
+                         publish_interval_ms=publish_interval_ms,
+                         publish_interval_per_member_ms=publish_interval_per_member_ms, journal=str(journal or ""),
                          listen_host=listen_host, api_host=api_host, api_tls_cert=str(api_tls_cert or ""),
                          api_tls_key=str(api_tls_key or ""), api_plain_http=api_plain_http)
         stopped = runner.serve(cfg, status_file, console.print)

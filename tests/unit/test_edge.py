@@ -103,3 +103,41 @@ def test_forged_signature_is_not_forwarded_but_handed_on_for_r7(edge):
     events = run(node.recorder.ledger, rules.ReceiveVote(sv, author, now_ms(), proof))
     assert [(e.TYPE, getattr(e, "node_id", None)) for e in events][:2] == [
         ("ViolationDetected", "node-3"), ("NodeBanned", "node-3")]
+
+
+def test_an_accepted_batch_is_parsed_once_delivery_takes_the_edges_votes(edge):
+    """Issue 15: delivery takes the votes the edge parsed; a rejected batch leaves nothing behind."""
+    node, _, ts = edge
+    good = wire.encode([vote(ts[1]), vote(ts[2], tx="tx2")])
+    bad = wire.encode([vote(ts[1], tx="old", ts=now_ms() - 10 * node.cfg.max_vote_age_ms)])
+    assert node._validate(ts[1].peer_id, good)
+    assert not node._validate(ts[1].peer_id, bad)
+    assert list(node._parsed) == [good]
+    assert node._parsed[good] == wire.decode(good)
+    node._deliver(ts[1].peer_id, good)
+    assert not node._parsed
+    got = [node.inbox.get_nowait() for _ in range(2)]
+    assert [(a, sv, env) for a, sv, env in got] == [(ts[1].peer_id, sv, None) for sv in wire.decode(good)]
+
+
+def test_delivery_parses_what_the_edge_did_not_and_never_blocks(edge):
+    node, _, ts = edge
+    node._deliver(ts[1].peer_id, b"garbage")
+    assert node.counters.snapshot() == {"dropped_garbage": 1}
+    import queue
+    node.inbox = queue.Queue(maxsize=1)
+    node._deliver(ts[1].peer_id, wire.encode([vote(ts[1]), vote(ts[2])]))  # one fits, one is counted
+    assert node.inbox.qsize() == 1 and node.counters.snapshot()["delivery_inbox_full"] == 1
+
+
+def test_the_edges_parsed_votes_are_bounded(edge):
+    node, _, ts = edge
+    for k in range(4100):
+        assert node._validate(ts[1].peer_id, wire.encode([vote(ts[1], tx=f"t{k}")]))
+    assert len(node._parsed) <= 4096
+
+
+@pytest.mark.parametrize(("members", "want"), [(1, 50.0), (4, 50.0), (10, 125.0), (100, 500.0)])
+def test_the_publish_interval_grows_with_the_committee(members, want):
+    assert wire.publish_interval_ms(wire.PUBLISH_INTERVAL_MS, wire.PUBLISH_INTERVAL_PER_MEMBER_MS, members) == want
+    assert wire.publish_interval_ms(20.0, 0.0, members) == 20.0  # per member 0: the fixed interval

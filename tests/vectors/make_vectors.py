@@ -281,6 +281,7 @@ def judge(author: str, payload: bytes) -> dict:
 
             self.inbox = queue.Queue()
             self.reception = collections.deque()
+            self._parsed = {}  # accepted payload -> its votes, for the pump
 
     node = Edge()
     ledger = edge_ledger()

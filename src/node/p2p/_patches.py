@@ -4,6 +4,8 @@
 2. Release a swarm's inbound-connection slot when the connection closes (a leak that makes
    a host deaf after 250 inbound connections in its lifetime).
 3. Blacklisting a connected peer must not crash the host (``safe_teardown``).
+4. Handle a received message in the stream's read loop instead of one managed task per
+   message (``read_rpcs_inline``), when its topics have synchronous validators only.
 
 All refuse to install on another libp2p version (the code they wrap may have changed).
 
@@ -76,6 +78,34 @@ moves the cliff (the count of lifetime connections still grows without bound, wi
 parked task each), and a resource manager or connection gate cannot release a limiter slot
 held by another task. No hook of 0.8.1 runs when an inbound connection closes *and* can end
 the listener's handler task, so the barrier itself has to change.
+
+Patch 4: one managed task per received message (``read_rpcs_inline``)
+---------------------------------------------------------------------
+
+What is costly (libp2p 0.8.1, ``Pubsub.continuously_read_stream``): for every message of every
+RPC read from a peer's stream the loop calls ``self.manager.run_task(self.push_msg, peer_id,
+msg)``. The anyio-service manager builds a ``FunctionTask`` (a ``uuid4``, a task name from the
+function's qualified name, the parent found by walking the task hierarchy, a child registered
+under it, a fresh ``CancelScope``), then Trio schedules it, runs it and the manager unregisters
+it. Per message copy that is a few hundred microseconds of Python on a node whose whole
+receive path is ~1 ms, paid again for every duplicate a relay sends.
+
+``push_msg`` needs no task of its own when each topic of the message has only *synchronous*
+validators (our case): it never waits (blacklist and seen checks, the envelope signature, the
+sync validators, delivery, and the router's ``publish``, whose sends are non-blocking queue
+pushes; v1.1 peers get no IDONTWANT, topics have no observers). So the patched loop awaits
+``push_msg`` right there, in the order the messages arrived, and still hands a message with an
+*async* validator to ``run_task`` as before (those may wait up to the validation timeout and
+must not stall the stream). Everything else in the loop is the library's, line for line (size
+limit, protobuf parse, signed-record check through the module attribute so patch 1 applies,
+subscriptions, control to the router, metrics event, the same exception handling). An
+exception from ``push_msg`` is logged and the loop goes on (a task's exception would have gone
+to the service manager instead).
+
+Upstream shape: in ``continuously_read_stream``, ``if any(v.is_async for v in
+self.get_msg_validators(msg)): self.manager.run_task(...) else: await self.push_msg(...)``.
+Installed per class (our ``Pubsub`` subclass calls it); ``GossipConfig.inline_push=False``
+keeps the library's loop.
 """
 
 from __future__ import annotations
@@ -92,9 +122,13 @@ import libp2p.pubsub.gossipsub as _gossipsub_mod
 import libp2p.pubsub.pubsub as _pubsub_mod
 import trio
 from libp2p.abc import IMuxedConn
+from libp2p.io.exceptions import IOException, MessageTooLarge
+from libp2p.network.connection.exceptions import RawConnError
 from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import env_to_send_in_RPC as _orig_env_to_send
+from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.utils import maybe_consume_signed_record as _orig_consume
 
 log = logging.getLogger(__name__)
@@ -250,3 +284,69 @@ def inbound_slots(swarm: Any) -> tuple[int, int]:
     if limiter is None:
         return 0, 0
     return int(limiter.borrowed_tokens), int(limiter.total_tokens)
+
+
+# ---------------------------------------------------------------------------- patch 4
+
+
+async def read_rpcs_inline(pubsub: Any, stream: Any, on_error: Any = None) -> None:
+    """Patch 4: ``Pubsub.continuously_read_stream`` of 0.8.1, with ``push_msg`` awaited inline.
+
+    See the module docstring. ``on_error()`` is called (after logging) when ``push_msg`` raises.
+    """
+    peer_id = stream.muxed_conn.peer_id
+    try:
+        while pubsub.manager.is_running:
+            incoming: bytes = await _pubsub_mod.read_varint_prefixed_bytes_limited(
+                stream, pubsub.max_inbound_rpc_size
+            )
+            rpc_incoming = rpc_pb2.RPC()
+            rpc_incoming.ParseFromString(incoming)
+            if not _pubsub_mod.maybe_consume_signed_record(rpc_incoming, pubsub.host, peer_id):
+                _pubsub_mod.logger.error("Received an invalid-signed-record, ignoring the incoming msg")
+                continue
+            event = _pubsub_mod.GossipsubEvent()
+            event.peer_id = peer_id.pretty()
+            event.message_size = len(incoming)
+            if rpc_incoming.publish:
+                event.publish = True
+                for msg in rpc_incoming.publish:
+                    if not pubsub._is_subscribed_to_msg(msg):
+                        continue
+                    if not pubsub.manager.is_running:
+                        continue
+                    if any(v.is_async for v in pubsub.get_msg_validators(msg)):
+                        pubsub.manager.run_task(pubsub.push_msg, peer_id, msg)
+                        continue
+                    try:
+                        await pubsub.push_msg(peer_id, msg)
+                    except Exception:
+                        log.warning("handling a message from %s failed", peer_id, exc_info=True)
+                        if on_error is not None:
+                            on_error()
+            if rpc_incoming.subscriptions:
+                event.subopts = True
+                if len(rpc_incoming.subscriptions) > pubsub.max_subscriptions_per_rpc:
+                    _pubsub_mod.logger.warning(
+                        "Peer %s sent %d subscriptions exceeding limit %d, rejecting subscriptions",
+                        peer_id, len(rpc_incoming.subscriptions), pubsub.max_subscriptions_per_rpc,
+                    )
+                else:
+                    for message in rpc_incoming.subscriptions:
+                        pubsub.handle_subscription(peer_id, message)
+            if rpc_incoming.HasField("control"):
+                event.control = True
+                await pubsub.router.handle_rpc(rpc_incoming, peer_id)
+            if stream.metric_send_channel is not None:
+                await stream.metric_send_channel.send(event)
+    except MessageTooLarge as error:
+        _pubsub_mod.logger.warning("Inbound pubsub RPC from peer %s exceeded size limit: %s", peer_id, error)
+        with contextlib.suppress(Exception):
+            await stream.reset()
+        pubsub._handle_dead_peer(peer_id)
+    except StreamEOF:
+        _pubsub_mod.logger.debug("Stream closed for peer %s, exiting read loop cleanly.", peer_id)
+    except StreamError as e:
+        _pubsub_mod.logger.debug("Stream error for peer %s (normal during shutdown): %s", peer_id, e)
+    except (IOException, RawConnError) as e:
+        _pubsub_mod.logger.debug("Connection closed for peer %s during read: %s", peer_id, e)

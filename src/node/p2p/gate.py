@@ -85,6 +85,11 @@ class PeerGate:
         return None if members is None else frozenset(p.to_base58() for p in members)
 
     @property
+    def member_ids(self) -> frozenset[ID] | None:
+        """The admitted members as IDs (None when no allowlist is set)."""
+        return self._state[0]
+
+    @property
     def extra(self) -> frozenset[str]:
         return frozenset(p.to_base58() for p in self._state[1])
 

@@ -120,6 +120,11 @@ class GossipCounters:
     spam_limited: int = 0  # router spam limit stopped a message from being forwarded
     backpressure_waits: int = 0  # publisher paused for a full outbound queue
     duplicate_payloads: int = 0  # publish of a payload already seen (same BLAKE3 id): not resent
+    copies_in: int = 0  # message copies received from peers (each relay's copy counts; duplicates too)
+    duplicate_copies: int = 0  # of those, copies of a message already seen (dropped before validation)
+    direct_published: int = 0  # own payloads published on the direct topic (to every member, not relayed)
+    relayed_copies: int = 0  # copies of other authors' messages we sent on (mesh relaying)
+    push_errors: int = 0  # handling a received message raised (logged; the read loop goes on)
     banned_conns_closed: int = 0  # banned peers' connections refused after the handshake (or closed on open)
     refused_outsider_conns: int = 0  # connections of peers off the allowlist refused after the handshake
     refused_dials: int = 0  # dials to banned / non-allowlisted peers refused before any socket
@@ -160,10 +165,34 @@ class _GatedRoutingTable(RoutingTable):
 
 
 class _Router(GossipSub):
-    """GossipSub with drop accounting (every silent drop of 0.8.1 becomes a counter)."""
+    """GossipSub with drop accounting (every silent drop of 0.8.1 becomes a counter) and
+    committee delivery on ``direct_topic`` (see ``GossipConfig.direct_delivery``)."""
 
     counters: GossipCounters
     my_id_bytes: bytes
+    direct_topic: str | None = None
+
+    def _get_peers_to_send(
+        self, topic_ids: Iterable[str], msg_forwarder: ID, origin: ID, msg_id: bytes | None = None
+    ) -> Iterable[ID]:
+        topics = list(topic_ids)
+        if self.direct_topic is None or self.direct_topic not in topics:
+            for peer in super()._get_peers_to_send(topics, msg_forwarder, origin, msg_id):
+                if origin != self.pubsub.my_id:
+                    self.counters.relayed_copies += 1
+                yield peer
+            return
+        if origin != self.pubsub.my_id:
+            return  # its origin sent it to every member itself: nobody relays a direct message
+        # Flood publishing (GossipSub v1.1): every subscribed peer; router.publish applies the
+        # score publish gate to each, and graylisted peers are left out here as for the mesh.
+        scorer = self.scorer
+        for peer in self.pubsub.peer_topics.get(self.direct_topic, set()):
+            if peer in (msg_forwarder, origin):
+                continue
+            if scorer is not None and scorer.is_graylisted(peer, [self.direct_topic]):
+                continue
+            yield peer
 
     def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
         for msg in rpc.publish:
@@ -186,6 +215,24 @@ class _Pubsub(Pubsub):
     sink: Callable[[rpc_pb2.Message], None]
     counters: GossipCounters
     outbound_queue_size: int
+    inline_push: bool = False
+
+    async def continuously_read_stream(self, stream: INetStream) -> None:
+        if self.inline_push and libp2p.__version__ == _patches.PATCHED_VERSION:
+            await _patches.read_rpcs_inline(self, stream, self._count_push_error)
+        else:
+            await super().continuously_read_stream(stream)
+
+    def _count_push_error(self) -> None:
+        self.counters.push_errors += 1
+
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        if msg_forwarder != self.my_id:
+            self.counters.copies_in += 1
+            if self._is_msg_seen(msg):
+                self.counters.duplicate_copies += 1
+                return
+        await super().push_msg(msg_forwarder, msg)
 
     async def _handle_new_peer(self, peer_id: ID) -> None:
         await super()._handle_new_peer(peer_id)
@@ -375,7 +422,7 @@ class GossipHost:
             strict_signing=config.strict_signing,
             msg_id_constructor=message_id,
             seen_ttl=math.ceil(config.seen_ttl),
-            allowed_topics={config.topic},
+            allowed_topics={config.topic, config.direct_topic},
         )
         # Replace the TTL-only, thread-backed LastSeenCache with the bounded one. Each
         # message takes two entries (BLAKE3 id + from/seqno alias), hence 2x.
@@ -384,7 +431,10 @@ class GossipHost:
         pubsub.sink = self._on_message
         pubsub.counters = self.counters
         pubsub.outbound_queue_size = config.outbound_queue_size
+        pubsub.inline_push = config.inline_push
         pubsub.set_topic_validator(config.topic, self._topic_validator, False)
+        pubsub.set_topic_validator(config.direct_topic, self._topic_validator, False)
+        router.direct_topic = config.direct_topic
         self.pubsub = pubsub
 
         self.dht = KadDHT(self.host, DHTMode.SERVER)
@@ -629,7 +679,6 @@ class GossipHost:
         """Drain the send queue at a paced rate with back-pressure from peer queues."""
         interval = 1.0 / self.config.publish_rate_effective
         next_at = trio.current_time()
-        topic = self.config.topic
         try:
             while True:
                 try:
@@ -659,11 +708,36 @@ class GossipHost:
                     # within the seen TTL. Count it instead (the node should not repeat).
                     self.counters.duplicate_payloads += 1
                     continue
+                topic = self._publish_topic()
                 await self.pubsub.publish(topic, payload)
                 self.counters.published += 1
+                if topic != self.config.topic:
+                    self.counters.direct_published += 1
                 await trio.lowlevel.checkpoint()
         finally:
             self._publisher_done.set()
+
+    def _publish_topic(self) -> str:
+        """``direct_topic`` when every other admitted member is connected and subscribed to it, else ``topic``.
+
+        Direct messages are never relayed, so the origin must reach every member itself; one
+        member out of reach (not yet connected, restarting, partitioned) and the message takes
+        the mesh, whose relays reach it once it is back.
+        """
+        cfg = self.config
+        members = self.gate.member_ids
+        if not cfg.direct_delivery or members is None:
+            return cfg.topic
+        me = self.host.get_id()
+        subscribed = self.pubsub.peer_topics.get(cfg.direct_topic, set())
+        others = 0
+        for peer in members:
+            if peer == me or peer in self.banned_ids:
+                continue
+            others += 1
+            if others > cfg.direct_max_peers or peer not in subscribed or peer not in self.pubsub.peers:
+                return cfg.topic
+        return cfg.direct_topic
 
     # ------------------------------------------------------------------ bans
 
@@ -821,6 +895,7 @@ class GossipHost:
             ):
                 await self.pubsub.wait_until_ready()
                 await self.pubsub.subscribe(self.config.topic)
+                await self.pubsub.subscribe(self.config.direct_topic)
                 self.listen_addrs = [str(a) for a in self.host.get_addrs()]
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -851,6 +926,7 @@ class GossipHost:
                 await trio.sleep(0.01)
         # 3. unsubscribe: peers drop us from their mesh and stop forwarding to us.
         with trio.move_on_after(cfg.close_drain_timeout):
+            await self.pubsub.unsubscribe(cfg.direct_topic)
             await self.pubsub.unsubscribe(cfg.topic)
             while any(len(q) for q in self.pubsub.peer_queues.values()):
                 await trio.sleep(0.01)
