@@ -2,8 +2,8 @@
 
 Misconfiguration is refused before anything is signed, with exit code 2 and one clear line on stderr:
 a node on another chain id, no (or another) contract at the address, an unreadable key, or a key the
-contract does not authorise. An unreachable chain at start is retried (backoff) for
-``--startup-timeout`` seconds, then exit code 3. A usage error (a missing or malformed option) exits
+contract does not authorise. An unreachable chain or etcd at start is retried (backoff) for
+``--startup-timeout`` seconds each, then exit code 3. A usage error (a missing or malformed option) exits
 with code 2 too, before anything is read.
 
 The command line is a typer command like every ``tvote`` role (``tvote.cli``); :func:`parse` reads an
@@ -167,7 +167,15 @@ def run(args: Options) -> int:
         return _refuse(f"misconfigured key: account {account.address} is not an authorised submitter of "
                        f"contract {client.address}")
 
-    guard = EtcdGuard(args.etcd, args.etcd_prefix, name)
+    try:  # etcd, like the chain, may not answer yet (a member restarting, the leader cut off): wait, then say so
+        for attempt in Retrying(retry=retry_if_exception_type(StoreUnavailable), reraise=True,
+                                stop=stop_after_delay(args.startup_timeout),
+                                wait=wait_exponential_jitter(multiplier=0.1, max=5.0)):
+            with attempt:
+                guard = EtcdGuard(args.etcd, args.etcd_prefix, name)
+    except StoreUnavailable as e:
+        print(f"submitter: etcd unreachable at {args.etcd} for {args.startup_timeout}s: {e}", file=sys.stderr)
+        return 3
     from events.postgres_store import PostgresStore
 
     sub = Submitter(PostgresStore(args.dsn), guard, client, account, name=name, log_signer=signer,

@@ -102,3 +102,14 @@ def test_misconfigured_contract_address(cluster, chain, spawn):
     cluster.consensus(["tx_1"])
     proc = spawn("--contract", chain.sender)  # an account, not the contract
     _refused(proc, "misconfigured contract", cluster, chain, _nonce(chain))
+
+
+def test_an_etcd_that_does_not_answer_at_start_is_waited_for_then_named(cluster, chain, spawn):
+    """It exited at once on the first failed etcd call (found on the namespace network with the etcd leader
+    cut off); it now waits as it does for the chain, then says which endpoints did not answer (exit 3)."""
+    cluster.consensus(["tx_1"])
+    nonce = _nonce(chain)
+    proc = spawn("--etcd", "127.0.0.1:1", "--startup-timeout", "3")
+    assert proc.popen.wait(30) == 3, proc.output()[-2000:]
+    assert "etcd unreachable at 127.0.0.1:1 for 3.0s" in proc.output(), proc.output()[-2000:]
+    assert cluster.events("SubmissionStarted") == [] and chain.recorded() == {} and _nonce(chain) == nonce
