@@ -29,6 +29,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -110,8 +111,10 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-WORKERS = (4, 64)  # threads: kept, at most (a cast holds one for up to RECORD_WAIT while its vote is recorded)
+WORKERS = 64  # threads, all started up front (cheroot's pool does not grow by itself; a cast holds one for up to
+# RECORD_WAIT while its vote is recorded, a slow client for up to HEAD_DEADLINE)
 SOCKET_TIMEOUT = 5  # a client that announces more body than it sends must not hold a thread forever
+HEAD_DEADLINE = 10.0  # seconds a request's line and headers may take in all, however slowly they trickle in
 
 
 def _json(code: int, body: object, headers: dict[str, str] | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -138,6 +141,14 @@ class _JsonErrors(cheroot.server.HTTPRequest):
         self.close_connection = True  # one request per connection: see _application
         super().send_headers()
 
+    def parse_request(self) -> None:
+        """Read the request line and headers under the server's head deadline (see ``_Server.reap``)."""
+        self.server.reading[self.conn] = time.monotonic() + HEAD_DEADLINE
+        try:
+            super().parse_request()
+        finally:
+            self.server.reading.pop(self.conn, None)
+
     def simple_response(self, status: Any, msg: Any = "") -> None:
         status = str(status)
         code = int(status[:3])
@@ -162,12 +173,34 @@ class _Server(cheroot.wsgi.Server):
     ConnectionClass = _Connection
 
     def __init__(self, bind: tuple[str, int], app: Callable) -> None:
-        super().__init__(bind, app, numthreads=WORKERS[0], max=WORKERS[1], request_queue_size=256,
+        super().__init__(bind, app, numthreads=WORKERS, max=WORKERS, request_queue_size=256,
                          timeout=SOCKET_TIMEOUT, shutdown_timeout=1)
         self.max_request_body_size = MAX_BATCH_BODY
         self.max_request_header_size = 16 * 1024
         self.server_name = "tvote-node"
         self.resets = 0
+        self.reading: dict[Any, float] = {}  # connections whose request head is being read -> deadline
+        self._reaper = threading.Thread(target=self.reap, name="api-reaper", daemon=True)
+
+    def serve(self) -> None:
+        self._reaper.start()
+        super().serve()
+
+    def reap(self) -> None:
+        """Cut a connection whose request head is not in after HEAD_DEADLINE, however slowly it trickles.
+
+        The socket timeout bounds one read, not a request: a client sending a header byte every few
+        seconds held a worker forever, and 70 such clients (no token needed) held every worker, /healthz
+        included. Shutting the socket down wakes the worker's blocked read, which ends the connection."""
+        while self.ready:  # set by prepare(), cleared by stop()
+            now = time.monotonic()
+            for conn, deadline in list(self.reading.items()):
+                if now > deadline:
+                    self.reading.pop(conn, None)
+                    self.resets += 1
+                    with contextlib.suppress(OSError):  # the plain socket's shutdown, under TLS too
+                        socket.socket.shutdown(conn.socket, socket.SHUT_RDWR)
+            time.sleep(0.5)
 
     @classmethod
     def prepare_socket(cls, bind_addr: Any, family: Any, type: Any, proto: Any, nodelay: Any,

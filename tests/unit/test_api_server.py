@@ -52,7 +52,7 @@ def test_idle_connections_do_not_take_a_thread_each_and_the_api_still_answers(ap
     try:
         time.sleep(0.5)
         assert _raw(api.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200 ")
-        assert threading.active_count() <= before + WORKERS[1]
+        assert threading.active_count() <= before + WORKERS
     finally:
         for s in idle:
             s.close()
@@ -173,3 +173,35 @@ def test_a_restarted_node_takes_its_api_port_again_after_serving(api):
         assert _raw(port, b"GET /healthz HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200 ")
     finally:
         again.stop()
+
+
+def test_clients_that_trickle_their_headers_are_cut_and_do_not_starve_the_api(api, monkeypatch):
+    """A header byte every second keeps each read within the socket timeout; the head deadline cuts them."""
+    import node.api as api_mod
+
+    count = WORKERS + 10
+
+    def trickle(out: list) -> None:
+        s = socket.create_connection(("127.0.0.1", api.port), timeout=30)
+        t0 = time.monotonic()
+        try:
+            for ch in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 40:
+                s.send(bytes([ch]))
+                time.sleep(1)
+        except OSError:
+            pass
+        out.append(time.monotonic() - t0)
+        s.close()
+
+    cut: list[float] = []
+    threads = [threading.Thread(target=trickle, args=(cut,), daemon=True) for _ in range(count)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    t0 = time.monotonic()
+    assert _raw(api.port, b"GET /healthz HTTP/1.1\r\n\r\n", timeout=30).startswith(b"HTTP/1.1 200 ")
+    assert time.monotonic() - t0 < api_mod.HEAD_DEADLINE + 5
+    for t in threads:
+        t.join(60)
+    # every one cut long before its trickle would end (~64 s); the 10 beyond the pool waited one deadline for a worker
+    assert len(cut) == count and max(cut) < 2 * api_mod.HEAD_DEADLINE + 5, sorted(cut)[-3:]
