@@ -110,34 +110,29 @@ def split(minority: tuple[int, ...], stores_with_majority: bool = True, cut_s: f
 
 def cut_from_peers(node: int = 1, cut_s: float = 10.0) -> Fault:
     """One trustee cut from every other trustee, both ways; it still reaches Postgres and etcd."""
-
-    def fault(ctx: Ctx) -> None:
-        net = ctx.env.net
-        me = trustee(node)
-        ctx.wait_offered(0.3)
-        net.partition([me], [h for h in _trustees(ctx) if h != me])
-        ctx.note(f"{me} cut from its peers {cut_s:.0f}s (not from the stores)")
-        time.sleep(cut_s)
-        net.heal()
-        ctx.revive("while cut from its peers")
-        _retry_refused(ctx)
-        ctx.healed()
-
-    return fault
+    return _apart_from_peers(node, cut_s, one_way=False)
 
 
 def one_way(node: int = 1, cut_s: float = 10.0) -> Fault:
     """Nothing from one trustee reaches its peers; what they send still reaches it."""
+    return _apart_from_peers(node, cut_s, one_way=True)
 
+
+def _apart_from_peers(node: int, cut_s: float, one_way: bool) -> Fault:
     def fault(ctx: Ctx) -> None:
         net = ctx.env.net
         me = trustee(node)
+        peers = [h for h in _trustees(ctx) if h != me]
         ctx.wait_offered(0.3)
-        net.cut([me], [h for h in _trustees(ctx) if h != me])
-        ctx.note(f"one-way: {me} -> peers dropped {cut_s:.0f}s")
+        if one_way:
+            net.cut([me], peers)
+            ctx.note(f"one-way: {me} -> peers dropped {cut_s:.0f}s")
+        else:
+            net.partition([me], peers)
+            ctx.note(f"{me} cut from its peers {cut_s:.0f}s (not from the stores)")
         time.sleep(cut_s)
         net.heal()
-        ctx.revive("during the one-way cut")
+        ctx.revive("during the one-way cut" if one_way else "while cut from its peers")
         _retry_refused(ctx)
         ctx.healed()
 
