@@ -27,7 +27,9 @@ client timed out just after the first rotation). A claim whose append is still i
 lease lapses is what a claimer crash leaves behind: the vote may be claimed again and the
 idempotency key keeps it single; a lapsed writer mark lets a reader repair a head from Postgres,
 which only ever moves it to the truth. A claim under our previous lease is still ours
-(``Refusal.votes``), so we may release it.
+(``Refusal.votes``), so we may release it. Heads and counters go under the same lease (not the seed's
+24 h: at 50 tx/s a day of them is three times etcd's quota, docs/decisions.md): a claim that finds a
+head missing is refused and the recorder repairs it from Postgres, one round trip more.
 - etcd lost or restored from an old snapshot (heads *behind* or missing): repaired
   forward from PG on the first conflict.
 """
@@ -47,7 +49,6 @@ from recording.guard import Claim, Refusal
 
 LEASE_TTL = 10
 ROTATE_S = 30.0  # claims move to a fresh lease this often; the old one lapses with the keys of appended votes
-RETENTION_TTL = 24 * 3600  # seed 9.1: etcd's fast-path keys expire; Postgres keeps the truth
 
 
 class EtcdGuard:
@@ -70,8 +71,6 @@ class EtcdGuard:
         self.lease = self._call(self.client.lease, lease_ttl)
         self._lease_at = time.monotonic()
         self._previous_lease_id: int | None = None  # the lease before the last rotation, lapsing
-        self._retention = self._call(self.client.lease, RETENTION_TTL)
-        self._retention_at = time.monotonic()
         self._stop = threading.Event()
         self._keepalive = threading.Thread(target=self._keep_alive, args=(lease_ttl,), daemon=True)
         self._keepalive.start()
@@ -121,20 +120,10 @@ class EtcdGuard:
 
     # the CAS ----------------------------------------------------------------------------------
 
-    def retention_lease(self):
-        """The lease that makes heads and counters expire within 24 h (rotated every 12 h).
-
-        An expired head is harmless: the next claim finds it missing and repairs it from PG.
-        """
-        if time.monotonic() - self._retention_at > RETENTION_TTL / 2:
-            self._retention = self._call(self.client.lease, RETENTION_TTL)
-            self._retention_at = time.monotonic()
-        return self._retention
-
     def claim(self, claims: list[Claim]) -> Refusal | None:
         """One etcd transaction for the whole batch: None when granted, else why not."""
         t = self.client.transactions
-        keep = self.retention_lease()
+        keep = self.lease  # heads and counters lapse as claims do (see the module's "Bounded key space")
         compare, success, failure = [], [], []
         heads = sorted({s for c in claims for s in c.expected})
         start = {}
@@ -190,7 +179,7 @@ class EtcdGuard:
         cmp = t.create(self.head_key(stream)) == 0 if seen is None else t.value(self.head_key(stream)) == str(seen)
         # version 0 is "no head key" (the claim compares create_revision == 0), never "0"
         head = self.head_key(stream)
-        op = t.delete(head) if truth == 0 else t.put(head, str(truth), lease=self.retention_lease())
+        op = t.delete(head) if truth == 0 else t.put(head, str(truth), lease=self.lease)
         ok, _ = self._txn([cmp], [op], [])
         return ok
 

@@ -4,9 +4,9 @@ For unit tests, benchmarks and tools that have no other node to race (a projecto
 that writes a log, a calibration run). ``tests/guard_contract.py`` runs the same suite
 against this and ``recording.etcd_guard.EtcdGuard``, so a recorder behaves the same on both.
 
-Writers share one :class:`MemoryKeys` (the "cluster"); keys a writer puts under its lease
-(vote claims, head writers) vanish when :meth:`MemoryKeys.expire` ends that writer's lease,
-as they would in etcd when a node dies.
+Writers share one :class:`MemoryKeys` (the "cluster"); every key a writer puts goes under its lease
+(vote claims, heads, head writers, counters) and vanishes when :meth:`MemoryKeys.expire` ends that
+writer's lease, as it would in etcd when a node dies or its claim lease lapses.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class MemoryKeys:
         return owner, self.leases[owner]
 
     def expire(self, owner: str) -> None:
-        """The owner's lease runs out (it crashed): its claims and head-writer keys are gone."""
+        """The owner's lease runs out (it crashed, or the lease rotated and lapsed): its keys are gone."""
         with self.lock:
             lease = self.leases.pop(owner, None)
             if lease is not None:
@@ -87,13 +87,13 @@ class MemoryGuard:
             k.revision += 1
             for s in heads:
                 if end[s] != start[s]:
-                    k.data[f"streams/{s}/head"] = _Entry(str(end[s]), k.revision, None)
+                    k.data[f"streams/{s}/head"] = _Entry(str(end[s]), k.revision, lease)
                     k.data[f"streams/{s}/writer"] = _Entry(f"{end[s]}:{self.node_id}", k.revision, lease)
             for key, v in votes:
                 k.data[f"votes/{key}"] = _Entry(v, k.revision, lease)
             for c in claims:
                 for key, v in c.counters.items():
-                    k.data[key] = _Entry(v, k.revision, None)
+                    k.data[key] = _Entry(v, k.revision, lease)
             return None
 
     def _head_is(self, stream: str, version: int) -> bool:
@@ -113,7 +113,7 @@ class MemoryGuard:
             if truth == 0:  # version 0 is "no head", never "0" (as in etcd)
                 k.data.pop(key, None)
             else:
-                k.data[key] = _Entry(str(truth), k.revision, None)
+                k.data[key] = _Entry(str(truth), k.revision, self._lease())
             return True
 
     def release_vote(self, suffix: str, seen_mod_revision: int) -> bool:
