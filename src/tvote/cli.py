@@ -518,7 +518,8 @@ def gc(dsn: Dsn, etcd: EtcdEndpoint, operator: Operator, operator_key_file: Oper
        etcd_prefix: EtcdPrefix = "/tvote") -> None:
     """Retention (seed Algorithm 7): archive old projection rows via an event, so replays agree.
 
-    etcd's fast-path keys need no sweep: they live under 24 h leases. The log is never rewritten.
+    etcd's fast-path keys need no sweep: they lapse with their writer's claim lease (within ~40 s).
+    The log is never rewritten.
     """
     from observability.metrics import observe_gc
 
