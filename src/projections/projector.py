@@ -34,6 +34,7 @@ from events import model as m
 from events import snapshot
 from events.errors import InvalidCommand, UnknownEvent
 from events.follow import Follower, Settled
+from events.log_waiter import LogWaiter
 from events.model import tx_stream
 from events.postgres_store import read_after, read_stream_on, us_to_datetime
 from events.store import Recorded
@@ -188,8 +189,10 @@ class Projector:
         return n
 
     def follow(self, stop: Callable[[], bool], idle_sleep: float = 0.05, batch: int = 5000,
-               max_backoff: float = 5.0) -> None:
+               max_backoff: float = 5.0, waiter: LogWaiter | None = None, idle_wait: float = 1.0) -> None:
         """Project forever (the projector process), until ``stop()`` says so.
+
+        Caught up, it sleeps ``idle_sleep``, or with a ``waiter`` until the log moves (at most ``idle_wait``).
 
         A lost Postgres (a restart, a failover) is waited out: reconnect with backoff, then go on from the
         tracking position, which only ever moved with a committed batch. ``healthy_at`` tells a supervisor
@@ -211,7 +214,10 @@ class Projector:
                 backoff = min(max_backoff, backoff * 2)
                 continue
             if n == 0:
-                time.sleep(idle_sleep)
+                if waiter is not None:
+                    waiter.wait(idle_wait)
+                else:
+                    time.sleep(idle_sleep)
 
     # snapshots of the follower (bounded restart time) -----------------------------------------
 

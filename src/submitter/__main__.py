@@ -176,11 +176,12 @@ def run(args: Options) -> int:
     except StoreUnavailable as e:
         print(f"submitter: etcd unreachable at {args.etcd} for {args.startup_timeout}s: {e}", file=sys.stderr)
         return 3
+    from events.log_waiter import LogWaiter
     from events.postgres_store import PostgresStore
 
     sub = Submitter(PostgresStore(args.dsn), guard, client, account, name=name, log_signer=signer,
                     confirmations=args.confirmations, lock_ttl=args.lock_ttl, stuck_after=args.stuck_after,
-                    batch=args.batch, failpoint=args.crash_at)
+                    batch=args.batch, waiter=LogWaiter(args.dsn), failpoint=args.crash_at)
     try:
         sub.recorder.catch_up()
         key_in_log = sub.recorder.ledger.cluster.writers.get(signer.writer)

@@ -67,6 +67,7 @@ from chain import (
 )
 from events import rules
 from events.errors import NotSubmittable, StaleLock, StoreUnavailable, ThresholdVoteError, UnknownTransaction
+from events.log_waiter import LogWaiter
 from events.store import EventStore
 from events.writers import RowSigner, submitter_writer
 from observability import tracing
@@ -138,6 +139,8 @@ class Submitter:
         stuck_after: float = 15.0,
         batch: int = 256,
         poll: float = 0.005,
+        waiter: LogWaiter | None = None,
+        idle_wait: float = 1.0,
         failpoint: str | None = None,
     ) -> None:
         self.index = LogIndex()
@@ -153,6 +156,8 @@ class Submitter:
         self.stuck_after = stuck_after
         self.batch = batch
         self.poll = poll
+        self.waiter = waiter  # when idle, sleep until the log moves (up to idle_wait), not a poll
+        self.idle_wait = idle_wait
         self.failpoint = failpoint if failpoint is not None else os.environ.get(FAILPOINT_ENV) or None
         if self.failpoint is not None and self.failpoint not in FAILPOINTS:
             raise ValueError(f"unknown failpoint {self.failpoint!r}; one of {FAILPOINTS}")
@@ -229,7 +234,15 @@ class Submitter:
                 stop.wait(backoff_delay(failures))
                 continue
             if not progress:
-                stop.wait(self.poll)
+                self._pause(stop)
+
+    def _pause(self, stop: threading.Event) -> None:
+        """Nothing moved this round. With work in hand, look again soon (receipts and locks are not in the
+        log); with none, sleep until the log moves: a 5 ms poll of an idle log was 8 % of a core."""
+        if self.waiter is None or not self.idle():
+            stop.wait(self.poll)
+        else:
+            self.waiter.wait(self.idle_wait)
 
     def run_once(self) -> int:
         """One pass over every phase; returns how many steps made progress (0: idle)."""
@@ -256,6 +269,8 @@ class Submitter:
     def close(self) -> None:
         """Revoke the lock lease so another submitter can take over at once (a crash waits for the TTL)."""
         self.locks.close(revoke=True)
+        if self.waiter is not None:
+            self.waiter.close()
 
     # step 2: claim ----------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from rich.table import Table
 from events import rules
 from events.audit import verify
 from events.errors import ThresholdVoteError
+from events.log_waiter import LogWaiter
 from events.postgres_store import PostgresStore, connect_failure
 from events.writers import RowSigner, operator_writer
 from node import duty, wire
@@ -167,7 +168,11 @@ def projector(dsn: Dsn, once: Annotated[bool, typer.Option(help="Catch up and ex
                 n = p.catch_up(batch=batch)
                 console.print(f"projected {n} events; position {p.position()}")
             else:
-                p.follow(lambda: stopping["now"], batch=batch)
+                waiter = LogWaiter(dsn)
+                try:
+                    p.follow(lambda: stopping["now"], batch=batch, waiter=waiter)
+                finally:
+                    waiter.close()
     finally:
         p.close()
 
