@@ -602,31 +602,37 @@ def restore(
     switch_wal: Annotated[bool, typer.Option(help="--pgbackrest: archive the source's current WAL first.")] = False,
     keep_running: Annotated[bool, typer.Option(help="--pgbackrest: leave the restored copy running.")] = False,
     port: Annotated[int | None, typer.Option(help="--pgbackrest: the copy's port (default: a free one).")] = None,
+    dbname: Annotated[str, typer.Option(help="--pgbackrest without --dsn: the database that holds the log.")] = "tvote",
 ) -> None:
     """Verify a backup's files, restore Postgres (and etcd), then prove it: audit + replay digest.
 
     With --pgbackrest: restore the stanza into --target-dir up to log --position (the commit of the
     transaction that appended it), start it, and prove it: chain end, audit verify, replay digest
-    equal to the source's log up to that position.
+    equal to the source's log up to that position (--dsn; without it, to the archived log's).
     """
     from tvote.backup import BackupError
     from tvote.backup import restore as do_restore
 
-    if not dsn:
-        raise fail("give --dsn (or TVOTE_DSN)")
     if pgbackrest:
         if backup_dir is not None or repo is None or position is None or target_dir is None:
             raise fail("--pgbackrest takes --repo, --position and --target-dir (and --stanza), no backup directory")
-        _connect_check(dsn)
+        if switch_wal and not dsn:
+            raise fail("--switch-wal acts on the source: give its --dsn")
+        if dsn:
+            _connect_check(dsn)
         from tvote import pgbackrest as pgbr
 
         st = pgbr.Stanza(stanza, repo.absolute())
         try:
             if switch_wal:
                 console.print(f"archived WAL segment {pgbr.switch_wal(dsn, st)}")
-            r = pgbr.restore_to_position(dsn, st, position, target_dir, port=port, keep_running=keep_running)
+            r = pgbr.restore_to_position(dsn or None, st, position, target_dir, port=port, keep_running=keep_running,
+                                         dbname=dbname)
         except BackupError as e:
             raise fail(str(e)) from None
+        if not dsn:
+            console.print(f"no source: read the log on a copy restored to the archive's end ({r.seconds_probe:.1f}s, "
+                          "removed)")
         console.print(f"restored backup {r.backup_label} + WAL to {r.target_type} {r.target or '(backup end)'} in "
                       f"{r.target_dir}: files {r.seconds_restore:.1f}s ({r.restored_bytes / 1e6:.1f} MB), recovery "
                       f"{r.seconds_recovery:.1f}s")
@@ -641,6 +647,8 @@ def restore(
         return
     if backup_dir is None:
         raise fail("give a backup directory (or --pgbackrest ...)")
+    if not dsn:
+        raise fail("give --dsn (or TVOTE_DSN)")
     try:
         r = do_restore(backup_dir, dsn, etcd_data_dir, etcd_name=etcd_name, etcd_peer_url=etcd_peer_url,
                        create_database=create, check=check)

@@ -31,6 +31,11 @@ the source's hash at that position, ``audit verify`` passes over the whole chain
 copy's projections replay to the same digest as its live ones, and that digest equals the digest
 of projections rebuilt on the source from its log up to the same position.
 
+When the source is lost (the case a restore is for), the position's transaction and that digest are
+read on a first copy restored from the newest backup with *all* the archived WAL (in the same target
+directory, removed again), then the copy to the position is restored and proved against it: twice the
+time, and the proof is against the archive rather than the source.
+
 Everything runs as the ``postgres`` user when we are root (pgBackRest refuses files it cannot
 read, and the archived WAL must be writable by the server that pushes it).
 """
@@ -127,6 +132,7 @@ class RestoreReport:
     backup_label: str
     target_type: str  # "xid" or "immediate"
     target: str
+    seconds_probe: float = 0.0  # without the source: the first restore to the archive's end, read, removed
     seconds_restore: float = 0.0  # pgbackrest restore (files)
     seconds_recovery: float = 0.0  # start, WAL replay up to the target, promotion
     restored_bytes: int = 0
@@ -287,37 +293,51 @@ def backup(dsn: str, stanza: Stanza, retention_full: int = 2) -> BackupReport:
 
 
 @dataclass(frozen=True)
+class Facts:
+    """What the log says about a position: read on the source, or on a copy restored to the archive's end."""
+
+    log_end: int
+    xid: str
+    first: int  # the first and last positions the same transaction appended
+    last: int
+    hash: str
+
+
+@dataclass(frozen=True)
 class Target:
     backup_label: str
     type: str  # "xid" | "immediate"
     value: str  # the xid, or "" for immediate
-    source_hash: str
 
 
-def plan(source_dsn: str, stanza: Stanza, position: int) -> Target:
-    """Map a log position to a backup and an exact recovery target (see the module's docstring)."""
-    info = stanza_info(stanza)
+def read_facts(dsn: str, position: int, where: str = "the log") -> Facts:
+    """Position ``position``'s transaction on ``dsn``; refuses a position past the end or inside a batch."""
     if position < 1:
         raise PositionNotRestorable(f"position {position}: log positions start at 1")
-    with _connect(source_dsn) as conn:
+    with _connect(dsn) as conn:
         end = _log_end(conn)
         if position > end:
-            raise PositionNotRestorable(f"position {position} is past the log's end ({end})")
+            raise PositionNotRestorable(f"position {position} is past {where}'s end ({end})")
         xid, row_hash = conn.execute("SELECT xmin::text, hash FROM events WHERE position = %s", (position,)).fetchone()
         first, last = conn.execute("SELECT min(position), max(position) FROM events WHERE xmin = %s::xid",
                                    (xid,)).fetchone()
     if last != position:
         raise PositionNotRestorable(f"position {position} is inside a transaction that appended {first}..{last}: "
                                     f"a batch commits whole; choose {first - 1} or {last}")
+    return Facts(end, xid, first, last, bytes(row_hash).hex())
+
+
+def plan(info: dict, stanza: Stanza, position: int, facts: Facts) -> Target:
+    """The backup and the exact recovery target for ``position`` (see the module's docstring)."""
     for b in reversed(info["backup"]):  # newest first
         notes = b.get("annotation") or {}
         if ANNOTATION_START not in notes or ANNOTATION_END not in notes:
             continue  # not taken by tvote (or unfinished): its log positions are unknown
         start, stop = int(notes[ANNOTATION_START]), int(notes[ANNOTATION_END])
         if position > stop:
-            return Target(b["label"], "xid", xid, bytes(row_hash).hex())
+            return Target(b["label"], "xid", facts.xid)
         if position == start == stop:
-            return Target(b["label"], "immediate", "", bytes(row_hash).hex())
+            return Target(b["label"], "immediate", "")
     spans = ", ".join(f"{b['label']}: {(b.get('annotation') or {}).get(ANNOTATION_START, '?')}.."
                       f"{(b.get('annotation') or {}).get(ANNOTATION_END, '?')}" for b in info["backup"])
     raise PositionNotRestorable(f"position {position} is not after any backup's end (backups and the log's end "
@@ -388,49 +408,88 @@ def _wait_promoted(data_dir: Path, dsn: str, timeout: float) -> None:
     raise BackupError(f"the restored server was not promoted within {timeout:.0f}s (see {log})")
 
 
-def restore_to_position(source_dsn: str, stanza: Stanza, position: int, target_dir: Path, *,
-                        port: int | None = None, keep_running: bool = False, timeout: float = 120) -> RestoreReport:
-    """Restore the stanza into the empty ``target_dir`` up to log ``position``, start it, prove the log.
-
-    ``source_dsn``: the backed-up database (superuser), to map the position to its transaction and
-    to compute the digest the copy must reproduce. Refused before anything is written: a non-empty
-    target (:class:`TargetNotEmpty`), a missing repository or stanza (:class:`StanzaError`), a
-    position past the log's end, inside a batch or before every backup (:class:`PositionNotRestorable`).
-    Recovery that runs out of archived WAL raises :class:`PastArchivedWal` and empties the target
-    again. Proof failures are listed in ``report.problems`` (the copy stays for inspection).
-    """
-    target_dir = Path(target_dir).absolute()
-    _check_target_dir(target_dir)
-    target = plan(source_dsn, stanza, position)
-    dbname = str(conninfo.conninfo_to_dict(source_dsn).get("dbname") or "postgres")
-    report = RestoreReport(stanza.name, str(target_dir), position, target.backup_label, target.type,
-                           target.value, source_hash=target.source_hash)
-    created = not target_dir.exists()
+def _restore_and_start(stanza: Stanza, target_dir: Path, label: str, kind: list[str], port: int, dbname: str,
+                       timeout: float, created: bool) -> tuple[str, float, float]:
+    """pgbackrest restore into the (empty) target, start the copy, wait for its promotion; returns its DSN and
+    the seconds of both steps. On any failure the copy is stopped and the directory left as it was given."""
     target_dir.mkdir(parents=True, exist_ok=True)
     target_dir.chmod(0o700)
     _give_to_pg(target_dir)
-    kind = ["--type=xid", f"--target={target.value}", "--target-action=promote"] if target.type == "xid" else [
-        "--type=immediate", "--target-action=promote"]
     try:
         t0 = time.perf_counter()
-        _brest(stanza, "restore", f"--pg1-path={target_dir}", f"--set={target.backup_label}", "--archive-mode=off",
-               *kind, what=f"pgbackrest restore into {target_dir}")
-        report.seconds_restore = time.perf_counter() - t0
-        report.restored_bytes = sum(f.stat().st_size for f in target_dir.rglob("*") if f.is_file())
-        report.port = port or free_port()
-        dsn = f"host={target_dir} port={report.port} dbname={dbname} user={SUPERUSER}"
+        _brest(stanza, "restore", f"--pg1-path={target_dir}", f"--set={label}", "--archive-mode=off", *kind,
+               what=f"pgbackrest restore into {target_dir}")
+        files = time.perf_counter() - t0
+        dsn = f"host={target_dir} port={port} dbname={dbname} user={SUPERUSER}"
         t1 = time.perf_counter()
-        _start(target_dir, report.port)
+        _start(target_dir, port)
         _wait_promoted(target_dir, dsn, timeout)
-        report.seconds_recovery = time.perf_counter() - t1
-    except BackupError:
-        stop(target_dir)  # nothing half-restored stays behind: the directory is as it was given
-        if created:
-            shutil.rmtree(target_dir, ignore_errors=True)
-        else:
-            for child in target_dir.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        return dsn, files, time.perf_counter() - t1
+    except BaseException:
+        _discard(target_dir, created)
         raise
+
+
+def _discard(target_dir: Path, created: bool) -> None:
+    """Stop a copy and remove what the restore wrote: the directory as it was given (or gone, if we made it)."""
+    stop(target_dir)
+    if created:
+        shutil.rmtree(target_dir, ignore_errors=True)
+    elif target_dir.exists():
+        for child in target_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def _probe(stanza: Stanza, info: dict, position: int, target_dir: Path, port: int, dbname: str, timeout: float,
+           created: bool) -> tuple[Facts, str, float]:
+    """Without the source: restore the newest backup with all archived WAL into the target, read the position's
+    facts and its digest there, and empty the target again. Returns facts, digest and the seconds it took."""
+    t0 = time.perf_counter()
+    dsn, _, _ = _restore_and_start(stanza, target_dir, info["backup"][-1]["label"], [], port, dbname, timeout,
+                                   created)
+    try:
+        facts = read_facts(dsn, position, where="the archived log")
+        return facts, replay_digest_upto(dsn, position), time.perf_counter() - t0
+    finally:
+        _discard(target_dir, created)
+
+
+def restore_to_position(source_dsn: str | None, stanza: Stanza, position: int, target_dir: Path, *,
+                        port: int | None = None, keep_running: bool = False, timeout: float = 120,
+                        dbname: str | None = None) -> RestoreReport:
+    """Restore the stanza into the empty ``target_dir`` up to log ``position``, start it, prove the log.
+
+    ``source_dsn``: the backed-up database (superuser), to map the position to its transaction and to
+    compute the digest the copy must reproduce. ``None`` when the source is lost: the newest backup is
+    first restored with all archived WAL into the same directory (a probe, removed again) and read
+    instead (``dbname`` then names the database, default ``tvote``); this doubles the time. Refused
+    before anything is written: a non-empty target (:class:`TargetNotEmpty`), a missing repository or
+    stanza (:class:`StanzaError`), a position past the log's end, inside a batch or before every backup
+    (:class:`PositionNotRestorable`; without the source the first two are found by the probe, which is
+    then removed). Recovery that runs out of archived WAL raises :class:`PastArchivedWal` and empties the
+    target again. Proof failures are listed in ``report.problems`` (the copy stays for inspection).
+    """
+    target_dir = Path(target_dir).absolute()
+    _check_target_dir(target_dir)
+    info = stanza_info(stanza)
+    created = not target_dir.exists()
+    port = port or free_port()
+    if source_dsn is not None:
+        dbname = str(conninfo.conninfo_to_dict(source_dsn).get("dbname") or "postgres")
+        facts, source_digest, probe_seconds = read_facts(source_dsn, position), "", 0.0
+    else:
+        dbname = dbname or "tvote"
+        facts, source_digest, probe_seconds = _probe(stanza, info, position, target_dir, port, dbname, timeout,
+                                                     created)
+    target = plan(info, stanza, position, facts)
+    report = RestoreReport(stanza.name, str(target_dir), position, target.backup_label, target.type, target.value,
+                           source_hash=facts.hash, source_digest=source_digest, seconds_probe=probe_seconds,
+                           port=port)
+    kind = ["--type=xid", f"--target={target.value}", "--target-action=promote"] if target.type == "xid" else [
+        "--type=immediate", "--target-action=promote"]
+    dsn, report.seconds_restore, report.seconds_recovery = _restore_and_start(
+        stanza, target_dir, target.backup_label, kind, port, dbname, timeout, created)
+    report.restored_bytes = sum(f.stat().st_size for f in target_dir.rglob("*") if f.is_file())
     try:
         _prove(source_dsn, dsn, position, report)
     finally:
@@ -439,7 +498,7 @@ def restore_to_position(source_dsn: str, stanza: Stanza, position: int, target_d
     return report
 
 
-def _prove(source_dsn: str, dsn: str, position: int, report: RestoreReport) -> None:
+def _prove(source_dsn: str | None, dsn: str, position: int, report: RestoreReport) -> None:
     """Chain end, audit verify, replay digest on the copy; the source's digest of its log up to ``position``."""
     with psycopg.connect(dsn) as c:
         report.log_position = _log_end(c)
@@ -463,7 +522,8 @@ def _prove(source_dsn: str, dsn: str, position: int, report: RestoreReport) -> N
     report.live_digest, report.replay_digest = rep.live_digest, rep.replay_digest
     if not rep.equal:
         report.problems.append(f"replay differs from the restored projections in {', '.join(rep.differing_tables)}")
-    report.source_digest = replay_digest_upto(source_dsn, position)
+    if source_dsn is not None:
+        report.source_digest = replay_digest_upto(source_dsn, position)
     if report.replay_digest != report.source_digest:
-        report.problems.append("the restored copy's replay digest differs from the source's log up to "
-                               f"position {position}")
+        report.problems.append("the restored copy's replay digest differs from the source's (or the archived) "
+                               f"log up to position {position}")

@@ -22,6 +22,7 @@ from services import Database
 from devstack.postgres import Postgres
 from events.postgres_store import PostgresStore
 from integration.test_projections import scenario
+from projections.replay import replay_digest_upto
 from tvote import db
 from tvote.backup import TargetNotEmpty
 from tvote.pgbackrest import (
@@ -245,3 +246,22 @@ def test_backup_of_a_server_without_archiving_sets_it_and_asks_for_a_restart():
         pg.destroy()
         stop(base / "pg" / "data")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_restore_without_the_source_reads_the_archive(archived):
+    """The source is lost: the position's transaction and the digest come from a copy at the archive's end."""
+    _pg, database, stanza, _report, base = archived
+    ends = append(database, 2)
+    switch_wal(database.owner_dsn, stanza)
+    expected = replay_digest_upto(database.owner_dsn, ends[0])
+    target = base / "restored-no-source"
+    r = restore_to_position(None, stanza, ends[0], target, dbname=database.name)
+    assert r.ok, r.problems
+    assert r.seconds_probe > 0 and r.target_type == "xid" and r.log_position == ends[0]
+    assert r.replay_digest == r.source_digest == expected  # the archive's log up to P is the source's
+    shutil.rmtree(target)
+    out = subprocess.run([*TVOTE, "restore", "--pgbackrest", "--repo", str(stanza.repo), "--stanza", stanza.name,
+                          "--dbname", database.name, "--position", str(ends[1] + 1), "--target-dir", str(target)],
+                         capture_output=True, text=True, timeout=120)
+    assert "past the archived log's end" in _one_line_error(out)
+    assert not target.exists()  # the probe was removed
