@@ -372,9 +372,11 @@ def _check_target_dir(target_dir: Path) -> None:
 def _start(data_dir: Path, port: int) -> None:
     log = data_dir / "tvote-restore.log"
     opts = (f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={data_dir} "
-            "-c archive_mode=off -c hot_standby=off")
+            "-c archive_mode=off -c hot_standby=off -c synchronous_standby_names='' -c primary_conninfo=''")
     # hot_standby off: nobody reads the copy before it is promoted, and a standby would also demand the
     # source's max_connections and friends (set on its command line, not in the restored files).
+    # No synchronous standby and no upstream: a Patroni member's copy inherits both, and its commits
+    # would wait forever for a standby that is not there.
     subprocess.run(_as_pg([pg_bin("pg_ctl"), "-D", str(data_dir), "-l", str(log), "-o", opts, "-W", "start"]),
                    capture_output=True)
 
