@@ -475,22 +475,29 @@ def restore_to_position(source_dsn: str | None, stanza: Stanza, position: int, t
     _check_target_dir(target_dir)
     info = stanza_info(stanza)
     created = not target_dir.exists()
-    port = port or free_port()
-    if source_dsn is not None:
-        dbname = str(conninfo.conninfo_to_dict(source_dsn).get("dbname") or "postgres")
-        facts, source_digest, probe_seconds = read_facts(source_dsn, position), "", 0.0
-    else:
-        dbname = dbname or "tvote"
-        facts, source_digest, probe_seconds = _probe(stanza, info, position, target_dir, port, dbname, timeout,
-                                                     created)
-    target = plan(info, stanza, position, facts)
-    report = RestoreReport(stanza.name, str(target_dir), position, target.backup_label, target.type, target.value,
-                           source_hash=facts.hash, source_digest=source_digest, seconds_probe=probe_seconds,
-                           port=port)
-    kind = ["--type=xid", f"--target={target.value}", "--target-action=promote"] if target.type == "xid" else [
-        "--type=immediate", "--target-action=promote"]
-    dsn, report.seconds_restore, report.seconds_recovery = _restore_and_start(
-        stanza, target_dir, target.backup_label, kind, port, dbname, timeout, created)
+    given = None if created else target_dir.stat()  # an empty directory given: its owner and mode come back
+    try:
+        port = port or free_port()
+        if source_dsn is not None:
+            dbname = str(conninfo.conninfo_to_dict(source_dsn).get("dbname") or "postgres")
+            facts, source_digest, probe_seconds = read_facts(source_dsn, position), "", 0.0
+        else:
+            dbname = dbname or "tvote"
+            facts, source_digest, probe_seconds = _probe(stanza, info, position, target_dir, port, dbname, timeout,
+                                                         created)
+        target = plan(info, stanza, position, facts)
+        report = RestoreReport(stanza.name, str(target_dir), position, target.backup_label, target.type, target.value,
+                               source_hash=facts.hash, source_digest=source_digest, seconds_probe=probe_seconds,
+                               port=port)
+        kind = ["--type=xid", f"--target={target.value}", "--target-action=promote"] if target.type == "xid" else [
+            "--type=immediate", "--target-action=promote"]
+        dsn, report.seconds_restore, report.seconds_recovery = _restore_and_start(
+            stanza, target_dir, target.backup_label, kind, port, dbname, timeout, created)
+    except BaseException:
+        if given is not None and target_dir.exists():
+            os.chown(target_dir, given.st_uid, given.st_gid)
+            target_dir.chmod(given.st_mode & 0o7777)
+        raise
     report.restored_bytes = sum(f.stat().st_size for f in target_dir.rglob("*") if f.is_file())
     try:
         _prove(source_dsn, dsn, position, report)

@@ -205,10 +205,12 @@ def test_position_past_the_archived_wal_fails_and_empties_the_target(archived):
     switch_wal(database.owner_dsn, stanza)
     end = append(database)[0]  # committed, but its WAL segment is not full and not switched: not archived
     target = base / "unarchived"
-    target.mkdir()
+    target.mkdir(mode=0o750)
+    given = target.stat()
     with pytest.raises(PastArchivedWal, match="archived WAL ends before that position's commit"):
         restore_to_position(database.owner_dsn, stanza, end, target)
-    assert target.is_dir() and not any(target.iterdir())  # as given: empty
+    assert target.is_dir() and not any(target.iterdir())  # as given: empty, same owner and mode
+    assert (target.stat().st_uid, target.stat().st_mode) == (given.st_uid, given.st_mode)
     assert subprocess.run(["pgrep", "-f", "--", f"-D {target}"], capture_output=True).returncode == 1  # no server left
 
 
