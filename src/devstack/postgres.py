@@ -17,7 +17,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import psycopg
@@ -27,6 +27,7 @@ from devstack.procs import free_port, port_in_use, wait_until
 PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
 SUPERUSER = "postgres"
 LOOPBACK = "127.0.0.1"
+SETTINGS_FILE = "tvote-devstack.conf"
 
 
 def pg_bin(name: str) -> str:
@@ -44,14 +45,18 @@ class Postgres:
     """initdb + pg_ctl start/stop over a data directory; ``dsn(db)`` for clients."""
 
     def __init__(self, data_dir: Path | None = None, port: int | None = None, fsync: bool = True,
-                 host: str = LOOPBACK, prefix: Sequence[str] = ()) -> None:
+                 host: str = LOOPBACK, prefix: Sequence[str] = (), settings: Mapping[str, str] | None = None) -> None:
         """``host``: the one address to listen on (and to put in ``dsn``/``url``); ``prefix``: an argv prefix
-        for the server's commands, e.g. a test network host's ``ip netns exec <ns>``."""
+        for the server's commands, e.g. a test network host's ``ip netns exec <ns>``; ``settings``: server
+        settings written to ``tvote-devstack.conf`` in the data directory (included by postgresql.conf), e.g.
+        WAL archiving (``tvote.pgbackrest.archive_settings``). A file rather than ``-c`` options so that
+        ``ALTER SYSTEM`` (and an operator) can still change them."""
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="tvote-pg-")) / "data"
         self.port = port or free_port()
         self.fsync = fsync
         self.host = host
         self.prefix = list(prefix)
+        self.settings = dict(settings or {})
         self._owned_tmp = data_dir is None
         self.log_file = self.data_dir.parent / "postgres.log"
 
@@ -97,6 +102,7 @@ class Postgres:
             )
         if self.host != LOOPBACK:
             self._allow_samenet()
+        self._write_settings()
         opts = (
             f"-c listen_addresses={self.host} -c port={self.port} -c unix_socket_directories={self.data_dir} "
             f"-c max_connections=200 -c shared_buffers=256MB -c fsync={'on' if self.fsync else 'off'} "
@@ -111,6 +117,18 @@ class Postgres:
         )
         wait_until(self._ready, 30, "postgres")
         return self
+
+    def _write_settings(self) -> None:
+        """``settings`` into ``tvote-devstack.conf`` (rewritten at each start; empty when none), included once."""
+        lines = [f"{k} = '{str(v).replace(chr(39), chr(39) * 2)}'" for k, v in self.settings.items()]
+        own = self.data_dir / SETTINGS_FILE
+        own.write_text("# written by devstack.postgres at each start\n" + "".join(f"{x}\n" for x in lines))
+        self._chown(own)
+        conf = self.data_dir / "postgresql.conf"
+        include = f"include_if_exists = '{SETTINGS_FILE}'"
+        text = conf.read_text()
+        if include not in text:
+            conf.write_text(text.rstrip("\n") + "\n" + include + "\n")
 
     def _allow_samenet(self) -> None:
         """Let clients of the server's own subnet in (trust, as on loopback): a test network's hosts."""

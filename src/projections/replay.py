@@ -63,6 +63,30 @@ def replay(dsn: str, keep: bool = False, batch: int = 5000) -> ReplayReport:
                 c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+def replay_digest_upto(dsn: str, position: int, batch: int = 5000) -> str:
+    """The digest of projections rebuilt from the log up to ``position`` only, in a scratch schema (dropped).
+
+    What a copy of this log restored to ``position`` must replay to (the pgBackRest restore drill);
+    the live projections are not touched, and may stand anywhere.
+    """
+    schema = f"replay_upto_{position}_{int(time.time() * 1000)}"
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f'CREATE SCHEMA "{schema}"')
+            for table in [*TABLES, "projector_tracking"]:
+                c.execute(f'CREATE TABLE "{schema}".{table} (LIKE public.{table} INCLUDING ALL)')
+        fresh = Projector(dsn, schema=schema)
+        try:
+            fresh.catch_up(until=position, batch=batch)
+        finally:
+            fresh.close()
+        with psycopg.connect(dsn) as c:
+            return digest(c, schema)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 def _last_position(dsn: str) -> int:
     with psycopg.connect(dsn) as c:
         return c.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]

@@ -538,15 +538,49 @@ def gc(dsn: Dsn, etcd: EtcdEndpoint, operator: Operator, operator_key_file: Oper
     console.print("the projector archives the rows when it reaches the event")
 
 
+PgBackRest = Annotated[bool, typer.Option(
+    "--pgbackrest", help="Physical mode: a pgBackRest full backup plus archived WAL (docs: deploy/README.md).")]
+Repo = Annotated[Path | None, typer.Option(help="--pgbackrest: the repository directory (local).")]
+Stanza = Annotated[str, typer.Option(help="--pgbackrest: the stanza (one Postgres server's backups).")]
+
+
 @app.command()
-def backup(out_dir: Path, dsn: Dsn, etcd: Annotated[str | None, typer.Option(
+def backup(out_dir: Annotated[Path | None, typer.Argument(help="A new directory (logical mode).")] = None,
+           dsn: Dsn = "", etcd: Annotated[str | None, typer.Option(
         "--etcd", envvar="TVOTE_ETCD",
         help="etcd endpoint(s) to snapshot, comma-separated: the first that answers (omit: Postgres only).")] = None,
+           pgbackrest: PgBackRest = False, repo: Repo = None, stanza: Stanza = "tvote",
+           retention_full: Annotated[int, typer.Option(help="--pgbackrest: full backups kept.")] = 2,
            ) -> None:
-    """pg_dump + etcd snapshot + a manifest (position, chain head, digest, BLAKE3 of each file)."""
+    """pg_dump + etcd snapshot + a manifest (position, chain head, digest, BLAKE3 of each file).
+
+    With --pgbackrest: set up the stanza and WAL archiving into --repo, take a full backup (the
+    server's superuser DSN, on this machine); `tvote restore --pgbackrest` restores to a log position.
+    """
     from tvote.backup import BackupError
     from tvote.backup import backup as do_backup
 
+    if not dsn:
+        raise fail("give --dsn (or TVOTE_DSN)")
+    if pgbackrest:
+        if out_dir is not None or etcd is not None or repo is None:
+            raise fail("--pgbackrest takes --repo (and --stanza), no backup directory and no --etcd")
+        _connect_check(dsn)
+        from tvote import pgbackrest as pgbr
+
+        try:
+            r = pgbr.backup(dsn, pgbr.Stanza(stanza, repo.absolute()), retention_full=retention_full)
+        except BackupError as e:
+            raise fail(str(e)) from None
+        console.print(f"pgbackrest full backup {r.label} of stanza {r.stanza} in {r.repo}: {r.seconds:.1f}s, "
+                      f"{r.database_size / 1e6:.1f} MB of data, {r.repo_size / 1e6:.1f} MB in the repository")
+        console.print(f"log positions {r.log_start}..{r.log_end} while it ran; WAL {r.wal_start}..{r.wal_stop}; "
+                      f"archive {r.archive_min}..{r.archive_max}"
+                      + ("; archive_command set (ALTER SYSTEM + reload)" if r.archiving_configured else "")
+                      + "; WAL archiving goes on")
+        return
+    if out_dir is None or repo is not None:
+        raise fail("give a backup directory (or --pgbackrest --repo DIR)")
     _connect_check(dsn)
     try:
         m = do_backup(dsn, etcd, out_dir)
@@ -560,18 +594,67 @@ def backup(out_dir: Path, dsn: Dsn, etcd: Annotated[str | None, typer.Option(
 
 @app.command()
 def restore(
-    backup_dir: Path,
-    dsn: Annotated[str, typer.Option("--dsn", envvar="TVOTE_DSN", help="An EMPTY database (owner role).")],
+    backup_dir: Annotated[Path | None, typer.Argument(help="A `tvote backup` directory (logical mode).")] = None,
+    dsn: Annotated[str, typer.Option("--dsn", envvar="TVOTE_DSN", help="An EMPTY database (owner role); with "
+                                     "--pgbackrest: the backed-up source (superuser).")] = "",
     etcd_data_dir: Annotated[Path | None, typer.Option(help="Restore the etcd snapshot into this new dir.")] = None,
     etcd_name: Annotated[str, typer.Option(help="Member name for the restored etcd.")] = "etcd0",
     etcd_peer_url: Annotated[str, typer.Option(help="Peer URL for the restored etcd.")] = "http://127.0.0.1:2380",
     create: Annotated[bool, typer.Option("--create", help="Create the target database if missing.")] = False,
     check: Annotated[bool, typer.Option(help="Verify chain head, audit and replay digest after.")] = True,
+    pgbackrest: PgBackRest = False, repo: Repo = None, stanza: Stanza = "tvote",
+    position: Annotated[int | None, typer.Option(help="--pgbackrest: the log position to restore to.")] = None,
+    target_dir: Annotated[Path | None, typer.Option(help="--pgbackrest: an empty directory for the copy.")] = None,
+    switch_wal: Annotated[bool, typer.Option(help="--pgbackrest: archive the source's current WAL first.")] = False,
+    keep_running: Annotated[bool, typer.Option(help="--pgbackrest: leave the restored copy running.")] = False,
+    port: Annotated[int | None, typer.Option(help="--pgbackrest: the copy's port (default: a free one).")] = None,
+    dbname: Annotated[str, typer.Option(help="--pgbackrest without --dsn: the database that holds the log.")] = "tvote",
 ) -> None:
-    """Verify a backup's files, restore Postgres (and etcd), then prove it: audit + replay digest."""
+    """Verify a backup's files, restore Postgres (and etcd), then prove it: audit + replay digest.
+
+    With --pgbackrest: restore the stanza into --target-dir up to log --position (the commit of the
+    transaction that appended it), start it, and prove it: chain end, audit verify, replay digest
+    equal to the source's log up to that position (--dsn; without it, to the archived log's).
+    """
     from tvote.backup import BackupError
     from tvote.backup import restore as do_restore
 
+    if pgbackrest:
+        if backup_dir is not None or repo is None or position is None or target_dir is None:
+            raise fail("--pgbackrest takes --repo, --position and --target-dir (and --stanza), no backup directory")
+        if switch_wal and not dsn:
+            raise fail("--switch-wal acts on the source: give its --dsn")
+        if dsn:
+            _connect_check(dsn)
+        from tvote import pgbackrest as pgbr
+
+        st = pgbr.Stanza(stanza, repo.absolute())
+        try:
+            if switch_wal:
+                console.print(f"archived WAL segment {pgbr.switch_wal(dsn, st)}")
+            r = pgbr.restore_to_position(dsn or None, st, position, target_dir, port=port, keep_running=keep_running,
+                                         dbname=dbname)
+        except BackupError as e:
+            raise fail(str(e)) from None
+        if not dsn:
+            console.print(f"no source: read the log on a copy restored to the archive's end ({r.seconds_probe:.1f}s, "
+                          "removed)")
+        console.print(f"restored backup {r.backup_label} + WAL to {r.target_type} {r.target or '(backup end)'} in "
+                      f"{r.target_dir}: files {r.seconds_restore:.1f}s ({r.restored_bytes / 1e6:.1f} MB), recovery "
+                      f"{r.seconds_recovery:.1f}s")
+        console.print(f"log ends at {r.log_position} (hash {r.last_event_hash[:16]}, source {r.source_hash[:16]}); "
+                      f"audit {'OK' if r.audit_ok else 'FAILED'} ({r.audit_events} events); replay digest "
+                      f"{r.replay_digest[:16]}, source's log up to {position}: {r.source_digest[:16]}")
+        if keep_running:
+            console.print(f"the copy runs on port {r.port} (socket {r.target_dir})")
+        if not r.ok:
+            raise fail("; ".join(r.problems))
+        console.print("[green]proved[/green]")
+        return
+    if backup_dir is None:
+        raise fail("give a backup directory (or --pgbackrest ...)")
+    if not dsn:
+        raise fail("give --dsn (or TVOTE_DSN)")
     try:
         r = do_restore(backup_dir, dsn, etcd_data_dir, etcd_name=etcd_name, etcd_peer_url=etcd_peer_url,
                        create_database=create, check=check)
