@@ -79,7 +79,7 @@ async def role(name: str, relay_ip: str, pub_ip: str, router_ip: str) -> None:
                         finally:
                             await conn.close()
                     return bytes(raw)
-                except BaseException as e:  # noqa: BLE001
+                except BaseException as e:
                     out(role=name, step="autonat_dialback_failed", addr=str(maddr), error=repr(e)[:120])
             return None
 
@@ -126,18 +126,20 @@ async def role(name: str, relay_ip: str, pub_ip: str, router_ip: str) -> None:
                 with trio.fail_after(3):
                     await connect(f"/ip4/192.168.1.2/tcp/{PORT}/p2p/{ids['priv']}")
                 out(role=name, step="direct_dial_priv", ok=True)
-            except BaseException as e:  # noqa: BLE001 - recorded
-                out(role=name, step="direct_dial_priv", ok=False, error=repr(e)[:200], s=round(time.monotonic() - t0, 2))
+            except BaseException as e:
+                out(role=name, step="direct_dial_priv", ok=False, error=repr(e)[:200],
+                    s=round(time.monotonic() - t0, 2))
             try:
                 with trio.fail_after(3):
                     await connect(f"/ip4/{router_ip}/tcp/{PORT}/p2p/{ids['priv']}")
                 out(role=name, step="dial_router_addr", ok=True)
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 out(role=name, step="dial_router_addr", ok=False, error=repr(e)[:200])
             await connect(relay_ma)
             st, _ = await autonat.query_server(ID.from_base58(ids["relay"]), addrs=[listen.to_bytes()])
             autonat.update_status()
-            out(role=name, step="autonat", status=autonat.get_status(), public=autonat.get_status() == AutoNATStatus.PUBLIC,
+            out(role=name, step="autonat", status=autonat.get_status(),
+                public=autonat.get_status() == AutoNATStatus.PUBLIC,
                 server_status=st)
             # 4. dial priv through the relay, retrying until priv has reserved.
             conn = None
@@ -146,7 +148,7 @@ async def role(name: str, relay_ip: str, pub_ip: str, router_ip: str) -> None:
                     with trio.fail_after(10):
                         conn = await transport.dial(multiaddr.Multiaddr(circuit))
                     break
-                except BaseException as e:  # noqa: BLE001
+                except BaseException as e:
                     out(role=name, step="circuit_dial_retry", error=repr(e)[:300])
                     await trio.sleep(0.5)
             conns = host.get_network().get_connections(ID.from_base58(ids["priv"]))
@@ -164,7 +166,7 @@ async def role(name: str, relay_ip: str, pub_ip: str, router_ip: str) -> None:
                     reply = await s.read(100)
                 out(role=name, step="stream", ok=reply == b"echo:ping", reply=reply.decode(errors="replace"),
                     remote=str(s.muxed_conn.peer_id)[-6:])
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 out(role=name, step="stream", ok=False, error=repr(e)[:300])
             await trio.sleep(3)  # mesh/subscriptions over the relayed conn
             out(role=name, step="topic_peers", peers=[str(p)[-6:] for p in pubsub.peer_topics.get(TOPIC, set())])
@@ -182,9 +184,9 @@ async def role(name: str, relay_ip: str, pub_ip: str, router_ip: str) -> None:
             for server in ("relay", "pub"):
                 t0 = time.monotonic()
                 try:
-                    st, a = await autonat.query_server(ID.from_base58(ids[server]), addrs=addrs, timeout=20)
+                    st, _a = await autonat.query_server(ID.from_base58(ids[server]), addrs=addrs, timeout=20)
                     out(role=name, step="autonat_query", server=server, status=st, s=round(time.monotonic() - t0, 2))
-                except BaseException as e:  # noqa: BLE001
+                except BaseException as e:
                     out(role=name, step="autonat_query", server=server, error=repr(e)[:200])
             autonat.update_status()
             out(role=name, step="autonat", status=autonat.get_status(),
