@@ -151,7 +151,7 @@ class Traversal:
         self._checked_at = trio.current_time()
         self.autonat.dial_results.clear()
         self.autonat.confirmations = min(3, len(servers))
-        addrs = [a.to_bytes() for a in self.owner.host.get_transport_addrs()]
+        addrs = [_without_peer_id(a).to_bytes() for a in self.owner.host.get_addrs()]  # what we advertise
         for server in servers:
             try:
                 with trio.move_on_after(QUERY_TIMEOUT):
@@ -236,6 +236,13 @@ class Traversal:
     def relayed_peers(self) -> list[ID]:
         """Connected peers we reach only through a relay."""
         return [p for p in self.owner.host.get_connected_peers() if self._only_relayed(p)]
+
+
+def _without_peer_id(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
+    try:
+        return addr.decapsulate_code(multiaddr.protocols.P_P2P)
+    except Exception:
+        return addr
 
 
 def _is_relayed(conn: Any) -> bool:
