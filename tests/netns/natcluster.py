@@ -22,6 +22,7 @@ What it checks, printing one JSON line of what it measured, exiting non-zero on 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -155,6 +156,10 @@ def main() -> dict:
                 pg.destroy()
     finally:
         net.close()
+    # the NAT hosts' namespaces (and with them their veths and the routers' rules) went with the run
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    out["leftover"] = [ns for ns in net.namespaces if ns in listed.split()]
+    assert not out["leftover"], out["leftover"]
     return out
 
 
