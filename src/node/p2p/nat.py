@@ -207,7 +207,9 @@ class Traversal:
             except Exception:
                 hop = False
             if hop:
-                out[pid] = self._relay_addr.get(pid) or multiaddr.Multiaddr(f"/p2p/{pid}")
+                addr = self._relay_addr.get(pid) or self._dialable_addr(pid)
+                if addr is not None:
+                    out[pid] = addr
         for pid, addr in self._relay_addr.items():
             if pid != target and pid not in out and self.owner.gate.admits(pid):
                 out[pid] = addr
@@ -226,6 +228,17 @@ class Traversal:
                 except Exception as exc:  # 204 NO_RESERVATION: target has no slot there
                     log.debug("relayed dial %s failed: %s", circuit, exc)
         return False
+
+    def _dialable_addr(self, pid: ID) -> multiaddr.Multiaddr | None:
+        """A direct address of ``pid`` from the peerstore, with its ``/p2p/`` (a relay to dial through)."""
+        try:
+            addrs = self.owner.host.get_peerstore().addrs(pid)
+        except Exception:
+            return None
+        for a in addrs:
+            if "/p2p-circuit" not in str(a) and str(a).startswith(("/ip4/", "/ip6/", "/dns")):
+                return _without_peer_id(a).encapsulate(multiaddr.Multiaddr(f"/p2p/{pid}"))
+        return None
 
     # -- state -----------------------------------------------------------------------------------------
 
