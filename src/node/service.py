@@ -100,6 +100,11 @@ class NodeConfig:
     api_tls_cert: str = ""
     api_tls_key: str = ""
     api_plain_http: bool = False
+    # NAT traversal (node.p2p.nat): relay circuits for the members; relays to reserve a slot on while
+    # not publicly reachable; "auto" (AutoNAT), "public" or "private".
+    relay_service: bool = False
+    relays: list[str] = field(default_factory=list)
+    reachability: str = "auto"
     journal: str = ""  # R14: the signing journal (default: beside the key file, ``<key_file>.journal``)
     batch_window_ms: float = 5.0  # the worker gathers received votes this long into one recording batch
     publish_interval_ms: float = wire.PUBLISH_INTERVAL_MS  # the publisher's pace under load, at least
@@ -221,7 +226,8 @@ class TrusteeNode:
             GossipConfig(seed=self.seed, listen_host=self.cfg.listen_host, listen_port=self.cfg.listen_port,
                          bootstrap=list(self.cfg.bootstrap),
                          banned=sorted(self._banned), author_rate_limit=self.cfg.author_rate_limit,
-                         allowed_peers=sorted(self._allowed)),
+                         allowed_peers=sorted(self._allowed), relay_service=self.cfg.relay_service,
+                         relays=list(self.cfg.relays), reachability=self.cfg.reachability),
             validate=self._validate,
             on_deliver=lambda author, payload: self._deliver(author, payload),  # looked up per call (chaos wraps it)
         ).start()

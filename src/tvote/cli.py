@@ -195,6 +195,13 @@ def node(
     api_plain_http: Annotated[bool, typer.Option(
         help="Serve the API off loopback without TLS (only behind something else that encrypts).")] = False,
     bootstrap: Annotated[list[str] | None, typer.Option(help="Bootstrap peer multiaddr (repeatable).")] = None,
+    relay_service: Annotated[bool, typer.Option(
+        help="Relay circuits (libp2p circuit relay v2) for members behind a NAT.")] = False,
+    relay: Annotated[list[str] | None, typer.Option(
+        help="A member relay's peer multiaddr to reserve a slot on while not publicly reachable (repeatable).")]
+    = None,
+    reachability: Annotated[str, typer.Option(
+        help="auto (ask connected members, AutoNAT), public, or private (reserve on --relay at once).")] = "auto",
     api_port: Annotated[int, typer.Option(help="API port (0: any).")] = 0,
     status_file: Annotated[Path | None, typer.Option(help="Write peer id, addresses and API port here.")] = None,
     journal: Annotated[Path | None, typer.Option(
@@ -227,6 +234,13 @@ def node(
     for b in bootstrap or []:
         if not _is_peer_addr(b):
             raise fail(f"--bootstrap {b[:120]!r} is not a peer multiaddr (/ip4/HOST/tcp/PORT/p2p/PEER_ID)")
+    for r in relay or []:
+        if not _is_peer_addr(r) or "/p2p-circuit" in r:
+            raise fail(f"--relay {r[:120]!r} is not a peer multiaddr (/ip4/HOST/tcp/PORT/p2p/PEER_ID)")
+    if reachability not in ("auto", "public", "private"):
+        raise fail(f"--reachability {reachability[:40]!r}: give auto, public or private")
+    if reachability == "private" and not relay:
+        raise fail("--reachability private needs a --relay to reserve a slot on")
     _connect_check(dsn)
     configure_logging(service="tvote-node")
     # py-libp2p logs expected connection churn (closing peers, DHT reads) at ERROR level.
@@ -238,7 +252,8 @@ def node(
                          publish_interval_ms=publish_interval_ms,
                          publish_interval_per_member_ms=publish_interval_per_member_ms, journal=str(journal or ""),
                          listen_host=listen_host, api_host=api_host, api_tls_cert=str(api_tls_cert or ""),
-                         api_tls_key=str(api_tls_key or ""), api_plain_http=api_plain_http)
+                         api_tls_key=str(api_tls_key or ""), api_plain_http=api_plain_http,
+                         relay_service=relay_service, relays=list(relay or []), reachability=reachability)
         stopped = runner.serve(cfg, status_file, console.print)
     except (NodeStartError, KeyFileError, OSError) as e:
         raise fail(str(e)) from None

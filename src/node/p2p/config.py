@@ -10,7 +10,22 @@ import ipaddress
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+import multiaddr
+from libp2p.peer.peerinfo import info_from_p2p_addr
+
 DEFAULT_TOPIC = "tvote/votes/1"
+
+
+def _is_relay_addr(addr: object) -> bool:
+    """A dialable peer multiaddr (transport + /p2p/<id>), itself not relayed."""
+    if not isinstance(addr, str) or "/p2p-circuit" in addr:
+        return False
+    try:
+        m = multiaddr.Multiaddr(addr)
+        info_from_p2p_addr(m)
+    except Exception:
+        return False
+    return len(list(m.protocols())) >= 2
 
 
 def _is_loopback(host: str) -> bool:
@@ -154,6 +169,16 @@ class GossipConfig:
     dht_discovery: bool = True
     dial_timeout: float = 5.0
 
+    # NAT traversal (nat.py, issue 18 item 7). relay_service: relay circuits (circuit relay v2
+    # HOP) for the members, which alone can connect. relays: full multiaddrs of member relays on
+    # which this host reserves a slot while it is not publicly reachable. reachability: "auto"
+    # (AutoNAT, asked of directly connected members, when relays are given), "public" or
+    # "private" (the operator knows; "private" reserves at once).
+    relay_service: bool = False
+    relays: Sequence[str] = ()
+    reachability: str = "auto"
+    reachability_interval: float = 300.0  # seconds between AutoNAT checks once the answer is known
+
     # Shutdown: after unsubscribing, how long to let in-flight RPCs settle.
     close_grace: float = 0.5
     close_drain_timeout: float = 10.0
@@ -195,5 +220,14 @@ class GossipConfig:
             raise ValueError("outbound_queue_size below the library default of 32 makes no sense")
         if not (0 < self.outbound_high_water < self.outbound_queue_size):
             raise ValueError("outbound_high_water must be below outbound_queue_size")
+        if self.reachability not in ("auto", "public", "private"):
+            raise ValueError(f"reachability must be auto, public or private, not {self.reachability!r}")
+        if isinstance(self.relays, str):
+            raise ValueError("relays is a collection of multiaddrs, not one string")
+        for r in self.relays:
+            if not _is_relay_addr(r):
+                raise ValueError(f"relay {r[:120]!r} is not a peer multiaddr (/ip4/HOST/tcp/PORT/p2p/PEER_ID)")
+        if self.reachability == "private" and not self.relays:
+            raise ValueError("reachability 'private' needs at least one relay to reserve a slot on")
         if isinstance(self.allowed_peers, str) or isinstance(self.extra_peers, str):
             raise ValueError("allowed_peers and extra_peers are collections of peer ids, not one string")

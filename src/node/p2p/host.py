@@ -74,6 +74,7 @@ from . import _patches
 from .config import GossipConfig
 from .gate import OUTSIDER, GatedNoiseTransport, PeerGate, install_dial_gate
 from .identity import key_pair_from_seed, load_key_pair
+from .nat import Traversal
 from .seen import SeenCache
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,13 @@ class GossipCounters:
     refused_outsider_conns: int = 0  # connections of peers off the allowlist refused after the handshake
     refused_dials: int = 0  # dials to banned / non-allowlisted peers refused before any socket
     evicted_peers: int = 0  # connected peers disconnected because set_allowed() removed them
+    # NAT traversal (nat.py). Gauges: reachability 0 unknown / 1 public / 2 private (AutoNAT or
+    # configured); relayed_peers = connected peers reached only through a relay. Counters:
+    # reservations made on relays, connections opened through a relay.
+    reachability: int = 0
+    relayed_peers: int = 0
+    relay_reservations: int = 0
+    relayed_dials: int = 0
 
     @property
     def drops(self) -> int:
@@ -446,6 +454,8 @@ class GossipHost:
         self.dht.peer_routing.routing_table = rt
 
         self.host.get_network().register_notifee(_ConnWatch(self))
+        # AutoNAT server, relayed connections in, relaying for members if configured (nat.py).
+        self.nat = Traversal(self)
 
         # Send queue: thread-safe, bounded; drained by _publisher on the Trio thread.
         self._sendq: queue.Queue[bytes] = queue.Queue(maxsize=config.send_queue_size)
@@ -453,6 +463,7 @@ class GossipHost:
         self._wake = trio.Event()
         self._intake_open = False
         self._discovery_scope = trio.CancelScope()
+        self._nat_scope = trio.CancelScope()
         self._token: trio.lowlevel.TrioToken | None = None
         self._trio_thread: int | None = None
         self._nursery: trio.Nursery | None = None
@@ -828,7 +839,8 @@ class GossipHost:
                 return True
             except Exception as exc:
                 log.debug("dial %s failed: %s", info.peer_id, exc)
-        return False
+        # Unreachable directly (behind a NAT, or we are): through a member's relay, if one has it.
+        return await self.nat.dial_via_relay(info.peer_id)
 
     async def connect(self, maddr: str) -> bool:
         """Dial a peer by full multiaddr (``.../p2p/<id>``) and add it to the DHT table."""
@@ -840,6 +852,10 @@ class GossipHost:
 
     def _bootstrap_infos(self) -> list[PeerInfo]:
         return [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in self.config.bootstrap]
+
+    async def _nat_task(self, nursery: trio.Nursery) -> None:
+        with self._nat_scope:
+            await self.nat.run(nursery)
 
     async def _discovery_task(self) -> None:
         with self._discovery_scope:
@@ -892,6 +908,7 @@ class GossipHost:
                 background_trio_service(self.pubsub),
                 background_trio_service(self.router),
                 background_trio_service(self.dht),
+                background_trio_service(self.nat.protocol),
             ):
                 await self.pubsub.wait_until_ready()
                 await self.pubsub.subscribe(self.config.topic)
@@ -902,6 +919,7 @@ class GossipHost:
                     self._intake_open = True
                     nursery.start_soon(self._publisher)
                     nursery.start_soon(self._discovery_task)
+                    nursery.start_soon(self._nat_task, nursery)
                     task_status.started()
                     await self._close_requested.wait()
                     await self._shutdown()
@@ -918,6 +936,7 @@ class GossipHost:
         # 1. stop intake: publish() refuses from now on (counted); no more dialling.
         self._intake_open = False
         self._discovery_scope.cancel()
+        self._nat_scope.cancel()
         self._kick()
         with trio.move_on_after(cfg.close_drain_timeout):
             # 2. drain: everything already accepted is published and written out.
