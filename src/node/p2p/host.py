@@ -299,6 +299,20 @@ class _ConnWatch(INotifee):
         await trio.lowlevel.checkpoint()
 
 
+def _cause(exc: BaseException) -> str:
+    """The innermost reason of a failed dial (py-libp2p wraps it in SwarmException and groups), one line."""
+    seen = exc
+    while True:
+        if isinstance(seen, BaseExceptionGroup) and seen.exceptions:
+            seen = seen.exceptions[0]
+        elif seen.__cause__ is not None:
+            seen = seen.__cause__
+        else:
+            break
+    text = f"{type(seen).__name__}: {seen}" if str(seen) else type(seen).__name__
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 class GossipHost:
     """One libp2p host gossiping opaque payloads on one topic.
 
@@ -374,8 +388,10 @@ class GossipHost:
             key_pair=key_pair,
             sec_opt=sec_opt,
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-            listen_addrs=[self._listen_maddr()],
-            # Advertise only our listen address, never NAT-observed ones (loopback/LAN).
+            listen_addrs=self._listen_maddrs(),
+            # Advertise what the operator said peers dial (--advertise), or else our listen addresses;
+            # never NAT-observed ones: what we sign into our peer record is what members dial.
+            announce_addrs=[multiaddr.Multiaddr(a) for a in config.advertise] or None,
             disable_identify_address_discovery=True,
         )
         swarm = self.host.get_network()
@@ -460,6 +476,8 @@ class GossipHost:
         self._closed = trio.Event()
         self._publisher_done = trio.Event()
         self.listen_addrs: list[str] = []
+        self.bound_addrs: list[str] = []
+        self.dial_errors: dict[str, str] = {}  # peer id -> why our last dial to it failed (start checks read it)
         for banned in config.banned:
             self.ban(banned)
         for info in self._bootstrap_infos():
@@ -469,9 +487,8 @@ class GossipHost:
 
     # ------------------------------------------------------------------ identity / info
 
-    def _listen_maddr(self) -> multiaddr.Multiaddr:
-        proto = "ip6" if ":" in self.config.listen_host else "ip4"
-        return multiaddr.Multiaddr(f"/{proto}/{self.config.listen_host}/tcp/{self.config.listen_port}")
+    def _listen_maddrs(self) -> list[multiaddr.Multiaddr]:
+        return [multiaddr.Multiaddr(a) for a in self.config.listen_addrs]
 
     def connected_peers(self) -> list[str]:
         """Peer ids with an open connection."""
@@ -828,6 +845,9 @@ class GossipHost:
                 return True
             except Exception as exc:
                 log.debug("dial %s failed: %s", info.peer_id, exc)
+                why = _cause(exc)
+                if "negative cache" not in why:  # py-libp2p's 60 s backoff hides the reason: keep the real one
+                    self.dial_errors[info.peer_id.to_base58()] = why
         return False
 
     async def connect(self, maddr: str) -> bool:
@@ -888,7 +908,7 @@ class GossipHost:
         self._trio_thread = threading.get_ident()
         try:
             async with (
-                self.host.run(listen_addrs=[self._listen_maddr()]),
+                self.host.run(listen_addrs=self._listen_maddrs()),
                 background_trio_service(self.pubsub),
                 background_trio_service(self.router),
                 background_trio_service(self.dht),
@@ -896,7 +916,8 @@ class GossipHost:
                 await self.pubsub.wait_until_ready()
                 await self.pubsub.subscribe(self.config.topic)
                 await self.pubsub.subscribe(self.config.direct_topic)
-                self.listen_addrs = [str(a) for a in self.host.get_addrs()]
+                self.listen_addrs = [str(a) for a in self.host.get_addrs()]  # advertised, with /p2p/<us>
+                self.bound_addrs = [str(a) for a in self.host.get_transport_addrs()]  # the sockets we hold
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     self._intake_open = True
