@@ -111,13 +111,13 @@ def load_tls(cert: str, key: str) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert, key)
-    except OSError as e:
-        raise NodeStartError(f"the API's TLS certificate or key cannot be read: {e.strerror or e}: "
-                             f"{e.filename or cert}") from None
-    except ssl.SSLError as e:
+    except ssl.SSLError as e:  # before OSError: SSLError is one
         what = ("the key does not match the certificate" if "KEY_VALUES_MISMATCH" in str(e)
                 else f"not a PEM certificate and key ({e.reason or e})")
         raise NodeStartError(f"the API's TLS certificate or key cannot be used: {what} ({cert}, {key})") from None
+    except OSError as e:
+        raise NodeStartError(f"the API's TLS certificate or key cannot be read: {e.strerror or e}: "
+                             f"{e.filename or cert}") from None
     return context
 
 

@@ -273,15 +273,18 @@ class TrusteeNode:
                 if peer not in connected and "handshake failed" in errors.get(peer, ""):
                     raise NodeStartError(f"--bootstrap {addr}: that address answers, but not as peer {peer} "
                                          "(a wrong peer id, or another node there)")
-            if connected & set(boots) or self.gossip.gossip.connected_member_count:
-                missing = [a for p, a in boots.items() if p not in connected]
-                if missing:
-                    log.warning("%s: bootstrap peers not reached yet (still dialled): %s", self.cfg.node_id,
-                                ", ".join(missing))
-                return
-            if time.monotonic() >= deadline:
-                why = "; ".join(f"{a}: {errors.get(p, 'no answer')}" for p, a in boots.items())
-                raise NodeStartError(f"no bootstrap peer reachable in {self.cfg.bootstrap_timeout_s:g} s ({why})"[:600])
+            settled = all(p in connected or p in errors for p in boots)  # every first dial done, either way
+            if settled or time.monotonic() >= deadline:
+                if connected & set(boots) or self.gossip.gossip.connected_member_count:
+                    missing = [a for p, a in boots.items() if p not in connected]
+                    if missing:
+                        log.warning("%s: bootstrap peers not reached yet (still dialled): %s", self.cfg.node_id,
+                                    ", ".join(missing))
+                    return
+                if time.monotonic() >= deadline:
+                    why = "; ".join(f"{a}: {errors.get(p, 'no answer')}" for p, a in boots.items())
+                    raise NodeStartError(
+                        f"no bootstrap peer reachable in {self.cfg.bootstrap_timeout_s:g} s ({why})"[:600])
             time.sleep(0.1)
 
     def _resend_unlogged(self) -> None:
