@@ -833,12 +833,48 @@ class GossipHost:
 
     # ------------------------------------------------------------------ discovery
 
-    async def _dial(self, info: PeerInfo) -> bool:
+    def _vouched_addrs(self, info: PeerInfo, given: bool) -> list[multiaddr.Multiaddr]:
+        """The addresses of ``info.peer_id`` someone answerable vouches for: the ones the caller was given by
+        the operator (``given``: bootstrap, an explicit connect), the operator's bootstrap entries, and those
+        in the peer's own signed peer record. Never an unsigned address a third peer put in a DHT answer."""
+        out: list[multiaddr.Multiaddr] = list(info.addrs) if given else []
+        out += [a for b in self._bootstrap_infos() if b.peer_id == info.peer_id for a in b.addrs]
+        with contextlib.suppress(Exception):  # no record, or one that does not parse
+            env = self.host.get_peerstore().get_peer_record(info.peer_id)
+            if env is not None:
+                out += list(env.record().addrs)
+        seen: set[str] = set()
+        return [a for a in out if not (str(a) in seen or seen.add(str(a)))]
+
+    def _pin_addrs(self, info: PeerInfo, given: bool) -> PeerInfo:
+        """Dial only vouched addresses when there are any (issue 18: an address a peer does not own must not
+        divert traffic from the real one).
+
+        py-libp2p 0.8.1 stores the unsigned addresses of a DHT FIND_NODE answer for the peers it lists, and
+        its swarm dials at most one address per transport, the first stored: an address planted by a hostile
+        member (before the real one was learnt) would be the only one dialled, and every dial to that member
+        would fail. Noise still proves who answers (nothing is ever *sent* to the wrong peer), but the link
+        would be cut. So before dialling, the peer's stored addresses are replaced by the vouched ones, in
+        that order; with none vouched (a peer known from the DHT alone) the stored ones are dialled as before.
+        """
+        vouched = self._vouched_addrs(info, given)
+        if not vouched:
+            return info
+        store = self.host.get_peerstore()
+        env = store.peer_record_map.get(info.peer_id)  # clear_addrs drops the record with the last address
+        store.clear_addrs(info.peer_id)
+        store.add_addrs(info.peer_id, vouched, UNBAN_ADDR_TTL)
+        if env is not None:
+            store.peer_record_map[info.peer_id] = env
+        return PeerInfo(info.peer_id, vouched)
+
+    async def _dial(self, info: PeerInfo, given: bool = False) -> bool:
         if info.peer_id == self.host.get_id():
             return False
         if not self.gate.admits(info.peer_id):
             self.counters.refused_dials += 1
             return False
+        info = self._pin_addrs(info, given)
         with trio.move_on_after(self.config.dial_timeout):
             try:
                 await self.host.connect(info)
@@ -853,7 +889,7 @@ class GossipHost:
     async def connect(self, maddr: str) -> bool:
         """Dial a peer by full multiaddr (``.../p2p/<id>``) and add it to the DHT table."""
         info = info_from_p2p_addr(multiaddr.Multiaddr(maddr))
-        ok = await self._dial(info)
+        ok = await self._dial(info, given=True)
         if ok:
             await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
         return ok
@@ -880,7 +916,7 @@ class GossipHost:
             for info in boots:
                 if info.peer_id in connected or not self.gate.admits(info.peer_id):
                     continue
-                if await self._dial(info):
+                if await self._dial(info, given=True):
                     await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
             connected = set(self.host.get_connected_peers())
             if self.config.dht_discovery and connected and connected != refreshed_with:
