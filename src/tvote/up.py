@@ -115,6 +115,14 @@ def _place(place: Placement, role: str) -> roles.Place:
     return roles.Place.own_host(place.ip(role)) if place.isolated else roles.Place.loopback()
 
 
+def service_processes(place: Placement, dsn: str, etcd: str, rpc: str, contract: str,
+                      key_file: str) -> dict[str, roles.Process]:
+    """The projector and the submitter as ``up`` starts them (tvote.roles: what deploy/ is checked against)."""
+    return {"projector": roles.projector(_place(place, "projector"), dsn),
+            "submitter": roles.submitter(_place(place, "submitter"), dsn, etcd, rpc, contract, str(CHAIN_ID),
+                                         key_file, "submitter-1")}
+
+
 def _wait_healthy(role: str, ip: str, health: tuple[int, str], procs: list[subprocess.Popen], log: Path,
                   timeout: float = 60.0) -> None:
     """Wait for ``GET http://ip:port/path`` to answer 2xx, as the compose health check does; say why not."""
@@ -221,11 +229,8 @@ def _run(opts: UpOptions, console: Console, place: Placement) -> bool:
         etcd_hostport = ",".join(e.removeprefix("http://") for e in stack.etcd.endpoints)  # failover, as the nodes
         programs = {roles.TVOTE: [sys.executable, "-c", "from tvote.cli import app; app()"],
                     roles.SUBMITTER: [sys.executable, "-m", "submitter"]}
-        services = {  # tvote.roles: the description deploy/docker-compose.yml is checked against
-            "projector": roles.projector(_place(place, "projector"), app_dsn),
-            "submitter": roles.submitter(_place(place, "submitter"), app_dsn, etcd_hostport, stack.anvil.url,
-                                         stack.client.address, str(CHAIN_ID), str(key_file), "submitter-1"),
-        }
+        services = service_processes(place, app_dsn, etcd_hostport, stack.anvil.url, stack.client.address,
+                                     str(key_file))
         for role, spec in services.items():
             env = {**os.environ, **spec.env, "PYTHONPATH": str(SRC)}
             with open(base / f"{role}.log", "ab") as out:
