@@ -169,7 +169,7 @@ class TrusteeCluster:
         """The `tvote node` process of this trustee (tvote.roles: the description deploy/ is checked against)."""
         tls = tuple(str(p) for p in self.tls_files(t)) if self.host_of(t) is not None else None
         return roles.node(self.place(t), t.node_id, str(t.key_file), str(self.token_file(t)), self.dsn, self.etcd,
-                          bootstrap, tls, self.prefix)  # type: ignore[arg-type]
+                          f"{t.key_file}.journal", bootstrap, tls, self.prefix)  # type: ignore[arg-type]
 
     def start(self) -> TrusteeCluster:
         self.admit()

@@ -92,10 +92,13 @@ def _metrics(place: Place) -> tuple[list[str], tuple[int, str] | None]:
 
 
 def node(place: Place, node_id: str, key_file: str, api_token_file: str, dsn: str, etcd: str,
-         bootstrap: Sequence[str] = (), tls: tuple[str, str] | None = None, etcd_prefix: str = "/tvote") -> Process:
-    """A trustee (``tvote node``). Off loopback its API needs ``tls`` (cert, key)."""
+         journal: str, bootstrap: Sequence[str] = (), tls: tuple[str, str] | None = None,
+         etcd_prefix: str = "/tvote") -> Process:
+    """A trustee (``tvote node``). ``journal``: its signing journal (R14), made once by ``tvote signer init``.
+    Off loopback its API needs ``tls`` (cert, key)."""
     metrics, health = _metrics(place)
-    args = ["node", "--node-id", node_id, "--key-file", key_file, "--api-token-file", api_token_file,
+    args = ["node", "--node-id", node_id, "--key-file", key_file, "--journal", journal,
+            "--api-token-file", api_token_file,
             "--etcd", etcd, "--etcd-prefix", etcd_prefix, "--listen", place.listen]
     for a in place.advertise:
         args += ["--advertise", a]

@@ -44,7 +44,8 @@ def compose_side(services: dict[str, Any]) -> dict[str, roles.Process]:
     out = {}
     for i, name in enumerate(nodes(services)):
         out[name] = roles.node(roles.Place.own_host(name), name, f"/run/secrets/{name}_key",
-                               "/run/secrets/api_token", DSN, ETCD_URLS, [BOOTSTRAP] if i else [],
+                               "/run/secrets/api_token", DSN, ETCD_URLS, f"/var/lib/tvote/{name}.journal",
+                               [BOOTSTRAP] if i else [],
                                (f"/run/secrets/{name}_api_crt", f"/run/secrets/{name}_api_key"))
     out["projector"] = roles.projector(roles.Place.own_host("projector"), DSN)
     out["submitter"] = roles.submitter(roles.Place.own_host("submitter"), DSN, "etcd1:2379,etcd2:2379,etcd3:2379",
