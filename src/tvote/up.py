@@ -236,9 +236,6 @@ def _run(opts: UpOptions, console: Console, place: Placement) -> bool:
             with open(base / f"{role}.log", "ab") as out:
                 stack.procs.append(subprocess.Popen([*place.prefix(role), *programs[spec.program], *spec.args],
                                                     env=env, stdout=out, stderr=subprocess.STDOUT))
-        for role, spec in services.items():  # the compose file's health check, where there is an endpoint
-            if spec.health is not None:
-                _wait_healthy(role, place.ip(role), spec.health, stack.procs, base / f"{role}.log")
         for t in stack.cluster.trustees:
             libp2p = f" libp2p {t.status['listen_addrs'][0].split('/p2p/')[0]}" if place.isolated else ""
             console.print(f"  {t.node_id} peer {t.peer_id[:20]}...{libp2p} api "
@@ -255,6 +252,10 @@ def _run(opts: UpOptions, console: Console, place: Placement) -> bool:
         prefix = f"r{state.runs + 1}_" if state else ""  # a restart's transactions are new ones
         _stream(stack.cluster, opts, app_dsn, console, prefix)
         console.print(f"all transactions settled in {time.monotonic() - t0:.1f}s")
+        for role, spec in services.items():  # the compose file's health check, where there is an endpoint
+            if spec.health is not None:  # (after the run: the stream starts as soon as the roles are spawned)
+                _wait_healthy(role, place.ip(role), spec.health, stack.procs, base / f"{role}.log")
+                console.print(f"  {role} healthy at http://{place.ip(role)}:{spec.health[0]}{spec.health[1]}")
         ok = _summary(app_dsn, owner_dsn, stack.cluster, stack.client, console, f"{prefix}tx_0000", place)
         if state:
             state.runs += 1
