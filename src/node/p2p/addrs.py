@@ -101,7 +101,7 @@ def check_advertised(listen: list[str], advertise: list[str]) -> None:
 def parse_hostport(value: str, flag: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[IPv6]:PORT``; HOST an IP address (port 0: any)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise AddressError(f"{flag} {value[:80]!r}: give HOST:PORT (e.g. 127.0.0.1:8081)")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
