@@ -32,6 +32,7 @@ from devstack.tls import self_signed
 from events import rules
 from node.p2p.identity import generate_key_file, load_seed, peer_id_from_seed
 from node.signer import Signer
+from tvote import roles
 
 if TYPE_CHECKING:
     from devstack.netns import Host
@@ -132,23 +133,14 @@ class TrusteeCluster:
         if t.byzantine != "none" or t.drop_rate:  # a misbehaving trustee: the test harness's wrapper
             entry = ["-m", "chaos.trustee", "--mode", t.byzantine, "--drop-rate", str(t.drop_rate), "--"]
         else:
-            entry = ["-c", "from tvote.cli import app; app()", "node"]
-        argv = [sys.executable, *entry, "--node-id", t.node_id,
-                "--key-file", str(t.key_file), "--dsn", self.dsn, "--etcd", self.etcd, "--etcd-prefix", self.prefix,
-                "--api-token-file", str(self.token_file(t)), "--status-file", str(status)]
-        if t.status:  # a restart keeps its addresses: its API and its libp2p port (peers know it by them)
-            argv += ["--api-port", str(t.status["api_port"]),
-                     "--listen-port", t.status["listen_addrs"][0].split("/tcp/")[1].split("/")[0]]
-        for b in bootstrap:
-            argv += ["--bootstrap", b]
+            entry = ["-c", "from tvote.cli import app; app()"]
+        spec = self.process(t, bootstrap)
+        args = spec.args[1:] if entry[-1] == "--" else spec.args  # the wrapper runs `node` itself
+        argv = [sys.executable, *entry, *args, "--status-file", str(status)]
         host = self.host_of(t)
-        if host is not None:
-            cert, key = self.tls_files(t)
-            argv += ["--listen-host", host.ip, "--api-host", host.ip, "--api-tls-cert", str(cert),
-                     "--api-tls-key", str(key)]
         argv = [*(die_with_parent() if self.die_with_parent else []), *(host.prefix if host else []), *t.wrapper,
                 *argv, *t.extra_args]
-        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        env = {**os.environ, **spec.env, "PYTHONPATH": str(SRC)}
         with open(t.log, "ab") as log:
             # die_with_parent is tied to the *thread* that forks (prctl semantics): only for callers that
             # start nodes from their main thread, like `tvote up`.
@@ -161,6 +153,23 @@ class TrusteeCluster:
 
         wait_until(up, 60, t.node_id)
         t.status = json.loads(status.read_text())
+
+    def place(self, t: Trustee) -> roles.Place:
+        """Where the trustee listens: its own test-network host (every interface, the well-known ports, its
+        address advertised, as in deploy/), or loopback, where a restart keeps the ports it had."""
+        host = self.host_of(t)
+        if host is not None:
+            return roles.Place.own_host(host.ip)
+        if t.status:  # peers and clients know it by these
+            return roles.Place.loopback(int(t.status["listen_addrs"][0].split("/tcp/")[1].split("/")[0]),
+                                        int(t.status["api_port"]))
+        return roles.Place.loopback()
+
+    def process(self, t: Trustee, bootstrap: list[str]) -> roles.Process:
+        """The `tvote node` process of this trustee (tvote.roles: the description deploy/ is checked against)."""
+        tls = tuple(str(p) for p in self.tls_files(t)) if self.host_of(t) is not None else None
+        return roles.node(self.place(t), t.node_id, str(t.key_file), str(self.token_file(t)), self.dsn, self.etcd,
+                          f"{t.key_file}.journal", bootstrap, tls, self.prefix)  # type: ignore[arg-type]
 
     def start(self) -> TrusteeCluster:
         self.admit()
@@ -188,6 +197,11 @@ class TrusteeCluster:
     def host_of(self, t: Trustee) -> Host | None:
         return self.hosts[self.trustees.index(t)] if self.hosts is not None else None
 
+    def api_host(self, t: Trustee) -> str:
+        """The address clients reach its API at (on its own host it binds every interface)."""
+        host = self.host_of(t)
+        return host.ip if host is not None else t.status.get("api_host", "127.0.0.1")
+
     def tls_files(self, t: Trustee) -> tuple[Path, Path]:
         """The trustee's API certificate and key for its host's address (made once, kept beside its key)."""
         host = self.host_of(t)
@@ -199,7 +213,7 @@ class TrusteeCluster:
         return cert, key
 
     def _request(self, t: Trustee, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        api_host = t.status.get("api_host", "127.0.0.1")
+        api_host = self.api_host(t)
         context = ssl.create_default_context(cafile=str(self.tls_files(t)[0])) if t.status.get("api_tls") else None
         req = urllib.request.Request(
             f"{'https' if context else 'http'}://{api_host}:{t.status['api_port']}{path}", method=method,

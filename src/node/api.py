@@ -59,17 +59,8 @@ class NodeAPI:
                  tls: tuple[str, str] | None = None, plain_http: bool = False) -> None:
         if len(token) < 16:
             raise NodeStartError("the API token must be at least 16 characters")
-        if tls is None and not plain_http and not _loopback(host):
-            raise NodeStartError(f"the API on {host} (not loopback) needs TLS: give --api-tls-cert and --api-tls-key "
-                                 "(or --api-plain-http, if something else encrypts the link)")
-        context = None
-        if tls is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            try:
-                context.load_cert_chain(*tls)
-            except (OSError, ssl.SSLError) as e:
-                raise NodeStartError(f"the API's TLS certificate or key cannot be used: {e}") from None
+        check_api_listen(host, tls is not None, plain_http)
+        context = load_tls(*tls) if tls is not None else None
         self.node = node
         self.token = token
         self.server = _Server((host, port), _application(self))
@@ -102,6 +93,32 @@ class NodeAPI:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def check_api_listen(host: str, tls: bool, plain_http: bool) -> None:
+    """Off loopback the bearer token would cross the network: TLS, or ``plain_http`` said explicitly."""
+    if not tls and not plain_http and not _loopback(host):
+        raise NodeStartError(f"the API on {host} (not loopback) needs TLS: give --api-tls-cert and --api-tls-key "
+                             "(or --api-plain-http, if something else encrypts the link)")
+
+
+def load_tls(cert: str, key: str) -> ssl.SSLContext:
+    """The API's server context from PEM files: a file missing, unreadable, not PEM, or a key that is not the
+    certificate's is a one-line NodeStartError (``tvote node`` checks it before anything starts)."""
+    if not cert or not key:
+        raise NodeStartError("the API's TLS needs both --api-tls-cert and --api-tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as e:  # before OSError: SSLError is one
+        what = ("the key does not match the certificate" if "KEY_VALUES_MISMATCH" in str(e)
+                else f"not a PEM certificate and key ({e.reason or e})")
+        raise NodeStartError(f"the API's TLS certificate or key cannot be used: {what} ({cert}, {key})") from None
+    except OSError as e:
+        raise NodeStartError(f"the API's TLS certificate or key cannot be read: {e.strerror or e}: "
+                             f"{e.filename or cert}") from None
+    return context
 
 
 def _loopback(host: str) -> bool:

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 ADAPT: Callable[[TrusteeNode], Any] | None = None  # test harnesses only (src/chaos/trustee.py)
 
 
-def serve(cfg: NodeConfig, status_file: Path | None, say: Callable[[str], None]) -> bool:
+def serve(cfg: NodeConfig, status_file: Path | None, say: Callable[[str], None],
+          metrics_at: tuple[str, int] | None = None) -> bool:
     """Serve until SIGTERM or Ctrl-C (True) or until a node thread dies (False). Start errors propagate."""
     adapt = ADAPT
     n = TrusteeNode(cfg).start()
@@ -35,14 +36,22 @@ def serve(cfg: NodeConfig, status_file: Path | None, say: Callable[[str], None])
     except BaseException:
         n.stop()
         raise
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
-    register_gossip(cfg.node_id, n.gossip.counters.snapshot)
-    serve_from_env(health=lambda: n.healthy)  # /metrics when TVOTE_METRICS_PORT is set
+    try:
+        stop = {"now": False}
+        signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
+        register_gossip(cfg.node_id, n.gossip.counters.snapshot)
+        # /metrics and /health on --metrics-listen (or TVOTE_METRICS_HOST/PORT)
+        metrics = serve_from_env(health=lambda: n.healthy, at=metrics_at)
+    except BaseException:
+        api.stop()
+        n.stop()
+        raise
     if status_file:
         status_file.write_text(json.dumps({"node_id": cfg.node_id, "peer_id": n.gossip.peer_id,
-                                           "listen_addrs": n.gossip.listen_addrs, "api_port": api.port,
-                                           "api_host": api.host, "api_tls": api.tls}))
+                                           "listen_addrs": n.gossip.listen_addrs, "bound_addrs": n.gossip.bound_addrs,
+                                           "api_port": api.port, "api_host": api.host, "api_tls": api.tls,
+                                           "metrics": f"{metrics.server_address[0]}:{metrics.server_address[1]}"
+                                           if metrics else None}))
     say(f"{cfg.node_id} up: peer {n.gossip.peer_id}, api {api.url}")
     try:
         while not stop["now"] and n.healthy and api.alive:

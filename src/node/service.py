@@ -95,7 +95,9 @@ class NodeConfig:
     bootstrap: list[str] = field(default_factory=list)
     api_port: int = 0
     api_token: str = ""
-    listen_host: str = "127.0.0.1"  # the address libp2p listens on and peers dial (an address of this host)
+    listen_host: str = "127.0.0.1"  # with listen_port: libp2p's one listen address when ``listen`` is empty
+    listen: list[str] = field(default_factory=list)  # multiaddrs libp2p listens on (node.p2p.addrs)
+    advertise: list[str] = field(default_factory=list)  # multiaddrs peers dial; empty: the listen addresses
     api_host: str = "127.0.0.1"  # off loopback the API needs TLS (or api_plain_http, said explicitly)
     api_tls_cert: str = ""
     api_tls_key: str = ""
@@ -105,6 +107,9 @@ class NodeConfig:
     relay_service: bool = False
     relays: list[str] = field(default_factory=list)
     reachability: str = "auto"
+    # At start, how long to wait for a bootstrap peer (or any member) before giving up with a one-line error;
+    # a bootstrap peer that answers with another peer id is an error as soon as it is seen (issue 18).
+    bootstrap_timeout_s: float = 30.0
     journal: str = ""  # R14: the signing journal (default: beside the key file, ``<key_file>.journal``)
     batch_window_ms: float = 5.0  # the worker gathers received votes this long into one recording batch
     publish_interval_ms: float = wire.PUBLISH_INTERVAL_MS  # the publisher's pace under load, at least
@@ -197,7 +202,15 @@ class TrusteeNode:
     # lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> TrusteeNode:
+        """Start, or fail with a clear error leaving nothing behind (no claim, no thread, no listener)."""
         self._open_signer()
+        try:
+            return self._start()
+        except BaseException:
+            self.stop(timeout=5.0)
+            raise
+
+    def _start(self) -> TrusteeNode:
         store = PostgresStore(self.cfg.dsn)
         guard = EtcdGuard(self.cfg.etcd, self.cfg.etcd_prefix, self.cfg.node_id)
         # A trustee signs the log with its vote key, as the member the log admitted (R13).
@@ -224,6 +237,7 @@ class TrusteeNode:
         self._allowed = {m.peer_id for m in members if m.active and _parses(m.peer_id)}
         self.gossip = ThreadedGossipHost(
             GossipConfig(seed=self.seed, listen_host=self.cfg.listen_host, listen_port=self.cfg.listen_port,
+                         listen=list(self.cfg.listen), advertise=list(self.cfg.advertise),
                          bootstrap=list(self.cfg.bootstrap),
                          banned=sorted(self._banned), author_rate_limit=self.cfg.author_rate_limit,
                          allowed_peers=sorted(self._allowed), relay_service=self.cfg.relay_service,
@@ -234,6 +248,8 @@ class TrusteeNode:
         if self.gossip.peer_id != me.peer_id:
             self.gossip.close()
             raise NodeStartError(f"libp2p peer id {self.gossip.peer_id} is not the one admitted ({me.peer_id})")
+        if me.eligible:
+            self._check_bootstrap()
         for target in (self._work, self._publish):
             t = threading.Thread(target=target, name=target.__name__, daemon=True)
             t.start()
@@ -241,6 +257,41 @@ class TrusteeNode:
         self._store_ok_since = time.monotonic()
         self._resend_unlogged()
         return self
+
+    def _check_bootstrap(self) -> None:
+        """Bad bootstrap configuration is a start error, not a node silently alone (issue 18).
+
+        A bootstrap peer whose address answers the handshake as another peer (a wrong peer id, an address
+        reused by another node) is refused as soon as it is seen. A node that reaches none of its bootstrap
+        peers and no member at all within ``bootstrap_timeout_s`` stops with the reason of each failed
+        dial. A node already connected to a member (one dialled us) is not alone: the others are only
+        warned about; the discovery loop keeps dialling them.
+        """
+        boots = {b.rsplit("/p2p/", 1)[1]: b for b in self.cfg.bootstrap}
+        boots = {p: a for p, a in boots.items() if p in self._allowed and p != self.gossip.peer_id}
+        if not boots:
+            return
+        deadline = time.monotonic() + self.cfg.bootstrap_timeout_s
+        while True:
+            connected = self.gossip.connected_peer_ids
+            errors = self.gossip.gossip.dial_errors
+            for peer, addr in boots.items():
+                if peer not in connected and "handshake failed" in errors.get(peer, ""):
+                    raise NodeStartError(f"--bootstrap {addr}: that address answers, but not as peer {peer} "
+                                         "(a wrong peer id, or another node there)")
+            settled = all(p in connected or p in errors for p in boots)  # every first dial done, either way
+            if settled or time.monotonic() >= deadline:
+                if connected & set(boots) or self.gossip.gossip.connected_member_count:
+                    missing = [a for p, a in boots.items() if p not in connected]
+                    if missing:
+                        log.warning("%s: bootstrap peers not reached yet (still dialled): %s", self.cfg.node_id,
+                                    ", ".join(missing))
+                    return
+                if time.monotonic() >= deadline:
+                    why = "; ".join(f"{a}: {errors.get(p, 'no answer')}" for p, a in boots.items())
+                    raise NodeStartError(
+                        f"no bootstrap peer reachable in {self.cfg.bootstrap_timeout_s:g} s ({why})"[:600])
+            time.sleep(0.1)
 
     def _resend_unlogged(self) -> None:
         """Votes we signed lately that the log lacks (a crash or an outage before they got there): send them now.

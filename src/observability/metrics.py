@@ -294,15 +294,23 @@ def serve_metrics(port: int, host: str = "127.0.0.1", registry: CollectorRegistr
     return server
 
 
-def serve_from_env(health: Callable[[], bool] | None = None) -> WSGIServer | None:
-    """Serve metrics if ``TVOTE_METRICS_PORT`` is set (host ``TVOTE_METRICS_HOST``, default loopback).
-
-    One line per role's entry point; the deploy files set these variables.
-    """
+def metrics_address_from_env() -> tuple[str, int] | None:
+    """``(TVOTE_METRICS_HOST or 127.0.0.1, TVOTE_METRICS_PORT)``, or None when the port is not set: the
+    fallback of each role's ``--metrics-listen HOST:PORT``."""
     port = os.environ.get(METRICS_PORT_VAR)
     if not port:
         return None
-    return serve_metrics(int(port), os.environ.get(METRICS_HOST_VAR, "127.0.0.1"), health=health)
+    return os.environ.get(METRICS_HOST_VAR, "127.0.0.1"), int(port)
+
+
+def serve_from_env(health: Callable[[], bool] | None = None,
+                   at: tuple[str, int] | None = None) -> WSGIServer | None:
+    """Serve metrics on ``at`` (a role's ``--metrics-listen``), else if ``TVOTE_METRICS_PORT`` is set (host
+    ``TVOTE_METRICS_HOST``, default loopback), else not at all."""
+    at = at or metrics_address_from_env()
+    if at is None:
+        return None
+    return serve_metrics(at[1], at[0], health=health)
 
 
 class _QuietHandler(WSGIRequestHandler):

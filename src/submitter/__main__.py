@@ -66,11 +66,13 @@ class Options:
     verbose: bool = False
     log_key_file: Path | None = None
     print_log_key: bool = False
+    metrics_listen: str | None = None
 
 
 @app.command(help="Write consensus values on chain, exactly once.")
 def submitter(
-    dsn: Annotated[str, typer.Option("--dsn", help="Postgres DSN of the event log (role tvote_app)")],
+    dsn: Annotated[str, typer.Option("--dsn", envvar="TVOTE_DSN",
+                                     help="Postgres DSN of the event log (role tvote_app)")],
     etcd: Annotated[str, typer.Option("--etcd", help="etcd endpoint host:port")],
     rpc: Annotated[str, typer.Option("--rpc", help="JSON-RPC URL of the chain node")],
     contract: Annotated[str, typer.Option("--contract", help="ThresholdRecord address")],
@@ -96,12 +98,15 @@ def submitter(
     = None,
     print_log_key: Annotated[bool, typer.Option(
         "--print-log-key", help="print the log writer name and public key an operator admits, then exit")] = False,
+    metrics_listen: Annotated[str | None, typer.Option(
+        "--metrics-listen", help="HOST:PORT of /metrics and /health (default: TVOTE_METRICS_HOST:TVOTE_METRICS_PORT "
+                                 "when that port is set, else none)")] = None,
 ) -> None:
     code = run(Options(dsn=dsn, etcd=etcd, etcd_prefix=etcd_prefix, rpc=rpc, contract=contract, key_file=key_file,
                        chain_id=chain_id, confirmations=confirmations, name=name, lock_ttl=lock_ttl,
                        stuck_after=stuck_after, batch=batch, startup_timeout=startup_timeout,
                        crash_at=crash_at.value if crash_at is not None else None, verbose=verbose,
-                       log_key_file=log_key_file, print_log_key=print_log_key))
+                       log_key_file=log_key_file, print_log_key=print_log_key, metrics_listen=metrics_listen))
     if code:
         raise typer.Exit(code)
 
@@ -137,6 +142,16 @@ def run(args: Options) -> int:
     name = args.name or f"submitter-{os.getpid()}"
     if args.confirmations < 0:
         return _refuse("--confirmations must be >= 0")
+    from node.p2p.addrs import AddressError, check_free, parse_hostport
+    from observability.metrics import metrics_address_from_env
+
+    try:  # before anything starts: an address that does not parse or is in use
+        metrics_at = parse_hostport(args.metrics_listen, "--metrics-listen") if args.metrics_listen \
+            else metrics_address_from_env()
+        if metrics_at is not None:
+            check_free(*metrics_at, "--metrics-listen")
+    except AddressError as e:
+        return _refuse(str(e))
     try:
         key = args.key_file.read_text(encoding="utf-8").strip()
         account = Account.from_key(key)
@@ -196,7 +211,7 @@ def run(args: Options) -> int:
     stop = threading.Event()
     from observability.metrics import serve_from_env
 
-    serve_from_env(health=lambda: sub.locks.alive(margin=0))  # /metrics and /health when TVOTE_METRICS_PORT is set
+    serve_from_env(health=lambda: sub.locks.alive(margin=0), at=metrics_at)  # /metrics and /health, if asked
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     log.warning("%s ready: sender %s, chain %d, contract %s", name, account.address, args.chain_id, client.address)

@@ -31,7 +31,7 @@ from events.postgres_store import PostgresStore, connect_failure
 from events.writers import RowSigner, operator_writer
 from node import duty, wire
 from observability.logging import configure_logging
-from observability.metrics import serve_from_env
+from observability.metrics import serve_metrics
 from projections.projector import Projector
 from projections.replay import replay as do_replay
 from recording.etcd_guard import EtcdGuard
@@ -64,6 +64,9 @@ OperatorKey = Annotated[Path, typer.Option(
     "--operator-key-file", envvar="TVOTE_OPERATOR_KEY_FILE",
     help="The operator's Ed25519 key file (mode 0600): operator commands are signed with it (R13).")]
 Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in the log).")]
+MetricsListen = Annotated[str | None, typer.Option(
+    "--metrics-listen", help="HOST:PORT of /metrics and /health (default: TVOTE_METRICS_HOST:TVOTE_METRICS_PORT "
+                             "when that port is set, else none).")]
 
 
 def fail(msg: str) -> typer.Exit:
@@ -153,15 +156,24 @@ def _raise_interrupt(*_: object) -> None:
 
 @app.command()
 def projector(dsn: Dsn, once: Annotated[bool, typer.Option(help="Catch up and exit.")] = False,
-              batch: Annotated[int, typer.Option(help="Events per transaction.", min=1)] = 5000) -> None:
+              batch: Annotated[int, typer.Option(help="Events per transaction.", min=1)] = 5000,
+              metrics_listen: MetricsListen = None) -> None:
     """Run the projector: follow the log into the SQL projections (exactly once, resumable)."""
+    from node.p2p.addrs import AddressError
+
+    try:
+        metrics_at = _metrics_address(metrics_listen)
+    except AddressError as e:
+        raise fail(str(e)) from None
     _connect_check(dsn)
     configure_logging(service="tvote-projector")
     p = Projector(dsn)
     stopping = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.__setitem__("now", True))
     # healthy while it projects (or waits, caught up) and has not lost Postgres for over 30 s
-    serve_from_env(health=lambda: not stopping["now"] and time.monotonic() - p.healthy_at < 30)
+    if metrics_at is not None:
+        serve_metrics(metrics_at[1], metrics_at[0],
+                      health=lambda: not stopping["now"] and time.monotonic() - p.healthy_at < 30)
     try:
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the loop; the batch in flight is atomic
             if once:
@@ -185,11 +197,21 @@ def node(
     etcd: EtcdEndpoint,
     api_token_file: Annotated[Path, typer.Option(help="Bearer token for the local API, mode 0600.")],
     etcd_prefix: EtcdPrefix = "/tvote",
-    listen_port: Annotated[int, typer.Option(help="libp2p TCP port (0: any).")] = 0,
-    listen_host: Annotated[str, typer.Option(
-        help="The address libp2p listens on, which peers dial: one of this host's addresses.")] = "127.0.0.1",
-    api_host: Annotated[str, typer.Option(
-        help="The API's address; anything but loopback needs --api-tls-cert/--api-tls-key.")] = "127.0.0.1",
+    listen: Annotated[list[str] | None, typer.Option(
+        help="A multiaddr libp2p listens on, e.g. /ip4/0.0.0.0/tcp/4001 (repeatable; default /ip4/127.0.0.1/tcp/0).")]
+    = None,
+    advertise: Annotated[list[str] | None, typer.Option(
+        help="A multiaddr peers should dial, e.g. /ip4/203.0.113.7/tcp/4001 (repeatable): signed into the peer "
+             "record and announced in the DHT. Required when --listen is a wildcard; default: the --listen ones.")]
+    = None,
+    api_listen: Annotated[str, typer.Option(
+        help="HOST:PORT of the local API (port 0: any); anything but loopback needs --api-tls-cert/--api-tls-key.")]
+    = "127.0.0.1:0",
+    metrics_listen: MetricsListen = None,
+    listen_port: Annotated[int | None, typer.Option(hidden=True, help="Old form of --listen (its port).")] = None,
+    listen_host: Annotated[str | None, typer.Option(hidden=True, help="Old form of --listen (its IP).")] = None,
+    api_host: Annotated[str | None, typer.Option(hidden=True, help="Old form of --api-listen (its host).")] = None,
+    api_port: Annotated[int | None, typer.Option(hidden=True, help="Old form of --api-listen (its port).")] = None,
     api_tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (chain) for the API's TLS.")] = None,
     api_tls_key: Annotated[Path | None, typer.Option(help="PEM private key for the API's TLS, mode 0600.")] = None,
     api_plain_http: Annotated[bool, typer.Option(
@@ -202,7 +224,9 @@ def node(
     = None,
     reachability: Annotated[str, typer.Option(
         help="auto (ask connected members, AutoNAT), public, or private (reserve on --relay at once).")] = "auto",
-    api_port: Annotated[int, typer.Option(help="API port (0: any).")] = 0,
+    bootstrap_timeout: Annotated[float, typer.Option(
+        help="Seconds to reach a bootstrap peer (or any member) at start before exiting with the reason.",
+        min=0.0)] = 30.0,
     status_file: Annotated[Path | None, typer.Option(help="Write peer id, addresses and API port here.")] = None,
     journal: Annotated[Path | None, typer.Option(
         help="The signing journal (R14; default <key file>.journal). Create it once with `tvote signer init`.")]
@@ -222,18 +246,24 @@ def node(
 ) -> None:
     """Run a trustee node: libp2p gossip, the decider, the cluster log, the local API."""
     from node import runner
+    from node.p2p.addrs import AddressError
     from node.p2p.identity import KeyFileError
     from node.service import NodeConfig, NodeStartError
 
     try:
-        listen_ip = ipaddress.ip_address(listen_host)
-    except ValueError:
-        raise fail(f"--listen-host {listen_host[:80]!r} is not an IP address") from None
-    if listen_ip.is_unspecified:
-        raise fail("--listen-host: give the address peers should dial, not a wildcard (it is advertised)")
-    for b in bootstrap or []:
-        if not _is_peer_addr(b):
-            raise fail(f"--bootstrap {b[:120]!r} is not a peer multiaddr (/ip4/HOST/tcp/PORT/p2p/PEER_ID)")
+        addrs = _node_addresses(listen or [], advertise or [], api_listen, listen_host, listen_port, api_host,
+                                api_port)
+        metrics_at = _metrics_address(metrics_listen)
+        for b in bootstrap or []:
+            if not _is_peer_addr(b):
+                raise AddressError(f"--bootstrap {b[:120]!r} is not a peer multiaddr (/ip4/HOST/tcp/PORT/p2p/PEER_ID)")
+        from node.api import check_api_listen, load_tls
+
+        if api_tls_cert or api_tls_key:
+            load_tls(str(api_tls_cert or ""), str(api_tls_key or ""))
+        check_api_listen(addrs.api[0], bool(api_tls_cert or api_tls_key), api_plain_http)
+    except (AddressError, NodeStartError) as e:
+        raise fail(str(e)) from None
     for r in relay or []:
         if not _is_peer_addr(r) or "/p2p-circuit" in r:
             raise fail(f"--relay {r[:120]!r} is not a peer multiaddr (/ip4/HOST/tcp/PORT/p2p/PEER_ID)")
@@ -247,18 +277,78 @@ def node(
     logging.getLogger("libp2p").setLevel(os.environ.get("TVOTE_LIBP2P_LOG_LEVEL", "CRITICAL"))
     try:
         token = _read_secret(api_token_file)
-        cfg = NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, listen_port, bootstrap or [], api_port, token,
+        cfg = NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, 0, bootstrap or [], addrs.api[1], token,
                          record_grace_ms=record_grace_ms, record_patience_ms=record_patience_ms,
                          publish_interval_ms=publish_interval_ms,
                          publish_interval_per_member_ms=publish_interval_per_member_ms, journal=str(journal or ""),
-                         listen_host=listen_host, api_host=api_host, api_tls_cert=str(api_tls_cert or ""),
-                         api_tls_key=str(api_tls_key or ""), api_plain_http=api_plain_http,
+                         listen=addrs.listen, advertise=addrs.advertise, api_host=addrs.api[0],
+                         api_tls_cert=str(api_tls_cert or ""), api_tls_key=str(api_tls_key or ""),
+                         api_plain_http=api_plain_http, bootstrap_timeout_s=bootstrap_timeout,
                          relay_service=relay_service, relays=list(relay or []), reachability=reachability)
-        stopped = runner.serve(cfg, status_file, console.print)
+        stopped = runner.serve(cfg, status_file, console.print, metrics_at=metrics_at)
     except (NodeStartError, KeyFileError, OSError) as e:
         raise fail(str(e)) from None
     if not stopped:
         raise fail("a node thread died; see the log above")
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeAddresses:
+    listen: list[str]
+    advertise: list[str]
+    api: tuple[str, int]
+
+
+def _node_addresses(listen: list[str], advertise: list[str], api_listen: str, listen_host: str | None,
+                    listen_port: int | None, api_host: str | None, api_port: int | None) -> NodeAddresses:
+    """The node's addresses from its flags, checked, and the ones it binds probed: an address that does not
+    parse, is in use or is not on this host is a one-line error before anything starts (issue 18)."""
+    from node.p2p.addrs import (
+        LOOPBACK_LISTEN,
+        AddressError,
+        check_advertised,
+        check_free,
+        ip_of,
+        parse_advertise,
+        parse_hostport,
+        parse_listen,
+        port_of,
+    )
+
+    if listen and (listen_host is not None or listen_port is not None):
+        raise AddressError("give --listen, or the old --listen-host/--listen-port, not both")
+    if api_listen != "127.0.0.1:0" and (api_host is not None or api_port is not None):
+        raise AddressError("give --api-listen, or the old --api-host/--api-port, not both")
+    if not listen and (listen_host is not None or listen_port is not None):
+        host = listen_host or "127.0.0.1"
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise AddressError(f"--listen-host {host[:80]!r} is not an IP address") from None
+        listen = [f"/{'ip6' if ':' in host else 'ip4'}/{host}/tcp/{listen_port or 0}"]
+    listen = [parse_listen(a) for a in listen] or [LOOPBACK_LISTEN]
+    advertise = [parse_advertise(a) for a in advertise]
+    check_advertised(listen, advertise)
+    if api_host is not None or api_port is not None:
+        host = api_host or "127.0.0.1"
+        api_listen = f"[{host}]:{api_port or 0}" if ":" in host else f"{host}:{api_port or 0}"
+    api = parse_hostport(api_listen, "--api-listen")
+    for a in listen:
+        check_free(ip_of(a) or "", port_of(a), "--listen")
+    check_free(*api, "--api-listen")
+    return NodeAddresses(listen, advertise, api)
+
+
+def _metrics_address(value: str | None) -> tuple[str, int] | None:
+    """``--metrics-listen HOST:PORT``, else ``TVOTE_METRICS_PORT``/``TVOTE_METRICS_HOST`` (the older form), else
+    None (no metrics endpoint). Probed like the other listen addresses."""
+    from node.p2p.addrs import check_free, parse_hostport
+    from observability.metrics import metrics_address_from_env
+
+    at = parse_hostport(value, "--metrics-listen") if value else metrics_address_from_env()
+    if at is not None:
+        check_free(*at, "--metrics-listen")
+    return at
 
 
 def _read_secret(path: Path) -> str:

@@ -18,6 +18,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +36,10 @@ from devstack.anvil import Anvil
 from devstack.etcd import Etcd, EtcdMember
 from devstack.patroni import PatroniCluster
 from devstack.postgres import Postgres
+from devstack.procs import wait_until
 from devstack.trustees import SRC, TrusteeCluster
 from events.vocab import FINAL
-from tvote import db
+from tvote import db, roles
 from tvote.placement import ETCD, Placement, trustee_roles
 from tvote.stackfile import StackFile, StackMismatch
 
@@ -104,6 +107,37 @@ def run(opts: UpOptions, console: Console) -> bool:
             with console.status("removing the test network ..."):
                 place.close()
             console.print(f"test network {place.net.run_id} removed (namespaces, veths, bridge, rules, processes)")
+
+
+def _place(place: Placement, role: str) -> roles.Place:
+    """A process on a host of its own listens as in deploy/ (every interface, well-known ports); on loopback
+    it has no metrics endpoint (they would collide)."""
+    return roles.Place.own_host(place.ip(role)) if place.isolated else roles.Place.loopback()
+
+
+def service_processes(place: Placement, dsn: str, etcd: str, rpc: str, contract: str,
+                      key_file: str) -> dict[str, roles.Process]:
+    """The projector and the submitter as ``up`` starts them (tvote.roles: what deploy/ is checked against)."""
+    return {"projector": roles.projector(_place(place, "projector"), dsn),
+            "submitter": roles.submitter(_place(place, "submitter"), dsn, etcd, rpc, contract, str(CHAIN_ID),
+                                         key_file, "submitter-1")}
+
+
+def _wait_healthy(role: str, ip: str, health: tuple[int, str], procs: list[subprocess.Popen], log: Path,
+                  timeout: float = 60.0) -> None:
+    """Wait for ``GET http://ip:port/path`` to answer 2xx, as the compose health check does; say why not."""
+    url = f"http://{ip}:{health[0]}{health[1]}"
+
+    def ok() -> bool:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"{role} exited: {log.read_text()[-1500:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return 200 <= r.status < 300
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    wait_until(ok, timeout, f"{role} healthy at {url}")
 
 
 def _run(opts: UpOptions, console: Console, place: Placement) -> bool:
@@ -192,22 +226,20 @@ def _run(opts: UpOptions, console: Console, place: Placement) -> bool:
             key_file.chmod(0o600)
             stack.cluster.admit_submitter("submitter-1", stack.anvil.private_key(1))  # its log key (R13)
         console.print(f"[green]up[/green] anvil {stack.anvil.url}, ThresholdRecord {stack.client.address}")
-        env = {**os.environ, "PYTHONPATH": str(SRC)}
-        tvote = [sys.executable, "-c", "from tvote.cli import app; app()"]
         etcd_hostport = ",".join(e.removeprefix("http://") for e in stack.etcd.endpoints)  # failover, as the nodes
-        for role, argv in (
-            ("projector", [*tvote, "projector", "--dsn", app_dsn]),
-            ("submitter", [sys.executable, "-m", "submitter", "--dsn", app_dsn, "--etcd", etcd_hostport,
-                           "--etcd-prefix", "/tvote", "--rpc", stack.anvil.url, "--contract", stack.client.address,
-                           "--key-file", str(key_file), "--chain-id", str(CHAIN_ID), "--name", "submitter-1"]),
-        ):
+        programs = {roles.TVOTE: [sys.executable, "-c", "from tvote.cli import app; app()"],
+                    roles.SUBMITTER: [sys.executable, "-m", "submitter"]}
+        services = service_processes(place, app_dsn, etcd_hostport, stack.anvil.url, stack.client.address,
+                                     str(key_file))
+        for role, spec in services.items():
+            env = {**os.environ, **spec.env, "PYTHONPATH": str(SRC)}
             with open(base / f"{role}.log", "ab") as out:
-                stack.procs.append(subprocess.Popen([*place.prefix(role), *argv], env=env, stdout=out,
-                                                    stderr=subprocess.STDOUT))
+                stack.procs.append(subprocess.Popen([*place.prefix(role), *programs[spec.program], *spec.args],
+                                                    env=env, stdout=out, stderr=subprocess.STDOUT))
         for t in stack.cluster.trustees:
             libp2p = f" libp2p {t.status['listen_addrs'][0].split('/p2p/')[0]}" if place.isolated else ""
             console.print(f"  {t.node_id} peer {t.peer_id[:20]}...{libp2p} api "
-                          f"{'https' if t.status.get('api_tls') else 'http'}://{t.status.get('api_host', '127.0.0.1')}"
+                          f"{'https' if t.status.get('api_tls') else 'http'}://{stack.cluster.api_host(t)}"
                           f":{t.status['api_port']} (token {stack.cluster.token_file(t)})"
                           + (f" [red]byzantine: {t.byzantine}[/red]" if t.byzantine != "none" else ""))
         if place.isolated:
@@ -220,6 +252,10 @@ def _run(opts: UpOptions, console: Console, place: Placement) -> bool:
         prefix = f"r{state.runs + 1}_" if state else ""  # a restart's transactions are new ones
         _stream(stack.cluster, opts, app_dsn, console, prefix)
         console.print(f"all transactions settled in {time.monotonic() - t0:.1f}s")
+        for role, spec in services.items():  # the compose file's health check, where there is an endpoint
+            if spec.health is not None:  # (after the run: the stream starts as soon as the roles are spawned)
+                _wait_healthy(role, place.ip(role), spec.health, stack.procs, base / f"{role}.log")
+                console.print(f"  {role} healthy at http://{place.ip(role)}:{spec.health[0]}{spec.health[1]}")
         ok = _summary(app_dsn, owner_dsn, stack.cluster, stack.client, console, f"{prefix}tx_0000", place)
         if state:
             state.runs += 1

@@ -681,7 +681,8 @@ def cli_argvs(draw: st.DrawFn) -> list[str]:
         "--transactions": w, "--byzantine": either(st.sampled_from(["none", "double"]), w), "--rate": w,
         "--deadline-ms": w, "--batch": w, "--once": st.just(None), "--keep": st.just(None), "--url": _url(),
         "--down": st.just(None), "--revision": w, "--node-id": w, "--key-file": w, "--api-token-file": w,
-        "--listen-port": w, "--etcd-prefix": w, "--submission-days": w, "--vote-days": w,
+        "--listen": w, "--advertise": w, "--api-listen": w, "--metrics-listen": w, "--etcd-prefix": w,
+        "--submission-days": w, "--vote-days": w,
         "--etcd-data-dir": w, "--check": st.just(None), "--no-check": st.just(None), "--data-dir": w,
     }
     names = draw(st.lists(st.sampled_from(sorted(options)), max_size=4))

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import multiaddr
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
+from node.p2p.addrs import all_loopback, check_advertised, parse_advertise, parse_listen
+
 DEFAULT_TOPIC = "tvote/votes/1"
 
 
@@ -48,6 +50,11 @@ class GossipConfig:
 
     listen_host: str = "127.0.0.1"
     listen_port: int = 0  # 0 = ephemeral; read the real one from GossipHost.listen_addrs
+    # Multiaddrs to listen on (/ip4/IP/tcp/PORT); empty: listen_host and listen_port above.
+    listen: Sequence[str] = ()
+    # What peers should dial (signed peer record, identify, DHT answers); empty: the addresses we
+    # listen on, which must then be dialable (no wildcard: see addrs.check_advertised).
+    advertise: Sequence[str] = ()
     bootstrap: Sequence[str] = ()  # full multiaddrs with /p2p/<peer id>
     topic: str = DEFAULT_TOPIC
     banned: Sequence[str] = ()  # peer ids banned before start (bans restored from the log)
@@ -189,8 +196,17 @@ class GossipConfig:
         return f"{self.topic}/direct"
 
     @property
+    def listen_addrs(self) -> list[str]:
+        if self.listen:
+            return list(self.listen)
+        proto = "ip6" if ":" in self.listen_host else "ip4"
+        return [f"/{proto}/{self.listen_host}/tcp/{self.listen_port}"]
+
+    @property
     def on_loopback(self) -> bool:
-        return _is_loopback(self.listen_host)
+        if not self.listen and not self.advertise:
+            return _is_loopback(self.listen_host)
+        return all_loopback([*self.listen_addrs, *self.advertise])
 
     @property
     def eclipse_protection_effective(self) -> bool:
@@ -229,5 +245,10 @@ class GossipConfig:
                 raise ValueError(f"relay {r[:120]!r} is not a peer multiaddr (/ip4/HOST/tcp/PORT/p2p/PEER_ID)")
         if self.reachability == "private" and not self.relays:
             raise ValueError("reachability 'private' needs at least one relay to reserve a slot on")
+        for a in self.listen:
+            parse_listen(a)
+        for a in self.advertise:
+            parse_advertise(a)
+        check_advertised(self.listen_addrs, list(self.advertise))
         if isinstance(self.allowed_peers, str) or isinstance(self.extra_peers, str):
             raise ValueError("allowed_peers and extra_peers are collections of peer ids, not one string")

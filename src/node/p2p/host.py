@@ -307,6 +307,20 @@ class _ConnWatch(INotifee):
         await trio.lowlevel.checkpoint()
 
 
+def _cause(exc: BaseException) -> str:
+    """The innermost reason of a failed dial (py-libp2p wraps it in SwarmException and groups), one line."""
+    seen = exc
+    while True:
+        if isinstance(seen, BaseExceptionGroup) and seen.exceptions:
+            seen = seen.exceptions[0]
+        elif seen.__cause__ is not None:
+            seen = seen.__cause__
+        else:
+            break
+    text = f"{type(seen).__name__}: {seen}" if str(seen) else type(seen).__name__
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 class GossipHost:
     """One libp2p host gossiping opaque payloads on one topic.
 
@@ -382,8 +396,10 @@ class GossipHost:
             key_pair=key_pair,
             sec_opt=sec_opt,
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-            listen_addrs=[self._listen_maddr()],
-            # Advertise only our listen address, never NAT-observed ones (loopback/LAN).
+            listen_addrs=self._listen_maddrs(),
+            # Advertise what the operator said peers dial (--advertise), or else our listen addresses;
+            # never NAT-observed ones: what we sign into our peer record is what members dial.
+            announce_addrs=[multiaddr.Multiaddr(a) for a in config.advertise] or None,
             disable_identify_address_discovery=True,
         )
         swarm = self.host.get_network()
@@ -471,6 +487,8 @@ class GossipHost:
         self._closed = trio.Event()
         self._publisher_done = trio.Event()
         self.listen_addrs: list[str] = []
+        self.bound_addrs: list[str] = []
+        self.dial_errors: dict[str, str] = {}  # peer id -> why our last dial to it failed (start checks read it)
         for banned in config.banned:
             self.ban(banned)
         for info in self._bootstrap_infos():
@@ -480,9 +498,8 @@ class GossipHost:
 
     # ------------------------------------------------------------------ identity / info
 
-    def _listen_maddr(self) -> multiaddr.Multiaddr:
-        proto = "ip6" if ":" in self.config.listen_host else "ip4"
-        return multiaddr.Multiaddr(f"/{proto}/{self.config.listen_host}/tcp/{self.config.listen_port}")
+    def _listen_maddrs(self) -> list[multiaddr.Multiaddr]:
+        return [multiaddr.Multiaddr(a) for a in self.config.listen_addrs]
 
     def connected_peers(self) -> list[str]:
         """Peer ids with an open connection."""
@@ -827,25 +844,64 @@ class GossipHost:
 
     # ------------------------------------------------------------------ discovery
 
-    async def _dial(self, info: PeerInfo) -> bool:
+    def _vouched_addrs(self, info: PeerInfo, given: bool) -> list[multiaddr.Multiaddr]:
+        """The addresses of ``info.peer_id`` someone answerable vouches for: the ones the caller was given by
+        the operator (``given``: bootstrap, an explicit connect), the operator's bootstrap entries, and those
+        in the peer's own signed peer record. Never an unsigned address a third peer put in a DHT answer."""
+        out: list[multiaddr.Multiaddr] = list(info.addrs) if given else []
+        out += [a for b in self._bootstrap_infos() if b.peer_id == info.peer_id for a in b.addrs]
+        with contextlib.suppress(Exception):  # no record, or one that does not parse
+            env = self.host.get_peerstore().get_peer_record(info.peer_id)
+            if env is not None:
+                out += list(env.record().addrs)
+        seen: set[str] = set()
+        return [a for a in out if not (str(a) in seen or seen.add(str(a)))]
+
+    def _pin_addrs(self, info: PeerInfo, given: bool) -> PeerInfo:
+        """Dial only vouched addresses when there are any (issue 18: an address a peer does not own must not
+        divert traffic from the real one).
+
+        py-libp2p 0.8.1 stores the unsigned addresses of a DHT FIND_NODE answer for the peers it lists, and
+        its swarm dials at most one address per transport, the first stored: an address planted by a hostile
+        member (before the real one was learnt) would be the only one dialled, and every dial to that member
+        would fail. Noise still proves who answers (nothing is ever *sent* to the wrong peer), but the link
+        would be cut. So before dialling, the peer's stored addresses are replaced by the vouched ones, in
+        that order; with none vouched (a peer known from the DHT alone) the stored ones are dialled as before.
+        """
+        vouched = self._vouched_addrs(info, given)
+        if not vouched:
+            return info
+        store = self.host.get_peerstore()
+        env = store.peer_record_map.get(info.peer_id)  # clear_addrs drops the record with the last address
+        store.clear_addrs(info.peer_id)
+        store.add_addrs(info.peer_id, vouched, UNBAN_ADDR_TTL)
+        if env is not None:
+            store.peer_record_map[info.peer_id] = env
+        return PeerInfo(info.peer_id, vouched)
+
+    async def _dial(self, info: PeerInfo, given: bool = False) -> bool:
         if info.peer_id == self.host.get_id():
             return False
         if not self.gate.admits(info.peer_id):
             self.counters.refused_dials += 1
             return False
+        info = self._pin_addrs(info, given)
         with trio.move_on_after(self.config.dial_timeout):
             try:
                 await self.host.connect(info)
                 return True
             except Exception as exc:
                 log.debug("dial %s failed: %s", info.peer_id, exc)
+                why = _cause(exc)
+                if "negative cache" not in why:  # py-libp2p's 60 s backoff hides the reason: keep the real one
+                    self.dial_errors[info.peer_id.to_base58()] = why
         # Unreachable directly (behind a NAT, or we are): through a member's relay, if one has it.
         return await self.nat.dial_via_relay(info.peer_id)
 
     async def connect(self, maddr: str) -> bool:
         """Dial a peer by full multiaddr (``.../p2p/<id>``) and add it to the DHT table."""
         info = info_from_p2p_addr(multiaddr.Multiaddr(maddr))
-        ok = await self._dial(info)
+        ok = await self._dial(info, given=True)
         if ok:
             await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
         return ok
@@ -876,7 +932,7 @@ class GossipHost:
             for info in boots:
                 if info.peer_id in connected or not self.gate.admits(info.peer_id):
                     continue
-                if await self._dial(info):
+                if await self._dial(info, given=True):
                     await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
             connected = set(self.host.get_connected_peers())
             if self.config.dht_discovery and connected and connected != refreshed_with:
@@ -904,7 +960,7 @@ class GossipHost:
         self._trio_thread = threading.get_ident()
         try:
             async with (
-                self.host.run(listen_addrs=[self._listen_maddr()]),
+                self.host.run(listen_addrs=self._listen_maddrs()),
                 background_trio_service(self.pubsub),
                 background_trio_service(self.router),
                 background_trio_service(self.dht),
@@ -913,7 +969,8 @@ class GossipHost:
                 await self.pubsub.wait_until_ready()
                 await self.pubsub.subscribe(self.config.topic)
                 await self.pubsub.subscribe(self.config.direct_topic)
-                self.listen_addrs = [str(a) for a in self.host.get_addrs()]
+                self.listen_addrs = [str(a) for a in self.host.get_addrs()]  # advertised, with /p2p/<us>
+                self.bound_addrs = [str(a) for a in self.host.get_transport_addrs()]  # the sockets we hold
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     self._intake_open = True

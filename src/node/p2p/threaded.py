@@ -93,6 +93,10 @@ class ThreadedGossipHost:
         return list(self.gossip.listen_addrs)
 
     @property
+    def bound_addrs(self) -> list[str]:
+        return list(self.gossip.bound_addrs)
+
+    @property
     def counters(self) -> GossipCounters:
         return self.gossip.counters
 
