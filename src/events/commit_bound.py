@@ -29,7 +29,7 @@ import time
 
 import psycopg
 
-SYNCREP_CANCELLED = "canceling wait for synchronous replication"  # Postgres's WARNING (syncrep.c)
+SYNCREP_CANCELLED = "wait for synchronous replication"  # in both of Postgres's WARNINGs (syncrep.c): cancel, terminate
 
 
 def syncrep_cancelled(diag: psycopg.errors.Diagnostic) -> bool:
