@@ -223,7 +223,10 @@ def run(env: ChaosEnv, name: str, fault: Fault | None = None, *, n: int = 5, t: 
         if load is not None:
             load.close()
         took_exit = cluster.stop()
-        env.heal_all()
+        try:
+            env.heal_all()
+        except TimeoutError as e:  # reported; the log is read below all the same
+            res.notes.append(f"servers not healed after the run: {e}")
     if took_exit and max(took_exit.values()) >= 30:
         res.notes.append(f"slow SIGTERM exit {max(took_exit.values()):.0f}s")
     byz = {cluster.trustees[i].node_id for i in (byzantine or {})}
@@ -493,7 +496,15 @@ def patroni_primary_freeze(frozen_s: float = 15.0) -> Fault:
                                   old_primary_standby_s=back)
         ctx.note(f"primary {old.name} frozen; {new.name} promoted after {promoted:.1f} s; appends resumed after "
                  f"{resumed} s; thawed at {thawed:.0f} s, a standby again at {back} s")
-        pc.heal()
+        leader = pc.roles()
+        if leader.get(old.name) in ("leader", "master", "primary"):
+            # Debian's Patroni 3.0.2 (etcd3) may put the leader key unconditionally after a stall: the thawed
+            # member takes the key back and the promoted one demotes (docs/decisions.md). Say so; check the log.
+            ctx.note(f"{old.name} took the leader key back after the thaw: {new.name} demoted ({leader})")
+        try:
+            pc.heal()
+        except TimeoutError as e:  # the invariants still read the log: what was lost is the finding
+            ctx.note(f"cluster not healed: {e}")
         ctx.revive("while the primary was frozen")
         ctx.healed()
 

@@ -16,7 +16,8 @@ neither it nor the query, and TCP keepalives do not notice (its kernel still ans
 ``grace_s`` after the cancel the socket is shut down under the waiting call, which then fails at once
 as a dropped connection does.
 
-One watcher thread per bound (per store), armed and disarmed around each write: no thread per call.
+One watcher thread per bound (per store), armed and disarmed around each write: no thread per call;
+it ends after ``IDLE_EXIT_S`` without a write (stores that tools and checks make and drop).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import time
 
 import psycopg
 
+IDLE_EXIT_S = 30.0
 SYNCREP_CANCELLED = "wait for synchronous replication"  # in both of Postgres's WARNINGs (syncrep.c): cancel, terminate
 
 
@@ -74,7 +76,9 @@ class CommitBound:
         with self._cv:
             while True:
                 if self._conn is None:
-                    self._cv.wait()
+                    if not self._cv.wait(IDLE_EXIT_S) and self._conn is None:
+                        self._thread = None  # idle (a closed store, a tool's): the next arm starts another
+                        return
                     continue
                 left = self._deadline - time.monotonic()
                 if left > 0:
