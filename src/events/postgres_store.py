@@ -82,7 +82,8 @@ class PostgresStore:
 
     def __init__(self, dsn: str, connect_timeout: float = 5, commit_bound_s: float = COMMIT_BOUND_S) -> None:
         """``commit_bound_s``: how long a write may take, its commit's wait for a synchronous standby included,
-        before it is cancelled and reported as :class:`StoreUnavailable` (in doubt; see the module)."""
+        before it is cancelled and reported as :class:`StoreUnavailable` (in doubt; see the module). Reads have
+        the same bound: a stopped primary would hold them for ever on an open connection."""
         self.dsn = dsn
         self._timeout = connect_timeout
         self._lock = threading.Lock()
@@ -112,7 +113,7 @@ class PostgresStore:
             self._conn = None
 
     def _run(self, fn, write: bool = False):
-        """``fn`` in one transaction. ``write``: bounded, and a commit not confirmed by the standby is in doubt."""
+        """``fn`` in one transaction, bounded. ``write``: a commit not confirmed by the standby is in doubt."""
         with self._lock:
             if self.unconfirmed:
                 self._transaction(_confirm, write=True)
@@ -123,28 +124,32 @@ class PostgresStore:
     def _transaction(self, fn, write: bool):
         conn = self._connection()
         self._syncrep_cancelled = False
-        token = self._bound.arm(conn) if write else 0
+        # Reads too: a stopped primary answers no query, and a read would hang on its open connection for ever.
+        token = self._bound.arm(conn)
         try:
             result = fn(conn)
             conn.commit()
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            fired = write and self._bound.disarm(token)
+            fired = self._bound.disarm(token)
             self.close()
             if write:  # it may have committed before the connection dropped: in doubt
                 self.unconfirmed = True
                 self.stats["in_doubt"] += 1
-            if fired:
+            if fired and write:
                 self.stats["writes_bounded"] += 1
                 raise StoreUnavailable(f"postgres write given up after {self._bound.bound_s:g}s (in doubt: no "
                                        f"synchronous standby confirmed it, or the primary did not answer): {e}") from e
+            if fired:
+                raise StoreUnavailable(f"postgres read given up after {self._bound.bound_s:g}s (the server did not "
+                                       f"answer): {e}") from e
             raise StoreUnavailable(f"postgres failed mid-operation: {e}") from e
         except BaseException:
-            if write:
-                self._bound.disarm(token)
+            self._bound.disarm(token)
             if not conn.closed:
                 conn.rollback()
             raise
-        if write and (self._bound.disarm(token) | self._syncrep_cancelled):
+        fired = self._bound.disarm(token)
+        if write and (fired or self._syncrep_cancelled):
             # COMMIT succeeded, but its wait for the synchronous standby was cancelled: committed on the
             # primary only. Not durable, so not done; the retry finds it by its keys once confirmed.
             self.unconfirmed = True
