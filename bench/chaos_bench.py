@@ -13,8 +13,9 @@ Run: ``.venv/bin/python bench/chaos_bench.py`` (about 15 minutes on 2 cores)
      ``--profile-dir DIR`` writes a py-spy record (collapsed stacks) of the first trustee per point;
      ``--load-open`` offers at the rate without waiting for the answers (default: closed loop, the
      next transaction once every node answered the last, so the offered rate is capped by latency).
-     ``--patroni``: also kill -9 the primary of a three-member Patroni cluster (issue 17) under load, with a
-     submitter writing to anvil; e.g. ``--patroni --no-scenarios --no-load --out bench/RESULTS-patroni.md``.
+     ``--patroni``: also the Postgres failovers of a three-member Patroni cluster (issue 17) under load, with a
+     submitter writing to anvil (kill -9 of the primary, planned switchover, sync standby kill -9, primary
+     frozen); e.g. ``--patroni --no-scenarios --no-load --out bench/RESULTS-patroni.md``.
      ``--netns`` (root) adds the network faults on the namespace network (``chaos.netchaos``: partitions,
      one-way cut, packet loss, tbf, etcd leader isolated) and the same load points on it and on loopback,
      one after the other; ``--netns --no-scenarios --no-load`` runs only those and rewrites only their
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,33 +138,50 @@ def run_scenarios(env: ChaosEnv, full: bool, only: list[str], chain: bool, base:
     return out
 
 
-def run_patroni(full: bool, base: Path, trace: bool = True, trace_max_tx: int | None = None) -> scenarios.Result:
-    """kill -9 of the Patroni primary under load, with a submitter on chain: its own env (three Postgres members
-    under Patroni on the 3-member etcd, fsync on)."""
-    name = "Patroni: kill -9 of the primary (+ submitter)"
-    console.print(f"[bold]{name}[/]")
-    rig = scenarios.SubmitterRig(base / "submitter")
+PATRONI_SCENARIOS: list[tuple[str, Callable[[], scenarios.Fault]]] = [
+    ("Patroni: kill -9 of the primary (+ submitter)", lambda: scenarios.patroni_primary_kill(5.0)),
+    ("Patroni: planned switchover (+ submitter)", scenarios.patroni_switchover),
+    ("Patroni: sync standby kill -9 (+ submitter)", lambda: scenarios.patroni_standby_kill(5.0)),
+    ("Patroni: primary frozen 15 s (+ submitter)", lambda: scenarios.patroni_primary_freeze(15.0)),
+]
+
+
+def run_patroni(full: bool, base: Path, trace: bool = True, trace_max_tx: int | None = None,
+                only: list[str] | None = None) -> list[scenarios.Result]:
+    """The Postgres failovers of issue 17 under load, with a submitter on chain: one env (three Postgres members
+    under Patroni on the 3-member etcd, fsync on), a fresh log per scenario, the cluster healed between."""
+    out: list[scenarios.Result] = []
+    todo = [(n, f) for n, f in PATRONI_SCENARIOS if not only or any(o.lower() in n.lower() for o in only)]
     try:
         with ChaosEnv(base / "env", postgres="patroni") as env:
-            rig.start_chain()
+            for k, (name, make) in enumerate(todo):
+                console.print(f"[bold]{name}[/]")
+                rig = scenarios.SubmitterRig(base / f"submitter{k}")
+                try:
+                    env.pg.heal()
+                    rig.start_chain()
 
-            def start(ctx: scenarios.Ctx) -> scenarios.SubmitterRig:
-                rig.spawn(ctx)
-                return rig
+                    def start(ctx: scenarios.Ctx, rig: scenarios.SubmitterRig = rig) -> scenarios.SubmitterRig:
+                        rig.spawn(ctx)
+                        return rig
 
-            res = scenarios.run(env, name, scenarios.patroni_primary_kill(5.0), txs=40 if full else 24, rate=4.0,
-                                chain=rig.client, submitter=start, settle_timeout=120)
-            _show(res)
-            console.print(res.figures)
-            if trace and res.report is not None:
-                check_trace(res, trace_max_tx)  # while its log is still there
-            return res
+                    res = scenarios.run(env, name, make(), txs=40 if full else 24, rate=4.0, chain=rig.client,
+                                        submitter=start, settle_timeout=120)
+                    _show(res)
+                    console.print(res.figures)
+                    if trace and res.report is not None:
+                        check_trace(res, trace_max_tx)  # while its log is still there
+                except Exception as e:
+                    res = scenarios.Result(name, 5, 4, 0, 0.0, error=f"{type(e).__name__}: {e}", notes=[str(e)[:200]])
+                    _show(res)
+                finally:
+                    rig.close()
+                out.append(res)
     except Exception as e:  # no patroni, no anvil: the table says so
-        res = scenarios.Result(name, 5, 4, 0, 0.0, error=f"{type(e).__name__}: {e}", notes=[str(e)[:200]])
-    finally:
-        rig.close()
-    _show(res)
-    return res
+        res = scenarios.Result("Patroni", 5, 4, 0, 0.0, error=f"{type(e).__name__}: {e}", notes=[str(e)[:200]])
+        _show(res)
+        out.append(res)
+    return out
 
 
 def _show(res: scenarios.Result) -> None:
@@ -184,7 +203,8 @@ def main() -> None:
     ap.add_argument("--no-trace-check", action="store_true",
                     help="do not trace-check each scenario's log with TLC (tla/trace_check.py)")
     ap.add_argument("--trace-max-tx", type=int, default=None, help="trace-check only the first K transactions")
-    ap.add_argument("--patroni", action="store_true", help="also kill -9 a Patroni primary (issue 17)")
+    ap.add_argument("--patroni", action="store_true", help="also the Patroni failovers (issue 17): kill -9 "
+                    "of the primary, switchover, sync standby kill -9, primary frozen (--only picks some)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--netns", action="store_true", help="the network faults on the namespace network (root)")
     ap.add_argument("--netns-load", nargs=3, action="append", default=None, metavar=("N", "RATE", "TXS"),
@@ -237,7 +257,8 @@ def main() -> None:
                             points.append(p)
     if args.patroni:
         with tempfile.TemporaryDirectory(prefix="chaos-patroni-") as tmp:
-            results.append(run_patroni(not args.quick, Path(tmp), not args.no_trace_check, args.trace_max_tx))
+            results += run_patroni(not args.quick, Path(tmp), not args.no_trace_check, args.trace_max_tx,
+                                   args.only if args.no_scenarios else None)
     rows = [r.row() for r in results]
     if net_rows:
         console.print(_table("network chaos (netns)", [_net_row(r) for r in net_rows]))

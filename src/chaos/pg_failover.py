@@ -28,7 +28,7 @@ from events.audit import verify
 from events.errors import StoreUnavailable
 from events.identity import peer_id_of
 from events.model import VoteAccepted
-from events.postgres_store import PostgresStore
+from events.postgres_store import COMMIT_BOUND_S, PostgresStore
 from events.vote import Vote, sign
 from events.writers import RowSigner, operator_writer
 from recording.etcd_guard import EtcdGuard
@@ -71,11 +71,11 @@ class AppendLoad:
     """Votes for new transactions, one batch after another, through ``dsn``; a thread of its own."""
 
     def __init__(self, dsn: str, etcd_endpoint: str, prefix: str, n: int = 4, t: int = 3,
-                 pause_s: float = 0.0) -> None:
+                 pause_s: float = 0.0, commit_bound_s: float = COMMIT_BOUND_S) -> None:
         self.dsn, self.n, self.t, self.pause_s = dsn, n, t, pause_s
         self.trustees = load_trustees(n)
-        self.recorder = Recorder(PostgresStore(dsn), EtcdGuard(etcd_endpoint, prefix, self.trustees[0].node_id,
-                                                               lease_ttl=2), self.trustees[0].signer)
+        guard = EtcdGuard(etcd_endpoint, prefix, self.trustees[0].node_id, lease_ttl=2)
+        self.recorder = Recorder(PostgresStore(dsn, commit_bound_s=commit_bound_s), guard, self.trustees[0].signer)
         self.batches: list[Batch] = []
         self.errors: Counter[str] = Counter()
         self.unexpected: list[str] = []  # a status other than APPENDED/DUPLICATE: a finding
@@ -98,7 +98,8 @@ class AppendLoad:
 
     def stop(self, timeout: float = 60) -> None:
         self._stop.set()
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # started (a test may drive the recorder by hand)
+            self._thread.join(timeout)
         self.recorder.guard.close()
         self.recorder.store.close()
 

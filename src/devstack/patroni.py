@@ -123,6 +123,20 @@ class Member:
             return None
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
 class PatroniCluster:
     """``size`` Postgres members under Patroni on etcd; ``dsn``/``url`` reach whichever is primary.
 
@@ -379,6 +393,52 @@ class PatroniCluster:
             m.proc.wait()
         self._kill_postmaster(m)
         wait_until(lambda: not port_in_use(m.port), 10, f"{m.name} gone")
+
+    def freeze_member(self, m: Member) -> None:
+        """A primary cut off, as near as loopback allows: SIGSTOP to Patroni and to its postmaster's process group.
+
+        Nothing of it answers (the leader key lapses, its clients' calls hang with their TCP connections
+        open, as behind a cut link); :meth:`thaw_member` lets it run on, to find it has been replaced.
+        """
+        self._signal_member(m, signal.SIGSTOP)
+
+    def thaw_member(self, m: Member) -> None:
+        self._signal_member(m, signal.SIGCONT)
+
+    def _signal_member(self, m: Member, sig: int) -> None:
+        """``sig`` to Patroni, the postmaster and every child of it: each backend leads a process group of its
+        own (Postgres calls setsid in every child), so the postmaster's group is the postmaster alone."""
+        pid = self._postmaster_pid(m)
+        if pid:
+            for p in [pid, *_children(pid)]:  # the postmaster first: a stopped one forks no more
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, sig)
+        if m.proc and m.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(m.proc.pid, sig)
+
+    def switchover(self, candidate: Member | None = None, timeout: float = 60) -> Member:
+        """A planned switchover through Patroni's REST API (``POST /switchover``); returns the new primary.
+
+        ``candidate`` defaults to the synchronous standby (in synchronous mode Patroni takes no other).
+        """
+        old = self.wait_primary(timeout)
+        new = candidate or self.sync_standby()
+        if new is None:
+            raise NoPrimary("no synchronous standby to switch over to")
+        body = json.dumps({"leader": old.name, "candidate": new.name}).encode()
+        req = urllib.request.Request(f"http://{LOOPBACK}:{old.api_port}/switchover", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                answer = r.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"switchover {old.name} -> {new.name} refused: {e.code} "
+                               f"{e.read().decode(errors='replace')[:200]}") from None
+        got = self.wait_primary(timeout, other_than=old)
+        if got is not new:
+            raise RuntimeError(f"switchover to {new.name} made {got.name} primary ({answer[:200]})")
+        return got
 
     def stop_member(self, m: Member, timeout: float = 30) -> None:
         """SIGTERM to Patroni: it stops its Postgres and gives up the leader key (a clean switchover)."""

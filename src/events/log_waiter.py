@@ -2,7 +2,7 @@
 
 The submitter read the log every 5 ms and the projector every 50 ms when nothing happened: idle, the
 submitter alone used 8 % of a core (issue 15's fixed per-process work; over months, pure waste). Each
-statement that appends to ``events`` sends ``NOTIFY tvote_log`` (migration 0006), which Postgres
+statement that appends to ``events`` sends ``NOTIFY tvote_log`` (migration 0007), which Postgres
 delivers at commit to every session that LISTENs, so a follower can sleep until the log moves.
 
 A notification is a hint, never data: the follower still reads (and verifies) the rows after its

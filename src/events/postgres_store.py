@@ -11,6 +11,15 @@ wait. Throughput comes from batching many decisions into one append, not from co
 
 ``UNIQUE(stream_id, stream_version)`` and ``UNIQUE(idempotency_key)`` remain the final word
 should anything bypass the lock.
+
+Why a write has a bound (``commit_bound_s``): on a Patroni cluster in strict synchronous mode a
+commit waits for a synchronous standby, for ever when none is up. Past the bound the write is
+cancelled (``events.commit_bound``) and the caller gets :class:`StoreUnavailable`, as for any outage.
+A commit whose wait was cancelled is *in doubt*: Postgres committed it on the primary (readers there
+see it) but no standby may have it, so it is not reported as done. The store then reads and writes
+nothing until a write of its own has passed the wait (:meth:`PostgresStore._confirm`, the
+``sync_barrier`` row): WAL is one sequence, so what the in-doubt commit wrote is on the standby too.
+Only then may a retry find the append's idempotency keys in the log and call it DUPLICATE.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg import errors as pgerr
 
+from events.commit_bound import CommitBound, syncrep_cancelled
 from events.errors import ConcurrencyConflict, StoreUnavailable
 from events.store import GENESIS, Outcome, Recorded, Snapshot, Unit, UnitResult, chain_rows, plan
 from events.writers import RowSigner
@@ -29,6 +39,7 @@ from events.writers import RowSigner
 IDEMPOTENCY_CONSTRAINT = "events_idempotency_key"  # alembic 0001
 LOG_LOCK = 0x7476_6F74_65_6C6F67 & 0x7FFF_FFFF_FFFF_FFFF  # "tvote log", an arbitrary constant
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+COMMIT_BOUND_S = 5.0  # a write (its lock wait, rows and commit) still running after this is given up, in doubt
 COLUMNS = (
     "position, stream_id, stream_version, event_type, schema_version, payload, recorded_at, "
     "idempotency_key, writer, prev_hash, hash, command, signature, signed_from"
@@ -69,11 +80,19 @@ def us_to_datetime(us: int) -> datetime:
 class PostgresStore:
     """One connection, used under a lock; make one store per thread for parallel readers."""
 
-    def __init__(self, dsn: str, connect_timeout: float = 5) -> None:
+    def __init__(self, dsn: str, connect_timeout: float = 5, commit_bound_s: float = COMMIT_BOUND_S) -> None:
+        """``commit_bound_s``: how long a write may take, its commit's wait for a synchronous standby included,
+        before it is cancelled and reported as :class:`StoreUnavailable` (in doubt; see the module). Reads have
+        the same bound: a stopped primary would hold them for ever on an open connection."""
         self.dsn = dsn
         self._timeout = connect_timeout
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
+        self._bound = CommitBound(commit_bound_s, grace_s=min(1.0, commit_bound_s))
+        self._syncrep_cancelled = False  # the current connection said a commit's wait was cancelled
+        # A write of ours may have committed on the primary alone: confirm before trusting anything read.
+        self.unconfirmed = False
+        self.stats = {"writes_bounded": 0, "in_doubt": 0, "confirmations": 0}
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -81,27 +100,64 @@ class PostgresStore:
                 self._conn = psycopg.connect(self.dsn, connect_timeout=self._timeout, autocommit=False)
             except psycopg.OperationalError as e:
                 raise StoreUnavailable(f"postgres unreachable: {connect_failure(e)}") from e
+            self._conn.add_notice_handler(self._notice)
         return self._conn
+
+    def _notice(self, diag: psycopg.errors.Diagnostic) -> None:
+        if syncrep_cancelled(diag):
+            self._syncrep_cancelled = True
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
-    def _run(self, fn):
+    def _run(self, fn, write: bool = False):
+        """``fn`` in one transaction, bounded. ``write``: a commit not confirmed by the standby is in doubt."""
         with self._lock:
-            conn = self._connection()
-            try:
-                result = fn(conn)
-                conn.commit()
-                return result
-            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-                self.close()
-                raise StoreUnavailable(f"postgres failed mid-operation: {e}") from e
-            except BaseException:
-                if not conn.closed:
-                    conn.rollback()
-                raise
+            if self.unconfirmed:
+                self._transaction(_confirm, write=True)
+                self.unconfirmed = False
+                self.stats["confirmations"] += 1
+            return self._transaction(fn, write)
+
+    def _transaction(self, fn, write: bool):
+        conn = self._connection()
+        self._syncrep_cancelled = False
+        # Reads too: a stopped primary answers no query, and a read would hang on its open connection for ever.
+        token = self._bound.arm(conn)
+        try:
+            result = fn(conn)
+            conn.commit()
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            fired = self._bound.disarm(token)
+            self.close()
+            if write:  # it may have committed before the connection dropped: in doubt
+                self.unconfirmed = True
+                self.stats["in_doubt"] += 1
+            if fired and write:
+                self.stats["writes_bounded"] += 1
+                raise StoreUnavailable(f"postgres write given up after {self._bound.bound_s:g}s (in doubt: no "
+                                       f"synchronous standby confirmed it, or the primary did not answer): {e}") from e
+            if fired:
+                raise StoreUnavailable(f"postgres read given up after {self._bound.bound_s:g}s (the server did not "
+                                       f"answer): {e}") from e
+            raise StoreUnavailable(f"postgres failed mid-operation: {e}") from e
+        except BaseException:
+            self._bound.disarm(token)
+            if not conn.closed:
+                conn.rollback()
+            raise
+        fired = self._bound.disarm(token)
+        if write and (fired or self._syncrep_cancelled):
+            # COMMIT succeeded, but its wait for the synchronous standby was cancelled: committed on the
+            # primary only. Not durable, so not done; the retry finds it by its keys once confirmed.
+            self.unconfirmed = True
+            self.stats["in_doubt"] += 1
+            self.stats["writes_bounded"] += 1
+            raise StoreUnavailable(f"postgres commit in doubt: no synchronous standby confirmed it within "
+                                   f"{self._bound.bound_s:g}s (committed on the primary, maybe on no standby)")
+        return result
 
     def append(self, units: list[Unit], signer: RowSigner) -> list[UnitResult]:
         if not units:
@@ -146,11 +202,11 @@ class PostgresStore:
         # nothing is written, and the append is planned again against the keys the log holds.
         try:
             try:
-                return self._run(lambda conn: tx(conn, probe_keys=False))
+                return self._run(lambda conn: tx(conn, probe_keys=False), write=True)
             except pgerr.UniqueViolation as e:
                 if e.diag.constraint_name != IDEMPOTENCY_CONSTRAINT:
                     raise
-                return self._run(lambda conn: tx(conn, probe_keys=True))
+                return self._run(lambda conn: tx(conn, probe_keys=True), write=True)
         except (pgerr.UniqueViolation, pgerr.ExclusionViolation) as e:
             raise ConcurrencyConflict(f"the log refused a duplicate: {e.diag.message_primary}") from e
 
@@ -205,7 +261,7 @@ class PostgresStore:
             conn.execute("DELETE FROM snapshots WHERE owner = %s AND position NOT IN (SELECT position FROM snapshots "
                          "WHERE owner = %s ORDER BY position DESC LIMIT %s)", (snap.owner, snap.owner, keep))
 
-        self._run(tx)
+        self._run(tx, write=True)
 
     def snapshots(self, owner: str) -> list[Snapshot]:
         rows = self._run(lambda conn: conn.execute(
@@ -215,6 +271,12 @@ class PostgresStore:
 
     def last_position(self) -> int:
         return self._run(lambda conn: conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0])
+
+
+def _confirm(conn: psycopg.Connection) -> None:
+    """A write whose commit waits for the synchronous standby: once it returns, the standby holds every
+    commit before it (WAL is one sequence), ours in doubt included."""
+    conn.execute("UPDATE sync_barrier SET confirmations = confirmations + 1 WHERE id = 1")
 
 
 def read_after(conn: psycopg.Connection | psycopg.Cursor, after: int, limit: int) -> list[Recorded]:

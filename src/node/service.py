@@ -36,7 +36,7 @@ from events.envelope import Envelope
 from events.errors import CommandRejected, InvalidVote, StoreUnavailable, ThresholdVoteError
 from events.follow import Void
 from events.model import Event, TransactionOpened, tx_stream
-from events.postgres_store import PostgresStore
+from events.postgres_store import COMMIT_BOUND_S, PostgresStore
 from events.vote import SignedVote
 from events.writers import RowSigner
 from node import duty, wire
@@ -137,6 +137,9 @@ class NodeConfig:
     # R9: deadlines are ticked only once the log has been writable (and followed) for this long without
     # a break, so votes signed before a deadline during a store outage reach the log first.
     outage_grace_ms: int = 5000
+    # A Postgres write (its wait for a synchronous standby included) is given up after this, in doubt, and
+    # retried as in any store outage (events.postgres_store): no worker hangs on a cluster with no standby.
+    pg_commit_bound_s: float = COMMIT_BOUND_S
     # On start, votes our journal holds from this far back that the log lacks are sent again (R9, R14).
     resend_window_ms: int = 24 * 3600 * 1000
     # Back-pressure: the API refuses new casts at once (503 + Retry-After, nothing signed) while more than
@@ -211,7 +214,7 @@ class TrusteeNode:
             raise
 
     def _start(self) -> TrusteeNode:
-        store = PostgresStore(self.cfg.dsn)
+        store = PostgresStore(self.cfg.dsn, commit_bound_s=self.cfg.pg_commit_bound_s)
         guard = EtcdGuard(self.cfg.etcd, self.cfg.etcd_prefix, self.cfg.node_id)
         # A trustee signs the log with its vote key, as the member the log admitted (R13).
         self.recorder = Recorder(store, guard, RowSigner(self.cfg.node_id, self.signing_key),

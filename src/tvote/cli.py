@@ -27,7 +27,7 @@ from events import rules
 from events.audit import verify
 from events.errors import ThresholdVoteError
 from events.log_waiter import LogWaiter
-from events.postgres_store import PostgresStore, connect_failure
+from events.postgres_store import COMMIT_BOUND_S, PostgresStore, connect_failure
 from events.writers import RowSigner, operator_writer
 from node import duty, wire
 from observability.logging import configure_logging
@@ -243,6 +243,9 @@ def node(
     publish_interval_per_member_ms: Annotated[float, typer.Option(
         help="... or per this times the eligible members, if longer (capped at 500 ms); 0: the fixed interval.",
         min=0.0, max=1_000.0)] = wire.PUBLISH_INTERVAL_PER_MEMBER_MS,
+    pg_commit_bound: Annotated[float, typer.Option(
+        help="Give up a Postgres write after this many seconds, its wait for a synchronous standby included "
+             "(in doubt: retried, found by its idempotency keys).", min=0.1, max=600.0)] = COMMIT_BOUND_S,
 ) -> None:
     """Run a trustee node: libp2p gossip, the decider, the cluster log, the local API."""
     from node import runner
@@ -284,7 +287,8 @@ def node(
                          listen=addrs.listen, advertise=addrs.advertise, api_host=addrs.api[0],
                          api_tls_cert=str(api_tls_cert or ""), api_tls_key=str(api_tls_key or ""),
                          api_plain_http=api_plain_http, bootstrap_timeout_s=bootstrap_timeout,
-                         relay_service=relay_service, relays=list(relay or []), reachability=reachability)
+                         relay_service=relay_service, relays=list(relay or []), reachability=reachability,
+                         pg_commit_bound_s=pg_commit_bound)
         stopped = runner.serve(cfg, status_file, console.print, metrics_at=metrics_at)
     except (NodeStartError, KeyFileError, OSError) as e:
         raise fail(str(e)) from None

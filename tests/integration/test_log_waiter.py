@@ -1,7 +1,7 @@
 """events.log_waiter against a real Postgres: an append wakes a follower; a quiet log lets it sleep.
 
 Followers (the submitter, the projector) sleep on it when idle instead of reading the log every few
-milliseconds. It must wake on every committed append (migration 0006's trigger), coalesce a storm of
+milliseconds. It must wake on every committed append (migration 0007's trigger), coalesce a storm of
 notifications into one read, and outlive a Postgres restart by polling until it can listen again.
 """
 

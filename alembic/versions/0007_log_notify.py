@@ -3,15 +3,15 @@
 Followers (the submitter, the projector) wait on it instead of reading the log on a short timer
 (``events.log_waiter``). A notification is only a hint: followers still read and verify the rows.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-03
 """
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
