@@ -10,10 +10,11 @@ import time
 
 import pytest
 from helpers import wait_for
-from test_patroni_failover import rejoin, wait_acks
 
 from chaos.pg_failover import AppendLoad, check_log
 from devstack.patroni import PatroniCluster
+
+from .test_patroni_failover import rejoin, wait_acks
 
 pytestmark = pytest.mark.integration
 BOUND = 2.0  # the load's commit bound: a frozen primary's commits are given up after this
