@@ -40,10 +40,7 @@ def replay(dsn: str, keep: bool = False, batch: int = 5000) -> ReplayReport:
     try:
         position = _last_position(dsn)
         live.catch_up(until=position)
-        with psycopg.connect(dsn, autocommit=True) as c:
-            c.execute(f'CREATE SCHEMA "{schema}"')
-            for table in [*TABLES, "projector_tracking"]:
-                c.execute(f'CREATE TABLE "{schema}".{table} (LIKE public.{table} INCLUDING ALL)')
+        _create_scratch(dsn, schema)
         fresh = Projector(dsn, schema=schema)
         try:
             t0 = time.perf_counter()
@@ -71,10 +68,7 @@ def replay_digest_upto(dsn: str, position: int, batch: int = 5000) -> str:
     """
     schema = f"replay_upto_{position}_{int(time.time() * 1000)}"
     try:
-        with psycopg.connect(dsn, autocommit=True) as c:
-            c.execute(f'CREATE SCHEMA "{schema}"')
-            for table in [*TABLES, "projector_tracking"]:
-                c.execute(f'CREATE TABLE "{schema}".{table} (LIKE public.{table} INCLUDING ALL)')
+        _create_scratch(dsn, schema)
         fresh = Projector(dsn, schema=schema)
         try:
             fresh.catch_up(until=position, batch=batch)
@@ -85,6 +79,14 @@ def replay_digest_upto(dsn: str, position: int, batch: int = 5000) -> str:
     finally:
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _create_scratch(dsn: str, schema: str) -> None:
+    """Empty copies of the projection tables in ``schema``, for a rebuild beside the live ones."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(f'CREATE SCHEMA "{schema}"')
+        for table in [*TABLES, "projector_tracking"]:
+            c.execute(f'CREATE TABLE "{schema}".{table} (LIKE public.{table} INCLUDING ALL)')
 
 
 def _last_position(dsn: str) -> int:
