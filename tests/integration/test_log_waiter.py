@@ -59,6 +59,31 @@ def test_a_storm_of_notifications_is_one_wakeup(database):
         waiter.close()
 
 
+def test_a_flood_of_notifications_wakes_no_more_often_than_the_poll_it_replaced(database):
+    """A session sending NOTIFY without pause: wakeups stay min_gap apart (the 5 ms poll's read rate at most)."""
+    waiter = LogWaiter(database.app_dsn, min_gap=0.05)
+    stop = threading.Event()
+
+    def flood() -> None:
+        with psycopg.connect(database.app_dsn, autocommit=True) as c:
+            while not stop.is_set():
+                c.execute(f"NOTIFY {CHANNEL}, 'x'")
+
+    sender = threading.Thread(target=flood)
+    try:
+        assert waiter.wait(5) is True
+        sender.start()
+        t0 = time.monotonic()
+        woke = sum(waiter.wait(1) for _ in range(10))
+        elapsed = time.monotonic() - t0
+        assert woke == 10 and elapsed >= 10 * 0.05 * 0.9, f"{woke} wakeups in {elapsed:.3f}s"
+    finally:
+        stop.set()
+        if sender.is_alive():
+            sender.join()
+        waiter.close()
+
+
 def test_the_waiter_polls_through_a_postgres_restart_and_listens_again():
     pg = Postgres(fsync=False).start()  # a private server: this test restarts it
     waiter = None
