@@ -80,10 +80,6 @@ def test_the_synchronous_standby_lost_the_other_takes_over_and_appends_go_on(pat
     rejoin(patroni, sync, ha_database)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "Debian's Patroni 3.0.2 may put the leader key back to the thawed primary (patroni/patroni#2689, fixed in "
-    "3.0.3): the promoted timeline is rewound away with the votes acknowledged on it (33 in one run). Fails, "
-    "with the count, when that happens; passes otherwise. docs/decisions.md"))
 def test_the_primary_frozen_is_replaced_and_its_commits_are_never_acknowledged(patroni: PatroniCluster, ha_database,
                                                                                etcd_server, etcd_prefix):
     old, sync = patroni.primary(), patroni.sync_standby()
@@ -112,8 +108,11 @@ def test_the_primary_frozen_is_replaced_and_its_commits_are_never_acknowledged(p
         leader_dsn = patroni.member_dsn(old, ha_database.name, user="tvote_app")
         check = check_log(leader_dsn, load)
         print("leader key taken back by the thawed primary:", settled, "lost:", len(check.lost), check.lost[:6])
-        assert not check.lost, (f"Patroni 3.0.2 gave the leader key back to the thawed {old.name}: "
-                                f"{len(check.lost)} acknowledged votes lost with the promoted timeline")
+        # Only this case, recognised by its cause, is an expected failure (a known upstream bug, docs/decisions.md);
+        # any other failure of this test fails the suite.
+        if check.lost:
+            pytest.xfail(f"Patroni 3.0.2 gave the leader key back to the thawed {old.name} (patroni/patroni#2689, "
+                         f"fixed in 3.0.3): {len(check.lost)} acknowledged votes lost with the promoted timeline")
         pytest.xfail(f"Patroni 3.0.2 gave the leader key back to the thawed {old.name} (patroni/patroni#2689); "
                      "no acknowledged vote was on the discarded timeline this time")
     wait_for(lambda: patroni.primary() is new, 30, f"{new.name} the only primary")
