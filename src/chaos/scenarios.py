@@ -498,8 +498,8 @@ def patroni_primary_freeze(frozen_s: float = 15.0) -> Fault:
                  f"{resumed} s; thawed at {thawed:.0f} s, a standby again at {back} s")
         leader = pc.roles()
         if leader.get(old.name) in ("leader", "master", "primary"):
-            # Debian's Patroni 3.0.2 (etcd3) may put the leader key unconditionally after a stall: the thawed
-            # member takes the key back and the promoted one demotes (docs/decisions.md). Say so; check the log.
+            # Patroni before 3.0.3 (Debian's 3.0.2) put the leader key unconditionally after a stall: the thawed
+            # member took the key back and the promoted one demoted (docs/decisions.md). Say so; check the log.
             ctx.note(f"{old.name} took the leader key back after the thaw: {new.name} demoted ({leader})")
         try:
             pc.heal()

@@ -50,6 +50,21 @@ from devstack.postgres import PG_BIN_DIRS, SUPERUSER, pg_bin
 from devstack.procs import die_with_parent, free_port, port_in_use, wait_until
 
 LOOPBACK = "127.0.0.1"
+# Patroni from PyPI in a venv of its own (./dev bootstrap), not Debian's 3.0.2: there a stalled old primary,
+# thawed, put the leader key back unconditionally (patroni/patroni#2689, fixed in 3.0.3), the promoted
+# member was rewound onto its timeline and votes acknowledged there were lost (tests/ha, docs/decisions.md).
+# The venv is made from the system Python: Patroni runs as the postgres user and starts Postgres through a
+# spawned interpreter, which must be one that user may execute (not one under a private /root).
+PATRONI_VERSION = "3.0.4"
+PATRONI_HOME = Path(os.environ.get("TVOTE_PATRONI_HOME", "/opt/tvote-patroni"))
+
+
+def patroni_bin() -> str | None:
+    """The ``patroni`` executable this project runs (None: not installed; run ``./dev bootstrap``)."""
+    exe = PATRONI_HOME / "bin" / "patroni"
+    return str(exe) if exe.exists() else None
+
+
 NAMESPACE = "/patroni"  # Patroni's keys: /patroni/<scope>/leader, /sync, /members/<name>, ...
 SCOPE = "tvote-pg"
 SERVICE_PREFIX = "/tvote"  # the service's default etcd prefix (node, submitter, CLI: --etcd-prefix)
@@ -162,9 +177,9 @@ class PatroniCluster:
         check_prefixes(namespace, scope, service_prefixes)
         if size < 2:
             raise ValueError(f"size {size}: a Patroni cluster here has a primary and at least one standby")
-        if not shutil.which("patroni"):
-            raise FileNotFoundError("patroni not found: install Debian's patroni (apt-get install -y "
-                                    "--no-install-recommends patroni)")
+        if patroni_bin() is None:
+            raise FileNotFoundError(f"patroni not found in {PATRONI_HOME}: `./dev bootstrap` installs Patroni "
+                                    f"{PATRONI_VERSION} there (Debian's 3.0.2 can lose acknowledged commits)")
         self.etcd_endpoints = [e.removeprefix("http://") for e in etcd_endpoints]
         self.namespace, self.scope = namespace, scope
         self.fsync = fsync
@@ -269,7 +284,7 @@ class PatroniCluster:
         }
 
     def _argv(self, m: Member) -> list[str]:
-        argv = [shutil.which("patroni") or "patroni", str(m.config)]
+        argv = [patroni_bin() or "patroni", str(m.config)]
         if self.die_with_parent:
             argv = [*die_with_parent(), *argv]
         if os.geteuid() == 0:  # setpriv execs in place: the pid we hold is Patroni's own. The parent-death
@@ -289,7 +304,7 @@ class PatroniCluster:
         self._chown(m.config)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PATRONI_", "PG"))}
         env["HOME"] = str(m.base)
-        env["PYTHONPATH"] = ""  # Debian's patroni runs on the system Python, not on ours
+        env["PYTHONPATH"] = ""  # Patroni runs on its own venv (the system Python), not on ours
         with open(m.log_file, "ab") as out:
             m.proc = subprocess.Popen(self._argv(m), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=m.base,
                                       start_new_session=True)

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import Writers, trustees
+from helpers import Writers, trustees, wait_for
 from services import Database
 
-from devstack.patroni import SCOPE, Member, PatroniCluster
+from devstack.patroni import SCOPE, Member, PatroniCluster, patroni_bin
 from events.postgres_store import PostgresStore
 from integration.test_projections import scenario
 from tvote import db
 from tvote.pgbackrest import Stanza, archive_settings, backup, restore_to_position, switch_wal
 
-pytestmark = pytest.mark.skipif(shutil.which("pgbackrest") is None or shutil.which("patroni") is None,
+pytestmark = pytest.mark.skipif(shutil.which("pgbackrest") is None or patroni_bin() is None,
                                 reason="pgbackrest or patroni not installed (./dev bootstrap)")
 
 
@@ -74,6 +74,9 @@ def test_backup_from_the_primary_and_restore_across_a_failover(etcd_server):
         old = cluster.primary()
         cluster.kill_member(old)
         new = cluster.wait_primary(other_than=old)
+        # a commit is acknowledged only once a synchronous standby holds it (the store's commit bound): wait
+        # for the new primary to have one, as a node's worker would by retrying
+        wait_for(lambda: cluster.sync_standby() is not None, 60, "a synchronous standby for the new primary")
         _append(database.app_dsn, "after", 2)  # on the new primary, a new timeline
         after = _end(database.owner_dsn)
         switch_wal(database.owner_dsn, stanza, timeout=60)  # the new primary archives into the same stanza
