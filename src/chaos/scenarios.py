@@ -369,9 +369,7 @@ def patroni_primary_kill(down_s: float = 5.0) -> Fault:
     """
 
     def fault(ctx: Ctx) -> None:
-        pc = ctx.env.pg
-        if not isinstance(pc, PatroniCluster):
-            raise TypeError("patroni_primary_kill needs ChaosEnv(postgres='patroni')")
+        pc = _patroni(ctx, "patroni_primary_kill")
         ctx.wait_offered(0.3)
         old = pc.primary()
         if old is None:
