@@ -250,3 +250,12 @@ def test_patroni_itself_accepts_each_member_file(compose, tmp_path):
             run = subprocess.run([devstack_patroni.patroni_bin(), "--validate-config", str(path)], env=env,
                                  capture_output=True, text=True, timeout=60)
             assert run.returncode == 0, (m, run.stdout, run.stderr)
+
+
+@pytest.mark.parametrize("script", ["entrypoint.sh", "post-bootstrap.sh"])
+def test_the_image_scripts_are_executable_posix_shell(script):
+    path = DEPLOY / "patroni" / script
+    assert os.access(path, os.X_OK), f"{script} is COPY'd with its mode: it must be executable"
+    assert path.read_text().startswith("#!/bin/sh\n") and "set -eu" in path.read_text()
+    run = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
