@@ -104,6 +104,100 @@ def check_prefixes(namespace: str, scope: str, service_prefixes: Sequence[str]) 
                                   "nothing was started")
 
 
+@dataclass(frozen=True)
+class Timing:
+    """How fast Patroni acts (s): ``ttl`` is the leader key's lease, the longest a dead primary holds the
+    cluster; Patroni needs ``loop_wait + 2 * retry_timeout <= ttl``."""
+
+    ttl: int = 6
+    loop_wait: int = 1
+    retry_timeout: int = 2
+
+    def __post_init__(self) -> None:
+        if self.loop_wait + 2 * self.retry_timeout > self.ttl:
+            raise ValueError(f"ttl {self.ttl} < loop_wait {self.loop_wait} + 2 * retry_timeout {self.retry_timeout} "
+                             "(Patroni's rule)")
+
+
+def dcs_settings(timing: Timing, fsync: bool = True) -> dict:
+    """The cluster-wide settings Patroni writes to etcd at bootstrap (``bootstrap.dcs``): the same for the
+    devstack members and the compose members (``tvote.patroni_deploy``), so both fail over alike."""
+    return {
+        "ttl": timing.ttl, "loop_wait": timing.loop_wait, "retry_timeout": timing.retry_timeout,
+        "maximum_lag_on_failover": 16 * 1024 * 1024,
+        # a crashed primary is not restarted in place for minutes: the synchronous standby has
+        # every acknowledged commit, so failing over at once loses nothing
+        "master_start_timeout": 0,
+        "synchronous_mode": True,
+        "synchronous_mode_strict": True,
+        "synchronous_node_count": 1,
+        "postgresql": {
+            "use_pg_rewind": True,
+            # an old primary that cannot be rewound is cloned again from the new one: what
+            # only it held was never acknowledged (synchronous commit), so nothing is lost
+            "remove_data_directory_on_rewind_failure": True,
+            "remove_data_directory_on_diverged_timelines": True,
+            "use_slots": True,
+            "parameters": {
+                "max_connections": 200, "shared_buffers": "128MB", "fsync": "on" if fsync else "off",
+                # pg_rewind needs full-page writes, with or without fsync
+                "full_page_writes": "on", "synchronous_commit": "on", "wal_level": "replica",
+                "hot_standby": "on", "wal_log_hints": "on", "max_wal_senders": 10,
+                "max_replication_slots": 10, "wal_keep_size": "256MB",
+            },
+        },
+    }
+
+
+def member_config(*, scope: str, namespace: str, name: str, etcd_hosts: Sequence[str], api_listen: str,
+                  api_connect: str, pg_listen: str, pg_connect: str, data_dir: str, bin_dir: str, pgpass: str,
+                  socket_dir: str, pg_hba: Sequence[str], timing: Timing, fsync: bool = True,
+                  parameters: dict[str, str] | None = None, post_bootstrap: str | None = None) -> dict:
+    """One member's Patroni configuration (YAML; JSON is a subset). The one source of both the devstack's
+    members (:class:`PatroniCluster`) and deploy/patroni/pgN.yml (``tvote.patroni_deploy``): what differs
+    between them is where things are (addresses, directories, ``pg_hba``), never how Patroni behaves.
+
+    ``parameters``: member-local server settings added to the socket directory (WAL archiving: it names
+    the member's own data directory, so it is not a cluster-wide setting). ``post_bootstrap``: a script
+    Patroni runs once on the member that initialised the cluster (the compose members create the app role
+    and database there). Passwords are never in it: Patroni reads them from its environment
+    (``PATRONI_SUPERUSER_PASSWORD``, ...).
+    """
+    bootstrap: dict = {
+        "dcs": dcs_settings(timing, fsync),
+        "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums", *([] if fsync else ["no-sync"])],
+    }
+    if post_bootstrap:
+        bootstrap["post_bootstrap"] = post_bootstrap
+    return {
+        "scope": scope,
+        "namespace": namespace,
+        "name": name,
+        "log": {"level": "INFO", "format": "%(asctime)s %(levelname)s: %(message)s"},
+        "restapi": {"listen": api_listen, "connect_address": api_connect},
+        "etcd3": {"hosts": list(etcd_hosts), "protocol": "http"},
+        "bootstrap": bootstrap,
+        "postgresql": {
+            "listen": pg_listen,
+            "connect_address": pg_connect,
+            "data_dir": data_dir,
+            "bin_dir": bin_dir,
+            "pgpass": pgpass,
+            "use_unix_socket": True,
+            "basebackup": [{"checkpoint": "fast"}, *([] if fsync else ["no-sync"])],
+            "authentication": {
+                "superuser": {"username": SUPERUSER},
+                "replication": {"username": REPLICATION_USER},
+                "rewind": {"username": SUPERUSER},
+            },
+            "parameters": {"unix_socket_directories": socket_dir, **(parameters or {})},
+            "pg_hba": list(pg_hba),
+        },
+        "watchdog": {"mode": "off"},
+        "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
+    }
+
+
 @dataclass
 class Member:
     name: str
@@ -224,64 +318,14 @@ class PatroniCluster:
 
     def _config(self, m: Member) -> dict:
         bin_dir = next((d for d in PG_BIN_DIRS if Path(d, "postgres").exists()), str(Path(pg_bin("postgres")).parent))
-        onoff = "on" if self.fsync else "off"
         hba = ["local all all trust", f"host all all {LOOPBACK}/32 trust",
                f"host replication {REPLICATION_USER} {LOOPBACK}/32 trust"]
-        return {
-            "scope": self.scope,
-            "namespace": self.namespace,
-            "name": m.name,
-            "log": {"level": "INFO", "format": "%(asctime)s %(levelname)s: %(message)s"},
-            "restapi": {"listen": f"{LOOPBACK}:{m.api_port}", "connect_address": f"{LOOPBACK}:{m.api_port}"},
-            "etcd3": {"hosts": self.etcd_endpoints, "protocol": "http"},
-            "bootstrap": {
-                "dcs": {
-                    "ttl": self.ttl, "loop_wait": self.loop_wait, "retry_timeout": self.retry_timeout,
-                    "maximum_lag_on_failover": 16 * 1024 * 1024,
-                    # a crashed primary is not restarted in place for minutes: the synchronous standby has
-                    # every acknowledged commit, so failing over at once loses nothing
-                    "master_start_timeout": 0,
-                    "synchronous_mode": True,
-                    "synchronous_mode_strict": True,
-                    "synchronous_node_count": 1,
-                    "postgresql": {
-                        "use_pg_rewind": True,
-                        # an old primary that cannot be rewound is cloned again from the new one: what
-                        # only it held was never acknowledged (synchronous commit), so nothing is lost
-                        "remove_data_directory_on_rewind_failure": True,
-                        "remove_data_directory_on_diverged_timelines": True,
-                        "use_slots": True,
-                        "parameters": {
-                            "max_connections": 200, "shared_buffers": "128MB", "fsync": onoff,
-                            # pg_rewind needs full-page writes, with or without fsync
-                            "full_page_writes": "on", "synchronous_commit": "on", "wal_level": "replica",
-                            "hot_standby": "on", "wal_log_hints": "on", "max_wal_senders": 10,
-                            "max_replication_slots": 10, "wal_keep_size": "256MB",
-                        },
-                    },
-                },
-                "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums",
-                           *([] if self.fsync else ["no-sync"])],
-            },
-            "postgresql": {
-                "listen": f"{LOOPBACK}:{m.port}",
-                "connect_address": f"{LOOPBACK}:{m.port}",
-                "data_dir": str(m.data_dir),
-                "bin_dir": bin_dir,
-                "pgpass": str(m.base / "pgpass"),
-                "use_unix_socket": True,
-                "basebackup": [{"checkpoint": "fast"}, *([] if self.fsync else ["no-sync"])],
-                "authentication": {
-                    "superuser": {"username": SUPERUSER},
-                    "replication": {"username": REPLICATION_USER},
-                    "rewind": {"username": SUPERUSER},
-                },
-                "parameters": {"unix_socket_directories": str(m.base)},
-                "pg_hba": hba,
-            },
-            "watchdog": {"mode": "off"},
-            "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
-        }
+        return member_config(
+            scope=self.scope, namespace=self.namespace, name=m.name, etcd_hosts=self.etcd_endpoints,
+            api_listen=f"{LOOPBACK}:{m.api_port}", api_connect=f"{LOOPBACK}:{m.api_port}",
+            pg_listen=f"{LOOPBACK}:{m.port}", pg_connect=f"{LOOPBACK}:{m.port}", data_dir=str(m.data_dir),
+            bin_dir=bin_dir, pgpass=str(m.base / "pgpass"), socket_dir=str(m.base), pg_hba=hba,
+            timing=Timing(self.ttl, self.loop_wait, self.retry_timeout), fsync=self.fsync)
 
     def _argv(self, m: Member) -> list[str]:
         argv = [patroni_bin() or "patroni", str(m.config)]

@@ -93,17 +93,21 @@ class Stanza:
         return [f"--stanza={self.name}", f"--repo1-path={self.repo}",
                 "--log-level-file=off", "--log-level-console=off", "--log-level-stderr=error"]
 
-    def archive_command(self, data_dir: Path) -> str:
-        argv = [_pgbackrest(), *self.options(), f"--pg1-path={data_dir}", "archive-push"]
+    def archive_command(self, data_dir: Path, pgbackrest: str | None = None) -> str:
+        """``pgbackrest``: the executable on the server's host (default: the one on this machine's PATH)."""
+        argv = [pgbackrest or _pgbackrest(), *self.options(), f"--pg1-path={data_dir}", "archive-push"]
         return " ".join(shlex.quote(a) for a in argv) + " %p"
 
 
-def archive_settings(stanza: Stanza, data_dir: Path, archive_timeout: str = "0") -> dict[str, str]:
+def archive_settings(stanza: Stanza, data_dir: Path, archive_timeout: str = "0",
+                     pgbackrest: str | None = None) -> dict[str, str]:
     """The server settings that archive into ``stanza``: for ``devstack.postgres.Postgres(settings=...)`` or
     a Patroni member's ``postgresql.parameters``. ``archive_timeout``: force a segment switch after that
     long with writes (``"60s"``) so that the archive lags the log by at most that much; ``"0"``: only full
-    segments and explicit switches are archived."""
-    return {"wal_level": "replica", "archive_mode": "on", "archive_command": stanza.archive_command(data_dir),
+    segments and explicit switches are archived. ``pgbackrest``: the executable where the server runs (a
+    container's, for deploy/patroni); default the one on this machine's PATH."""
+    return {"wal_level": "replica", "archive_mode": "on",
+            "archive_command": stanza.archive_command(data_dir, pgbackrest),
             "archive_timeout": archive_timeout}
 
 

@@ -1,6 +1,8 @@
 """deploy/: the compose file is valid per the compose specification's JSON schema (no Docker engine
 here), carries seed section 12's services, healthchecks and limits, runs commands the real CLIs
-accept, and the Dockerfile copies files that exist."""
+accept, and the Dockerfile copies files that exist. Every check runs on both variants: the file alone
+(one Postgres server) and with deploy/docker-compose.patroni.yml merged over it (the Patroni members;
+tests/unit/test_deploy_patroni.py checks what is particular to them)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from compose_files import variants
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -31,9 +34,9 @@ SEED_HEALTH = {  # seed 12.3, verbatim
 }
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())  # YAML merge keys (<<) resolved, as compose does
+@pytest.fixture(scope="module", params=["single", "patroni"])
+def compose(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return variants()[request.param]  # YAML merge keys (<<) resolved, the override merged, as compose does
 
 
 @pytest.fixture(scope="module")

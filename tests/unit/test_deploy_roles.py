@@ -6,7 +6,8 @@ own names and paths and must equal its ``command`` exactly, carry the role's env
 check at the role's endpoint; and the processes the netns runner builds (devstack.trustees.TrusteeCluster
 on test-network hosts, tvote.up.service_processes on a netns placement) must have the same flags, in the
 same order, the same environment variables and the same health endpoint. Change a flag on one side only
-and this fails.
+and this fails. On the Patroni members (deploy/docker-compose.patroni.yml merged over it) each role is the
+same process with the members' multi-host DSN (``tvote.patroni_deploy.dsn``, target_session_attrs=read-write).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 
 import pytest
 import yaml
+from compose_files import variants
 
 from devstack.trustees import TrusteeCluster
-from tvote import roles
+from tvote import patroni_deploy, roles
 from tvote.up import service_processes
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -39,16 +41,16 @@ def nodes(services: dict[str, Any]) -> list[str]:
     return sorted(n for n in services if n.startswith("node"))
 
 
-def compose_side(services: dict[str, Any]) -> dict[str, roles.Process]:
+def compose_side(services: dict[str, Any], dsn: str = DSN) -> dict[str, roles.Process]:
     """Each tvote service as tvote.roles builds it from the compose file's names and secret paths."""
     out = {}
     for i, name in enumerate(nodes(services)):
         out[name] = roles.node(roles.Place.own_host(name), name, f"/run/secrets/{name}_key",
-                               "/run/secrets/api_token", DSN, ETCD_URLS, f"/var/lib/tvote/{name}.journal",
+                               "/run/secrets/api_token", dsn, ETCD_URLS, f"/var/lib/tvote/{name}.journal",
                                [BOOTSTRAP] if i else [],
                                (f"/run/secrets/{name}_api_crt", f"/run/secrets/{name}_api_key"))
-    out["projector"] = roles.projector(roles.Place.own_host("projector"), DSN)
-    out["submitter"] = roles.submitter(roles.Place.own_host("submitter"), DSN, "etcd1:2379,etcd2:2379,etcd3:2379",
+    out["projector"] = roles.projector(roles.Place.own_host("projector"), dsn)
+    out["submitter"] = roles.submitter(roles.Place.own_host("submitter"), dsn, "etcd1:2379,etcd2:2379,etcd3:2379",
                                        "${TVOTE_RPC:-http://anvil:8545}",
                                        "${TVOTE_CONTRACT:?ThresholdRecord contract address}",
                                        "${TVOTE_CHAIN_ID:-31337}", "/run/secrets/submitter_key", "submitter-1")
@@ -130,3 +132,14 @@ def test_the_netns_runner_starts_the_same_processes(services, netns_side):
             ip = ours.args[ours.args.index("--advertise") + 1].split("/")[2]
             assert ours.args[ours.args.index("--advertise") + 1] == f"/ip4/{ip}/tcp/{roles.P2P_PORT}"
 
+
+
+def test_on_patroni_each_role_is_the_same_process_with_the_members_dsn(services):
+    patroni = variants()["patroni"]["services"]
+    for name, spec in compose_side(patroni, patroni_deploy.dsn()).items():
+        assert patroni[name]["command"] == services[name]["command"] == [*PROGRAM[spec.program], *spec.args], name
+        env = patroni[name]["environment"]
+        assert {k: env[k] for k in spec.env} == spec.env, name
+        assert set(env) - set(spec.env) <= DEPLOY_ONLY_ENV, name
+        assert spec.env["TVOTE_DSN"].endswith("target_session_attrs=read-write"), name
+        assert health_of(patroni[name]) == spec.health, name
