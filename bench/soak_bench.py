@@ -13,8 +13,10 @@ the log's length and the database's size, and the restarted node's time to ready
 ``--mode synthetic``: one trustee's recorder and ledger alone (decide + etcd guard + Postgres append; a private
 Postgres with fsync off: memory and start-up are measured, not disk throughput)
 through ``--txs`` synthetic transactions (4 members, t=3, every transaction decided and its deadline
-fired, exactly as a node's ledger sees them), sampling the process's RSS every 10,000. Then a cold
-start on that log: folding it from position 0, and from the node's snapshot. Writes
+fired, exactly as a node's ledger sees them), sampling the process's RSS every 10,000. The submitter's
+steps that make each transaction CONFIRMED come from a second process (a submitter is its own process
+in production, with its own follower: in this one it would double the memory measured as the node's).
+Then a cold start on that log: folding it from position 0, and from the node's snapshot. Writes
 ``soak-synthetic.json`` and ``soak-synthetic.png``.
 
 Both print the two figures the issue names (as JSON on the last line):
@@ -32,6 +34,7 @@ import argparse
 import contextlib
 import gc
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -39,6 +42,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +122,42 @@ def chart(path: Path, title: str, panels: list[tuple[str, list[float], dict[str,
 # --- synthetic: one node's recorder and ledger --------------------------------------------------
 
 
+def retrying(rec: Recorder, commands: list | None, stalls: list[float]) -> None:
+    """As a node's worker does: a store that does not answer is waited for, never a reason to stop."""
+    t1 = time.monotonic()
+    while True:
+        try:
+            rec.execute(commands) if commands is not None else rec.catch_up()
+            break
+        except StoreUnavailable:
+            if time.monotonic() - t1 > 120:
+                raise
+            time.sleep(0.2)
+    if time.monotonic() - t1 > 1.0:
+        stalls.append(round(time.monotonic() - t1, 2))
+
+
+def _submitter_steps(conn: Connection, dsn: str, etcd: str, retain: int) -> None:
+    """The submitter's process: for each batch (start, stop) it is sent, the four logged steps of a chain
+    write, so each transaction ends CONFIRMED; None ends it."""
+    sub = Recorder(PostgresStore(dsn), EtcdGuard(etcd, "/soak", SUBMITTER.writer), SUBMITTER, retain_final=retain)
+    stalls: list[float] = []
+    try:
+        while (job := conn.recv()) is not None:
+            batch = range(*job)
+            retrying(sub, None, stalls)
+            retrying(sub, [rules.StartSubmission(f"s{k}", "sub-1", 1) for k in batch], stalls)
+            retrying(sub, [rules.RecordSigned(f"s{k}", 1, 31337, "0xsender", k, f"0x{k:064x}", "0x01")
+                           for k in batch], stalls)
+            retrying(sub, [c for k in batch for c in (rules.RecordBroadcast(f"s{k}", 1, f"0x{k:064x}"),
+                                                      rules.RecordConfirmed(f"s{k}", 1, f"0x{k:064x}", 1))], stalls)
+            conn.send("ok")
+    except Exception as e:  # the parent is waiting for a reply: give it the cause rather than a hang
+        conn.send(f"{type(e).__name__}: {e}")
+    finally:
+        sub.store.close()
+
+
 def synthetic(args: argparse.Namespace) -> dict:
     pg = Postgres(fsync=False).start()
     etcd = Etcd(size=1).start()
@@ -140,38 +180,34 @@ def synthetic(args: argparse.Namespace) -> dict:
         rss_start = rss_mb()
         node = Recorder(PostgresStore(dsn), guard(me.node_id), me.signer, retain_final=args.retain)
         node.catch_up()
-        # the submitter's steps, so transactions end CONFIRMED as in production (a final one may leave memory)
-        sub = Recorder(PostgresStore(dsn), guard(SUBMITTER.writer), SUBMITTER, retain_final=args.retain)
+        # the submitter's steps, so transactions end CONFIRMED as in production (a final one may leave memory),
+        # from its own process: batch k is confirmed there while this one decides batch k+1
+        ctx = multiprocessing.get_context("spawn")  # no fork: the etcd client's gRPC threads do not survive one
+        to_sub, sub_end = ctx.Pipe()
+        sub = ctx.Process(target=_submitter_steps, args=(sub_end, dsn, ep, args.retain), daemon=True)
+        sub.start()
         samples: list[dict] = []
         t0 = time.monotonic()
         per_batch = 100
         stalls: list[float] = []
+        sub_busy = False
 
-        def retrying(rec: Recorder, commands: list | None = None) -> None:
-            """As a node's worker does: a store that does not answer is waited for, never a reason to stop."""
-            t1 = time.monotonic()
-            while True:
-                try:
-                    rec.execute(commands) if commands is not None else rec.catch_up()
-                    break
-                except StoreUnavailable:
-                    if time.monotonic() - t1 > 120:
-                        raise
-                    time.sleep(0.2)
-            if time.monotonic() - t1 > 1.0:
-                stalls.append(round(time.monotonic() - t1, 2))
+        def sub_done() -> None:
+            nonlocal sub_busy
+            if sub_busy:
+                reply = to_sub.recv()
+                if reply != "ok":
+                    raise RuntimeError(f"the submitter process failed: {reply}")
+                sub_busy = False
 
         for start in range(0, args.txs, per_batch):
             batch = range(start, min(args.txs, start + per_batch))
-            retrying(node, [x.receive(f"s{k}", 1, now=k * 10, ts=k * 10) for k in batch for x in ts])
-            retrying(node, [rules.CheckDeadline(f"s{k}", k * 10 + 5) for k in batch])
-            retrying(sub)
-            retrying(sub, [rules.StartSubmission(f"s{k}", "sub-1", 1) for k in batch])
-            retrying(sub, [rules.RecordSigned(f"s{k}", 1, 31337, "0xsender", k, f"0x{k:064x}", "0x01")
-                           for k in batch])
-            retrying(sub, [c for k in batch for c in (rules.RecordBroadcast(f"s{k}", 1, f"0x{k:064x}"),
-                                                      rules.RecordConfirmed(f"s{k}", 1, f"0x{k:064x}", 1))])
-            retrying(node)
+            retrying(node, [x.receive(f"s{k}", 1, now=k * 10, ts=k * 10) for k in batch for x in ts], stalls)
+            retrying(node, [rules.CheckDeadline(f"s{k}", k * 10 + 5) for k in batch], stalls)
+            sub_done()
+            to_sub.send((batch.start, batch.stop))
+            sub_busy = True
+            retrying(node, None, stalls)
             done = batch.stop
             if done % 10_000 == 0 or done == args.txs:
                 gc.collect()
@@ -186,10 +222,13 @@ def synthetic(args: argparse.Namespace) -> dict:
                                 "longest_stall_s": max(stalls, default=0.0),
                                 "in_memory_txs": len(node.ledger.txs), "elapsed_s": round(time.monotonic() - t0, 1)})
                 print(json.dumps(samples[-1]), flush=True)
+        sub_done()
+        to_sub.send(None)
+        sub.join(30)
+        retrying(node, None, stalls)  # the last batch's confirmations
         events = node.position
         node.save_snapshot()
         node.store.close()
-        sub.store.close()
         # cold starts on that log: from position 0, and from the snapshot
         fold_s: float | None = None  # not measured (--no-fold-from-0)
         if args.fold_from_0:
