@@ -165,7 +165,7 @@ def run(base: Path, out: dict, warmup: int = 20, after: int = 20, min_cut_s: flo
                 healed = time.monotonic()
                 with psycopg.connect(dsn) as c:
                     want = c.execute(LAST).fetchone()
-                wait(lambda: holds_log(pc, old, "tvote", want), 90, f"{old.name} to rejoin as a standby with the log")
+                wait(lambda: holds_log(pc, old, "tvote", want), 150, f"{old.name} to rejoin as a standby with the log")
                 out["rejoined_after_heal_s"] = round(time.monotonic() - healed, 2)
                 wait(lambda: pc.streaming() == len(pc.members) - 1 and pc.sync_standby(), 60, "both standbys")
                 out["roles_after"] = pc.roles()
