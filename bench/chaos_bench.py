@@ -183,27 +183,31 @@ def run_patroni(full: bool, base: Path, trace: bool = True, trace_max_tx: int | 
         _show(res)
         out.append(res)
     if os.geteuid() == 0 and (not only or any(o.lower() in PATRONI_NETNS.lower() for o in only)):
-        out.append(run_patroni_netns())
+        out.append(run_patroni_netns())  # Postgres's defaults, as deployed
+        out.append(run_patroni_netns("wal_sender_timeout=5s"))  # as tests/netns runs it
     return out
 
 
 PATRONI_NETNS = "Patroni: primary cut off by the network (netns, append load)"
 
 
-def run_patroni_netns() -> scenarios.Result:
+def run_patroni_netns(setting: str | None = None) -> scenarios.Result:
     """``python -m chaos.pg_netns`` in a child (it enters a namespace before any gRPC thread): the primary's host
     isolated under ``chaos.pg_failover.AppendLoad`` (one recording writer, t=3 votes per transaction, commit bound
     2 s), checked by ``check_log``. Not ``scenarios.run`` with trustee processes and a submitter: ``NetChaosEnv``
     has one Postgres host, and trustees, three Patroni members and three etcd members on their own hosts do not
-    fit the shared 2 cores in a bench row's time; ``recovery_s`` is the first acknowledged append after the cut."""
-    console.print(f"[bold]{PATRONI_NETNS}[/]")
+    fit the shared 2 cores in a bench row's time; ``recovery_s`` is the first acknowledged append after the cut.
+    ``setting``: a Postgres setting for every member (``name=value``)."""
+    name = PATRONI_NETNS + (f", {setting}" if setting else "")
+    console.print(f"[bold]{name}[/]")
     src = Path(__file__).resolve().parents[1] / "src"
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "chaos.pg_netns"], capture_output=True, text=True, timeout=600,
+    p = subprocess.run([sys.executable, "-m", "chaos.pg_netns", *(["--set", setting] if setting else [])],
+                       capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": str(src)})
     line = next((x for x in reversed(p.stdout.splitlines()) if x.startswith("RESULT ")), None)
     r: dict[str, Any] = json.loads(line.removeprefix("RESULT ")) if line else {"error": p.stderr[-300:] or "no RESULT"}
-    res = scenarios.Result(PATRONI_NETNS, 4, 3, r.get("acked_batches", 0), 0.0, held=bool(r.get("held")),
+    res = scenarios.Result(name, 4, 3, r.get("acked_batches", 0), 0.0, held=bool(r.get("held")),
                            recovery_s=r.get("recovery_s"), votes_lost=r.get("votes_lost", 0),
                            acked=r.get("acked_votes", 0), seconds=r.get("secs", time.monotonic() - t0),
                            error=r.get("error"), figures=r)

@@ -102,7 +102,8 @@ def writable_over_network(pc: PatroniCluster, members: list[Member]) -> Member |
 SCENARIO = "Patroni: primary cut off by the network (netns)"
 
 
-def run(base: Path, out: dict, warmup: int = 20, after: int = 20, min_cut_s: float = 0.0) -> dict:
+def run(base: Path, out: dict, warmup: int = 20, after: int = 20, min_cut_s: float = 0.0,
+        parameters: dict[str, str] | None = None) -> dict:
     """The scenario; its figures go into ``out`` as they are measured (a failure leaves what was)."""
     t_start = time.monotonic()
     net = TestNetwork(["app", *ETCD, *MEMBERS]).start()
@@ -115,7 +116,9 @@ def run(base: Path, out: dict, warmup: int = 20, after: int = 20, min_cut_s: flo
                         prefixes=[net[e].prefix for e in ETCD])
             pc = PatroniCluster(etcd.endpoints, size=3, base_dir=base / "patroni", fsync=False,
                                 scope=f"{SCOPE}-net", hosts=[net[m].ip for m in MEMBERS],
-                                prefixes=[net[m].prefix for m in MEMBERS], die_with_parent=True)
+                                prefixes=[net[m].prefix for m in MEMBERS], die_with_parent=True,
+                                parameters=parameters)
+            out["parameters"] = parameters or {}
             load = None
             try:
                 etcd.start()  # first: Patroni keeps its leader key there
@@ -212,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=20, help="batches acknowledged before the cut")
     ap.add_argument("--after", type=int, default=20, help="batches acknowledged on the new primary while cut")
     ap.add_argument("--keep", type=Path, default=None, help="run in this directory and keep it (the members' logs)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a Postgres setting for every member (e.g. wal_sender_timeout=5s); default: none")
     ap.add_argument("--min-cut", type=float, default=0.0, help="keep the cut at least this many seconds")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tvote-pgnet-") as tmp:
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         os.chmod(tmp, 0o755)  # the postgres user runs Patroni under it
         out: dict = {"scenario": SCENARIO, "held": False, "error": None}
         try:
-            run(Path(tmp), out, args.warmup, args.after, args.min_cut)
+            run(Path(tmp), out, args.warmup, args.after, args.min_cut, dict(x.split("=", 1) for x in args.set))
         except Exception as e:
             traceback.print_exc()
             out["held"], out["error"] = False, f"{type(e).__name__}: {e}"[:1000]

@@ -263,7 +263,7 @@ class PatroniCluster:
                  namespace: str = NAMESPACE, scope: str = SCOPE, service_prefixes: Sequence[str] = (SERVICE_PREFIX,),
                  fsync: bool = True, ttl: int = 6, loop_wait: int = 1, retry_timeout: int = 2,
                  die_with_parent: bool = False, hosts: Sequence[str] | None = None,
-                 prefixes: Sequence[Sequence[str]] | None = None) -> None:
+                 prefixes: Sequence[Sequence[str]] | None = None, parameters: dict[str, str] | None = None) -> None:
         """``etcd_endpoints``: client URLs of the project's etcd; ``service_prefixes``: the etcd prefixes the
         service uses there (refused if Patroni's keys would overlap them); ``die_with_parent``: Patroni gets
         SIGTERM (and stops its Postgres) when this process dies (``devstack.procs.die_with_parent``).
@@ -272,7 +272,8 @@ class PatroniCluster:
         nothing the kernel holds, so failover tests stay meaningful; only a power loss would not be.
         ``ttl``: the leader key's lease (s), the longest a dead primary holds the cluster; Patroni needs
         ``loop_wait + 2 * retry_timeout <= ttl``. ``hosts``/``prefixes``: one address and one argv prefix per
-        member, to put each on a host of a test network (default: all on loopback, no prefix).
+        member, to put each on a host of a test network (default: all on loopback, no prefix). ``parameters``:
+        server settings added to every member's own configuration (e.g. ``wal_sender_timeout``).
         """
         if loop_wait + 2 * retry_timeout > ttl:
             raise ValueError(f"ttl {ttl} < loop_wait {loop_wait} + 2 * retry_timeout {retry_timeout} (Patroni's rule)")
@@ -290,6 +291,7 @@ class PatroniCluster:
         self.fsync = fsync
         self.ttl, self.loop_wait, self.retry_timeout = ttl, loop_wait, retry_timeout
         self.die_with_parent = die_with_parent
+        self.parameters = dict(parameters or {})
         self._owned_tmp = base_dir is None
         self.base = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="tvote-patroni-"))
         self.members = [Member(f"pg{i}", free_port(), free_port(), self.base / f"pg{i}",
@@ -345,7 +347,7 @@ class PatroniCluster:
             api_listen=f"{m.host}:{m.api_port}", api_connect=f"{m.host}:{m.api_port}",
             pg_listen=f"{m.host}:{m.port}", pg_connect=f"{m.host}:{m.port}", data_dir=str(m.data_dir),
             bin_dir=bin_dir, pgpass=str(m.base / "pgpass"), socket_dir=str(m.base), pg_hba=hba,
-            timing=Timing(self.ttl, self.loop_wait, self.retry_timeout), fsync=self.fsync)
+            timing=Timing(self.ttl, self.loop_wait, self.retry_timeout), fsync=self.fsync, parameters=self.parameters)
 
     def _argv(self, m: Member) -> list[str]:
         argv = [patroni_bin() or "patroni", str(m.config)]
