@@ -15,7 +15,8 @@ Run: ``.venv/bin/python bench/chaos_bench.py`` (about 15 minutes on 2 cores)
      next transaction once every node answered the last, so the offered rate is capped by latency).
      ``--patroni``: also the Postgres failovers of a three-member Patroni cluster (issue 17) under load, with a
      submitter writing to anvil (kill -9 of the primary, planned switchover, sync standby kill -9, primary
-     frozen); e.g. ``--patroni --no-scenarios --no-load --out bench/RESULTS-patroni.md``.
+     frozen; as root also the primary cut off by the network on the namespace network, ``chaos.pg_netns``, an
+     append load without trustees); e.g. ``--patroni --no-scenarios --no-load --out bench/RESULTS-patroni.md``.
      ``--netns`` (root) adds the network faults on the namespace network (``chaos.netchaos``: partitions,
      one-way cut, packet loss, tbf, etcd leader isolated) and the same load points on it and on loopback,
      one after the other; ``--netns --no-scenarios --no-load`` runs only those and rewrites only their
@@ -181,7 +182,50 @@ def run_patroni(full: bool, base: Path, trace: bool = True, trace_max_tx: int | 
         res = scenarios.Result("Patroni", 5, 4, 0, 0.0, error=f"{type(e).__name__}: {e}", notes=[str(e)[:200]])
         _show(res)
         out.append(res)
+    if os.geteuid() == 0 and (not only or any(o.lower() in PATRONI_NETNS.lower() for o in only)):
+        out.append(run_patroni_netns())  # Postgres's defaults, as deployed
+        out.append(run_patroni_netns("wal_sender_timeout=5s"))  # as tests/netns runs it
     return out
+
+
+PATRONI_NETNS = "Patroni: primary cut off by the network (netns, append load)"
+
+
+def run_patroni_netns(setting: str | None = None) -> scenarios.Result:
+    """``python -m chaos.pg_netns`` in a child (it enters a namespace before any gRPC thread): the primary's host
+    isolated under ``chaos.pg_failover.AppendLoad`` (one recording writer, t=3 votes per transaction, commit bound
+    2 s), checked by ``check_log``. Not ``scenarios.run`` with trustee processes and a submitter: ``NetChaosEnv``
+    has one Postgres host, and trustees, three Patroni members and three etcd members on their own hosts do not
+    fit the shared 2 cores in a bench row's time; ``recovery_s`` is the first acknowledged append after the cut.
+    ``setting``: a Postgres setting for every member (``name=value``)."""
+    name = PATRONI_NETNS + (f", {setting}" if setting else "")
+    console.print(f"[bold]{name}[/]")
+    src = Path(__file__).resolve().parents[1] / "src"
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "chaos.pg_netns", *(["--set", setting] if setting else [])],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(src)})
+    line = next((x for x in reversed(p.stdout.splitlines()) if x.startswith("RESULT ")), None)
+    r: dict[str, Any] = json.loads(line.removeprefix("RESULT ")) if line else {"error": p.stderr[-300:] or "no RESULT"}
+    res = scenarios.Result(name, 4, 3, r.get("acked_batches", 0), 0.0, held=bool(r.get("held")),
+                           recovery_s=r.get("recovery_s"), votes_lost=r.get("votes_lost", 0),
+                           acked=r.get("acked_votes", 0), seconds=r.get("secs", time.monotonic() - t0),
+                           error=r.get("error"), figures=r)
+    if r.get("error"):
+        res.notes.append(str(r["error"])[:300])
+    else:
+        res.notes += [f"primary {r['old_primary']} isolated (iptables, both ways) for {r['cut_s']} s; "
+                      f"{r['promoted']} promoted after {r['promoted_at_s']} s; the isolated one stopped taking "
+                      f"writes after {r['old_demoted_at_s']} s (\"{r['old_demote_line']}\")",
+                      f"{r['seconds_without_appends']} s without an acknowledged append; "
+                      f"{r['appends_on_new_while_cut']} batches acknowledged on {r['promoted']} while cut",
+                      f"after the heal {r['old_primary']} {'rewound and ' if r['old_rewound'] else ''}streaming "
+                      f"the log after {r['rejoined_after_heal_s']} s",
+                      f"retried batches {r['retried_batches']} (appended {r['retried_appended']}, found in the log "
+                      f"{r['retried_found_in_log']}); duplicated votes {r['duplicated_votes']}, gaps {r['gaps']}, "
+                      f"audit findings {len(r['audit_findings'])}"]
+    console.print(res.row())
+    return res
 
 
 def _show(res: scenarios.Result) -> None:

@@ -19,7 +19,11 @@ keeps the one that accepts writes, so a client that reconnects after a failover 
 primary by itself. ``url`` is the same for SQLAlchemy (alembic): repeated ``host=h:p`` query keys.
 
 The members run on loopback, as the ``postgres`` user when we are root (initdb refuses root), each
-in a directory of its own. ``kill_member`` is a machine crash: SIGKILL to Patroni and to the whole
+in a directory of its own. Or each on a host of a test network (devstack.netns):
+``PatroniCluster(..., hosts=[h.ip for h in hs], prefixes=[h.prefix for h in hs])``: a member listens on
+(and advertises) its host's address, starts through the prefix (``ip netns exec <ns>``) and lets the hosts
+of that subnet in (``samenet``); the DSN names those addresses, so the harness reaches them from a host of
+the same network. ``kill_member`` is a machine crash: SIGKILL to Patroni and to the whole
 process group of its postmaster (every backend with it). Patroni's keys live under
 ``/<namespace>/<scope>/`` in etcd, which must not overlap the service's prefix (``/tvote`` by
 default, ``recording.etcd_guard``): the constructor refuses an overlap with
@@ -40,7 +44,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -205,6 +209,8 @@ class Member:
     api_port: int  # Patroni's REST API
     base: Path
     proc: subprocess.Popen | None = None
+    host: str = LOOPBACK  # the address it listens on and is reached at (a test network host's, or loopback)
+    prefix: list[str] = field(default_factory=list)  # argv prefix it starts through (``ip netns exec <ns>``)
 
     @property
     def data_dir(self) -> Path:
@@ -221,7 +227,7 @@ class Member:
     def api(self, path: str, timeout: float = 2) -> dict | None:
         """GET Patroni's REST API; None when the member does not answer."""
         try:
-            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.api_port}{path}", timeout=timeout) as r:
+            with urllib.request.urlopen(f"http://{self.host}:{self.api_port}{path}", timeout=timeout) as r:
                 return json.loads(r.read() or b"{}")
         except urllib.error.HTTPError as e:  # 503 from /primary on a standby still has a body
             try:
@@ -256,7 +262,8 @@ class PatroniCluster:
     def __init__(self, etcd_endpoints: Sequence[str], size: int = 3, base_dir: Path | None = None,
                  namespace: str = NAMESPACE, scope: str = SCOPE, service_prefixes: Sequence[str] = (SERVICE_PREFIX,),
                  fsync: bool = True, ttl: int = 6, loop_wait: int = 1, retry_timeout: int = 2,
-                 die_with_parent: bool = False) -> None:
+                 die_with_parent: bool = False, hosts: Sequence[str] | None = None,
+                 prefixes: Sequence[Sequence[str]] | None = None, parameters: dict[str, str] | None = None) -> None:
         """``etcd_endpoints``: client URLs of the project's etcd; ``service_prefixes``: the etcd prefixes the
         service uses there (refused if Patroni's keys would overlap them); ``die_with_parent``: Patroni gets
         SIGTERM (and stops its Postgres) when this process dies (``devstack.procs.die_with_parent``).
@@ -264,13 +271,18 @@ class PatroniCluster:
         ``fsync=False`` (tests): no fsync in Postgres, initdb or base backups. A kill -9 of a process loses
         nothing the kernel holds, so failover tests stay meaningful; only a power loss would not be.
         ``ttl``: the leader key's lease (s), the longest a dead primary holds the cluster; Patroni needs
-        ``loop_wait + 2 * retry_timeout <= ttl``.
+        ``loop_wait + 2 * retry_timeout <= ttl``. ``hosts``/``prefixes``: one address and one argv prefix per
+        member, to put each on a host of a test network (default: all on loopback, no prefix). ``parameters``:
+        server settings added to every member's own configuration (e.g. ``wal_sender_timeout``).
         """
         if loop_wait + 2 * retry_timeout > ttl:
             raise ValueError(f"ttl {ttl} < loop_wait {loop_wait} + 2 * retry_timeout {retry_timeout} (Patroni's rule)")
         check_prefixes(namespace, scope, service_prefixes)
         if size < 2:
             raise ValueError(f"size {size}: a Patroni cluster here has a primary and at least one standby")
+        for what, given in (("hosts", hosts), ("prefixes", prefixes)):
+            if given is not None and len(given) != size:
+                raise ValueError(f"{len(given)} {what} for {size} members: one each")
         if patroni_bin() is None:
             raise FileNotFoundError(f"patroni not found in {PATRONI_HOME}: `./dev bootstrap` installs Patroni "
                                     f"{PATRONI_VERSION} there (Debian's 3.0.2 can lose acknowledged commits)")
@@ -279,9 +291,13 @@ class PatroniCluster:
         self.fsync = fsync
         self.ttl, self.loop_wait, self.retry_timeout = ttl, loop_wait, retry_timeout
         self.die_with_parent = die_with_parent
+        self.parameters = dict(parameters or {})
         self._owned_tmp = base_dir is None
         self.base = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="tvote-patroni-"))
-        self.members = [Member(f"pg{i}", free_port(), free_port(), self.base / f"pg{i}") for i in range(size)]
+        self.members = [Member(f"pg{i}", free_port(), free_port(), self.base / f"pg{i}",
+                               host=hosts[i] if hosts is not None else LOOPBACK,
+                               prefix=list(prefixes[i]) if prefixes is not None else [])
+                        for i in range(size)]
 
     # connection strings ---------------------------------------------------------------------------
 
@@ -291,23 +307,28 @@ class PatroniCluster:
 
     @property
     def host(self) -> str:
-        return LOOPBACK
+        return self.members[0].host
 
     def dsn(self, db: str = "postgres", user: str = SUPERUSER, password: str | None = None) -> str:
         """A multi-host libpq DSN: every member, and only a writable one is kept."""
         pw = f" password={password}" if password else ""
-        hosts = ",".join(LOOPBACK for _ in self.members)
+        hosts = ",".join(m.host for m in self.members)
         ports = ",".join(str(m.port) for m in self.members)
         return f"host={hosts} port={ports} dbname={db} user={user}{pw} target_session_attrs=read-write"
 
     def url(self, db: str = "postgres", user: str = SUPERUSER) -> str:
         """The same for SQLAlchemy: ``?host=h:p&host=h:p...`` (its psycopg dialect joins them into one DSN)."""
-        hosts = "&".join(f"host={LOOPBACK}:{m.port}" for m in self.members)
+        hosts = "&".join(f"host={m.host}:{m.port}" for m in self.members)
         return f"postgresql+psycopg://{quote(user)}@/{quote(db)}?{hosts}&target_session_attrs=read-write"
 
     def member_dsn(self, m: Member, db: str = "postgres", user: str = SUPERUSER) -> str:
         """One member only, whatever its role (a standby answers reads)."""
-        return f"host={LOOPBACK} port={m.port} dbname={db} user={user}"
+        return f"host={m.host} port={m.port} dbname={db} user={user}"
+
+    def local_dsn(self, m: Member, db: str = "postgres", user: str = SUPERUSER) -> str:
+        """One member through its Unix socket: reached from any network namespace, whatever cuts are in force
+        (a test asks a member cut off from everyone what it thinks it is)."""
+        return f"host={m.base} port={m.port} dbname={db} user={user}"
 
     # files -------------------------------------------------------------------------------------------
 
@@ -318,14 +339,15 @@ class PatroniCluster:
 
     def _config(self, m: Member) -> dict:
         bin_dir = next((d for d in PG_BIN_DIRS if Path(d, "postgres").exists()), str(Path(pg_bin("postgres")).parent))
-        hba = ["local all all trust", f"host all all {LOOPBACK}/32 trust",
-               f"host replication {REPLICATION_USER} {LOOPBACK}/32 trust"]
+        peers = "samenet" if m.prefix else f"{LOOPBACK}/32"  # on a test network: the hosts of its subnet
+        hba = ["local all all trust", f"host all all {peers} trust",
+               f"host replication {REPLICATION_USER} {peers} trust"]
         return member_config(
             scope=self.scope, namespace=self.namespace, name=m.name, etcd_hosts=self.etcd_endpoints,
-            api_listen=f"{LOOPBACK}:{m.api_port}", api_connect=f"{LOOPBACK}:{m.api_port}",
-            pg_listen=f"{LOOPBACK}:{m.port}", pg_connect=f"{LOOPBACK}:{m.port}", data_dir=str(m.data_dir),
+            api_listen=f"{m.host}:{m.api_port}", api_connect=f"{m.host}:{m.api_port}",
+            pg_listen=f"{m.host}:{m.port}", pg_connect=f"{m.host}:{m.port}", data_dir=str(m.data_dir),
             bin_dir=bin_dir, pgpass=str(m.base / "pgpass"), socket_dir=str(m.base), pg_hba=hba,
-            timing=Timing(self.ttl, self.loop_wait, self.retry_timeout), fsync=self.fsync)
+            timing=Timing(self.ttl, self.loop_wait, self.retry_timeout), fsync=self.fsync, parameters=self.parameters)
 
     def _argv(self, m: Member) -> list[str]:
         argv = [patroni_bin() or "patroni", str(m.config)]
@@ -334,12 +356,12 @@ class PatroniCluster:
         if os.geteuid() == 0:  # setpriv execs in place: the pid we hold is Patroni's own. The parent-death
             # signal goes after the user change, which would clear it (prctl(2))
             argv = ["setpriv", f"--reuid={SUPERUSER}", f"--regid={SUPERUSER}", "--init-groups", "--", *argv]
-        return argv
+        return [*m.prefix, *argv]  # ``ip netns exec`` execs in place too
 
     # lifecycle ---------------------------------------------------------------------------------------
 
     def start_member(self, m: Member) -> None:
-        for port in (m.port, m.api_port):
+        for port in (m.port, m.api_port) if not m.prefix else ():  # (on a host of its own: Patroni says)
             if port_in_use(port):
                 raise RuntimeError(f"port {port} is busy: another server is running there")
         m.base.mkdir(parents=True, exist_ok=True)
@@ -451,7 +473,10 @@ class PatroniCluster:
             os.killpg(m.proc.pid, signal.SIGKILL)
             m.proc.wait()
         self._kill_postmaster(m)
-        wait_until(lambda: not port_in_use(m.port), 10, f"{m.name} gone")
+        if m.prefix:  # on a host of its own: its postmaster gone (this namespace's loopback says nothing)
+            wait_until(lambda: self._postmaster_pid(m) is None, 10, f"{m.name} gone")
+        else:
+            wait_until(lambda: not port_in_use(m.port), 10, f"{m.name} gone")
 
     def freeze_member(self, m: Member) -> None:
         """A primary cut off, as near as loopback allows: SIGSTOP to Patroni and to its postmaster's process group.
@@ -486,7 +511,7 @@ class PatroniCluster:
         if new is None:
             raise NoPrimary("no synchronous standby to switch over to")
         body = json.dumps({"leader": old.name, "candidate": new.name}).encode()
-        req = urllib.request.Request(f"http://{LOOPBACK}:{old.api_port}/switchover", data=body, method="POST",
+        req = urllib.request.Request(f"http://{old.host}:{old.api_port}/switchover", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
