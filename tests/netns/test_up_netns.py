@@ -75,7 +75,16 @@ def test_up_on_the_netns_network_runs_the_scenario_and_leaves_nothing():
     assert {"2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"} <= set(addrs)  # each process its own
     for i in range(1, 5):
         assert re.search(rf"trustee-{i} peer \S+ libp2p /ip4/{re.escape(subnet)}\.\d+/tcp/\d+ api https://", text)
-    assert "CONFIRMED" in text and "ABORTED_BYZANTINE" in text and "DOUBLE_VOTING" in text
+    # The double voter is caught and banned. Whether its first transaction aborts is a race the protocol
+    # leaves open: a double vote seen before the honest threshold aborts it (ABORTED_BYZANTINE), one seen
+    # after finality is a violation of a CONFIRMED one (seen both ways on a loaded box). Either way every
+    # transaction is settled as one of the two.
+    assert "DOUBLE_VOTING" in text
+    verdicts = text[text.index("verdicts (projections)"):]
+    verdicts = verdicts[:verdicts.index("└")]
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"│ (\w+)\s+│\s+(\d+) │", verdicts)}
+    assert set(counts) <= {"CONFIRMED", "ABORTED_BYZANTINE"} and sum(counts.values()) == 6, verdicts
+    assert counts.get("CONFIRMED", 0) >= 1, verdicts
     assert "each consensus written once" in text
     assert "audit verify: OK" in text and "projections equal" in text
     mesh = re.search(r"gossip meshes \(peers\): (.*); IP-diversity and IP-colocation protections: (\w+)", text)
