@@ -87,18 +87,6 @@ def holds_log(pc: PatroniCluster, m: Member, database: str, want: tuple) -> bool
         return False
 
 
-def writable_over_network(pc: PatroniCluster, members: list[Member]) -> Member | None:
-    """The first of ``members`` that takes writes, asked over the network (as clients ask)."""
-    for m in members:
-        try:
-            with psycopg.connect(pc.member_dsn(m), connect_timeout=2) as c:
-                if not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                    return m
-        except psycopg.OperationalError:
-            continue
-    return None
-
-
 SCENARIO = "Patroni: primary cut off by the network (netns)"
 
 
@@ -150,7 +138,7 @@ def run(base: Path, out: dict, warmup: int = 20, after: int = 20, min_cut_s: flo
                     assert time.monotonic() < deadline, f"after 60 s: {out}"
                     if "old_demoted_at_s" not in out and writable_locally(pc, old) is not True:
                         out["old_demoted_at_s"] = round(time.monotonic() - at, 2)
-                    if new is None and (new := writable_over_network(pc, others)) is not None:
+                    if new is None and (new := pc.primary(among=others)) is not None:
                         out["promoted_at_s"], out["promoted"] = round(time.monotonic() - at, 2), new.name
                     time.sleep(0.1)
                 assert new is sync, f"Patroni promoted {new.name}, not the synchronous standby {sync.name}"

@@ -414,9 +414,10 @@ class PatroniCluster:
     def _by_name(self, name: str | None) -> Member | None:
         return next((m for m in self.members if m.name == name), None)
 
-    def primary(self) -> Member | None:
-        """The member that takes writes now (a direct probe, not Patroni's word alone)."""
-        for m in self.members:
+    def primary(self, among: Sequence[Member] | None = None) -> Member | None:
+        """The member that takes writes now (a direct probe over the network, as clients ask; not Patroni's word
+        alone), of ``among`` when given."""
+        for m in self.members if among is None else among:
             try:
                 with psycopg.connect(self.member_dsn(m), connect_timeout=2) as c:
                     if not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
