@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import json
 import multiprocessing
@@ -83,7 +84,45 @@ def memory_parts() -> dict[str, float]:
                 parts[key] += kb
     out = {k: round(v, 1) for k, v in parts.items()}
     out["py_blocks_k"] = round(sys.getallocatedblocks() / 1000, 1)
+    out["py_arenas"] = pymalloc_arenas()
+    out.update(malloc_totals())
     return out
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_totals() -> dict[str, float]:
+    """glibc's own account over every arena (``mallinfo2``): bytes in use, free inside its heaps (fragmentation
+    RSS may keep), and in blocks mmapped on their own; live C and large-Python data vs what the allocator holds."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        m = libc.mallinfo2()
+    except (OSError, AttributeError):  # not glibc (or older than 2.33)
+        return {}
+    return {"malloc_used_mb": round(m.uordblks / 2**20, 1), "malloc_free_mb": round(m.fordblks / 2**20, 1),
+            "malloc_mmap_mb": round(m.hblkhd / 2**20, 1)}
+
+
+def pymalloc_arenas() -> int:
+    """pymalloc's arenas (1 MiB each in 3.11) now allocated: with ``py_blocks_k`` flat, more arenas is
+    fragmentation of Python's own allocator. CPython prints it only (``sys._debugmallocstats`` to fd 2)."""
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(2)
+        try:
+            os.dup2(f.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        for line in f.read().decode(errors="replace").splitlines():
+            if line.startswith("# arenas allocated current"):
+                return int(line.split("=")[1].replace(",", ""))
+    return -1
 
 
 def rss_mb(pid: int | None = None) -> float:
