@@ -90,8 +90,11 @@ def test_a_member_known_by_its_signed_record_is_dialled_there_not_where_a_dht_an
     a, m, b = _host(), _host(), _host()
     try:
         aid = ID.from_base58(a.peer_id)
-        assert b.connect(a.listen_addrs[0])  # identify leaves a's signed peer record in b's peerstore
+        assert b.connect(a.listen_addrs[0])  # identify leaves a's signed peer record in b's peerstore...
         store = b.gossip.host.get_peerstore()
+        deadline = time.monotonic() + 15  # ...once it has run: after the connection, not before connect returns
+        while b._call(lambda: store.get_peer_record(aid)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert b._call(lambda: store.get_peer_record(aid)) is not None
         trio.from_thread.run(b.gossip._disconnect, aid, trio_token=b._token)
         deadline = time.monotonic() + 5
