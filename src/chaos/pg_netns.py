@@ -40,6 +40,7 @@ from chaos.pg_failover import AppendLoad, check_log
 from devstack.etcd import Etcd
 from devstack.netns import NETNS_DIR, TestNetwork, enter_netns
 from devstack.patroni import SCOPE, Member, PatroniCluster
+from devstack.procs import wait_until
 from tvote import db
 
 ETCD = ("e0", "e1", "e2")
@@ -49,18 +50,8 @@ PREFIX = "/tvote/pgnet"
 LAST = "SELECT max(position), (SELECT hash FROM events ORDER BY position DESC LIMIT 1) FROM events"
 
 
-def wait(probe, timeout: float, what: str):
-    """``probe()`` until truthy; its value. TimeoutError naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if v := probe():
-            return v
-        time.sleep(0.1)
-    raise TimeoutError(f"{what}: not after {timeout:.0f}s")
-
-
 def wait_acks(load: AppendLoad, n: int, timeout: float) -> None:
-    wait(lambda: len(load.acked()) >= n or load.unexpected, timeout,
+    wait_until(lambda: len(load.acked()) >= n or load.unexpected, timeout,
          f"{n} acknowledged batches (have {len(load.acked())}; errors {dict(load.errors)})")
     if load.unexpected:
         raise AssertionError(f"unexpected statuses: {load.unexpected}")
@@ -156,9 +147,10 @@ def run(base: Path, out: dict, warmup: int = 20, after: int = 20, min_cut_s: flo
                 healed = time.monotonic()
                 with psycopg.connect(dsn) as c:
                     want = c.execute(LAST).fetchone()
-                wait(lambda: holds_log(pc, old, "tvote", want), 150, f"{old.name} to rejoin as a standby with the log")
+                wait_until(lambda: holds_log(pc, old, "tvote", want), 150,
+                           f"{old.name} to rejoin as a standby with the log")
                 out["rejoined_after_heal_s"] = round(time.monotonic() - healed, 2)
-                wait(lambda: pc.streaming() == len(pc.members) - 1 and pc.sync_standby(), 60, "both standbys")
+                wait_until(lambda: pc.streaming() == len(pc.members) - 1 and pc.sync_standby(), 60, "both standbys")
                 out["roles_after"] = pc.roles()
                 assert pc.primary() is new, f"{new.name} is no longer the primary after the heal: {pc.roles()}"
                 wait_acks(load, len(load.acked()) + 5, 30)  # and appends still go on

@@ -275,8 +275,7 @@ class PatroniCluster:
         member, to put each on a host of a test network (default: all on loopback, no prefix). ``parameters``:
         server settings added to every member's own configuration (e.g. ``wal_sender_timeout``).
         """
-        if loop_wait + 2 * retry_timeout > ttl:
-            raise ValueError(f"ttl {ttl} < loop_wait {loop_wait} + 2 * retry_timeout {retry_timeout} (Patroni's rule)")
+        timing = Timing(ttl, loop_wait, retry_timeout)  # refuses what Patroni's rule forbids
         check_prefixes(namespace, scope, service_prefixes)
         if size < 2:
             raise ValueError(f"size {size}: a Patroni cluster here has a primary and at least one standby")
@@ -289,7 +288,7 @@ class PatroniCluster:
         self.etcd_endpoints = [e.removeprefix("http://") for e in etcd_endpoints]
         self.namespace, self.scope = namespace, scope
         self.fsync = fsync
-        self.ttl, self.loop_wait, self.retry_timeout = ttl, loop_wait, retry_timeout
+        self.timing = timing
         self.die_with_parent = die_with_parent
         self.parameters = dict(parameters or {})
         self._owned_tmp = base_dir is None
@@ -347,7 +346,7 @@ class PatroniCluster:
             api_listen=f"{m.host}:{m.api_port}", api_connect=f"{m.host}:{m.api_port}",
             pg_listen=f"{m.host}:{m.port}", pg_connect=f"{m.host}:{m.port}", data_dir=str(m.data_dir),
             bin_dir=bin_dir, pgpass=str(m.base / "pgpass"), socket_dir=str(m.base), pg_hba=hba,
-            timing=Timing(self.ttl, self.loop_wait, self.retry_timeout), fsync=self.fsync, parameters=self.parameters)
+            timing=self.timing, fsync=self.fsync, parameters=self.parameters)
 
     def _argv(self, m: Member) -> list[str]:
         argv = [patroni_bin() or "patroni", str(m.config)]
