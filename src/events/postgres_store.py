@@ -113,7 +113,9 @@ class PostgresStore:
             self._conn = None
 
     def _run(self, fn, write: bool = False):
-        """``fn`` in one transaction, bounded. ``write``: a commit not confirmed by the standby is in doubt."""
+        """``fn`` in one transaction, bounded. ``write``: a commit not confirmed by the standby is in doubt.
+
+        A read (``write`` False) must be a single statement (it runs in autocommit)."""
         with self._lock:
             if self.unconfirmed:
                 self._transaction(_confirm, write=True)
@@ -127,8 +129,17 @@ class PostgresStore:
         # Reads too: a stopped primary answers no query, and a read would hang on its open connection for ever.
         token = self._bound.arm(conn)
         try:
-            result = fn(conn)
-            conn.commit()
+            if write:
+                result = fn(conn)
+                conn.commit()
+            else:
+                # A read is one statement: in autocommit it is one round trip, not BEGIN, SELECT and COMMIT
+                # (0.34 -> 0.20 ms for the recorder's empty catch-up read; issue 15's write path at batch 1).
+                conn.autocommit = True
+                try:
+                    result = fn(conn)
+                finally:
+                    _leave_autocommit(conn)
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             fired = self._bound.disarm(token)
             self.close()
@@ -271,6 +282,15 @@ class PostgresStore:
 
     def last_position(self) -> int:
         return self._run(lambda conn: conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0])
+
+
+def _leave_autocommit(conn: psycopg.Connection) -> None:
+    """Back to transactions after a read; a connection that cannot say so is closed, never left in autocommit
+    (an append there would commit statement by statement and let go of the log lock after the first)."""
+    try:
+        conn.autocommit = False
+    except psycopg.Error:
+        conn.close()
 
 
 def _confirm(conn: psycopg.Connection) -> None:

@@ -71,7 +71,8 @@ class Recorder:
         self.follower = Follower(me=signer.writer, retain_final=retain_final,
                                  loader=lambda tx_id: store.read_stream(tx_stream(tx_id)))
         self.deferred: list[rules.Command] = []
-        self.stats = {"conflicts": 0, "etcd_refusals": 0, "heads_repaired": 0, "deferred": 0, "void_rows": 0}
+        self.stats = {"conflicts": 0, "etcd_refusals": 0, "heads_repaired": 0, "deferred": 0, "void_rows": 0,
+                      "optimistic_rereads": 0}
         # Called with every void row we read (forged, edited, or a decision the rules do not produce).
         self.on_void: Callable[[Void], None] | None = None
         # Called with every event the ledger takes in, ours or another node's, in log order: lets a
@@ -79,6 +80,10 @@ class Recorder:
         self.on_event: Callable[[Event], None] | None = None
         # writer -> when (our monotonic clock) we last read an event of theirs: who is alive and appending
         self.last_append: dict[str, float] = {}
+        # Decide on the state we hold, without reading first (``execute``); off: read the log before every batch.
+        self.optimistic = True
+        self._has_read = False  # no decision is made unread before our first read of the log
+        self._adopted = False  # the last attempt's rows were adopted as our state (no read-back needed)
 
     @property
     def ledger(self) -> rules.Ledger:
@@ -157,6 +162,7 @@ class Recorder:
         n = 0
         while True:
             rows = self.store.read_all(after=self.follower.read, limit=batch)
+            self._has_read = True
             seen = time.monotonic()
             for r in rows:
                 self.last_append[r.writer] = seen
@@ -175,15 +181,42 @@ class Recorder:
     # the write path ---------------------------------------------------------------------------
 
     def execute(self, commands: list[rules.Command]) -> list[Result]:
+        """Decide, claim and append ``commands``; one result each, in order.
+
+        Optimistic (``optimistic``, after our first read of the log): the first attempt decides on the
+        state we hold, without reading the log first. An append decided on a stale state cannot land:
+        each unit names the versions of the streams its decision read, and the etcd CAS and then
+        Postgres refuse it if any moved (the same check that covers the window between a read and an
+        append, which always exists). What a stale state could get wrong is a decision that writes
+        nothing (a rejection, a duplicate): those are decided again after a read. When the append
+        lands right after what we had read, the trailing read is skipped too (we adopted our own rows,
+        ``_claim_and_append``): a single-vote execute is then the etcd transaction and the Postgres
+        append, no read (issue 15: 4.5 -> see docs/decisions.md "Optimistic write path").
+        """
         self._verify_ahead(commands)
         results: list[Result | None] = [None] * len(commands)
         todo = list(range(len(commands)))
-        for _ in range(MAX_ATTEMPTS):
+        read = not (self.optimistic and self._has_read)
+        for attempt in range(MAX_ATTEMPTS):
             if not todo:
                 break
-            self.catch_up()
+            if attempt > 0 or read:
+                self.catch_up()
+                read = True
+            first = todo
+            self._adopted = False
             todo = self._attempt(commands, todo, results)
-        self.catch_up()  # the ledger reflects what we (and others) just appended
+            if attempt == 0 and not read:
+                # decided on what we held, unread: what wrote nothing is decided again on the log
+                again = [i for i in first if (r := results[i]) is not None
+                         and r.status in (Status.REJECTED, Status.DUPLICATE)]
+                if again:
+                    self.stats["optimistic_rereads"] += 1
+                    for i in again:
+                        results[i] = None
+                    todo = sorted({*todo, *again})
+        if todo or not self._adopted:
+            self.catch_up()  # the ledger reflects what we (and others) just appended
         for i in todo:  # still conflicting after every attempt: keep it, never drop it
             self.deferred.append(commands[i])
             results[i] = Result(Status.DEFERRED)
@@ -285,6 +318,7 @@ class Recorder:
                 self.follower.adopt_own(outcomes[-1].positions[-1], outcomes[-1].last_hash, versions.maps[0])
                 self.follower.track(scratch.txs.maps[0])  # type: ignore[attr-defined]
                 self.last_append[self.writer] = time.monotonic()
+                self._adopted = True
                 if self.on_event is not None:
                     for _, _, _, events in granted:
                         for e in events:
