@@ -32,7 +32,8 @@ REPORT_KEYS = ("nodes", "threshold", "offered_tx_per_s", "completed_tx_per_s", "
                "node_rss_mb_max", "votes_lost")
 # ... and after them, how the transport carried the votes (None for node code that does not count them).
 TRANSPORT_KEYS = ("open_loop", "votes_per_msg", "copies_per_delivery", "gossip_drops", "standby_taken_over",
-                  "record_batch_mean", "record_ms_mean", "etcd_refusals", "pg_conflicts", "deferred")
+                  "record_batch_mean", "record_ms_mean", "etcd_refusals", "pg_conflicts", "deferred", "record_s",
+                  "recorder_phase_s")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -143,6 +144,8 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
                                                               "record_batches", "record_commands", "record_us",
                                                               "recorder_etcd_refusals", "recorder_conflicts",
                                                               "recorder_deferred")}
+    phases = ("follow", "ensure", "decide", "claim", "resolve", "append", "undo")
+    rec_s = {k: round(sum(c.get(f"recorder_us_{k}", 0) for c in counters) / 1e6, 2) for k in phases}
     verify_ms = verify_cost_ms()
     return {
         # issue 15's figures: trustee CPU seconds over the point (load start -> settled) per consensus,
@@ -165,6 +168,8 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
         if total["record_batches"] else None,
         "etcd_refusals": total["recorder_etcd_refusals"], "pg_conflicts": total["recorder_conflicts"],
         "deferred": total["recorder_deferred"],
+        # seconds all nodes spent in each phase of the write path ("follow": every catch-up read and fold)
+        "record_s": round(total["record_us"] / 1e6, 2), "recorder_phase_s": rec_s,
         "N": n, "t": t, "open_loop": open_loop, "offered_tx_per_s": rate, "txs": txs, "offered_s": round(offered_s, 1),
         "completed": len(e2e), "completed_tx_per_s": round(len(e2e) / span, 1) if span else None,
         "settled": settled is not None, "votes": len(reception),

@@ -186,3 +186,67 @@ def test_a_connection_that_cannot_leave_autocommit_is_closed(database):
     _leave_autocommit(conn)
     assert conn.closed
     store.close()
+
+
+# a refused batch: the units the refusal does not concern are claimed again at once --------------------
+
+
+def test_a_batch_refused_for_one_transaction_still_appends_the_others(make_node):
+    a, b = make_node(0), make_node(1)
+    ts = found(a, 4, 3)
+    b.catch_up()
+    assert b.execute([ts[2].receive("tx2", 1)])[0].status is Status.APPENDED
+    # a has not read b's append: its unit for tx2 expects version 0 and is refused; tx1's unit is not concerned
+    r = a.execute([ts[0].receive("tx1", 1), ts[1].receive("tx2", 1)])
+    assert [x.status for x in r] == [Status.APPENDED, Status.APPENDED]
+    assert a.stats["claims_split"] == 1
+    assert [e.TYPE for e in r[1].events] == ["VoteAccepted"]  # tx2's vote decided again, on the log
+    rows = a.store.read_all(limit=10**6)
+    assert sum(x.event_type == "TransactionOpened" for x in rows) == 2
+    assert log_folds_to(a).txs["tx2"].votes.keys() == {"node-2", "node-3"}
+
+
+def test_a_vote_claimed_elsewhere_is_deferred_and_the_rest_of_its_batch_lands(make_node):
+    from events.model import CLUSTER_STREAM
+    from recording.guard import Claim
+
+    a, b = make_node(0), make_node(1)
+    ts = found(a, 3, 2)
+    b.catch_up()
+    # b claims node-2's vote on tx2 in etcd and has not appended it yet (mid-flight, alive)
+    cmd = ts[1].receive("tx2", 1)
+    scratch = rules.Ledger()
+    scratch.cluster, scratch.txs = b.ledger.cluster, dict(b.ledger.txs)
+    decision = scratch.step(cmd)
+    claim = Claim.of({CLUSTER_STREAM: b.versions[CLUSTER_STREAM], tx_stream("tx2"): 0},
+                     {tx_stream("tx2"): len(decision.events)}, decision.effects)
+    assert b.guard.claim([claim]) is None
+    r = a.execute([ts[0].receive("tx1", 1), cmd])
+    assert [x.status for x in r] == [Status.APPENDED, Status.DEFERRED]
+    assert a.stats["claims_split"] == 1
+    assert "tx1" in log_folds_to(a).txs
+
+
+def test_untouched_units_are_those_reading_no_moved_stream_and_claiming_no_taken_vote():
+    from events.model import CLUSTER_STREAM
+    from recording.guard import Claim, Refusal
+
+    def unit(tx: str, at: int, vote: str, writes_cluster: bool = False):
+        written = {tx_stream(tx): 1} | ({CLUSTER_STREAM: 1} if writes_cluster else {})
+        return (tx, None, Claim({CLUSTER_STREAM: 3, tx_stream(tx): at}, written, {vote: "{}"}), [])
+
+    chunk = [unit("a", 0, "a/n1"), unit("b", 0, "b/n1"), unit("b", 1, "b/n2"), unit("c", 0, "c/n1")]
+    heads = {CLUSTER_STREAM: 3, tx_stream("a"): None, tx_stream("b"): 4, tx_stream("c"): None}
+    refusal = Refusal(heads, dict.fromkeys(heads, True), {})
+    # b's stream moved: both of its units (the second was decided on top of the first) go round again
+    assert [u[0] for u in Recorder._untouched(refusal, chunk)] == ["a", "c"]
+    # a taken vote concerns its unit and every later unit reading what that unit writes
+    heads[tx_stream("b")] = None
+    refusal = Refusal(heads, dict.fromkeys(heads, True), {"b/n1": ("{}", 7, False)})
+    assert [u[0] for u in Recorder._untouched(refusal, chunk)] == ["a", "c"]
+    # a concerned unit that writes the cluster stream concerns everything after it (all read that stream)
+    chunk[1] = unit("b", 0, "b/n1", writes_cluster=True)
+    assert [u[0] for u in Recorder._untouched(refusal, chunk)] == ["a"]
+    # the cluster stream itself moved: nothing is untouched
+    heads[CLUSTER_STREAM] = 4
+    assert Recorder._untouched(Refusal(heads, dict.fromkeys(heads, True), {}), chunk) == []
