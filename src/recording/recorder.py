@@ -407,17 +407,22 @@ class Recorder:
     def _resolve(self, refusal: Refusal, chunk: list) -> set[int]:
         """Make the next attempt able to pass: repair heads from PG, sort out vote claims."""
         truth = self.store.stream_versions(list(refusal.heads))
+        in_flight = False
         for stream, head in refusal.heads.items():
             pg = truth[stream]
             if head == pg:
                 continue  # our state was stale; catching up fixes it
             behind = head is None or head < pg
-            if behind or not refusal.writers_alive[stream] or self._our_head(stream):
+            if behind or not refusal.writers_alive[stream] or self._our_head(stream, refusal):
                 # etcd lost/behind, or ahead because its writer died (or failed) before PG: PG wins.
                 if self.guard.repair_head(stream, head, pg):
                     self.stats["heads_repaired"] += 1
             else:
-                time.sleep(0.01)  # a live writer is between its etcd CAS and its PG commit
+                in_flight = True
+        if in_flight:
+            # A live writer is between its etcd CAS and its PG commit: give it a moment (once per refusal,
+            # not once per such stream: a batch over many transactions slept 10 ms for each of them).
+            time.sleep(0.01)
         for suffix, (_, mod_rev, ours) in refusal.votes.items():
             if ours:
                 self.guard.release_vote(suffix, mod_rev)  # our own claim from an append that failed
@@ -425,8 +430,10 @@ class Recorder:
         return {i for i, _, claim, _ in chunk
                 if any(k in refusal.votes and not refusal.votes[k][2] for k in claim.votes)}
 
-    def _our_head(self, stream: str) -> bool:
-        return self.guard.head_writer(stream) == self.guard.node_id
+    def _our_head(self, stream: str, refusal: Refusal) -> bool:
+        """Did we move this head? The refusal says, read in its transaction; else ask the guard."""
+        writer = refusal.head_writers[stream] if stream in refusal.head_writers else self.guard.head_writer(stream)
+        return writer == self.guard.node_id
 
     def _undo_claims(self, claims: list[Claim]) -> None:
         """Our etcd CAS passed but PG refused: put the heads back to PG's truth at once."""
