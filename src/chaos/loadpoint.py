@@ -146,6 +146,8 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
                                                               "recorder_deferred")}
     phases = ("follow", "ensure", "decide", "claim", "resolve", "append", "undo")
     rec_s = {k: round(sum(c.get(f"recorder_us_{k}", 0) for c in counters) / 1e6, 2) for k in phases}
+    for k in ("lock_wait", "locked"):  # the log lock: waiting for it, and holding it (to the commit's end)
+        rec_s[k] = round(sum(c.get(f"recorder_store_us_{k}", 0) for c in counters) / 1e6, 2)
     verify_ms = verify_cost_ms()
     return {
         # issue 15's figures: trustee CPU seconds over the point (load start -> settled) per consensus,

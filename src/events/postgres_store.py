@@ -92,7 +92,7 @@ class PostgresStore:
         self._syncrep_cancelled = False  # the current connection said a commit's wait was cancelled
         # A write of ours may have committed on the primary alone: confirm before trusting anything read.
         self.unconfirmed = False
-        self.stats = {"writes_bounded": 0, "in_doubt": 0, "confirmations": 0}
+        self.stats = {"writes_bounded": 0, "in_doubt": 0, "confirmations": 0, "us_lock_wait": 0, "us_locked": 0}
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -176,7 +176,10 @@ class PostgresStore:
 
         def tx(conn: psycopg.Connection, probe_keys: bool) -> list[UnitResult]:
             cur = conn.cursor()
+            t0 = time.perf_counter()
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
+            locked[0] = time.perf_counter()
+            self.stats["us_lock_wait"] += int((locked[0] - t0) * 1e6)
             last = cur.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
             position, prev = (last[0], bytes(last[1])) if last else (0, GENESIS)
             streams = sorted({s for u in units for s in u.expected})
@@ -208,16 +211,21 @@ class PostgresStore:
                                     JSONB_V1 + e.command if e.command else None, r.signature, r.signed_from))
             return results
 
+        locked = [0.0]  # when the log lock was granted: how long an append holds it (issue 15, under load)
         # Optimistic first: a new unit's keys are almost never in the log, and probing for them costs
         # ~10 % of an append. If one is (a retried append), the unique index refuses the whole COPY,
         # nothing is written, and the append is planned again against the keys the log holds.
         try:
             try:
-                return self._run(lambda conn: tx(conn, probe_keys=False), write=True)
-            except pgerr.UniqueViolation as e:
-                if e.diag.constraint_name != IDEMPOTENCY_CONSTRAINT:
-                    raise
-                return self._run(lambda conn: tx(conn, probe_keys=True), write=True)
+                try:
+                    return self._run(lambda conn: tx(conn, probe_keys=False), write=True)
+                except pgerr.UniqueViolation as e:
+                    if e.diag.constraint_name != IDEMPOTENCY_CONSTRAINT:
+                        raise
+                    return self._run(lambda conn: tx(conn, probe_keys=True), write=True)
+            finally:
+                if locked[0]:
+                    self.stats["us_locked"] += int((time.perf_counter() - locked[0]) * 1e6)
         except (pgerr.UniqueViolation, pgerr.ExclusionViolation) as e:
             raise ConcurrencyConflict(f"the log refused a duplicate: {e.diag.message_primary}") from e
 
