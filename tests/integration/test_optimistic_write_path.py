@@ -61,13 +61,21 @@ def log_folds_to(rec: Recorder) -> rules.Ledger:
     return f.ledger
 
 
+def alone(rec: Recorder, voter) -> None:
+    """Make ``rec`` the log's one writer lately: an append of its own that lands right after its read."""
+    assert rec.execute([voter.receive("warm-up", 1)])[0].status is Status.APPENDED
+    assert rec._alone
+
+
 def test_an_unread_decision_that_lands_costs_no_read_and_matches_the_log(make_node):
     a = make_node(0)
     ts = found(a, 5, 3)
     reads = count_reads(a)
-    for x in ts[:3]:
+    assert a.execute([ts[0].receive("tx", 4)])[0].status is Status.APPENDED
+    assert reads[0] == 1  # the operator wrote since a's read: a reads before deciding
+    for x in ts[1:3]:
         assert a.execute([x.receive("tx", 4)])[0].status is Status.APPENDED
-    assert reads[0] == 0  # decided on what it held; its own rows adopted, not read back
+    assert reads[0] == 1  # then alone: decided on what it held; its own rows adopted, not read back
     folded = log_folds_to(a)
     assert a.ledger.txs["tx"].status == folded.txs["tx"].status == rules.THRESHOLD_REACHED
     assert a.position == a.store.last_position()
@@ -76,6 +84,7 @@ def test_an_unread_decision_that_lands_costs_no_read_and_matches_the_log(make_no
 def test_off_reads_before_deciding_and_still_adopts_its_own_rows(make_node):
     a = make_node(0)
     ts = found(a, 3, 2)
+    alone(a, ts[2])
     a.optimistic = False
     reads = count_reads(a)
     assert a.execute([ts[0].receive("tx", 1)])[0].status is Status.APPENDED
@@ -96,6 +105,7 @@ def test_a_stale_decision_on_the_same_transaction_is_refused_and_decided_again(m
     a, b = make_node(0), make_node(1)
     ts = found(a, 4, 3)
     b.catch_up()
+    alone(b, ts[3])
     assert a.execute([ts[0].receive("tx", 1)])[0].status is Status.APPENDED
     # b has not read a's append: its unread decision opens "tx" again at version 0; the etcd head refuses it
     r = b.execute([ts[1].receive("tx", 1)])
@@ -103,7 +113,7 @@ def test_a_stale_decision_on_the_same_transaction_is_refused_and_decided_again(m
     assert [e.TYPE for e in r[0].events] == ["VoteAccepted"]  # decided again, on the log
     assert b.stats["etcd_refusals"] + b.stats["conflicts"] >= 1
     rows = b.store.read_all(limit=10**6)
-    assert sum(r.event_type == "TransactionOpened" for r in rows) == 1
+    assert sum(r.event_type == "TransactionOpened" and r.stream_id == tx_stream("tx") for r in rows) == 1
     assert b.ledger.txs["tx"].votes.keys() == {"node-1", "node-2"}
     assert log_folds_to(b).txs["tx"].votes.keys() == {"node-1", "node-2"}
 
@@ -111,6 +121,7 @@ def test_a_stale_decision_on_the_same_transaction_is_refused_and_decided_again(m
 def test_a_stale_rejection_is_decided_again_after_a_read(make_node):
     a = make_node(0)
     ts = found(a, 3, 2)
+    alone(a, ts[2])
     six = trustees(6)
     # the operator admits node-6 after a's last read: on a's unread state node-6 is an outsider
     op = Recorder(PostgresStore(a.store.dsn), a.guard, OPERATOR)
@@ -130,6 +141,7 @@ def test_an_unread_append_after_another_writer_is_kept_and_their_rows_are_read(m
     a, b = make_node(0), make_node(1)
     ts = found(a, 4, 3)
     b.catch_up()
+    alone(b, ts[3])
     assert a.execute([ts[0].receive("tx1", 1)])[0].status is Status.APPENDED
     # b's decision on tx2 reads streams a did not move: it lands, after a's rows, and b reads those
     r = b.execute([ts[1].receive("tx2", 1)])
@@ -143,6 +155,7 @@ def test_a_crash_between_the_claim_and_the_append_is_repaired_by_an_unread_write
     a, b = make_node(0), make_node(1)
     ts = found(a, 3, 2)
     b.catch_up()
+    alone(b, ts[2])
 
     def crash(*_a, **_kw):
         raise SystemExit("crashed between the etcd claim and the Postgres commit")
@@ -195,6 +208,7 @@ def test_a_batch_refused_for_one_transaction_still_appends_the_others(make_node)
     a, b = make_node(0), make_node(1)
     ts = found(a, 4, 3)
     b.catch_up()
+    alone(a, ts[3])
     assert b.execute([ts[2].receive("tx2", 1)])[0].status is Status.APPENDED
     # a has not read b's append: its unit for tx2 expects version 0 and is refused; tx1's unit is not concerned
     r = a.execute([ts[0].receive("tx1", 1), ts[1].receive("tx2", 1)])
@@ -202,7 +216,8 @@ def test_a_batch_refused_for_one_transaction_still_appends_the_others(make_node)
     assert a.stats["claims_split"] == 1
     assert [e.TYPE for e in r[1].events] == ["VoteAccepted"]  # tx2's vote decided again, on the log
     rows = a.store.read_all(limit=10**6)
-    assert sum(x.event_type == "TransactionOpened" for x in rows) == 2
+    assert sum(x.event_type == "TransactionOpened" and x.stream_id in (tx_stream("tx1"), tx_stream("tx2"))
+               for x in rows) == 2
     assert log_folds_to(a).txs["tx2"].votes.keys() == {"node-2", "node-3"}
 
 
@@ -266,3 +281,17 @@ def test_a_refusal_waits_once_for_writers_in_flight_not_once_per_stream(make_nod
     r = a.execute([ts[0].receive(f"t{k}", 1) for k in range(3)])
     assert [x.status for x in r] == [Status.DEFERRED] * 3  # kept, never dropped: retried later
     assert a.stats["etcd_refusals"] >= 1 and len(sleeps) == a.stats["etcd_refusals"]
+
+
+def test_a_recorder_that_read_another_writers_rows_reads_before_deciding(make_node):
+    a, b = make_node(0), make_node(1)
+    ts = found(a, 3, 2)
+    alone(a, ts[2])
+    b.catch_up()
+    assert b.execute([ts[1].receive("tx", 1)])[0].status is Status.APPENDED
+    a.catch_up()  # finds b's rows: another writer is active
+    assert not a._alone
+    reads = count_reads(a)
+    assert a.execute([ts[0].receive("tx", 1)])[0].status is Status.APPENDED
+    assert reads[0] == 1 and a.stats["etcd_refusals"] == 0  # read first: decided on the log, not refused
+    assert a._alone  # and its append landed right after: alone again until it reads another's rows
