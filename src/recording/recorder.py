@@ -102,6 +102,7 @@ class Recorder:
         # and no read since found rows of others. With other writers active, a decision made unread is refused
         # more often (N=10 under take-overs: 30-80 % more etcd refusals), and a refusal costs far more than a read.
         self._alone = False
+        self.split_refusals = True  # a refused batch claims again at once what the refusal does not concern
         self._adopted = False  # the last attempt's rows were adopted as our state (no read-back needed)
 
     @property
@@ -330,7 +331,8 @@ class Recorder:
                 self.deferred.append(commands[i])
                 results[i] = Result(Status.DEFERRED)
                 self.stats["deferred"] += 1
-            if start + len(chunk) == len(batch):  # the last chunk: no later one was decided on top of it
+            # the last chunk (no later one was decided on top of it)
+            if self.split_refusals and start + len(chunk) == len(batch):
                 clear = [x for x in self._untouched(refusal, chunk) if x[0] not in deferred]
                 if clear:
                     with span(VOTE_STORE, claims=len(clear)), _Timed(self.stats, "claim"):
@@ -413,7 +415,6 @@ class Recorder:
     def _resolve(self, refusal: Refusal, chunk: list) -> set[int]:
         """Make the next attempt able to pass: repair heads from PG, sort out vote claims."""
         truth = self.store.stream_versions(list(refusal.heads))
-        in_flight = False
         for stream, head in refusal.heads.items():
             pg = truth[stream]
             if head == pg:
@@ -424,11 +425,10 @@ class Recorder:
                 if self.guard.repair_head(stream, head, pg):
                     self.stats["heads_repaired"] += 1
             else:
-                in_flight = True
-        if in_flight:
-            # A live writer is between its etcd CAS and its PG commit: give it a moment (once per refusal,
-            # not once per such stream: a batch over many transactions slept 10 ms for each of them).
-            time.sleep(0.01)
+                # A live writer is between its etcd CAS and its PG commit. Once per such stream: sleeping once
+                # per refusal instead retried sooner while the other writer still held the stream, and at
+                # N=10 under take-overs gave 1.4-2x the refusals and ~15 % less throughput (four pairs).
+                time.sleep(0.01)
         for suffix, (_, mod_rev, ours) in refusal.votes.items():
             if ours:
                 self.guard.release_vote(suffix, mod_rev)  # our own claim from an append that failed

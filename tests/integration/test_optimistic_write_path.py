@@ -267,22 +267,6 @@ def test_untouched_units_are_those_reading_no_moved_stream_and_claiming_no_taken
     assert Recorder._untouched(Refusal(heads, dict.fromkeys(heads, True), {}), chunk) == []
 
 
-def test_a_refusal_waits_once_for_writers_in_flight_not_once_per_stream(make_node, monkeypatch):
-    from recording import recorder as recorder_module
-    from recording.guard import Claim
-
-    a, b = make_node(0), make_node(1)
-    ts = found(a, 3, 2)
-    b.catch_up()
-    # b (alive) has moved three transactions' heads in etcd and not committed to Postgres yet
-    assert b.guard.claim([Claim({tx_stream(f"t{k}"): 0}, {tx_stream(f"t{k}"): 1}) for k in range(3)]) is None
-    sleeps = []
-    monkeypatch.setattr(recorder_module.time, "sleep", lambda s: sleeps.append(s))
-    r = a.execute([ts[0].receive(f"t{k}", 1) for k in range(3)])
-    assert [x.status for x in r] == [Status.DEFERRED] * 3  # kept, never dropped: retried later
-    assert a.stats["etcd_refusals"] >= 1 and len(sleeps) == a.stats["etcd_refusals"]
-
-
 def test_a_recorder_that_read_another_writers_rows_reads_before_deciding(make_node):
     a, b = make_node(0), make_node(1)
     ts = found(a, 3, 2)
