@@ -9,6 +9,9 @@ synchronous_commit=on, etcd on disk. Run: ``.venv/bin/python bench/append_bench.
 - our store alone (``PostgresStore.append``) and the eventsourcing library's PostgreSQL application
   recorder appending the same pre-made events (the like-for-like comparison of the two recorders)
 - projection rebuild (replay into fresh tables): events/s
+- ``--batch1``: only the single-vote figures, interleaved: the full path at batch 1 (one execute per vote),
+  single votes arriving one by one and recorded as a node's worker does (whatever arrived during the last
+  append goes in the next: group commit), and the eventsourcing recorder's single-event append
 - ``--replication``: only the full path on a three-member Patroni primary with the commit waiting for the
   synchronous standby, and on the same primary without that wait (``synchronous_commit=local``: one
   server's durability), runs interleaved, with the ratio per pair (issue 17)
@@ -112,6 +115,86 @@ def bench_full_path(dsn: str, endpoint: str, n_votes: int, batch: int, edge_thre
             "vote_events_per_s": round(vote_events / dt), "events_per_s": round(events / dt), "seconds": round(dt, 2)}
 
 
+def bench_arrivals(dsn: str, endpoint: str, n_votes: int, rate: float, max_batch: int = 500) -> dict:
+    """Single votes arriving one by one, recorded as a node's worker records them (issue 15, group commit).
+
+    A producer hands votes to a queue one at a time, ``rate`` per second (the gossip edge); the recording
+    thread takes whatever has arrived (up to ``max_batch``), records it in one ``execute`` and starts again,
+    so votes that arrive while an append is in flight share the next one. Each vote is acknowledged when
+    its execute returns (durable in etcd and Postgres); its latency is arrival -> acknowledged.
+    """
+    tag = uuid.uuid4().hex[:6]
+    boot, cmds = vote_commands(n_votes, tag=tag)
+    rec = Recorder(PostgresStore(dsn), EtcdGuard(endpoint, f"/bench/{tag}", "bench-node"), trustees(7)[0].signer)
+    Recorder(rec.store, rec.guard, OPERATOR).execute(boot)
+    rec.catch_up()
+    inbox: queue.Queue = queue.Queue()
+    arrived: dict[int, float] = {}
+    latency: list[float] = []
+    batches: list[int] = []
+
+    def produce() -> None:
+        for i, c in enumerate(cmds):
+            wait = t0 + i / rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            arrived[i] = time.perf_counter()
+            inbox.put((i, c))
+
+    t0 = time.perf_counter()
+    threading.Thread(target=produce, daemon=True).start()
+    done = 0
+    while done < len(cmds):
+        items = [inbox.get()]
+        while len(items) < max_batch:
+            try:
+                items.append(inbox.get_nowait())
+            except queue.Empty:
+                break
+        rec.execute([c for _, c in items])
+        now = time.perf_counter()
+        latency.extend(now - arrived[i] for i, _ in items)
+        batches.append(len(items))
+        done += len(items)
+    dt = time.perf_counter() - t0
+    rec.guard.close()
+    rec.store.close()
+    return {"offered_per_s": rate, "votes": len(cmds), "votes_per_s": round(len(cmds) / dt), "batches": len(batches),
+            "mean_batch": round(len(cmds) / len(batches), 1), "p50_ms": round(pct(latency, 0.5) * 1000, 1),
+            "p99_ms": round(pct(latency, 0.99) * 1000, 1)}
+
+
+def bench_batch1(args: argparse.Namespace) -> dict:
+    """Only the single-vote figures, runs interleaved (this box is shared): the full path at batch 1 (serial:
+    one execute per vote, each waiting for the last), single votes arriving (group commit), and the
+    eventsourcing recorder's single-event append."""
+    out: dict = {"full_path_batch1": [], "arrivals": [], "eventsourcing_single": []}
+    with Postgres(fsync=True) as pg, Etcd(size=1) as etcd:
+        def fresh_db() -> str:
+            name = f"b{uuid.uuid4().hex[:8]}"
+            pg.create_database(name)
+            db.upgrade(pg.url(name))
+            return pg.dsn(name, user=db.APP_ROLE)
+
+        for _ in range(args.repeat):
+            out["full_path_batch1"].append(bench_full_path(fresh_db(), etcd.endpoints[0], args.single_votes, 1))
+            out["arrivals"].append(bench_arrivals(fresh_db(), etcd.endpoints[0], args.votes, args.arrival_rate))
+            out["eventsourcing_single"].append(bench_eventsourcing(pg, args.single_votes, batched=False))
+            print("round:", {k: v[-1] for k, v in out.items()}, flush=True)
+    med = {k: median_of(v) for k, v in out.items()}
+    es = med["eventsourcing_single"]["single_events_per_s"]
+    out["summary"] = {
+        "full_path_batch1_vote_events_per_s": med["full_path_batch1"]["vote_events_per_s"],
+        "arrivals_votes_per_s": med["arrivals"]["votes_per_s"], "arrivals_mean_batch": med["arrivals"]["mean_batch"],
+        "arrivals_p50_ms": med["arrivals"]["p50_ms"], "arrivals_p99_ms": med["arrivals"]["p99_ms"],
+        "eventsourcing_single_events_per_s": es,
+        "batch1_vs_eventsourcing": round(med["full_path_batch1"]["vote_events_per_s"] / es, 2),
+        "arrivals_vs_eventsourcing": round(med["arrivals"]["votes_per_s"] / es, 2),
+    }
+    print("summary:", out["summary"], flush=True)
+    return out
+
+
 def sample_rows(n: int) -> list[NewEvent]:
     ts = trustees(7)
     out = []
@@ -169,7 +252,7 @@ def bench_store(dsn: str, n: int) -> dict:
     return {"batched_500_events_per_s": round(n / dt)}
 
 
-def bench_eventsourcing(pg: Postgres, n: int) -> dict:
+def bench_eventsourcing(pg: Postgres, n: int, batched: bool = True) -> dict:
     from eventsourcing.persistence import StoredEvent
     from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
@@ -186,10 +269,11 @@ def bench_eventsourcing(pg: Postgres, n: int) -> dict:
         ver = sum(1 for x in batch if x.originator_id == oid) + 1
         batch.append(StoredEvent(oid, ver, e.event_type, canonical_json(e.payload)))
     out = {}
-    t0 = time.perf_counter()
-    for i in range(0, len(batch), 500):
-        rec.insert_events(batch[i:i + 500])
-    out["batched_500_events_per_s"] = round(n / (time.perf_counter() - t0))
+    if batched:
+        t0 = time.perf_counter()
+        for i in range(0, len(batch), 500):
+            rec.insert_events(batch[i:i + 500])
+        out["batched_500_events_per_s"] = round(n / (time.perf_counter() - t0))
     single = [StoredEvent(uuid.uuid4(), 1, "VoteAccepted", canonical_json(e.payload)) for e in rows[:1000]]
     t0 = time.perf_counter()
     for s in single:
@@ -254,7 +338,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per row; rows print the medians")
     ap.add_argument("--replication", action="store_true",
                     help="only: one server vs a Patroni cluster with synchronous replication (issue 17)")
+    ap.add_argument("--arrival-rate", type=float, default=2000.0, help="--batch1: single votes offered per second")
+    ap.add_argument("--batch1", action="store_true",
+                    help="only the single-vote figures: full path at batch 1, single arrivals, eventsourcing single")
     args = ap.parse_args()
+    if args.batch1:
+        print(json.dumps(bench_batch1(args)))
+        return
     if args.replication:
         print(json.dumps(bench_replication(args.votes, args.single_votes, args.repeat)))
         return

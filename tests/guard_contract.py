@@ -35,6 +35,7 @@ class GuardContract:
         assert a.claim([claim({"tx:a": 0}, {"tx:a": 1})]) is None
         r = b.claim([claim({"tx:a": 0}, {"tx:a": 1})])
         assert r is not None and r.heads == {"tx:a": 1} and r.writers_alive == {"tx:a": True}
+        assert r.head_writers == {"tx:a": a.node_id}  # who moved it, read in the same transaction
         assert b.claim([claim({"tx:a": 1}, {"tx:a": 1})]) is None
         assert a.head("tx:a") == 2 and a.head_writer("tx:a") == b.node_id
 
@@ -86,5 +87,6 @@ class GuardContract:
         assert b.head("tx:a") is None and b.head_writer("tx:a") is None
         r = b.claim([claim({"tx:a": 1}, {"tx:a": 1})])
         assert r is not None and r.heads == {"tx:a": None} and r.writers_alive == {"tx:a": False}
+        assert r.head_writers == {"tx:a": None}
         assert b.repair_head("tx:a", None, 1)
         assert b.claim([claim({"tx:a": 1}, {"tx:a": 1}, {"a/n1": "v"})]) is None

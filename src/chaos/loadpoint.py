@@ -31,7 +31,10 @@ REPORT_KEYS = ("nodes", "threshold", "offered_tx_per_s", "completed_tx_per_s", "
                "reception_p99_ms", "trustee_cpu_s", "cpu_ms_per_consensus", "floor_cpu_ms_per_consensus",
                "node_rss_mb_max", "votes_lost")
 # ... and after them, how the transport carried the votes (None for node code that does not count them).
-TRANSPORT_KEYS = ("open_loop", "votes_per_msg", "copies_per_delivery", "gossip_drops", "standby_taken_over")
+TAKE_OVERS = ("standby_taken_over_own", "standby_taken_over_silent", "standby_taken_over_patience")
+TRANSPORT_KEYS = ("open_loop", "votes_per_msg", "copies_per_delivery", "gossip_drops", "standby_taken_over",
+                  *TAKE_OVERS, "record_batch_mean", "record_ms_mean", "etcd_refusals", "pg_conflicts", "deferred",
+                  "record_s", "recorder_phase_s")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -138,7 +141,14 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
     trustee_cpu_s = sum(sampler.cpu.get(x, 0.0) for x in nodes)
     total = {k: sum(c.get(k, 0) for c in counters) for k in ("gossip_copies_in", "gossip_delivered", "gossip_published",
                                                               "gossip_direct_published", "gossip_drops",
-                                                              "published_votes", "standby_taken_over")}
+                                                              "published_votes", "standby_taken_over", *TAKE_OVERS,
+                                                              "record_batches", "record_commands", "record_us",
+                                                              "recorder_etcd_refusals", "recorder_conflicts",
+                                                              "recorder_deferred")}
+    phases = ("follow", "ensure", "decide", "claim", "resolve", "append", "undo")
+    rec_s = {k: round(sum(c.get(f"recorder_us_{k}", 0) for c in counters) / 1e6, 2) for k in phases}
+    for k in ("lock_wait", "locked"):  # the log lock: waiting for it, and holding it (to the commit's end)
+        rec_s[k] = round(sum(c.get(f"recorder_store_us_{k}", 0) for c in counters) / 1e6, 2)
     verify_ms = verify_cost_ms()
     return {
         # issue 15's figures: trustee CPU seconds over the point (load start -> settled) per consensus,
@@ -154,6 +164,16 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
         "copies_per_delivery": round(total["gossip_copies_in"] / total["gossip_delivered"], 2)
         if total["gossip_delivered"] and total["gossip_copies_in"] else None,
         "gossip_drops": total["gossip_drops"], "standby_taken_over": total["standby_taken_over"],
+        **{k: total[k] for k in TAKE_OVERS},  # why: our own vote after a grace, the members ahead silent, patience
+        # the write path: commands per Recorder.execute, its mean time, and how often the guard or the log refused
+        "record_batch_mean": round(total["record_commands"] / total["record_batches"], 2)
+        if total["record_batches"] else None,
+        "record_ms_mean": round(total["record_us"] / total["record_batches"] / 1000, 2)
+        if total["record_batches"] else None,
+        "etcd_refusals": total["recorder_etcd_refusals"], "pg_conflicts": total["recorder_conflicts"],
+        "deferred": total["recorder_deferred"],
+        # seconds all nodes spent in each phase of the write path ("follow": every catch-up read and fold)
+        "record_s": round(total["record_us"] / 1e6, 2), "recorder_phase_s": rec_s,
         "N": n, "t": t, "open_loop": open_loop, "offered_tx_per_s": rate, "txs": txs, "offered_s": round(offered_s, 1),
         "completed": len(e2e), "completed_tx_per_s": round(len(e2e) / span, 1) if span else None,
         "settled": settled is not None, "votes": len(reception),

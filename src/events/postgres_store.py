@@ -92,7 +92,7 @@ class PostgresStore:
         self._syncrep_cancelled = False  # the current connection said a commit's wait was cancelled
         # A write of ours may have committed on the primary alone: confirm before trusting anything read.
         self.unconfirmed = False
-        self.stats = {"writes_bounded": 0, "in_doubt": 0, "confirmations": 0}
+        self.stats = {"writes_bounded": 0, "in_doubt": 0, "confirmations": 0, "us_lock_wait": 0, "us_locked": 0}
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -113,7 +113,9 @@ class PostgresStore:
             self._conn = None
 
     def _run(self, fn, write: bool = False):
-        """``fn`` in one transaction, bounded. ``write``: a commit not confirmed by the standby is in doubt."""
+        """``fn`` in one transaction, bounded. ``write``: a commit not confirmed by the standby is in doubt.
+
+        A read (``write`` False) must be a single statement (it runs in autocommit)."""
         with self._lock:
             if self.unconfirmed:
                 self._transaction(_confirm, write=True)
@@ -127,8 +129,17 @@ class PostgresStore:
         # Reads too: a stopped primary answers no query, and a read would hang on its open connection for ever.
         token = self._bound.arm(conn)
         try:
-            result = fn(conn)
-            conn.commit()
+            if write:
+                result = fn(conn)
+                conn.commit()
+            else:
+                # A read is one statement: in autocommit it is one round trip, not BEGIN, SELECT and COMMIT
+                # (0.34 -> 0.20 ms for the recorder's empty catch-up read; issue 15's write path at batch 1).
+                conn.autocommit = True
+                try:
+                    result = fn(conn)
+                finally:
+                    _leave_autocommit(conn)
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             fired = self._bound.disarm(token)
             self.close()
@@ -165,7 +176,10 @@ class PostgresStore:
 
         def tx(conn: psycopg.Connection, probe_keys: bool) -> list[UnitResult]:
             cur = conn.cursor()
+            t0 = time.perf_counter()
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
+            locked[0] = time.perf_counter()
+            self.stats["us_lock_wait"] += int((locked[0] - t0) * 1e6)
             last = cur.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
             position, prev = (last[0], bytes(last[1])) if last else (0, GENESIS)
             streams = sorted({s for u in units for s in u.expected})
@@ -197,16 +211,21 @@ class PostgresStore:
                                     JSONB_V1 + e.command if e.command else None, r.signature, r.signed_from))
             return results
 
+        locked = [0.0]  # when the log lock was granted: how long an append holds it (issue 15, under load)
         # Optimistic first: a new unit's keys are almost never in the log, and probing for them costs
         # ~10 % of an append. If one is (a retried append), the unique index refuses the whole COPY,
         # nothing is written, and the append is planned again against the keys the log holds.
         try:
             try:
-                return self._run(lambda conn: tx(conn, probe_keys=False), write=True)
-            except pgerr.UniqueViolation as e:
-                if e.diag.constraint_name != IDEMPOTENCY_CONSTRAINT:
-                    raise
-                return self._run(lambda conn: tx(conn, probe_keys=True), write=True)
+                try:
+                    return self._run(lambda conn: tx(conn, probe_keys=False), write=True)
+                except pgerr.UniqueViolation as e:
+                    if e.diag.constraint_name != IDEMPOTENCY_CONSTRAINT:
+                        raise
+                    return self._run(lambda conn: tx(conn, probe_keys=True), write=True)
+            finally:
+                if locked[0]:
+                    self.stats["us_locked"] += int((time.perf_counter() - locked[0]) * 1e6)
         except (pgerr.UniqueViolation, pgerr.ExclusionViolation) as e:
             raise ConcurrencyConflict(f"the log refused a duplicate: {e.diag.message_primary}") from e
 
@@ -271,6 +290,15 @@ class PostgresStore:
 
     def last_position(self) -> int:
         return self._run(lambda conn: conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0])
+
+
+def _leave_autocommit(conn: psycopg.Connection) -> None:
+    """Back to transactions after a read; a connection that cannot say so is closed, never left in autocommit
+    (an append there would commit statement by statement and let go of the log lock after the first)."""
+    try:
+        conn.autocommit = False
+    except psycopg.Error:
+        conn.close()
 
 
 def _confirm(conn: psycopg.Connection) -> None:

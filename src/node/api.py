@@ -329,6 +329,8 @@ def _get(api: NodeAPI, env: dict, path: str) -> tuple[str, list[tuple[str, str]]
             gossip |= {"mesh_peers": len(node.gossip.mesh_peers()),
                        "eclipse_protection": int(node.gossip.gossip.config.eclipse_protection_effective)}
         recorder = node.recorder.stats if node.recorder else {}
+        store = getattr(node.recorder.store, "stats", {}) if node.recorder else {}
+        recorder = recorder | {f"store_{k}": v for k, v in store.items()}
         return _json(200, node.counters.snapshot() | {f"gossip_{k}": v for k, v in gossip.items()}
                      | {f"recorder_{k}": v for k, v in recorder.items()} | node.reception_summary()
                      | {"api_resets": api.resets})

@@ -29,6 +29,7 @@ import blake3
 
 DEFAULT_GRACE_MS = 400
 DEFAULT_PATIENCE_MS = 5000
+LOAD_FACTOR = 3.0  # worker loops a member ahead may take between appends before it looks gone
 
 
 def ranking(tx_id: str, eligible: list[str]) -> list[str]:
@@ -53,15 +54,31 @@ def ahead_of(tx_id: str, node_id: str, eligible: list[str]) -> list[str]:
 
 
 def take_over(now: float, due: float, arrived: float, ahead_last_append: list[float | None],
-              grace_s: float, patience_s: float) -> bool:
-    """Should a standby vote be recorded by us now? (times in seconds, one monotonic clock)
+              grace_s: float, patience_s: float) -> str | None:
+    """Should a standby vote be recorded by us now, and why? (times in seconds, one monotonic clock)
 
     ``ahead_last_append``: when each member ranked before us last appended to the log (None:
-    not since we started). Our turn has come (``due``) and either they all look gone, or the
-    vote has waited longer than ``patience`` whatever they are doing.
+    not since we started). Our turn has come (``due``) and either they all look gone
+    (``"silent"``), or the vote has waited longer than ``patience`` whatever they are doing
+    (``"patience"``). None: keep waiting.
     """
     if now < due:
-        return False
+        return None
     if now >= arrived + patience_s:
-        return True
-    return all(t is None or now - t >= grace_s for t in ahead_last_append)
+        return "patience"
+    if all(t is None or now - t >= grace_s for t in ahead_last_append):
+        return "silent"
+    return None
+
+
+def under_load(wait_s: float, loop_s: float, factor: float = LOAD_FACTOR) -> float:
+    """A wait (grace or patience) stretched to ``factor`` worker loops when a loop takes long.
+
+    A live recorder appends once per pass of its worker loop; under load a pass takes a second or
+    more (its batch, its etcd and Postgres round trips, its reads of the others' rows), so a fixed
+    0.4 s grace took a busy recorder for a dead one: at N=10, 30 tx/s offered, ~2,000 take-overs per
+    200 transactions, each adding a writer to a busy stream (more etcd refusals, more load). Our own
+    loop's duration is the measure of that load we have: the members share the workload, so theirs
+    are alike. Unloaded (a pass of ~20 ms) the wait is unchanged.
+    """
+    return max(wait_s, factor * loop_s)

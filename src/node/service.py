@@ -199,6 +199,7 @@ class TrusteeNode:
         self._store_ok_since: float | None = None  # monotonic time the log became writable again (R9)
         self._reported: set[int] = set()  # positions of invalid entries we already reported (R13)
         self._beat = time.monotonic()  # the worker's last completed loop (back-pressure, health)
+        self._loop_s = 0.0  # how long a pass of the worker loop takes, smoothed (node.duty.under_load)
         self._snapshot_at = 0  # the log position of our last snapshot
         self._followed_at = 0.0  # when the worker last read the log through (readiness)
 
@@ -589,7 +590,9 @@ class TrusteeNode:
         next_tick = next_follow = 0.0
         pause = follow
         while True:
-            self._beat = time.monotonic()
+            now_s = time.monotonic()
+            self._loop_s += 0.2 * (now_s - self._beat - self._loop_s)
+            self._beat = now_s
             items = self._drain(self.cfg.batch_window_ms / 1000)
             try:
                 if items:
@@ -657,7 +660,7 @@ class TrusteeNode:
     # who records what (node.duty) --------------------------------------------------------------
 
     def _duty(self, tx_id: str) -> tuple[int, list[str]]:
-        """Our delay for ``tx_id`` (ms) and the members ranked before us, for the current membership."""
+        """Our rank for ``tx_id`` and the members ranked before us, for the current membership."""
         cluster = self.recorder.ledger.cluster
         if cluster is not self._delays_for[0]:  # the cluster changed (it is immutable): rankings may have
             eligible = sorted(n for n, m in cluster.members.items() if m.eligible)
@@ -669,12 +672,12 @@ class TrusteeNode:
             if len(self._delays) >= 100_000:
                 self._delays.clear()
             ahead = duty.ahead_of(tx_id, self.cfg.node_id, self._delays_for[1])  # one ranking per transaction
-            d = (len(ahead) * self.cfg.record_grace_ms, ahead)
+            d = (len(ahead), ahead)
             self._delays[tx_id] = d
         return d
 
     def _delay_ms(self, tx_id: str) -> int:
-        return self._duty(tx_id)[0]
+        return self._duty(tx_id)[0] * self.cfg.record_grace_ms
 
     def _on_event(self, e: Event) -> None:
         if isinstance(e, TransactionOpened):
@@ -696,18 +699,19 @@ class TrusteeNode:
             if held is not None and held.value == v.value:
                 self.counters.add("duplicate")  # already in the log (R3)
                 continue
-            delay = self._delay_ms(v.tx_id)
-            if delay == 0:
+            ranked = self._duty(v.tx_id)[0]
+            if ranked == 0 or self.cfg.record_grace_ms == 0:
                 now.append(c)
                 continue
             key = (v.tx_id, v.node_id, v.value)
             if key not in self.standby:
                 arrived = time.monotonic()
-                # Our own vote is, at first, only here: after one grace we record it ourselves. A vote
-                # gossip brought has reached the members ranked before us in the same flood: we wait for
-                # them while they are alive (node.duty.take_over).
+                # A vote gossip brought has reached the members ranked before us in the same flood: we
+                # wait for them while they are alive (node.duty.take_over). Our own vote has reached
+                # only the members connected to us: one grace, then we wait only for those.
                 own = c.author_peer == self.gossip.peer_id
-                due = arrived + (self.cfg.record_grace_ms if own else delay) / 1000
+                grace = duty.under_load(self.cfg.record_grace_ms / 1000, self._loop_s)
+                due = arrived + grace * (1 if own else ranked)
                 self.standby[key] = (c, arrived, due, own)
                 self.counters.add("standby")
         return now
@@ -719,17 +723,24 @@ class TrusteeNode:
         txs = self.recorder.ledger.txs
         seen = self.recorder.last_append
         clock = time.monotonic()
-        grace, patience = self.cfg.record_grace_ms / 1000, self.cfg.record_patience_ms / 1000
+        grace = duty.under_load(self.cfg.record_grace_ms / 1000, self._loop_s)
+        patience = self.cfg.record_patience_ms / 1000
         due: list[rules.ReceiveVote] = []
         for key, (cmd, arrived, at, own) in list(self.standby.items()):
             tx = txs.get(key[0])
             held = tx.votes.get(key[1]) if tx else None
             if held is not None and held.value == key[2]:
                 del self.standby[key]
-            elif clock >= at and (own or duty.take_over(
-                    clock, at, arrived, [seen.get(m) for m in self._duty(key[0])[1]], grace, patience)):
+                continue
+            ahead = self._duty(key[0])[1]
+            if own:  # our vote went only to the members connected to us: those not connected do not have it
+                members, connected = self.recorder.ledger.cluster.members, self.gossip.connected_peer_ids
+                ahead = [m for m in ahead if m in members and members[m].peer_id in connected]
+            why = duty.take_over(clock, at, arrived, [seen.get(m) for m in ahead], grace, patience)
+            if why:
                 del self.standby[key]
                 due.append(cmd)
+                self.counters.add(f"standby_taken_over_{'own' if own else why}")  # own, silent or patience
         if due:
             self.counters.add("standby_taken_over", len(due))
             self._record(due)
@@ -784,7 +795,12 @@ class TrusteeNode:
         delay = 0.05
         while True:
             try:
+                t0 = time.perf_counter()
                 results = self.recorder.execute(cmds)
+                # what the write path sees under load: batch sizes and time per execute (issue 15)
+                self.counters.add("record_batches")
+                self.counters.add("record_commands", len(cmds))
+                self.counters.add("record_us", int((time.perf_counter() - t0) * 1e6))
                 break
             except StoreUnavailable:
                 # Postgres or etcd is down: keep the votes and retry, never drop them.

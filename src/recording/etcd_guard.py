@@ -164,6 +164,7 @@ class EtcdGuard:
             i += 2
             refusal.heads[s] = int(head[0][0]) if head else None
             refusal.writers_alive[s] = bool(writer)
+            refusal.head_writers[s] = writer[0][0].decode().split(":", 1)[1] if writer else None
         for k, _ in votes:
             got = responses[i]
             i += 1

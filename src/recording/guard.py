@@ -55,6 +55,9 @@ class Refusal:
     heads: dict[str, int | None]  # stream -> the head the guard holds (None: missing)
     writers_alive: dict[str, bool]  # stream -> a live writer's lease still covers that head
     votes: dict[str, tuple[str, int, bool]]  # vote suffix -> (stored JSON, mod revision, claimed by us)
+    # stream -> who moved that head, while their lease lives (None: nobody alive), read in the same
+    # transaction: the recorder need not ask again, stream by stream (``Guard.head_writer``)
+    head_writers: dict[str, str | None] = field(default_factory=dict)
 
 
 class Guard(Protocol):

@@ -79,6 +79,8 @@ class MemoryGuard:
                 for s in heads:
                     refusal.heads[s] = self._head_locked(s)
                     refusal.writers_alive[s] = f"streams/{s}/writer" in k.data
+                    mark = k.data.get(f"streams/{s}/writer")
+                    refusal.head_writers[s] = mark.value.split(":", 1)[1] if mark is not None else None
                 for key, _ in votes:
                     e = k.data.get(f"votes/{key}")
                     if e is not None:

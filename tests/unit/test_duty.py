@@ -73,3 +73,34 @@ def test_take_over_only_in_turn_and_from_members_that_look_gone():
     assert not duty.take_over(14.9, due=10.8, arrived=10.0, ahead_last_append=alive, grace_s=grace,
                               patience_s=patience)
     assert duty.take_over(15.0, due=10.8, arrived=10.0, ahead_last_append=alive, grace_s=grace, patience_s=patience)
+
+
+def test_take_over_says_why():
+    grace, patience = 0.4, 5.0
+    assert duty.take_over(10.8, due=10.4, arrived=10.0, ahead_last_append=[10.3], grace_s=grace,
+                          patience_s=patience) == "silent"
+    assert duty.take_over(15.0, due=10.4, arrived=10.0, ahead_last_append=[14.9], grace_s=grace,
+                          patience_s=patience) == "patience"
+    assert duty.take_over(10.5, due=10.4, arrived=10.0, ahead_last_append=[10.3], grace_s=grace,
+                          patience_s=patience) is None
+    # nobody ahead (our own vote, when no member ranked before us is connected): our turn is enough
+    assert duty.take_over(10.4, due=10.4, arrived=10.0, ahead_last_append=[], grace_s=grace,
+                          patience_s=patience) == "silent"
+
+
+def test_a_busy_recorder_is_not_taken_for_a_dead_one():
+    """Under load a live recorder appends once per worker pass (~1 s): the grace stretches to a few passes."""
+    grace = duty.under_load(0.4, loop_s=1.0)
+    assert grace == 3.0
+    ahead_appended_last = [10.0]  # a pass ago
+    assert duty.take_over(11.5, due=10.8, arrived=10.0, ahead_last_append=ahead_appended_last, grace_s=grace,
+                          patience_s=5.0) is None
+    assert duty.take_over(13.0, due=10.8, arrived=10.0, ahead_last_append=ahead_appended_last, grace_s=grace,
+                          patience_s=5.0) == "silent"  # three passes without an append: gone after all
+
+
+@given(st.floats(0, 60), st.floats(0, 60), st.floats(0, 60))
+def test_load_only_ever_lengthens_a_wait(wait, loop, more):
+    assert duty.under_load(wait, loop) >= wait
+    assert duty.under_load(wait, loop + more) >= duty.under_load(wait, loop)
+    assert duty.under_load(wait, 0.0) == wait  # an idle worker: the configured wait, unchanged
