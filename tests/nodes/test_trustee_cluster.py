@@ -212,3 +212,28 @@ def test_each_vote_goes_to_its_recorders_and_every_transaction_still_reaches_con
     finally:
         cluster.stop()
     check_log(database, [])
+
+
+def test_a_first_recorder_that_drops_every_vote_it_receives_costs_at_most_the_patience_and_wrongs_nobody(
+        database, etcd_server, etcd_prefix):
+    """Aimed delivery against a Byzantine recorder: trustee-1 stays connected and appends its own votes but
+    drops every vote gossip brings it. The votes of the transactions it is ranked first for went to it and to
+    the next member only: that member records them once trustee-1 looks gone or, while it still appends, once the
+    patience has passed; nothing is lost, nobody is banned."""
+    cluster = TrusteeCluster(4, 3, database.app_dsn, etcd_server.endpoints[0], etcd_prefix)
+    cluster.trustees[0].drop_rate = 1.0
+    cluster.start()
+    try:
+        members = [t.node_id for t in cluster.trustees]
+        firsts = [tx for tx in (f"tx_d{k}" for k in range(400)) if duty.ranking(tx, members)[0] == "trustee-1"][:4]
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(lambda i: cluster.cast_many(i, [(tx, 3) for tx in firsts])[0], range(4)))
+        took = time.monotonic() - t0
+        assert codes == [202] * 4
+        assert took < duty.DEFAULT_PATIENCE_MS / 1000 + 10, took  # the patience, not a deadline or a loss
+        assert all(cluster.tx(1, tx)["status"] == "THRESHOLD_REACHED" for tx in firsts)
+        assert cluster.counters(0).get("fault_dropped_messages", 0) > 0
+    finally:
+        cluster.stop()
+    check_log(database, [])
