@@ -29,6 +29,7 @@ import blake3
 
 DEFAULT_GRACE_MS = 400
 DEFAULT_PATIENCE_MS = 5000
+DEFAULT_FANOUT = 2
 LOAD_FACTOR = 3.0  # worker loops a member ahead may take between appends before it looks gone
 
 
@@ -51,6 +52,18 @@ def ahead_of(tx_id: str, node_id: str, eligible: list[str]) -> list[str]:
     """The members that take up ``tx_id``'s votes before ``node_id``."""
     order = ranking(tx_id, eligible)
     return order[:order.index(node_id)] if node_id in order else order
+
+
+def recipients(tx_id: str, sender: str, eligible: list[str], fanout: int) -> list[str]:
+    """The members a vote on ``tx_id`` is sent to by ``sender``: the first ``fanout`` of the ranking besides it.
+
+    Only the member ranked first records a vote, and the next ones only if it is gone; the others
+    would hold it on standby and drop it once the log has it. Sent to every member, a vote cost
+    N - 1 receptions (decrypt, demultiplex, parse, check the signatures) at N - 1 nodes, the
+    largest share of a node's CPU (issue 15). The sender holds its own vote too and records it
+    itself when the recipients look gone, so a vote is never only in one place.
+    """
+    return [n for n in ranking(tx_id, eligible) if n != sender][:fanout]
 
 
 def take_over(now: float, due: float, arrived: float, ahead_last_append: list[float | None],

@@ -129,6 +129,9 @@ class NodeConfig:
     record_grace_ms: int = duty.DEFAULT_GRACE_MS
     # ... and waits longer for a member ranked before it that is alive (still appending), up to this.
     record_patience_ms: int = duty.DEFAULT_PATIENCE_MS
+    # Committee delivery sends each of our votes to the members ranked first for its transaction, this
+    # many besides us (the recorder and who takes over from it); 0: to every member (node.duty.recipients).
+    vote_fanout: int = duty.DEFAULT_FANOUT
     # How often the worker reads what the other nodes appended (it also reads after each append).
     follow_ms: float = 20.0
     # ... backing off (doubling) to this while the log and the inbox stay quiet: an idle node's
@@ -563,6 +566,18 @@ class TrusteeNode:
         return wire.publish_interval_ms(self.cfg.publish_interval_ms, self.cfg.publish_interval_per_member_ms,
                                         members) / 1000
 
+    def _recipients(self, batch: list[SignedVote]) -> set[str] | None:
+        """The peers a batch of our votes is meant for (node.duty.recipients); None: every member."""
+        if self.cfg.vote_fanout <= 0:
+            return None
+        members = self.recorder.ledger.cluster.members  # immutable, replaced whole: safe to read here
+        eligible = sorted(n for n, m in members.items() if m.eligible)
+        out: set[str] = set()
+        for sv in batch:
+            out.update(members[n].peer_id for n in duty.recipients(sv.vote.tx_id, self.cfg.node_id, eligible,
+                                                                  self.cfg.vote_fanout))
+        return out
+
     def _publish(self) -> None:
         last = -10.0
         while not (self._stopped.is_set() and self.outbox.empty()):
@@ -580,7 +595,7 @@ class TrusteeNode:
                 except queue.Empty:
                     break
             if self.gossip is not None and not self._stopped.is_set():
-                self.gossip.publish(wire.encode(batch))
+                self.gossip.publish(wire.encode(batch), to=self._recipients(batch))
                 self.counters.add("published_votes", len(batch))
             last = time.monotonic()
 
@@ -733,9 +748,10 @@ class TrusteeNode:
                 del self.standby[key]
                 continue
             ahead = self._duty(key[0])[1]
-            if own:  # our vote went only to the members connected to us: those not connected do not have it
+            if own:  # our vote went only to its recipients connected to us: the others do not have it
                 members, connected = self.recorder.ledger.cluster.members, self.gossip.connected_peer_ids
-                ahead = [m for m in ahead if m in members and members[m].peer_id in connected]
+                ahead = [m for m in ahead[:self.cfg.vote_fanout or None]
+                         if m in members and members[m].peer_id in connected]
             why = duty.take_over(clock, at, arrived, [seen.get(m) for m in ahead], grace, patience)
             if why:
                 del self.standby[key]

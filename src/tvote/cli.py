@@ -237,6 +237,9 @@ def node(
     record_patience_ms: Annotated[int, typer.Option(
         help="How long a vote may wait for a live member ranked before us (node.duty).",
         min=0, max=600_000)] = duty.DEFAULT_PATIENCE_MS,
+    vote_fanout: Annotated[int, typer.Option(
+        help="Send each of our votes to the members ranked first for its transaction, this many besides us "
+             "(node.duty.recipients); 0: to every member.", min=0, max=1000)] = duty.DEFAULT_FANOUT,
     publish_interval_ms: Annotated[float, typer.Option(
         help="Under load, send at most one gossip message per this interval (idle: at once), at least.",
         min=0.0, max=10_000.0)] = wire.PUBLISH_INTERVAL_MS,
@@ -282,7 +285,7 @@ def node(
         token = _read_secret(api_token_file)
         cfg = NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, 0, bootstrap or [], addrs.api[1], token,
                          record_grace_ms=record_grace_ms, record_patience_ms=record_patience_ms,
-                         publish_interval_ms=publish_interval_ms,
+                         vote_fanout=vote_fanout, publish_interval_ms=publish_interval_ms,
                          publish_interval_per_member_ms=publish_interval_per_member_ms, journal=str(journal or ""),
                          listen=addrs.listen, advertise=addrs.advertise, api_host=addrs.api[0],
                          api_tls_cert=str(api_tls_cert or ""), api_tls_key=str(api_tls_key or ""),

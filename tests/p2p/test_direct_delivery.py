@@ -96,6 +96,42 @@ def test_a_member_out_of_reach_sends_through_the_mesh_and_relays_reach_it() -> N
     trio.run(main)
 
 
+def test_a_message_meant_for_some_members_reaches_only_them_and_is_never_relayed() -> None:
+    """``publish(..., to=...)`` on committee delivery: the votes' recorders get it, the other members nothing."""
+
+    async def main() -> None:
+        async with cluster(NAMES, allowed_peers=MEMBERS) as (_, nodes):
+            await _connected_to_all(nodes)
+            a, b, c, d = nodes
+            for k in range(10):
+                assert a.host.publish_nowait(b"t:%d" % k, to=[b.peer_id, c.peer_id])
+            assert a.host.publish_nowait(b"everyone")
+            assert await wait_until(lambda: all(n.payloads() == {b"t:%d" % k for k in range(10)} | {b"everyone"}
+                                                for n in (b, c)) and d.payloads() == {b"everyone"}, 30)
+            await trio.sleep(1.5)  # a heartbeat of IHAVE/IWANT gossip: d is not offered them either
+            assert d.payloads() == {b"everyone"} and d.host.counters.copies_in == 1
+            assert a.host.counters.targeted_published == 10 and a.host.counters.direct_published == 11
+            assert a.host.router.targets == {}  # nothing left behind per message
+            assert sum(n.host.counters.relayed_copies for n in nodes) == 0
+
+    trio.run(main)
+
+
+def test_a_message_meant_for_some_members_takes_the_mesh_to_everyone_when_one_is_out_of_reach() -> None:
+    """Without committee delivery there is no aiming: relays carry it to every member, as any message."""
+
+    async def main() -> None:
+        offline = peer_id_from_seed(seed_for("offline-member"))
+        async with cluster(NAMES[:3], allowed_peers=[*MEMBERS[:3], offline]) as (_, nodes):
+            await wait_full_mesh(nodes)
+            a, b, c = nodes
+            assert a.host.publish_nowait(b"aimed", to=[b.peer_id])
+            assert await wait_until(lambda: b"aimed" in b.payloads() and b"aimed" in c.payloads(), 30)
+            assert a.host.counters.targeted_published == 0 and a.host.router.targets == {}
+
+    trio.run(main)
+
+
 def test_an_offline_member_means_mesh_delivery_and_direct_delivery_can_be_switched_off() -> None:
     async def main() -> None:
         offline = peer_id_from_seed(seed_for("offline-member"))

@@ -124,6 +124,7 @@ class GossipCounters:
     copies_in: int = 0  # message copies received from peers (each relay's copy counts; duplicates too)
     duplicate_copies: int = 0  # of those, copies of a message already seen (dropped before validation)
     direct_published: int = 0  # own payloads published on the direct topic (to every member, not relayed)
+    targeted_published: int = 0  # ... of which meant for some members only (publish(..., to=...))
     relayed_copies: int = 0  # copies of other authors' messages we sent on (mesh relaying)
     push_errors: int = 0  # handling a received message raised (logged; the read loop goes on)
     banned_conns_closed: int = 0  # banned peers' connections refused after the handshake (or closed on open)
@@ -179,6 +180,9 @@ class _Router(GossipSub):
     counters: GossipCounters
     my_id_bytes: bytes
     direct_topic: str | None = None
+    # Our own direct messages meant for some members only (message id -> their peer ids): set by the
+    # publisher just before it hands the message to GossipSub, taken here when GossipSub asks whom to send to.
+    targets: dict[bytes, frozenset[ID]]
 
     def _get_peers_to_send(
         self, topic_ids: Iterable[str], msg_forwarder: ID, origin: ID, msg_id: bytes | None = None
@@ -192,11 +196,13 @@ class _Router(GossipSub):
             return
         if origin != self.pubsub.my_id:
             return  # its origin sent it to every member itself: nobody relays a direct message
-        # Flood publishing (GossipSub v1.1): every subscribed peer; router.publish applies the
-        # score publish gate to each, and graylisted peers are left out here as for the mesh.
+        # Flood publishing (GossipSub v1.1): every subscribed peer (or those the message is meant
+        # for); router.publish applies the score publish gate to each, and graylisted peers are
+        # left out here as for the mesh.
         scorer = self.scorer
+        only = self.targets.pop(msg_id, None) if msg_id is not None else None
         for peer in self.pubsub.peer_topics.get(self.direct_topic, set()):
-            if peer in (msg_forwarder, origin):
+            if peer in (msg_forwarder, origin) or (only is not None and peer not in only):
                 continue
             if scorer is not None and scorer.is_graylisted(peer, [self.direct_topic]):
                 continue
@@ -459,6 +465,7 @@ class GossipHost:
         pubsub.set_topic_validator(config.topic, self._topic_validator, False)
         pubsub.set_topic_validator(config.direct_topic, self._topic_validator, False)
         router.direct_topic = config.direct_topic
+        router.targets = {}
         self.pubsub = pubsub
 
         self.dht = KadDHT(self.host, DHTMode.SERVER)
@@ -474,7 +481,8 @@ class GossipHost:
         self.nat = Traversal(self)
 
         # Send queue: thread-safe, bounded; drained by _publisher on the Trio thread.
-        self._sendq: queue.Queue[bytes] = queue.Queue(maxsize=config.send_queue_size)
+        # (payload, the members it is meant for: None = every member)
+        self._sendq: queue.Queue[tuple[bytes, frozenset[str] | None]] = queue.Queue(maxsize=config.send_queue_size)
         self._publisher_idle = False
         self._wake = trio.Event()
         self._intake_open = False
@@ -660,11 +668,14 @@ class GossipHost:
 
     # ------------------------------------------------------------------ publish path
 
-    def publish_threadsafe(self, payload: bytes, block: bool = True, timeout: float | None = None) -> bool:
+    def publish_threadsafe(self, payload: bytes, block: bool = True, timeout: float | None = None,
+                           to: Iterable[str] | None = None) -> bool:
         """Queue ``payload`` for gossip from any thread. False = refused (counted).
 
         Blocking by default: a burst waits for room rather than being dropped. With
-        ``block=False`` a full queue refuses the payload and counts it.
+        ``block=False`` a full queue refuses the payload and counts it. ``to``: the peer ids
+        (base58) the payload is meant for. Sent by committee delivery, it goes to those only;
+        when the message takes the mesh (a member out of reach), it goes everywhere as any other.
         """
         if not self._intake_open:
             self.counters.publish_rejected += 1
@@ -674,7 +685,7 @@ class GossipHost:
         if threading.get_ident() == self._trio_thread:
             block = False  # never block the Trio loop
         try:
-            self._sendq.put(payload, block=block, timeout=timeout)
+            self._sendq.put((payload, frozenset(to) if to is not None else None), block=block, timeout=timeout)
         except queue.Full:
             self.counters.publish_rejected += 1
             return False
@@ -682,15 +693,15 @@ class GossipHost:
             self._kick()
         return True
 
-    def publish_nowait(self, payload: bytes) -> bool:
+    def publish_nowait(self, payload: bytes, to: Iterable[str] | None = None) -> bool:
         """Queue from the Trio thread without waiting (False and counted if full)."""
-        return self.publish_threadsafe(payload, block=False)
+        return self.publish_threadsafe(payload, block=False, to=to)
 
-    async def publish(self, payload: bytes) -> bool:
+    async def publish(self, payload: bytes, to: Iterable[str] | None = None) -> bool:
         """Queue from the Trio thread, waiting (without blocking the loop) for room."""
         while self._intake_open and self._sendq.full():
             await trio.sleep(0.001)
-        return self.publish_nowait(payload)
+        return self.publish_nowait(payload, to=to)
 
     def _kick(self) -> None:
         if threading.get_ident() == self._trio_thread:
@@ -710,13 +721,13 @@ class GossipHost:
         try:
             while True:
                 try:
-                    payload = self._sendq.get_nowait()
+                    payload, to = self._sendq.get_nowait()
                 except queue.Empty:
                     if not self._intake_open:
                         return
                     self._publisher_idle = True
                     try:
-                        payload = self._sendq.get_nowait()  # re-check after flagging idle
+                        payload, to = self._sendq.get_nowait()  # re-check after flagging idle
                     except queue.Empty:
                         await self._wake.wait()
                         self._wake = trio.Event()
@@ -731,16 +742,24 @@ class GossipHost:
                 while self._outbound_full():
                     self.counters.backpressure_waits += 1
                     await trio.sleep(0.002)
-                if self.pubsub.seen_messages.has(blake3.blake3(payload).digest()):
+                msg_id = blake3.blake3(payload).digest()
+                if self.pubsub.seen_messages.has(msg_id):
                     # Content-addressed ids: GossipSub would silently swallow a repeat
                     # within the seen TTL. Count it instead (the node should not repeat).
                     self.counters.duplicate_payloads += 1
                     continue
                 topic = self._publish_topic()
-                await self.pubsub.publish(topic, payload)
+                if to is not None and topic != self.config.topic:
+                    self.router.targets[msg_id] = frozenset(ID.from_base58(p) for p in to)
+                try:
+                    await self.pubsub.publish(topic, payload)
+                finally:
+                    self.router.targets.pop(msg_id, None)  # taken by the router, unless publish stopped early
                 self.counters.published += 1
                 if topic != self.config.topic:
                     self.counters.direct_published += 1
+                    if to is not None:
+                        self.counters.targeted_published += 1
                 await trio.lowlevel.checkpoint()
         finally:
             self._publisher_done.set()

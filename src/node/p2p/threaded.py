@@ -177,10 +177,12 @@ class ThreadedGossipHost:
 
     # -- data path ------------------------------------------------------------------------
 
-    def publish(self, payload: bytes, block: bool = True, timeout: float | None = None) -> bool:
+    def publish(self, payload: bytes, block: bool = True, timeout: float | None = None,
+                to: Iterable[str] | None = None) -> bool:
         """Queue a payload for gossip. Blocks while the send queue is full (unless
-        ``block=False``); returns False (and counts it) if refused."""
-        return self.gossip.publish_threadsafe(payload, block=block, timeout=timeout)
+        ``block=False``); returns False (and counts it) if refused. ``to``: meant for these
+        peers only (``GossipHost.publish_threadsafe``)."""
+        return self.gossip.publish_threadsafe(payload, block=block, timeout=timeout, to=to)
 
     def _enqueue_delivery(self, author: str, payload: bytes) -> None:
         # Runs on the Trio thread: never block it.
