@@ -576,7 +576,7 @@ class TrusteeNode:
         for sv in batch:
             out.update(members[n].peer_id for n in duty.recipients(sv.vote.tx_id, self.cfg.node_id, eligible,
                                                                   self.cfg.vote_fanout))
-        return out
+        return {p for p in out if _parses(p)}  # a member admitted with a malformed peer id is reached by no one
 
     def _publish(self) -> None:
         last = -10.0

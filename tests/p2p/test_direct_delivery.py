@@ -117,6 +117,19 @@ def test_a_message_meant_for_some_members_reaches_only_them_and_is_never_relayed
     trio.run(main)
 
 
+def test_a_malformed_recipient_is_refused_in_the_caller_and_the_host_goes_on() -> None:
+    async def main() -> None:
+        async with cluster(NAMES[:2], allowed_peers=MEMBERS[:2]) as (_, nodes):
+            await _connected_to_all(nodes)
+            a, b = nodes
+            with pytest.raises(ValueError, match="not a peer id"):
+                a.host.publish_nowait(b"bad", to=[b.peer_id, "not-a-peer-id"])
+            assert a.host.publish_nowait(b"good", to=[b.peer_id])
+            assert await wait_until(lambda: b.payloads() == {b"good"}, 15)
+
+    trio.run(main)
+
+
 def test_a_message_meant_for_some_members_takes_the_mesh_to_everyone_when_one_is_out_of_reach() -> None:
     """Without committee delivery there is no aiming: relays carry it to every member, as any message."""
 

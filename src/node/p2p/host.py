@@ -92,6 +92,17 @@ def envelope_of(msg: rpc_pb2.Message) -> tuple[bytes, bytes]:
     return bare.SerializeToString(), bytes(msg.signature)
 
 
+def _peer_ids(ids: Iterable[str]) -> frozenset[ID]:
+    """Base58 peer ids, parsed; ``ValueError`` names the first that is not one (the library's own errors vary)."""
+    out = set()
+    for p in ids:
+        try:
+            out.add(ID.from_base58(p))
+        except Exception as e:
+            raise ValueError(f"not a peer id: {p!r}") from e
+    return frozenset(out)
+
+
 def message_id(msg: rpc_pb2.Message) -> bytes:
     """GossipSub message id: BLAKE3 of the payload only.
 
@@ -482,7 +493,7 @@ class GossipHost:
 
         # Send queue: thread-safe, bounded; drained by _publisher on the Trio thread.
         # (payload, the members it is meant for: None = every member)
-        self._sendq: queue.Queue[tuple[bytes, frozenset[str] | None]] = queue.Queue(maxsize=config.send_queue_size)
+        self._sendq: queue.Queue[tuple[bytes, frozenset[ID] | None]] = queue.Queue(maxsize=config.send_queue_size)
         self._publisher_idle = False
         self._wake = trio.Event()
         self._intake_open = False
@@ -676,7 +687,10 @@ class GossipHost:
         ``block=False`` a full queue refuses the payload and counts it. ``to``: the peer ids
         (base58) the payload is meant for. Sent by committee delivery, it goes to those only;
         when the message takes the mesh (a member out of reach), it goes everywhere as any other.
+        A peer id that does not parse raises ``ValueError`` here, in the caller, never in the
+        publisher task.
         """
+        targets = _peer_ids(to) if to is not None else None
         if not self._intake_open:
             self.counters.publish_rejected += 1
             return False
@@ -685,7 +699,7 @@ class GossipHost:
         if threading.get_ident() == self._trio_thread:
             block = False  # never block the Trio loop
         try:
-            self._sendq.put((payload, frozenset(to) if to is not None else None), block=block, timeout=timeout)
+            self._sendq.put((payload, targets), block=block, timeout=timeout)
         except queue.Full:
             self.counters.publish_rejected += 1
             return False
@@ -750,7 +764,7 @@ class GossipHost:
                     continue
                 topic = self._publish_topic()
                 if to is not None and topic != self.config.topic:
-                    self.router.targets[msg_id] = frozenset(ID.from_base58(p) for p in to)
+                    self.router.targets[msg_id] = to
                 try:
                     await self.pubsub.publish(topic, payload)
                 finally:
