@@ -3,9 +3,9 @@
 The soak (``bench/soak_bench.py --mode synthetic``) held a node's live Python data flat (pymalloc blocks,
 ``malloc_used_mb``) while its RSS crept up: the bytes glibc held free inside its arenas
 (``mallinfo2().fordblks``) went from 5 MB to 12 MB over 100,000 transactions, in steps that came with the
-store's stalls (the etcd client's gRPC threads and the vote-verify pool retrying and reconnecting, each
-thread allocating in an arena of its own: up to 8 per core, each fragmenting apart). With at most two
-arenas the same run kept that figure at 3.5-3.7 MB (docs/decisions.md, "Allocator: two malloc arenas").
+store's stalls. glibc gives threads arenas of their own (up to 8 per core), which fragment apart; with at
+most two the same run kept that figure at 3.0-3.7 MB through more stalls (docs/decisions.md, "Allocator:
+two malloc arenas"). Two, not one: the main thread keeps its own heap and the others share one.
 
 Set with ``mallopt`` at the start of each entry point, before its threads exist, rather than with the
 ``MALLOC_ARENA_MAX`` environment variable: every launcher (``tvote up``, compose, systemd, a shell) then
