@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -60,6 +61,7 @@ from devstack.trustees import TrusteeCluster  # noqa: E402
 from events import rules  # noqa: E402
 from events.errors import StoreUnavailable  # noqa: E402
 from events.postgres_store import PostgresStore  # noqa: E402
+from observability.allocator import hold_mmap_threshold  # noqa: E402
 from recording.etcd_guard import EtcdGuard  # noqa: E402
 from recording.recorder import Recorder  # noqa: E402
 from tvote import db  # noqa: E402
@@ -197,7 +199,23 @@ def _submitter_steps(conn: Connection, dsn: str, etcd: str, retain: int) -> None
         sub.store.close()
 
 
+def _traced_growth(base: tracemalloc.Snapshot | None, done: int) -> tracemalloc.Snapshot:
+    """Diagnostics (``--tracemalloc``): the first snapshot is the baseline; each later one prints, to stderr,
+    the source lines whose live Python allocations grew most since it (what of the heap grows with history)."""
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    if base is None:
+        return snap
+    stats = snap.compare_to(base, "traceback" if tracemalloc.get_traceback_limit() > 1 else "lineno")
+    print(f"--- tracemalloc at {done:,} txs: growth since the first sample", file=sys.stderr)
+    for st in stats[:25]:
+        print(f"{st.size_diff / 1024:+10.1f} KiB {st.count_diff:+8d} blocks  "
+              + " <- ".join(str(f) for f in st.traceback), file=sys.stderr)
+    print(f"total traced {sum(st.size for st in stats) / 2**20:.1f} MiB", file=sys.stderr, flush=True)
+    return base
+
+
 def synthetic(args: argparse.Namespace) -> dict:
+    hold_mmap_threshold()  # as ``tvote node`` does at its start (observability.allocator)
     pg = Postgres(fsync=False).start()
     etcd = Etcd(size=1).start()
     try:
@@ -226,6 +244,9 @@ def synthetic(args: argparse.Namespace) -> dict:
         sub = ctx.Process(target=_submitter_steps, args=(sub_end, dsn, ep, args.retain), daemon=True)
         sub.start()
         samples: list[dict] = []
+        traced = None
+        if args.tracemalloc:
+            tracemalloc.start(args.tracemalloc)
         t0 = time.monotonic()
         per_batch = 100
         stalls: list[float] = []
@@ -261,6 +282,8 @@ def synthetic(args: argparse.Namespace) -> dict:
                                 "longest_stall_s": max(stalls, default=0.0),
                                 "in_memory_txs": len(node.ledger.txs), "elapsed_s": round(time.monotonic() - t0, 1)})
                 print(json.dumps(samples[-1]), flush=True)
+                if args.tracemalloc:
+                    traced = _traced_growth(traced, done)
         sub_done()
         to_sub.send(None)
         sub.join(30)
@@ -480,6 +503,8 @@ def main() -> None:
     ap.add_argument("--retain", type=int, default=10_000, help="finished transactions kept in memory")
     ap.add_argument("--no-fold-from-0", dest="fold_from_0", action="store_false",
                     help="skip the cold start from position 0 (about 90 s per million events here)")
+    ap.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                    help="diagnostics: trace Python allocations (FRAMES deep) and print what grew since 10k txs")
     ap.add_argument("--out", type=Path, default=OUT, help="directory for the JSON and the PNG (default: bench/)")
     args = ap.parse_args()
     result = synthetic(args) if args.mode == "synthetic" else cluster(args)

@@ -45,3 +45,26 @@ def test_the_memo_stays_within_its_size_and_answers_the_same_after_eviction(monk
     assert all(sv.verifies_under(key) for sv in votes)
     assert len(vote_mod._VERIFIED) <= 16
     assert not SignedVote(votes[0].vote, votes[1].signature).verifies_under(key)
+
+
+def test_the_memo_table_has_its_churned_size_from_the_start_and_keeps_it() -> None:
+    """A FIFO memo's dict doubles once, on its first resize under churn (~4/3 of its capacity after it is
+    full): ``churned_table`` does that resize up front, so the memo's memory is reached before any vote."""
+    import os
+    import sys
+
+    for capacity in (16, 1000, vote_mod.VERIFY_CACHE_SIZE):
+        table, plain = vote_mod.churned_table(capacity), {}
+        start = sys.getsizeof(table)
+        assert len(table) == 0
+        sizes, plain_sizes = set(), set()
+        for _ in range(5 * capacity):
+            for d in (table, plain):
+                if len(d) >= capacity:
+                    d.pop(next(iter(d)))
+                d[os.urandom(32)] = True
+            sizes.add(sys.getsizeof(table))
+            plain_sizes.add(sys.getsizeof(plain))
+        assert sizes == {start}
+        assert max(plain_sizes) == start  # the same table a plain dict reaches, only later
+    assert sys.getsizeof(vote_mod._VERIFIED) == start  # the module's memo is made that way
