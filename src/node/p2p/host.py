@@ -72,7 +72,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from . import _patches
 from .config import GossipConfig
-from .gate import OUTSIDER, GatedNoiseTransport, PeerGate, install_dial_gate
+from .gate import OUTSIDER, GatedNoiseTransport, PeerGate, install_dial_gate, parse_ids
 from .identity import key_pair_from_seed, load_key_pair
 from .nat import Traversal
 from .seen import SeenCache
@@ -90,17 +90,6 @@ def envelope_of(msg: rpc_pb2.Message) -> tuple[bytes, bytes]:
     """What the author signed (libp2p-pubsub: the Message without key and signature) and its signature."""
     bare = rpc_pb2.Message(data=msg.data, topicIDs=msg.topicIDs, from_id=msg.from_id, seqno=msg.seqno)
     return bare.SerializeToString(), bytes(msg.signature)
-
-
-def _peer_ids(ids: Iterable[str]) -> frozenset[ID]:
-    """Base58 peer ids, parsed; ``ValueError`` names the first that is not one (the library's own errors vary)."""
-    out = set()
-    for p in ids:
-        try:
-            out.add(ID.from_base58(p))
-        except Exception as e:
-            raise ValueError(f"not a peer id: {p!r}") from e
-    return frozenset(out)
 
 
 def message_id(msg: rpc_pb2.Message) -> bytes:
@@ -687,10 +676,10 @@ class GossipHost:
         ``block=False`` a full queue refuses the payload and counts it. ``to``: the peer ids
         (base58) the payload is meant for. Sent by committee delivery, it goes to those only;
         when the message takes the mesh (a member out of reach), it goes everywhere as any other.
-        A peer id that does not parse raises ``ValueError`` here, in the caller, never in the
+        A peer id that does not parse raises ``ValueError`` (``gate.parse_ids``) here, in the caller, never in the
         publisher task.
         """
-        targets = _peer_ids(to) if to is not None else None
+        targets = parse_ids(to) if to is not None else None
         if not self._intake_open:
             self.counters.publish_rejected += 1
             return False
