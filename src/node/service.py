@@ -723,7 +723,7 @@ class TrusteeNode:
                 arrived = time.monotonic()
                 # A vote gossip brought has reached the members ranked before us in the same flood: we
                 # wait for them while they are alive (node.duty.take_over). Our own vote has reached
-                # only the members connected to us: one grace, then we wait only for those.
+                # only its recipients connected to us: one grace, then we wait only for those.
                 own = c.author_peer == self.gossip.peer_id
                 grace = duty.under_load(self.cfg.record_grace_ms / 1000, self._loop_s)
                 due = arrived + grace * (1 if own else ranked)
