@@ -47,6 +47,14 @@ from recording.recorder import Recorder  # noqa: E402
 from tvote import db  # noqa: E402
 
 
+def fresh_db(server: Postgres | PatroniCluster) -> str:
+    """A new database on ``server``, migrated; the app role's DSN (each run starts on an empty log)."""
+    name = f"b{uuid.uuid4().hex[:8]}"
+    server.create_database(name)
+    db.upgrade(server.url(name))
+    return server.dsn(name, user=db.APP_ROLE)
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * p))]
@@ -170,15 +178,9 @@ def bench_batch1(args: argparse.Namespace) -> dict:
     eventsourcing recorder's single-event append."""
     out: dict = {"full_path_batch1": [], "arrivals": [], "eventsourcing_single": []}
     with Postgres(fsync=True) as pg, Etcd(size=1) as etcd:
-        def fresh_db() -> str:
-            name = f"b{uuid.uuid4().hex[:8]}"
-            pg.create_database(name)
-            db.upgrade(pg.url(name))
-            return pg.dsn(name, user=db.APP_ROLE)
-
         for _ in range(args.repeat):
-            out["full_path_batch1"].append(bench_full_path(fresh_db(), etcd.endpoints[0], args.single_votes, 1))
-            out["arrivals"].append(bench_arrivals(fresh_db(), etcd.endpoints[0], args.votes, args.arrival_rate))
+            out["full_path_batch1"].append(bench_full_path(fresh_db(pg), etcd.endpoints[0], args.single_votes, 1))
+            out["arrivals"].append(bench_arrivals(fresh_db(pg), etcd.endpoints[0], args.votes, args.arrival_rate))
             out["eventsourcing_single"].append(bench_eventsourcing(pg, args.single_votes, batched=False))
             print("round:", {k: v[-1] for k, v in out.items()}, flush=True)
     med = {k: median_of(v) for k, v in out.items()}
@@ -304,19 +306,13 @@ def bench_replication(votes: int, single_votes: int, repeat: int) -> dict:
     """
     out: dict = {"rows": []}
     with Etcd(size=1) as etcd, PatroniCluster(etcd.endpoints, fsync=True) as pc:
-        def fresh_db() -> str:
-            name = f"b{uuid.uuid4().hex[:8]}"
-            pc.create_database(name)
-            db.upgrade(pc.url(name))
-            return pc.dsn(name, user=db.APP_ROLE)
-
         for batch, n in ((1, single_votes), (100, votes // 4), (500, votes)):
             single, sync, ratios = [], [], []
             for k in range(repeat):
                 order = ("local", "on") if k % 2 == 0 else ("on", "local")
                 got = {}
                 for mode in order:
-                    dsn = f"{fresh_db()} options='-c synchronous_commit={mode}'"
+                    dsn = f"{fresh_db(pc)} options='-c synchronous_commit={mode}'"
                     got[mode] = bench_full_path(dsn, etcd.endpoints[0], n, batch)
                 single.append(got["local"])
                 sync.append(got["on"])
@@ -353,27 +349,21 @@ def main() -> None:
     results["decide_evolve"] = bench_pure(args.votes)
     print("decide+evolve:", results["decide_evolve"], flush=True)
     with Postgres(fsync=True) as pg, Etcd(size=1) as etcd:
-        def fresh_db() -> str:
-            name = f"b{uuid.uuid4().hex[:8]}"
-            pg.create_database(name)
-            db.upgrade(pg.url(name))
-            return pg.dsn(name, user=db.APP_ROLE)
-
         results["full_path"] = []
         for batch, votes, edge in ((1, args.single_votes, False), (100, args.votes, False),
                                    (500, args.votes, False), (500, args.votes, True)):
-            r = median_of([bench_full_path(fresh_db(), etcd.endpoints[0], votes, batch, edge) for _ in rep])
+            r = median_of([bench_full_path(fresh_db(pg), etcd.endpoints[0], votes, batch, edge) for _ in rep])
             results["full_path"].append(r)
             print("full path (decide + etcd CAS + PG append):", r, flush=True)
-        raw_dsn = fresh_db().replace(f"user={db.APP_ROLE}", "user=postgres")
+        raw_dsn = fresh_db(pg).replace(f"user={db.APP_ROLE}", "user=postgres")
         results["raw_limit"] = median_of([bench_raw(raw_dsn, args.votes) for _ in rep])
         print("raw limit (plain table, batches of 500):", results["raw_limit"], flush=True)
-        results["store"] = median_of([bench_store(fresh_db(), args.votes) for _ in rep])
+        results["store"] = median_of([bench_store(fresh_db(pg), args.votes) for _ in rep])
         print("our store alone (PostgresStore.append, same events, batches of 500):", results["store"], flush=True)
         results["eventsourcing"] = median_of([bench_eventsourcing(pg, args.votes) for _ in rep])
         print("eventsourcing PostgresApplicationRecorder:", results["eventsourcing"], flush=True)
         # projection rebuild over a log of the full-path run's size
-        dsn = fresh_db()
+        dsn = fresh_db(pg)
         bench_full_path(dsn, etcd.endpoints[0], args.votes, 500)
         replays = [replay(dsn.replace(f"user={db.APP_ROLE}", "user=postgres")) for _ in rep]
         results["rebuild"] = median_of([{"events": r.events, "events_per_s": round(r.events_per_second),
