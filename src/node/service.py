@@ -202,7 +202,8 @@ class TrusteeNode:
         self._store_ok_since: float | None = None  # monotonic time the log became writable again (R9)
         self._reported: set[int] = set()  # positions of invalid entries we already reported (R13)
         self._beat = time.monotonic()  # the worker's last completed loop (back-pressure, health)
-        self._loop_s = 0.0  # how long a pass of the worker loop takes, smoothed (node.duty.under_load)
+        self._loop_s = 0.0  # how long a pass of the worker loop works, smoothed (node.duty.under_load)
+        self._idle_s = 0.0  # ... of the last pass, the time it slept waiting for a vote (not work)
         self._snapshot_at = 0  # the log position of our last snapshot
         self._followed_at = 0.0  # when the worker last read the log through (readiness)
 
@@ -606,9 +607,11 @@ class TrusteeNode:
         pause = follow
         while True:
             now_s = time.monotonic()
-            self._loop_s += 0.2 * (now_s - self._beat - self._loop_s)
+            self._loop_s += 0.2 * (now_s - self._beat - self._idle_s - self._loop_s)
             self._beat = now_s
-            items = self._drain(self.cfg.batch_window_ms / 1000)
+            # idle, sleep on the inbox until the next read or tick is due (not a 20 ms poll: 50 wakeups/s)
+            wait = min(max(min(next_follow, next_tick) - now_s, 0.001), 0.1)
+            items = self._drain(self.cfg.batch_window_ms / 1000, wait)
             try:
                 if items:
                     now = self._route([rules.ReceiveVote(sv, author, now_ms(), env) for author, sv, env in items])
@@ -630,7 +633,7 @@ class TrusteeNode:
                     self._sweep_standby()
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + tick
-                    self._periodic()
+                    self._periodic(stale_after=idle_follow)
             except StoreUnavailable:
                 # Postgres or etcd is down: the worker waits and tries again; nothing is dropped.
                 self.counters.add("store_unavailable")
@@ -657,9 +660,19 @@ class TrusteeNode:
             self._reported.update(c.position for c in todo)
             self._record(todo)
 
-    def _periodic(self) -> None:
-        if self.recorder.catch_up():
-            self._moved()
+    def _periodic(self, stale_after: float) -> None:
+        """The tick's duties (deadlines, deferred votes, faults, bans, snapshots), on a log read lately.
+
+        The follow schedule reads the log every ``follow_ms`` while anything moves and backs off to
+        ``follow_idle_ms`` when nothing does; the tick reads itself only when the last read is older than
+        that, so its duties never rest on an older view. (It used to read at every tick: 10 more reads/s
+        per node, idle or not, a quarter of an idle node's CPU, issue 15.) The read also proves the store
+        answers before the R9 grace starts.
+        """
+        if time.monotonic() - self._followed_at >= stale_after:
+            if self.recorder.catch_up():
+                self._moved()
+            self._followed_at = time.monotonic()
         if self._store_ok_since is None:
             self._store_ok_since = time.monotonic()  # the log is writable again: the R9 grace starts now
         self._keep_claim()
@@ -794,11 +807,15 @@ class TrusteeNode:
         with self._log_moved:
             self._log_moved.notify_all()
 
-    def _drain(self, window: float) -> list[tuple[str, SignedVote, Envelope | None]]:
+    def _drain(self, window: float, wait: float = 0.02) -> list[tuple[str, SignedVote, Envelope | None]]:
+        """Received votes: the first within ``wait`` s, then those that follow it within ``window``."""
+        t0 = time.monotonic()
         try:
-            items = [self.inbox.get(timeout=0.02)]
+            items = [self.inbox.get(timeout=wait)]
         except queue.Empty:
             return []
+        finally:
+            self._idle_s = time.monotonic() - t0
         end = time.monotonic() + window
         while len(items) < self.cfg.max_batch:
             try:
