@@ -35,7 +35,7 @@ from events import rules
 from events.envelope import Envelope
 from events.errors import CommandRejected, InvalidVote, StoreUnavailable, ThresholdVoteError
 from events.follow import Void
-from events.model import Event, TransactionOpened, tx_stream
+from events.model import Event, TransactionOpened, VoteAccepted, tx_stream
 from events.postgres_store import COMMIT_BOUND_S, PostgresStore
 from events.vote import SignedVote
 from events.writers import RowSigner
@@ -189,7 +189,10 @@ class TrusteeNode:
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self._caught_up = False
-        self._log_moved = threading.Condition()
+        # API threads waiting for our votes to reach the log, by transaction: woken one by one when the
+        # log accepts our vote there, not all at every move of the log (node.api: 202 means durable)
+        self._waiters: dict[str, set[threading.Event]] = {}
+        self._waiters_lock = threading.Lock()
         self.reception: collections.deque[int] = collections.deque(maxlen=20_000)  # ms, signed -> our edge
         self._parsed: dict[bytes, list[SignedVote]] = {}  # payload -> its votes, from the edge to the pump
         # votes left to the members ranked before us: (tx, node, value) -> (command, arrived, due, ours)
@@ -624,7 +627,6 @@ class TrusteeNode:
                     next_follow = min(next_follow, time.monotonic() + follow)
                 if time.monotonic() >= next_follow:
                     if self.recorder.catch_up():
-                        self._moved()
                         pause = follow
                     elif not (self.standby or self.recorder.deferred):
                         pause = min(idle_follow, 2 * pause)
@@ -670,8 +672,7 @@ class TrusteeNode:
         answers before the R9 grace starts.
         """
         if time.monotonic() - self._followed_at >= stale_after:
-            if self.recorder.catch_up():
-                self._moved()
+            self.recorder.catch_up()
             self._followed_at = time.monotonic()
         if self._store_ok_since is None:
             self._store_ok_since = time.monotonic()  # the log is writable again: the R9 grace starts now
@@ -708,7 +709,9 @@ class TrusteeNode:
         return self._duty(tx_id)[0] * self.cfg.record_grace_ms
 
     def _on_event(self, e: Event) -> None:
-        if isinstance(e, TransactionOpened):
+        if isinstance(e, VoteAccepted) and e.node_id == self.cfg.node_id and e.tx_id in self._waiters:
+            self._wake(e.tx_id)
+        elif isinstance(e, TransactionOpened):
             heapq.heappush(self._deadlines, (e.deadline_at_ms + self._delay_ms(e.tx_id), e.tx_id))
 
     def _route(self, cmds: list[rules.ReceiveVote]) -> list[rules.ReceiveVote]:
@@ -787,12 +790,20 @@ class TrusteeNode:
     def wait_recorded(self, votes: list[SignedVote], timeout: float) -> bool:
         """Wait until our votes are durable in the log (or the timeout passes).
 
-        Woken by the worker whenever the log moved, not by polling: many API threads may wait
-        on hundreds of votes each, and they must not take the worker's CPU.
+        Woken when the log accepts one of our votes on a transaction we wait for (``_on_event``), not
+        at every move of the log: under an open-loop load a node has a hundred requests in flight, and
+        waking them all at each of its ~50 reads a second was thousands of thread switches a second
+        for nothing (issue 15). Registered before the first check, so no acceptance is missed; a
+        1 s re-check covers a transaction brought back into memory (``Follower.ensure``) without an event.
         """
         end = time.monotonic() + timeout
         pending = collections.deque(votes)
-        with self._log_moved:
+        woken = threading.Event()
+        txs = {sv.vote.tx_id for sv in votes}
+        with self._waiters_lock:
+            for tx_id in txs:
+                self._waiters.setdefault(tx_id, set()).add(woken)
+        try:
             while True:
                 while pending and self.recorded([pending[0]]):
                     pending.popleft()
@@ -801,11 +812,21 @@ class TrusteeNode:
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
-                self._log_moved.wait(min(0.1, left))
+                woken.wait(min(1.0, left))
+                woken.clear()  # then check again: the ledger is updated before the event that sets it
+        finally:
+            with self._waiters_lock:
+                for tx_id in txs:
+                    waiting = self._waiters.get(tx_id)
+                    if waiting is not None:
+                        waiting.discard(woken)
+                        if not waiting:
+                            del self._waiters[tx_id]
 
-    def _moved(self) -> None:
-        with self._log_moved:
-            self._log_moved.notify_all()
+    def _wake(self, tx_id: str) -> None:
+        with self._waiters_lock:
+            for woken in self._waiters.get(tx_id, ()):
+                woken.set()
 
     def _drain(self, window: float, wait: float = 0.02) -> list[tuple[str, SignedVote, Envelope | None]]:
         """Received votes: the first within ``wait`` s, then those that follow it within ``window``."""
@@ -842,7 +863,6 @@ class TrusteeNode:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self._count(results)
-        self._moved()
         self._enforce_bans()
 
     def _count(self, results) -> None:
