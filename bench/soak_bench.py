@@ -61,6 +61,7 @@ from devstack.trustees import TrusteeCluster  # noqa: E402
 from events import rules  # noqa: E402
 from events.errors import StoreUnavailable  # noqa: E402
 from events.postgres_store import PostgresStore  # noqa: E402
+from observability.allocator import hold_mmap_threshold  # noqa: E402
 from recording.etcd_guard import EtcdGuard  # noqa: E402
 from recording.recorder import Recorder  # noqa: E402
 from tvote import db  # noqa: E402
@@ -214,6 +215,7 @@ def _traced_growth(base: tracemalloc.Snapshot | None, done: int) -> tracemalloc.
 
 
 def synthetic(args: argparse.Namespace) -> dict:
+    hold_mmap_threshold()  # as ``tvote node`` does at its start (observability.allocator)
     pg = Postgres(fsync=False).start()
     etcd = Etcd(size=1).start()
     try:

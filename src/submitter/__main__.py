@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: Options) -> int:
+    from observability.allocator import hold_mmap_threshold
+
+    hold_mmap_threshold()  # flat memory over a long run (observability.allocator)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     name = args.name or f"submitter-{os.getpid()}"

@@ -30,6 +30,7 @@ from events.log_waiter import LogWaiter
 from events.postgres_store import COMMIT_BOUND_S, PostgresStore, connect_failure
 from events.writers import RowSigner, operator_writer
 from node import duty, wire
+from observability.allocator import hold_mmap_threshold
 from observability.logging import configure_logging
 from observability.metrics import serve_metrics
 from projections.projector import Projector
@@ -166,6 +167,7 @@ def projector(dsn: Dsn, once: Annotated[bool, typer.Option(help="Catch up and ex
     except AddressError as e:
         raise fail(str(e)) from None
     _connect_check(dsn)
+    hold_mmap_threshold()
     configure_logging(service="tvote-projector")
     p = Projector(dsn)
     stopping = {"now": False}
@@ -278,6 +280,7 @@ def node(
     if reachability == "private" and not relay:
         raise fail("--reachability private needs a --relay to reserve a slot on")
     _connect_check(dsn)
+    hold_mmap_threshold()  # flat memory over a long run (observability.allocator)
     configure_logging(service="tvote-node")
     # py-libp2p logs expected connection churn (closing peers, DHT reads) at ERROR level.
     logging.getLogger("libp2p").setLevel(os.environ.get("TVOTE_LIBP2P_LOG_LEVEL", "CRITICAL"))
