@@ -82,6 +82,23 @@ def bootstrap(n: int, t: int, **config: int) -> tuple[Ledger, list[Trustee]]:
     return ledger, ts
 
 
+def unstarted_node(tmp_path, ledger: Ledger):
+    """Trustee node-1 (``trustees``' key) as a ``TrusteeNode`` never started: its recorder is only ``ledger``.
+
+    For the node's pure-ish parts (the edge's validator, the API's waiters) without a host or a store.
+    """
+    from types import SimpleNamespace
+
+    from node.p2p.identity import generate_key_file
+    from node.service import NodeConfig, TrusteeNode
+
+    key = tmp_path / "k"
+    generate_key_file(key, seed=bytes([2]) * 32)
+    node = TrusteeNode(NodeConfig("node-1", str(key), "dsn", "etcd"))
+    node.recorder = SimpleNamespace(ledger=ledger)
+    return node
+
+
 def run(ledger: Ledger, command) -> list:
     events = ledger.decide(command)
     for e in events:

@@ -6,28 +6,21 @@ Runs the real validator with real signatures over a ledger from the pure core; n
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
-from helpers import bootstrap, run, trustees
+from helpers import bootstrap, run, trustees, unstarted_node
 
 from events import rules
 from events.envelope import build
 from events.vote import SignedVote, Vote, sign
 from node import wire
-from node.p2p.identity import generate_key_file
-from node.service import NodeConfig, TrusteeNode
 from recording.recorder import now_ms
 
 
 @pytest.fixture
 def edge(tmp_path):
     ledger, ts = bootstrap(4, 3)
-    key = tmp_path / "k"
-    generate_key_file(key, seed=bytes([2]) * 32)  # trustee node-1's key (helpers.trustees)
-    node = TrusteeNode(NodeConfig("node-1", str(key), "dsn", "etcd"))
-    node.recorder = SimpleNamespace(ledger=ledger)
-    return node, ledger, ts
+    return unstarted_node(tmp_path, ledger), ledger, ts
 
 
 def vote(t, tx="tx", value=1, ts=None):

@@ -8,25 +8,18 @@ from __future__ import annotations
 
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
-from helpers import bootstrap, run
+from helpers import bootstrap, run, unstarted_node
 
 from events import rules
 from events.vote import Vote, sign
-from node.p2p.identity import generate_key_file
-from node.service import NodeConfig, TrusteeNode
 
 
 @pytest.fixture
 def node(tmp_path):
     ledger, ts = bootstrap(4, 3)
-    key = tmp_path / "k"
-    generate_key_file(key, seed=bytes([2]) * 32)  # trustee node-1's key (helpers.trustees)
-    n = TrusteeNode(NodeConfig("node-1", str(key), "dsn", "etcd"))
-    n.recorder = SimpleNamespace(ledger=ledger)
-    return n, ledger, ts
+    return unstarted_node(tmp_path, ledger), ledger, ts
 
 
 def accept(node, ledger, t, tx: str, value: int = 1) -> None:
