@@ -50,8 +50,13 @@ def _seed(i: int) -> bytes:
 # ------------------------------------------------------------------------------ node process
 
 
-def node_main(index: int, bootstrap: list[str], n_peers: int, verify: bool, baseline: bool) -> None:
-    """One host. Commands arrive as JSON lines on stdin, results leave as JSON on stdout."""
+def node_main(index: int, bootstrap: list[str], n_peers: int, verify: bool, baseline: bool,
+              direct: bool = False) -> None:
+    """One host. Commands arrive as JSON lines on stdin, results leave as JSON on stdout.
+
+    ``direct``: the hosts admit one another as members, so messages go by committee delivery (one copy from the
+    origin to each member, relayed by nobody), as the node's do (``GossipConfig.direct_delivery``).
+    """
     import trio
     from nacl.bindings import crypto_sign_open
     from nacl.signing import SigningKey
@@ -85,6 +90,13 @@ def node_main(index: int, bootstrap: list[str], n_peers: int, verify: bool, base
         return True
 
     cfg = GossipConfig(seed=_seed(index), bootstrap=bootstrap)
+    if direct:
+        from libp2p.peer.id import ID
+
+        from node.p2p.identity import key_pair_from_seed
+
+        cfg.allowed_peers = [ID.from_pubkey(key_pair_from_seed(_seed(i)).public_key).to_base58()
+                             for i in range(n_peers + 1)]
     if baseline:  # py-libp2p's own behaviour: window update per read, records re-verified per RPC
         cfg.yamux_release_on_read = True
         cfg.memoize_peer_records = False
@@ -217,13 +229,15 @@ DROP_KEYS = ("publish_rejected", "delivery_drops", "own_publish_drops", "forward
 class Proc:
     last: dict[str, int]
 
-    def __init__(self, index: int, bootstrap: list[str], n_peers: int, verify: bool, baseline: bool) -> None:
+    def __init__(self, index: int, bootstrap: list[str], n_peers: int, verify: bool, baseline: bool,
+                 direct: bool = False) -> None:
         self.last = {}
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
         args = [sys.executable, __file__, "--node", str(index), "--peers", str(n_peers)]
         args += ["--no-verify"] if not verify else []
         args += ["--baseline"] if baseline else []
+        args += ["--direct"] if direct else []
         args += [a for b in bootstrap for a in ("--bootstrap", b)]
         self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, text=True, env=env)
@@ -290,8 +304,8 @@ def run_round(procs: list[Proc], rnd: int, batch: int, count: int, rate: float |
 def orchestrate(args: argparse.Namespace) -> None:
     n = 4
     t0 = time.monotonic()
-    first = Proc(0, [], n - 1, args.verify, args.baseline)
-    procs = [first] + [Proc(i, [first.addr], n - 1, args.verify, args.baseline) for i in range(1, n)]
+    first = Proc(0, [], n - 1, args.verify, args.baseline, args.direct)
+    procs = [first] + [Proc(i, [first.addr], n - 1, args.verify, args.baseline, args.direct) for i in range(1, n)]
     for p in procs:
         p.read()  # mesh ready
     print(f"4 hosts up, full mesh in {time.monotonic() - t0:.1f}s "
@@ -366,12 +380,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller message counts")
     ap.add_argument("--baseline", action="store_true",
                     help="switch off our two library tunings (yamux window updates, peer-record memo)")
+    ap.add_argument("--direct", action="store_true",
+                    help="committee delivery: the hosts admit one another as members (one copy each, no relays)")
     ap.add_argument("--rate", type=float, default=40.0, help="max gossip messages/s in the latency rounds")
     ap.add_argument("--max-votes", type=float, default=2560.0, help="max votes/s in the latency rounds")
     args = ap.parse_args()
     if args.node is not None:
         sys.path.insert(0, str(SRC))
-        node_main(args.node, args.bootstrap, args.peers, args.verify, args.baseline)
+        node_main(args.node, args.bootstrap, args.peers, args.verify, args.baseline, args.direct)
     else:
         orchestrate(args)
 

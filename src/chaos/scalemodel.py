@@ -10,14 +10,21 @@ a Python simulation would crawl through; closed forms are instant, deterministic
 unit tests can state properties), at the price of mean behaviour only: p99s come from an exponential-tail rule (the
 total queueing delay is taken as exponential with its mean), transients and 60-transaction runs are not modelled.
 
-What happens to one transaction (today's write path, read off ``node/service.py`` and ``recording/recorder.py``): every
-node votes (one API call each); its vote goes into its own worker at once and into its publisher, which batches own
-votes over a 5 ms window into one gossip message; GossipSub carries the message over a mesh of degree min(N-1, D);
-every node verifies and decides every vote, and every node that receives a vote tries to record it: an etcd
-transaction claims the stream head and the vote key, then one Postgres append under the log's advisory lock. Votes
-of one transaction share a stream head, so with several claimants they land one per *round* (the loser is refused,
-backs off, catches up, decides again); ``claim_attempts_per_vote`` says how many nodes try each vote (N today, 1 with
-one designated recorder per transaction).
+What happens to one transaction (the write path as the code has it, read off ``node/service.py``, ``node/duty.py``,
+``node/p2p/host.py``, ``recording/recorder.py`` and ``events/follow.py``; docs/decisions.md says why): every node votes
+(one API call each); its vote goes into its own worker at once and into its publisher, which sends at once when idle
+and otherwise one message per publish interval (12.5 ms x N, 50 ms at least, 500 ms at most), holding all its own
+votes of that interval. *Aimed delivery*: while every other member is connected (at most ``direct_max_peers`` = 32
+of them), a message goes by committee delivery to the union of its votes' recipients, the first ``fanout`` (2)
+members of each transaction's ranking besides the voter, one copy each, relayed by nobody; larger committees keep
+the GossipSub mesh of degree D (every node receives every message, several copies, and forwards it). *One recorder*:
+the member ranked first records a transaction's votes (an etcd transaction claims the stream head and the vote keys,
+then one Postgres append under the log's advisory lock), in batches of what its worker drained in one cycle; the
+others hold what they received on standby and take over only when it looks gone (``claim_attempts_per_vote`` = 1,
+more with take-overs; N was the old race, where votes of one transaction landed one per *round*). *Everyone
+follows*: every node reads every row it did not write, checks its append's signature and decides its unit again
+(R13), so the decide-and-fold cost of an event is paid N times cluster-wide, and every node verifies every vote's
+signature once (at its edge, or when the log brings it).
 
 Resources a point can saturate: a node is one CPython process, so its *GIL* (everything but libsodium's verify), its
 *gossip thread* (Trio: transport, parsing, verify) and its *worker* (per-vote recording work) are one core each
@@ -36,13 +43,29 @@ LN2 = math.log(2.0)  # its median
 
 @dataclass(frozen=True)
 class Gossip:
-    """GossipSub parameters (``node/p2p/config.py``) and the node's publisher batch window."""
+    """Transport parameters: GossipSub's (``node/p2p/config.py``), aimed delivery's and the node's windows."""
 
     d: int = 6
     d_low: int = 4
     d_high: int = 12
-    batch_window_s: float = 0.005
+    batch_window_s: float = 0.005  # the worker's drain window (NodeConfig.batch_window_ms)
     link_latency_s: float = 0.0  # one-way network delay per hop on top of the measured loopback hop
+    # the publisher's pace under load (node/wire.py): max(base, per member x N), capped
+    publish_interval_s: float = 0.050
+    publish_interval_per_member_s: float = 0.0125
+    max_publish_interval_s: float = 0.500
+    # committee delivery (GossipConfig.direct_delivery, direct_max_peers; NodeConfig.vote_fanout, 0 = every member)
+    direct: bool = True
+    direct_max_peers: int = 32
+    fanout: int = 2
+
+    def interval_s(self, n: int) -> float:
+        """The publisher's interval under load for a committee of ``n`` (``wire.publish_interval_ms``)."""
+        return min(self.max_publish_interval_s, max(self.publish_interval_s, self.publish_interval_per_member_s * n))
+
+    def aimed(self, n: int) -> bool:
+        """Committee delivery applies: every other member within ``direct_max_peers`` (else the mesh)."""
+        return self.direct and 1 <= n - 1 <= self.direct_max_peers
 
 
 @dataclass(frozen=True)
@@ -71,13 +94,13 @@ class Deployment:
 class Calibration:
     """Measured per-stage costs: CPU in core-seconds, latencies in seconds, capacities per second."""
 
-    gossip_copy_cpu_s: float  # transport CPU per copy of a gossip message sent or received (Trio, Noise, yamux)
+    gossip_copy_cpu_s: float  # mesh: transport CPU per copy of a gossip message sent or received (Trio, Noise, yamux)
     gossip_hop_s: float  # unloaded one-hop delivery time: sender enqueue -> receiver's consumer thread
     vote_verify_cpu_s: float  # Ed25519 verify (libsodium releases the GIL)
-    vote_edge_cpu_s: float  # per vote at the edge: wire.decode at the validator and again in the pump
+    vote_edge_cpu_s: float  # per vote at the edge: wire.decode at the validator (the pump reuses the parse)
     decide_cpu_s: float  # decide+evolve of one vote, fixed part
     decide_per_member_cpu_s: float  # and the part that grows with N (member scans, quorum count)
-    follow_cpu_s: float  # read, decode and fold one event of the log (every node folds every event)
+    follow_cpu_s: float  # read, decode, decide again and fold one event another node wrote (R13)
     follow_per_member_cpu_s: float
     exec_cpu_s: float  # client CPU of one execute that claims and appends (2 catch-ups, etcd txn, PG append)
     exec_vote_cpu_s: float  # and per claimed vote in its batch
@@ -94,8 +117,15 @@ class Calibration:
     api_request_cpu_s: float  # node side of one POST /votes (http.server, JSON, sign)
     driver_request_cpu_s: float  # the load driver's side (urllib): counted on a shared box only
     node_idle_cores: float  # an idle node: Trio loop, GossipSub heartbeats, the 10 Hz tick, polling threads
+    # committee delivery (one copy per recipient, nobody relays): transport CPU to receive one message (validation
+    # and delivery included, its votes' parse and verify not) and to send one copy; None: the mesh's per-copy figure
+    direct_recv_cpu_s: float | None = None
+    direct_send_cpu_s: float | None = None
+    query_cpu_s: float = 0.0  # client CPU of one catch-up read (the follow schedule's, past the end of the log)
     conflict_backoff_s: float = 0.010  # recorder._resolve sleeps this while a live writer is mid-append
-    tick_hz: float = 10.0  # the worker's periodic catch-up (NodeConfig.tick_ms = 100)
+    follow_hz: float = 50.0  # the worker reads the log every follow_ms (20) while it moves ...
+    follow_idle_hz: float = 5.0  # ... and backs off to follow_idle_ms (200) when quiet (counted in node_idle_cores)
+    reads_per_move: float = 4.0  # reads a move of the log costs before the schedule is back at idle (20, 40, 80, ...)
     notes: dict[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -110,7 +140,7 @@ class Scenario:
     n: int
     t: int
     rate: float  # offered transactions/s; every node votes on each
-    claim_attempts_per_vote: float | None = None  # None: N (today, every receiver tries); 1: designated recorder
+    claim_attempts_per_vote: float | None = 1.0  # 1: the designated recorder (node/duty.py); None: N (the old race)
     ballots_per_request: int = 1  # votes per POST /votes (the API has a batch form)
 
     def __post_init__(self) -> None:
@@ -138,7 +168,11 @@ class Prediction:
     max_tx_per_s: float
     completed_tx_per_s: float
     votes_per_message: float
-    copies_per_message: float  # copies of each gossip message a node receives
+    copies_per_message: float  # copies of each gossip message a recipient receives (1 with aimed delivery)
+    recipients_per_message: float  # nodes each message reaches (the union of its votes' recipients, or N-1)
+    aimed: bool  # committee delivery (else the GossipSub mesh)
+    record_batch: float  # votes per Recorder.execute (one etcd claim, one append), at the completed rate
+    cpu_ms_per_consensus: float  # CPU of all nodes per transaction, ms, at the completed rate (idle included)
     etcd_txn_per_s: float  # cluster-wide, at the completed rate
     pg_appends_per_s: float
     reception_p50_s: float  # vote signed -> VoteAccepted in the log; inf when saturated
@@ -163,11 +197,27 @@ def copies_received(n: int, g: Gossip) -> float:
 
 
 def hops(n: int, g: Gossip) -> float:
-    """Mean hops to reach a node: 1 in a full mesh, ~log_d(N-1) in a random d-regular mesh."""
+    """Mean hops to reach a node: 1 when aimed or in a full mesh, ~log_d(N-1) in a random d-regular mesh."""
     d = mesh_degree(n, g)
     if n < 2:
         return 0.0
+    if g.aimed(n):
+        return 1.0
     return 1.0 if n - 1 <= d or d < 2 else max(1.0, math.log(n - 1) / math.log(d))
+
+
+def reach(n: int, g: Gossip, votes_per_msg: float) -> float:
+    """Nodes one message of ``votes_per_msg`` own votes reaches, besides its sender.
+
+    Aimed: each vote goes to ``fanout`` of the N-1 others (the ranking is a hash, so spread evenly), a message to the
+    union of its votes' recipients: N-1 bins, ``fanout`` draws a vote. The mesh: everyone.
+    """
+    if n < 2:
+        return 0.0
+    if not g.aimed(n) or g.fanout <= 0:
+        return float(n - 1)
+    f = min(g.fanout, n - 1)
+    return (n - 1) * (1 - (1 - f / (n - 1)) ** votes_per_msg)
 
 
 @dataclass(frozen=True)
@@ -184,6 +234,8 @@ class _Load:
     wins: float  # per node per second: claims that land
     batch: float  # claimed votes per etcd transaction
     msg_service_s: float  # gossip-thread CPU per distinct message
+    reached: float  # nodes each message reaches
+    pub_wait_s: float  # mean time an own vote waits in the publisher
 
     @property
     def node_cpu(self) -> float:
@@ -204,42 +256,76 @@ def _contention(s: Scenario) -> float:
     return (s.attempts - 1) / (s.n - 1) if s.n > 1 else 0.0
 
 
+def publisher(s: Scenario, g: Gossip, rate: float) -> tuple[float, float]:
+    """Own votes per message and the mean wait of a vote in the publisher, at ``rate`` votes/s of one node.
+
+    The driver casts at a steady pace: while votes come further apart than the interval I each is sent at once
+    alone; past that the publisher sends every I with r x I votes, which arrived over the interval (a mean wait
+    growing from 0 to I/2). A batched API request travels whole.
+    """
+    i = g.interval_s(s.n)
+    ri = rate * i
+    per_msg = max(1.0, ri, float(s.ballots_per_request) if rate > 0 else 1.0)
+    return per_msg, (i / 2) * max(0.0, 1 - 1 / ri) if ri > 1 else 0.0
+
+
 def _load(s: Scenario, dep: Deployment, cal: Calibration, g: Gossip, rate: float) -> _Load:
     n, a, w = s.n, s.attempts, g.batch_window_s
-    d = mesh_degree(n, g)
-    # own votes per gossip message: what one publisher window (or one batched API request) holds
-    votes_per_msg = max(1.0, rate * w, float(s.ballots_per_request) if rate > 0 else 1.0)
+    aimed = g.aimed(n)
+    votes_per_msg, pub_wait = publisher(s, g, rate)
     own_msgs = rate / votes_per_msg
-    msgs_in = (n - 1) * own_msgs
-    copies = copies_received(n, g)
-    votes_in = (n - 1) * rate
-    # The worker drains votes in cycles of (window + one execute). A node's claims on one transaction come in a
-    # burst: its own vote at once, the others within the gossip spread, so they fill 1 + spread/cycle batches
-    # (measured etcd load at N=4..10 is ~1-2 transactions per tx per node, not N). Batching is credited at the
-    # unloaded cycle so that load never lowers the demand; real batches grow further under load.
+    reached = reach(n, g, votes_per_msg)
+    if aimed:  # one copy to each recipient, relayed by nobody; a recipient parses every vote of the message
+        recv = cal.direct_recv_cpu_s if cal.direct_recv_cpu_s is not None else cal.gossip_copy_cpu_s
+        send = cal.direct_send_cpu_s if cal.direct_send_cpu_s is not None else cal.gossip_copy_cpu_s
+        msgs_in = own_msgs * reached  # by symmetry: what each node receives
+        gossip_cpu = own_msgs * reached * send + msgs_in * recv
+        per_msg_in = recv
+    else:  # the mesh: every message reaches everyone, several copies each, every node forwards it once
+        d = mesh_degree(n, g)
+        copies = copies_received(n, g)
+        msgs_in = (n - 1) * own_msgs
+        gossip_cpu = cal.gossip_copy_cpu_s * (own_msgs * d + msgs_in * (copies + max(0, d - 1)))
+        per_msg_in = cal.gossip_copy_cpu_s * (copies + max(0, d - 1))
+    votes_in = msgs_in * votes_per_msg  # votes parsed and verified at this node's edge
+    # The worker drains votes in cycles of (window + one execute). A recorder's votes of one transaction come in a
+    # burst: its own vote at once, the others within the spread of the publishers' waits and one delivery, so they
+    # fill 1 + spread/cycle batches. Batching is credited at the unloaded cycle so that load never lowers the
+    # demand; real batches grow further under load. Whether claims land depends on the rivals for a stream head
+    # only, so it is figured at the publishers' idle spread (independent of the rate: more rate, never fewer wins).
     cycle = w + _unloaded_execute_s(cal)
-    spread = w + hops(n, g) * cal.gossip_hop_s if n > 1 else 0.0
+    hop = hops(n, g) * cal.gossip_hop_s if n > 1 else 0.0
+    spread0 = w + hop if n > 1 else 0.0
+    spread = spread0 + (pub_wait if n > 1 else 0.0)
     bursts = min(float(n), 1 + spread / cycle)
+    bursts0 = min(float(n), 1 + spread0 / cycle)
     attempts = rate * a  # votes this node tries to claim per second
     claim_txns = min(rate * a / n * bursts, 1.0 / cycle)
-    batch = attempts / claim_txns if claim_txns else 1.0
+    batch = attempts / claim_txns if claim_txns else float(n) / bursts
     # A transaction's votes land one per round when every claimant races for its head (c = 1), in the designated
-    # recorder's bursts when nobody races (c = 0); the share of claims that land follows, independent of the rate.
+    # recorder's bursts when nobody races (c = 0).
     c = _contention(s)
-    per_append = 1 + (n / bursts - 1) * (1 - c)
-    landing = min(1.0, n / (per_append * a * bursts))
+    per_append = 1 + (n / bursts0 - 1) * (1 - c)
+    landing = min(1.0, n / (per_append * a * bursts0))
     wins = claim_txns * landing
     refusals = claim_txns - wins
     events = rate * (n + 2)  # TransactionOpened, N VoteAccepted, ThresholdReached
+    others = (n - 1) / n  # rows another node wrote: read, checked and decided again (our own are adopted)
+    # the follow schedule: idle reads are in node_idle_cores; each move of the log (an append anywhere) brings the
+    # schedule back to follow_ms for a few reads, at most follow_hz in all
+    reads = min(cal.follow_hz, cal.follow_idle_hz + cal.reads_per_move * n * wins)
     cpu = {
         "idle": cal.node_idle_cores,
         "api": rate / s.ballots_per_request * cal.api_request_cpu_s,
-        "gossip": cal.gossip_copy_cpu_s * (own_msgs * d + msgs_in * (copies + max(0, d - 1))),
+        "gossip": gossip_cpu,
         "edge": votes_in * cal.vote_edge_cpu_s,
-        "verify": n * rate * cal.vote_verify_cpu_s,  # memoised: once per vote, own vote by the decider
-        "decide": n * rate * (cal.decide_cpu_s + n * cal.decide_per_member_cpu_s),
+        # every vote once per node (memoised: at the edge, or when the log brings it), and the signature of
+        # every other node's append
+        "verify": (n * rate + (n - 1) * wins) * cal.vote_verify_cpu_s,
+        "decide": attempts * (cal.decide_cpu_s + n * cal.decide_per_member_cpu_s),  # what this node records
         "record": claim_txns * cal.exec_cpu_s + attempts * cal.exec_vote_cpu_s + refusals * cal.refusal_cpu_s,
-        "follow": events * (cal.follow_cpu_s + n * cal.follow_per_member_cpu_s),
+        "follow": (events * others * (cal.follow_cpu_s + n * cal.follow_per_member_cpu_s)
+                   + (reads - cal.follow_idle_hz) * cal.query_cpu_s),
     }
     trio_cpu = cpu["gossip"] + cpu["edge"] + votes_in * cal.vote_verify_cpu_s
     gil_free = cpu["verify"]
@@ -254,7 +340,7 @@ def _load(s: Scenario, dep: Deployment, cal: Calibration, g: Gossip, rate: float
         "etcd": etcd_txns / cal.etcd_capacity_txn_per_s,
         "postgres": pg_appends / cal.pg_capacity_appends_per_s,
     }
-    queries = n * (2 * claim_txns + refusals + cal.tick_hz)
+    queries = n * (2 * claim_txns + refusals + reads)
     servers = {"etcd": cal.etcd_idle_cores + etcd_txns * cal.etcd_cpu_per_txn_s,
                "postgres": pg_appends * cal.pg_cpu_per_append_s + queries * cal.pg_cpu_per_query_s}
     if dep.shared:
@@ -262,9 +348,9 @@ def _load(s: Scenario, dep: Deployment, cal: Calibration, g: Gossip, rate: float
         util["box cpu"] = (n * node_cpu + sum(servers.values()) + driver + dep.background_cores) / dep.shared_cores
     else:
         util["node cpu"] = node_cpu / dep.cores_per_node
-    service = (cal.gossip_copy_cpu_s * (copies + max(0, d - 1))
-               + votes_per_msg * (cal.vote_edge_cpu_s + cal.vote_verify_cpu_s))
-    return _Load(cpu, trio_cpu, gil_free, util, servers, votes_per_msg, claim_txns, wins, batch, service)
+    service = per_msg_in + votes_per_msg * (cal.vote_edge_cpu_s + cal.vote_verify_cpu_s)
+    return _Load(cpu, trio_cpu, gil_free, util, servers, votes_per_msg, claim_txns, wins, batch, service, reached,
+                 pub_wait)
 
 
 def max_rate(s: Scenario, dep: Deployment, cal: Calibration, g: Gossip = Gossip()) -> tuple[float, str]:
@@ -304,9 +390,9 @@ def _latencies(s: Scenario, dep: Deployment, cal: Calibration, g: Gossip, ld: _L
     slow = 1 / (1 - rho_cpu)
     server_slow = slow if dep.shared else 1.0  # servers share the box's cores only when shared
     rho_etcd, rho_pg, rho_trio = ld.util["etcd"], ld.util["postgres"], ld.util["gossip thread"]
-    # gossip: the publisher window, then hops, each a transport delay plus the gossip thread's queue
+    # gossip: the publisher's wait, then hops (one when aimed), each a transport delay plus the gossip thread's queue
     hop_wait = _md1_wait(rho_trio, ld.msg_service_s) * slow + cal.gossip_hop_s * (slow - 1)
-    g_det = w + hops(n, g) * (cal.gossip_hop_s + g.link_latency_s)
+    g_det = ld.pub_wait_s + hops(n, g) * (cal.gossip_hop_s + g.link_latency_s)
     g_wait = hops(n, g) * hop_wait
     # one execute (a round on a stream): catch-ups, CPU, the etcd claim and the append, each with its queue
     q = cal.query_latency_s
@@ -356,11 +442,14 @@ def predict(s: Scenario, dep: Deployment, cal: Calibration, g: Gossip = Gossip()
         server_cpu_cores=dict(eff.servers),
         utilisation=dict(offered.util), bottleneck=max(offered.util, key=offered.util.__getitem__),
         saturated=saturated, first_saturating=first, max_tx_per_s=top, completed_tx_per_s=done,
-        votes_per_message=offered.votes_per_msg, copies_per_message=copies_received(s.n, g),
+        votes_per_message=offered.votes_per_msg,
+        copies_per_message=1.0 if g.aimed(s.n) else copies_received(s.n, g),
+        recipients_per_message=offered.reached, aimed=g.aimed(s.n), record_batch=eff.batch,
+        cpu_ms_per_consensus=1e3 * s.n * eff.node_cpu / done if done > 0 else math.inf,
         etcd_txn_per_s=s.n * eff.claim_txns, pg_appends_per_s=s.n * eff.wins,
         reception_p50_s=lat[0], reception_p99_s=lat[1], e2e_p50_s=lat[2], e2e_p99_s=lat[3],
     )
 
 
 __all__ = ["Calibration", "Deployment", "Gossip", "Prediction", "Scenario", "copies_received", "hops",
-           "max_rate", "mesh_degree", "predict"]
+           "max_rate", "mesh_degree", "predict", "publisher", "reach"]

@@ -1,4 +1,5 @@
-"""The scale model's pure logic (``chaos.scalemodel``): monotone, saturation where utilisation reaches 1, batching.
+"""The scale model's pure logic (``chaos.scalemodel``): monotone, saturation where utilisation reaches 1, batching,
+and the node as the code has it: aimed delivery, one recorder per transaction, every node following the log.
 
 A fixed calibration of the order measured on the 2-core box keeps every figure deterministic.
 """
@@ -22,6 +23,8 @@ from chaos.scalemodel import (
     max_rate,
     mesh_degree,
     predict,
+    publisher,
+    reach,
 )
 
 CAL = Calibration(
@@ -31,6 +34,7 @@ CAL = Calibration(
     etcd_txn_latency_s=3.5e-3, etcd_capacity_txn_per_s=800.0, etcd_cpu_per_txn_s=3e-3, etcd_idle_cores=0.04,
     pg_append_latency_s=2.3e-3, pg_capacity_appends_per_s=400.0, pg_cpu_per_append_s=0.6e-3,
     pg_cpu_per_query_s=0.1e-3, api_request_cpu_s=0.5e-3, driver_request_cpu_s=0.4e-3, node_idle_cores=0.03,
+    direct_recv_cpu_s=0.8e-3, direct_send_cpu_s=0.3e-3,
 )
 DEPLOYMENTS = [Deployment("2-core machines", cores_per_node=2), Deployment("8-core machines", cores_per_node=8),
                Deployment("this box", shared_cores=2)]
@@ -40,7 +44,7 @@ sizes = st.integers(min_value=1, max_value=150)
 rates = st.floats(min_value=0.0, max_value=3000.0, allow_nan=False)
 
 
-def scenario(n: int, rate: float, attempts: float | None = None) -> Scenario:
+def scenario(n: int, rate: float, attempts: float | None = 1.0) -> Scenario:
     return Scenario(n, math.ceil(2 * n / 3), rate, attempts)
 
 
@@ -106,26 +110,29 @@ def test_batching_lowers_gossip_cost_per_vote(n: int, rate: float) -> None:
     def per_vote(p) -> float:
         return p.node_cpu_by_stage["gossip"] / (n * p.completed_tx_per_s)
 
-    narrow = predict(scenario(n, rate), dep, CAL, Gossip(batch_window_s=0.0001))
-    wide = predict(scenario(n, rate), dep, CAL, Gossip(batch_window_s=0.05))
+    def interval(s: float) -> Gossip:
+        return Gossip(publish_interval_s=s, publish_interval_per_member_s=0.0, max_publish_interval_s=s)
+
+    narrow = predict(scenario(n, rate), dep, CAL, interval(0.0001))
+    wide = predict(scenario(n, rate), dep, CAL, interval(0.05))
     assert wide.votes_per_message >= narrow.votes_per_message
     if wide.completed_tx_per_s == narrow.completed_tx_per_s == rate:
         assert per_vote(wide) <= per_vote(narrow) + 1e-15
-    batched = predict(Scenario(n, 1, rate, ballots_per_request=50), dep, CAL, Gossip(batch_window_s=0.0001))
+    batched = predict(Scenario(n, 1, rate, ballots_per_request=50), dep, CAL, interval(0.0001))
     assert batched.votes_per_message >= 50
     assert batched.node_cpu_demand_cores <= narrow.node_cpu_demand_cores + 1e-12
 
 
-def test_gossip_cost_per_vote_falls_once_a_window_holds_several_votes() -> None:
-    dep = DEPLOYMENTS[1]
-    slow, fast = predict(scenario(10, 100.0), dep, CAL), predict(scenario(10, 1000.0), dep, CAL)
-    assert slow.votes_per_message == 1 and fast.votes_per_message == 5
-    assert fast.node_cpu_demand_cores < 10 * slow.node_cpu_demand_cores
+def test_gossip_cost_per_vote_falls_once_an_interval_holds_several_votes() -> None:
+    dep = DEPLOYMENTS[1]  # N=10: the publisher's interval under load is 12.5 ms x 10 = 125 ms
+    slow, fast = predict(scenario(10, 4.0), dep, CAL), predict(scenario(10, 80.0), dep, CAL)
+    assert slow.votes_per_message == 1 and fast.votes_per_message == 10
+    assert fast.node_cpu_by_stage["gossip"] < 20 * slow.node_cpu_by_stage["gossip"]
 
 
 def test_designated_recorder_takes_fewer_etcd_transactions() -> None:
     dep = DEPLOYMENTS[1]
-    everyone, one = predict(scenario(10, 5.0), dep, CAL), predict(scenario(10, 5.0, 1.0), dep, CAL)
+    everyone, one = predict(scenario(10, 5.0, None), dep, CAL), predict(scenario(10, 5.0), dep, CAL)
     assert one.etcd_txn_per_s < everyone.etcd_txn_per_s
     assert one.node_cpu_by_stage["record"] < everyone.node_cpu_by_stage["record"]
     assert one.e2e_p50_s < everyone.e2e_p50_s  # one round instead of t rounds on the head
@@ -157,3 +164,79 @@ def test_inputs_are_checked() -> None:
     with pytest.raises(ValueError):
         Deployment("both", cores_per_node=2, shared_cores=2)
     assert Scenario(10, 7, 1.0, 50).attempts == 10 and Scenario(10, 7, 1.0, 0).attempts == 1
+    assert Scenario(10, 7, 1.0).attempts == 1 and Scenario(10, 7, 1.0, None).attempts == 10
+
+
+# ------------------------------------------------------------------------------ the node as the code has it
+
+
+def test_publisher_interval_and_votes_per_message() -> None:
+    """node/wire.py: max(50 ms, 12.5 ms x N), at most 500 ms; a vote alone (sent at once) until votes come closer."""
+    g = Gossip()
+    assert [g.interval_s(n) for n in (4, 10, 100)] == [0.05, 0.125, 0.5]
+    assert publisher(scenario(10, 8.0), g, 8.0) == (1.0, 0.0)  # 8/s x 125 ms = 1: each sent at once, alone
+    per_msg, wait = publisher(scenario(10, 80.0), g, 80.0)
+    assert per_msg == 10 and 0 < wait < 0.125 / 2
+
+
+def test_aimed_delivery_reaches_the_fanout_not_everyone() -> None:
+    g = Gossip()
+    assert reach(10, g, 1.0) == pytest.approx(2.0)  # one vote: its first two ranked members besides the voter
+    assert reach(3, g, 1.0) == pytest.approx(2.0) and reach(2, g, 1.0) == pytest.approx(1.0)
+    assert 2 < reach(10, g, 3.0) < reach(10, g, 10.0) < 9  # a batch goes to the union of its votes' recipients
+    assert reach(10, Gossip(fanout=0), 1.0) == 9  # --vote-fanout 0: every member
+    assert g.aimed(33) and not g.aimed(34) and reach(50, g, 1.0) == 49  # over 32 others: the mesh, everyone
+    assert reach(10, Gossip(direct=False), 1.0) == 9
+
+
+def test_aimed_votes_cost_fanout_copies_each() -> None:
+    """One vote a message: each node sends ``fanout`` copies of its vote and receives as many, once each."""
+    n, rate = 10, 4.0
+    p = predict(scenario(n, rate), DEPLOYMENTS[1], CAL)
+    assert p.aimed and p.copies_per_message == 1 and p.recipients_per_message == pytest.approx(2.0)
+    expected = rate * 2 * (CAL.direct_send_cpu_s + CAL.direct_recv_cpu_s)
+    assert p.node_cpu_by_stage["gossip"] == pytest.approx(expected)
+    assert p.node_cpu_by_stage["edge"] == pytest.approx(rate * 2 * CAL.vote_edge_cpu_s)  # 2 votes in, not N-1
+    mesh = predict(scenario(n, rate), DEPLOYMENTS[1], CAL, Gossip(direct=False))
+    assert not mesh.aimed and mesh.copies_per_message == copies_received(n, Gossip())
+    assert mesh.node_cpu_by_stage["gossip"] > 3 * p.node_cpu_by_stage["gossip"]
+    assert mesh.node_cpu_by_stage["edge"] == pytest.approx(rate * (n - 1) * CAL.vote_edge_cpu_s)
+
+
+@pytest.mark.parametrize("n", [4, 10, 50, 100])
+def test_one_recorder_decides_what_it_records_and_every_node_follows_the_rest(n: int) -> None:
+    rate = 1.0
+    p = predict(scenario(n, rate), DEPLOYMENTS[1], CAL)
+    stage = p.node_cpu_by_stage
+    # each node records (and decides) about rate votes/s: its share of the N x rate votes, one claimant each
+    assert stage["decide"] == pytest.approx(rate * (CAL.decide_cpu_s + n * CAL.decide_per_member_cpu_s))
+    # ... and reads, checks and decides again every row the others wrote: N-1 times each event cluster-wide
+    per_event = CAL.follow_cpu_s + n * CAL.follow_per_member_cpu_s
+    assert n * stage["follow"] == pytest.approx((n - 1) * rate * (n + 2) * per_event)
+    # every vote's signature once per node, and the signature of every other node's append
+    appends = p.pg_appends_per_s
+    assert stage["verify"] == pytest.approx((n * rate + appends * (n - 1) / n) * CAL.vote_verify_cpu_s)
+    assert appends == pytest.approx(p.etcd_txn_per_s)  # nobody races: every claim lands
+    assert 1 <= p.record_batch <= n and appends == pytest.approx(n * rate / p.record_batch)
+    assert p.cpu_ms_per_consensus == pytest.approx(1e3 * n * p.node_cpu_cores / rate)
+
+
+def test_record_batches_grow_with_the_spread_of_a_transactions_votes() -> None:
+    near = predict(scenario(10, 4.0), DEPLOYMENTS[1], replace(CAL, gossip_hop_s=1e-3))
+    far = predict(scenario(10, 4.0), DEPLOYMENTS[1], replace(CAL, gossip_hop_s=20e-3))
+    assert near.record_batch > far.record_batch  # the votes straggle in: more, smaller batches
+    busy = predict(scenario(10, 40.0), DEPLOYMENTS[1], CAL)  # the publishers hold votes for up to 125 ms
+    assert busy.record_batch < predict(scenario(10, 4.0), DEPLOYMENTS[1], CAL).record_batch
+
+
+def test_follow_reads_grow_with_the_log_moves_up_to_the_follow_schedule() -> None:
+    cal = replace(CAL, query_cpu_s=100e-6)
+    dep = DEPLOYMENTS[1]
+
+    def reads_cpu(rate: float) -> float:
+        p = predict(scenario(10, rate), dep, cal)
+        return p.node_cpu_by_stage["follow"] - predict(scenario(10, rate), dep, CAL).node_cpu_by_stage["follow"]
+
+    assert reads_cpu(0.0) == 0  # a quiet log: the idle reads are part of node_idle_cores
+    assert 0 < reads_cpu(0.1) < reads_cpu(1.0) <= reads_cpu(100.0)
+    assert reads_cpu(100.0) == pytest.approx((cal.follow_hz - cal.follow_idle_hz) * 100e-6)  # every 20 ms at most
