@@ -318,10 +318,46 @@ def cal_servers(out: dict[str, float], notes: dict[str, str]) -> None:
         pg_fold = (time.process_time() - t0c) / max(1, got)
         out["follow_cpu_s"] = max(pg_fold, out["_memory_fold_cpu_s"]) - 10 * out["follow_per_member_cpu_s"]
         notes["follow"] = f"Recorder.catch_up from Postgres over {n_events} events: {pg_fold * 1e6:.1f} us/event"
+        follow_small_reads(rec, follower, members, out, notes)
         follower.store.close()
         guard.close()
         store.close()
         cal_idle_node(env, out, notes)
+
+
+def follow_small_reads(rec: Any, follower: Any, members: list[Member], out: dict[str, float],
+                       notes: dict[str, str]) -> None:
+    """Follow as a loaded node does: one read after each small append (it reads every 20 ms, ~one append each).
+
+    The big pass above spreads a read's and an append's fixed costs (the query, ``Follower.feed`` and ``_settle``,
+    the append's signature) over thousands of events; here they are paid per append. Fit over appends of 1 and 4
+    votes: CPU per read = fixed + per row; the fixed part beyond an empty read's query and the append's signature
+    (counted under verify) is ``follow_append_cpu_s``, the per-row part replaces the big pass's per-event cost.
+    """
+    votes = vote_cmds(members, 80, "fs")
+    for cv in votes:
+        cv.vote.verifies_under(bytes(members[int(cv.vote.vote.node_id[5:]) - 1].key.verify_key))
+    it = iter(votes)
+    follower.catch_up()
+    points = []
+    for batch, count in ((1, 200), (4, 100)):
+        cpu = 0.0
+        rows = 0
+        for _ in range(count):
+            rec.execute([next(it) for _ in range(batch)])
+            t0 = time.process_time()
+            rows += follower.catch_up()
+            cpu += time.process_time() - t0
+        points.append((rows / count, cpu / count))
+    (r1, c1), (r4, c4) = points
+    per_row = max(0.0, (c4 - c1) / (r4 - r1))
+    fixed = c1 - r1 * per_row
+    out["_follow_big_pass_cpu_s"] = out["follow_cpu_s"]
+    out["follow_cpu_s"] = max(out["follow_cpu_s"], per_row - 10 * out["follow_per_member_cpu_s"])
+    out["follow_append_cpu_s"] = max(0.0, fixed - out["query_cpu_s"] - out["vote_verify_cpu_s"])
+    notes["follow_small_reads"] = (f"one catch_up after each Recorder.execute of 1 / 4 votes: {c1 * 1e6:.0f} / "
+                                   f"{c4 * 1e6:.0f} us per read of {r1:.1f} / {r4:.1f} rows -> {fixed * 1e6:.0f} us "
+                                   f"per read of one append + {per_row * 1e6:.0f} us per row")
 
 
 def cal_idle_node(env: Any, out: dict[str, float], notes: dict[str, str]) -> None:

@@ -122,6 +122,9 @@ class Calibration:
     direct_recv_cpu_s: float | None = None
     direct_send_cpu_s: float | None = None
     query_cpu_s: float = 0.0  # client CPU of one catch-up read (the follow schedule's, past the end of the log)
+    # following another node's append, beyond the query and its events: Follower.feed and _settle, the hash chain
+    # (its signature is counted under verify); a loaded node reads every 20 ms, about one append a read
+    follow_append_cpu_s: float = 0.0
     conflict_backoff_s: float = 0.010  # recorder._resolve sleeps this while a live writer is mid-append
     follow_hz: float = 50.0  # the worker reads the log every follow_ms (20) while it moves ...
     follow_idle_hz: float = 5.0  # ... and backs off to follow_idle_ms (200) when quiet (counted in node_idle_cores)
@@ -325,7 +328,7 @@ def _load(s: Scenario, dep: Deployment, cal: Calibration, g: Gossip, rate: float
         "decide": attempts * (cal.decide_cpu_s + n * cal.decide_per_member_cpu_s),  # what this node records
         "record": claim_txns * cal.exec_cpu_s + attempts * cal.exec_vote_cpu_s + refusals * cal.refusal_cpu_s,
         "follow": (events * others * (cal.follow_cpu_s + n * cal.follow_per_member_cpu_s)
-                   + (reads - cal.follow_idle_hz) * cal.query_cpu_s),
+                   + (n - 1) * wins * cal.follow_append_cpu_s + (reads - cal.follow_idle_hz) * cal.query_cpu_s),
     }
     trio_cpu = cpu["gossip"] + cpu["edge"] + votes_in * cal.vote_verify_cpu_s
     gil_free = cpu["verify"]

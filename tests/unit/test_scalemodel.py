@@ -34,7 +34,7 @@ CAL = Calibration(
     etcd_txn_latency_s=3.5e-3, etcd_capacity_txn_per_s=800.0, etcd_cpu_per_txn_s=3e-3, etcd_idle_cores=0.04,
     pg_append_latency_s=2.3e-3, pg_capacity_appends_per_s=400.0, pg_cpu_per_append_s=0.6e-3,
     pg_cpu_per_query_s=0.1e-3, api_request_cpu_s=0.5e-3, driver_request_cpu_s=0.4e-3, node_idle_cores=0.03,
-    direct_recv_cpu_s=0.8e-3, direct_send_cpu_s=0.3e-3,
+    direct_recv_cpu_s=0.8e-3, direct_send_cpu_s=0.3e-3, follow_append_cpu_s=0.5e-3,
 )
 DEPLOYMENTS = [Deployment("2-core machines", cores_per_node=2), Deployment("8-core machines", cores_per_node=8),
                Deployment("this box", shared_cores=2)]
@@ -229,9 +229,10 @@ def test_one_recorder_decides_what_it_records_and_every_node_follows_the_rest(n:
     assert stage["decide"] == pytest.approx(rate * (CAL.decide_cpu_s + n * CAL.decide_per_member_cpu_s))
     # ... and reads, checks and decides again every row the others wrote: N-1 times each event cluster-wide
     per_event = CAL.follow_cpu_s + n * CAL.follow_per_member_cpu_s
-    assert n * stage["follow"] == pytest.approx((n - 1) * rate * (n + 2) * per_event)
-    # every vote's signature once per node, and the signature of every other node's append
     appends = p.pg_appends_per_s
+    assert n * stage["follow"] == pytest.approx((n - 1) * rate * (n + 2) * per_event
+                                                + (n - 1) * appends * CAL.follow_append_cpu_s)
+    # every vote's signature once per node, and the signature of every other node's append
     assert stage["verify"] == pytest.approx((n * rate + appends * (n - 1) / n) * CAL.vote_verify_cpu_s)
     assert appends == pytest.approx(p.etcd_txn_per_s)  # nobody races: every claim lands
     assert 1 <= p.record_batch <= n and appends == pytest.approx(n * rate / p.record_batch)
