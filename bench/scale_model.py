@@ -582,8 +582,12 @@ def err(pred: float, meas: float | None) -> str:
 
 
 def point_scenario(m: dict[str, Any]) -> Scenario:
+    """The point's scenario; a closed loop at the rate it completed (its driver, not the cluster, set the pace)."""
     n = int(m.get("N") or m["nodes"])
-    return Scenario(n, int(m.get("t") or m["threshold"]), float(m["offered_tx_per_s"]))
+    rate = float(m["offered_tx_per_s"])
+    if not m.get("open_loop") and m.get("completed_tx_per_s"):
+        rate = min(rate, float(m["completed_tx_per_s"]))
+    return Scenario(n, int(m.get("t") or m["threshold"]), rate)
 
 
 def check_row(p: Prediction, m: dict[str, Any]) -> list[str]:
@@ -647,13 +651,13 @@ def check(cal: Calibration, points: list[Path], specs: list[str], open_loop: boo
           f"{SHARED_BOX.name}; the node as it is (aimed delivery, one recorder, every node follows). Latencies in "
           "ms; 'sat' = the model puts the offered rate past saturation (no steady state). A closed loop waits for "
           "a transaction's N casts to be answered (durable) before the next: its completed rate is bounded by the "
-          "driver, which the model does not describe.")
+          "driver, which the model does not describe, so it is predicted at the rate it completed.")
     rows = []
     for m in got:
         rows.append(check_row(predict(point_scenario(m), SHARED_BOX, cal), m))
         when = m.get("measured_at")
         if when:
-            print(f"  N={point_scenario(m).n} at {m['offered_tx_per_s']:g}/s measured {when}, {m.get('load_before')} "
+            print(f"  N={point_scenario(m).n} at {point_scenario(m).rate:g}/s measured {when}, {m.get('load_before')} "
                   f"before, {m.get('load_after')} after")
     print(md(CHECK_HEAD, rows))
 
