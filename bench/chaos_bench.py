@@ -502,8 +502,8 @@ a lapsed etcd lease is renewed instead of killing the node. The original write-u
 
 - Load (issue 8 point 3): only N=4/7 at 5 and 10 tx/s and N=10 at 5 tx/s, 60 txs each, one run per point;
   no rate sweep to the knee and no *measured* per-stage CPU breakdown inside a node. The 50/100-node scenarios
-  are modelled (`bench/SCALE_MODEL.md`), checked against these points only: nothing above N=10, no dedicated
-  machines and no multi-vote gossip messages have been measured end to end.
+  are modelled (`bench/SCALE_MODEL.md`), checked against measured points up to N=10 only: nothing above
+  N=10, no dedicated machines and no multi-vote gossip messages have been measured end to end.
 - Fuzzing (issue 8 point 4) is another engineer's (`tests/fuzz`, `bench/fuzz_bench.py`), not covered here.
 - CI (issue 8 point 5): `.ci/run` runs `./dev test`, i.e. all of pytest, so `tests/chaos/` (the CI subset:
   10 scenarios, the submitter crash, one load point, the checker's own test; ~4-5 min on 2 cores) runs there;
