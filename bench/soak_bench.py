@@ -402,7 +402,10 @@ def cluster(args: argparse.Namespace) -> dict:
         pg.create_database("tvote")
         db.upgrade(pg.url("tvote"))
         dsn = pg.dsn("tvote", user=db.APP_ROLE)
-        c = TrusteeCluster(4, 3, dsn, ",".join(etcd.endpoints), "/tvote", deadline_ms=5000).start()
+        c = TrusteeCluster(4, 3, dsn, ",".join(etcd.endpoints), "/tvote", deadline_ms=5000)
+        for tr in c.trustees:  # the plateau within the run: more transactions than a node keeps
+            tr.extra_args = ["--retain-final", str(args.retain)]
+        c.start()
         rig.start_chain()
         rig.launch(c, dsn, etcd.endpoints[0], "/tvote")
         load = Load(c, args.rate)

@@ -65,6 +65,9 @@ class Settled:
 
 
 Loader = Callable[[str], list[Recorded]]  # a transaction's stream, read back from the log (the shell's port)
+# Finished transactions a long-running reader keeps in memory (a node's `--retain-final`); the others are read
+# back from the log when a late command names them.
+DEFAULT_RETAIN_FINAL = 10_000
 
 
 class Follower:

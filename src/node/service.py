@@ -34,7 +34,7 @@ from libp2p.peer.id import ID
 from events import rules
 from events.envelope import Envelope
 from events.errors import CommandRejected, InvalidVote, StoreUnavailable, ThresholdVoteError
-from events.follow import Void
+from events.follow import DEFAULT_RETAIN_FINAL, Void
 from events.model import Event, TransactionOpened, VoteAccepted, tx_stream
 from events.postgres_store import COMMIT_BOUND_S, PostgresStore
 from events.vote import SignedVote
@@ -150,7 +150,7 @@ class NodeConfig:
     max_backlog: int = 20_000
     max_worker_lag_ms: int = 3000
     # Bounded memory: finished transactions kept in memory (older ones are read back from the log when named).
-    retain_final: int = 10_000
+    retain_final: int = DEFAULT_RETAIN_FINAL
     # Bounded restart time: save the follower's state every this many log rows (a restart folds only what follows).
     snapshot_every: int = 50_000
 

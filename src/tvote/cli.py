@@ -26,6 +26,7 @@ from rich.table import Table
 from events import rules
 from events.audit import verify
 from events.errors import ThresholdVoteError
+from events.follow import DEFAULT_RETAIN_FINAL
 from events.log_waiter import LogWaiter
 from events.postgres_store import COMMIT_BOUND_S, PostgresStore, connect_failure
 from events.writers import RowSigner, operator_writer
@@ -251,6 +252,10 @@ def node(
     pg_commit_bound: Annotated[float, typer.Option(
         help="Give up a Postgres write after this many seconds, its wait for a synchronous standby included "
              "(in doubt: retried, found by its idempotency keys).", min=0.1, max=600.0)] = COMMIT_BOUND_S,
+    retain_final: Annotated[int, typer.Option(
+        help="Keep this many finished transactions in memory; older ones are read back from the log when a "
+             "late vote names them (events.follow: same verdicts, less memory).", min=100,
+        max=10_000_000)] = DEFAULT_RETAIN_FINAL,
 ) -> None:
     """Run a trustee node: libp2p gossip, the decider, the cluster log, the local API."""
     from node import runner
@@ -294,7 +299,7 @@ def node(
                          api_tls_cert=str(api_tls_cert or ""), api_tls_key=str(api_tls_key or ""),
                          api_plain_http=api_plain_http, bootstrap_timeout_s=bootstrap_timeout,
                          relay_service=relay_service, relays=list(relay or []), reachability=reachability,
-                         pg_commit_bound_s=pg_commit_bound)
+                         pg_commit_bound_s=pg_commit_bound, retain_final=retain_final)
         stopped = runner.serve(cfg, status_file, console.print, metrics_at=metrics_at)
     except (NodeStartError, KeyFileError, OSError) as e:
         raise fail(str(e)) from None

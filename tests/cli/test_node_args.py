@@ -102,3 +102,9 @@ def test_a_tls_file_missing_unreadable_or_not_matching_its_key_is_refused(node_a
     refused(run(node_argv, "--api-tls-cert", str(tmp_path / "junk.pem"), "--api-tls-key", str(key)), "not a PEM")
     refused(run(node_argv, "--api-tls-cert", str(other_cert)), "needs both")
     refused(run(node_argv, "--api-listen", "0.0.0.0:0"), "needs TLS")
+
+
+def test_a_retention_window_under_its_minimum_is_refused_by_the_option_parser(node_argv):
+    r = run(node_argv, "--retain-final", "5")
+    assert r.returncode == 2, r.stdout + r.stderr  # the option parser's usage error: nothing started
+    assert "retain-final" in r.stdout + r.stderr
