@@ -60,6 +60,7 @@ from devstack.postgres import Postgres  # noqa: E402
 from devstack.trustees import TrusteeCluster  # noqa: E402
 from events import rules  # noqa: E402
 from events.errors import StoreUnavailable  # noqa: E402
+from events.follow import DEFAULT_RETAIN_FINAL  # noqa: E402
 from events.postgres_store import PostgresStore  # noqa: E402
 from observability.allocator import hold_mmap_threshold  # noqa: E402
 from recording.etcd_guard import EtcdGuard  # noqa: E402
@@ -503,7 +504,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--interval-s", type=float, default=60.0)
     ap.add_argument("--txs", type=int, default=100_000)
-    ap.add_argument("--retain", type=int, default=10_000, help="finished transactions kept in memory")
+    ap.add_argument("--retain", type=int, default=DEFAULT_RETAIN_FINAL, help="finished transactions kept in memory")
     ap.add_argument("--no-fold-from-0", dest="fold_from_0", action="store_false",
                     help="skip the cold start from position 0 (about 90 s per million events here)")
     ap.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
