@@ -8,10 +8,12 @@ directory; :func:`operate` runs commands as it (the genesis first, when the log 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from events import rules
+from events.errors import StoreUnavailable
 from events.postgres_store import PostgresStore
 from events.writers import RowSigner, operator_writer
 from node.p2p.identity import generate_key_file, load_seed
@@ -32,13 +34,34 @@ def operator_signer(base: Path, name: str = NAME) -> RowSigner:
 
 
 def operate(dsn: str, etcd: str, prefix: str, signer: RowSigner, commands: list[rules.Command] | Plan,
-            strict: bool = True) -> list[Result]:
+            strict: bool = True, patience_s: float = 30.0) -> list[Result]:
     """Run operator commands as ``signer`` (after the log's genesis, if it has none yet).
 
     ``commands`` may be a plan: a function of the log's current state that returns the commands
-    still needed (a restarted ``up`` admits only who is not admitted yet).
+    still needed (a restarted ``up`` admits only who is not admitted yet). A plan is retried for
+    ``patience_s`` while Postgres or etcd cannot be reached: it is derived again from the log at each
+    try, so a try whose append did land is not repeated. (A freshly started etcd may answer its own
+    namespace's health probe a moment before this host can reach it.) A list is tried once: its
+    outcome after a failure is the caller's to read.
     """
-    rec = Recorder(PostgresStore(dsn), EtcdGuard(etcd, prefix, signer.writer), signer)
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return _operate_once(dsn, etcd, prefix, signer, commands, strict)
+        except StoreUnavailable:
+            if not callable(commands) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _operate_once(dsn: str, etcd: str, prefix: str, signer: RowSigner, commands: list[rules.Command] | Plan,
+                  strict: bool) -> list[Result]:
+    store = PostgresStore(dsn)
+    try:
+        rec = Recorder(store, EtcdGuard(etcd, prefix, signer.writer), signer)
+    except BaseException:
+        store.close()
+        raise
     try:
         rec.catch_up()
         if callable(commands):
