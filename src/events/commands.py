@@ -25,6 +25,7 @@ COMMANDS: dict[str, type] = {cls.__name__: cls for cls in (
     rules.StartSubmission, rules.RecordSigned, rules.RecordBroadcast, rules.RecordConfirmed, rules.RecordFailed,
 )}
 _BYTES = {"vote_key", "public_key"}
+_FIELDS = {name: frozenset(f.name for f in dataclasses.fields(cls)) for name, cls in COMMANDS.items()}  # type: ignore
 
 
 def to_json(command: rules.Command) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def from_json(data: object, events: list[Event]) -> rules.Command:
     if not isinstance(data, dict) or data.get("type") not in COMMANDS:
         raise InvalidCommand("a unit's command must name a known command type")
     cls = COMMANDS[data["type"]]
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _FIELDS[data["type"]]
     given = set(data) - {"type"}
     if cls is rules.ReceiveVote:
         given.add("vote")
