@@ -236,7 +236,7 @@ class Follower:
             rules.authorize(self.ledger.cluster, writer, command)
             scratch = rules.Ledger()
             scratch.cluster, scratch.txs = self.ledger.cluster, ChainMap({}, self.ledger.txs)  # type: ignore
-            decided = scratch.step(command).events
+            decided = scratch.execute(command)
         except CommandRejected as e:
             return self._fault(writer, rows, f"{type(command).__name__} refused: {e}")
         if decided != logged or [(r.stream_id, r.idempotency_key) for r in rows] != [
