@@ -45,6 +45,10 @@ def test_a_connected_committee_receives_each_message_once_and_relays_nothing() -
                 assert c.direct_published == c.published == 20
                 assert c.copies_in == 60 and c.duplicate_copies == 0, c.snapshot()
                 assert c.relayed_copies == 0 and c.drops == 0
+                # the others' messages never reach the router: not cached, so never offered by IHAVE
+                assert c.direct_kept == 60, c.snapshot()
+                cached = {m.data for m in n.host.pubsub.router.mcache.msgs.values()}
+                assert not cached & want[n.name]
 
     trio.run(main)
 
