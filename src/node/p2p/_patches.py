@@ -123,8 +123,8 @@ the same payload (prefix and the message without key and signature) and the same
 the key embedded in the peer id is the one used when it can be extracted (``msg.key``, which every
 0.8.1 publisher also sends, is read only when it cannot). Anything else (no signature, a peer id
 holding no key, as RSA senders' ids do, or a key that does not derive the id) goes to the library's
-function unchanged. Bounded at
-``SENDER_KEYS_MAX`` ids (cleared when full: a refill costs one library path per sender).
+function unchanged. Bounded at ``SENDER_KEYS_MAX`` ids (cleared when full: a refill costs one library
+path per sender).
 
 Upstream shape: memoise ``(from_id) -> public key`` in ``signature_validator`` (or in ``ID``).
 Installed as ``libp2p.pubsub.pubsub.signature_validator`` by ``install``, with patch 1.
