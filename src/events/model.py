@@ -13,6 +13,7 @@ current shape.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -63,18 +64,12 @@ class Event:
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,), "int": (int,), "bool": (bool,), "dict[str, Any]": (dict,), "tuple[str, ...]": (list, tuple),
 }
-_SHAPES: dict[type, tuple[frozenset[str], tuple[tuple[str, str, tuple[type, ...] | None], ...]]] = {}
-
-
+@functools.cache
 def _shape(cls: type) -> tuple[frozenset[str], tuple[tuple[str, str, tuple[type, ...] | None], ...]]:
     """An event type's field names, and each field's JSON types (looked up once per type: every row
     read pays ``from_payload``, and ``dataclasses.fields`` with the annotation's string was ~60 % of it)."""
-    shape = _SHAPES.get(cls)
-    if shape is None:
-        fields = dataclasses.fields(cls)
-        shape = _SHAPES[cls] = (frozenset(f.name for f in fields),
-                                tuple((f.name, str(f.type), _JSON_TYPES.get(str(f.type))) for f in fields))
-    return shape
+    fields = dataclasses.fields(cls)
+    return frozenset(f.name for f in fields), tuple((f.name, str(f.type), _JSON_TYPES.get(str(f.type))) for f in fields)
 
 
 def _check_json_type(name: str, annotation: str, want: tuple[type, ...], v: Any) -> None:
