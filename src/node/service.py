@@ -129,6 +129,10 @@ class NodeConfig:
     record_grace_ms: int = duty.DEFAULT_GRACE_MS
     # ... and waits longer for a member ranked before it that is alive (still appending), up to this.
     record_patience_ms: int = duty.DEFAULT_PATIENCE_MS
+    # The member ranked first holds a transaction's votes up to this long to append them together: never
+    # the vote that completes the threshold, nor past every eligible member's vote (node.duty.release_held).
+    # 0: each vote is appended in the batch it arrived in. Kept well under the grace (checked at start).
+    record_hold_ms: int = duty.DEFAULT_HOLD_MS
     # Committee delivery sends each of our votes to the members ranked first for its transaction, this
     # many besides us (the recorder and who takes over from it); 0: to every member (node.duty.recipients).
     vote_fanout: int = duty.DEFAULT_FANOUT
@@ -194,9 +198,14 @@ class TrusteeNode:
         self._waiters: dict[str, set[threading.Event]] = {}
         self._waiters_lock = threading.Lock()
         self.reception: collections.deque[int] = collections.deque(maxlen=20_000)  # ms, signed -> our edge
+        self._reception_seconds = METRICS.vote_reception.labels(cfg.node_id)  # one child, not a lookup per vote
         self._parsed: dict[bytes, list[SignedVote]] = {}  # payload -> its votes, from the edge to the pump
         # votes left to the members ranked before us: (tx, node, value) -> (command, arrived, due, ours)
         self.standby: dict[tuple[str, str, int], tuple[rules.ReceiveVote, float, float, bool]] = {}
+        # votes we record first, held to append a transaction's votes together (node.duty.release_held):
+        # tx_id -> (when the first arrived, (node, value) -> command)
+        self._held: dict[str, tuple[float, dict[tuple[str, int], rules.ReceiveVote]]] = {}
+        self._held_touched: set[str] = set()  # ... those that gained a vote since the worker's last pass
         self._delays: dict[str, tuple[int, list[str]]] = {}  # tx_id -> (our delay ms, members ahead of us)
         self._delays_for: tuple[rules.Cluster | None, list[str]] = (None, [])
         # (deadline + our delay, tx_id) of transactions whose deadline has not fired, fed from the log
@@ -214,6 +223,9 @@ class TrusteeNode:
 
     def start(self) -> TrusteeNode:
         """Start, or fail with a clear error leaving nothing behind (no claim, no thread, no listener)."""
+        if self.cfg.record_grace_ms and 2 * self.cfg.record_hold_ms > self.cfg.record_grace_ms:
+            raise NodeStartError(f"record_hold_ms {self.cfg.record_hold_ms} must be at most half of record_grace_ms "
+                                 f"{self.cfg.record_grace_ms}: the next member would take the held votes over")
         self._open_signer()
         try:
             return self._start()
@@ -525,7 +537,7 @@ class TrusteeNode:
                 seen.append(age)
         self.reception.extend(seen)
         for age in seen:
-            METRICS.vote_reception.labels(self.cfg.node_id).observe(max(0, age) / 1000)
+            self._reception_seconds.observe(max(0, age) / 1000)
         if ok:
             # The pump gets these very bytes next (the host delivers what we accept): hand it the
             # votes parsed here instead of parsing them twice. Bounded: an entry the pump never
@@ -613,14 +625,15 @@ class TrusteeNode:
             self._loop_s += 0.2 * (now_s - self._beat - self._idle_s - self._loop_s)
             self._beat = now_s
             # idle, sleep on the inbox until the next read or tick is due (not a 20 ms poll: 50 wakeups/s)
-            wait = min(max(min(next_follow, next_tick) - now_s, 0.001), 0.1)
+            wait = min(max(min(next_follow, next_tick, now_s + self._hold_wait(now_s)) - now_s, 0.001), 0.1)
             items = self._drain(self.cfg.batch_window_ms / 1000, wait)
             try:
-                if items:
-                    now = self._route([rules.ReceiveVote(sv, author, now_ms(), env) for author, sv, env in items])
-                    if now:
-                        self._record(now)
-                elif self._stopped.is_set() and not self.recorder.deferred and not self.standby:
+                now = self._route([rules.ReceiveVote(sv, author, now_ms(), env) for author, sv, env in items])
+                now += self._release_held(everything=self._stopped.is_set())
+                if now:
+                    self._record(now)
+                elif (not items and self._stopped.is_set() and not self.recorder.deferred and not self.standby
+                      and not self._held):
                     return
                 if items:
                     pause = follow
@@ -731,8 +744,14 @@ class TrusteeNode:
                 self.counters.add("duplicate")  # already in the log (R3)
                 continue
             ranked = self._duty(v.tx_id)[0]
-            if ranked == 0 or self.cfg.record_grace_ms == 0:
+            if self.cfg.record_grace_ms == 0:
                 now.append(c)
+                continue
+            if ranked == 0:
+                if duty.may_hold(self.cfg.record_hold_ms / 1000, self._loop_s):
+                    self._hold(c)
+                else:
+                    now.append(c)
                 continue
             key = (v.tx_id, v.node_id, v.value)
             if key not in self.standby:
@@ -740,12 +759,66 @@ class TrusteeNode:
                 # A vote gossip brought has reached the members ranked before us in the same flood: we
                 # wait for them while they are alive (node.duty.take_over). Our own vote has reached
                 # only its recipients connected to us: one grace, then we wait only for those.
+                # ... plus the hold: the member ranked first may gather a vote that long (release_held)
                 own = c.author_peer == self.gossip.peer_id
                 grace = duty.under_load(self.cfg.record_grace_ms / 1000, self._loop_s)
-                due = arrived + grace * (1 if own else ranked)
+                due = arrived + grace * (1 if own else ranked) + self.cfg.record_hold_ms / 1000
                 self.standby[key] = (c, arrived, due, own)
                 self.counters.add("standby")
         return now
+
+    def _hold(self, c: rules.ReceiveVote) -> None:
+        v = c.vote.vote
+        _, votes = self._held.setdefault(v.tx_id, (time.monotonic(), {}))
+        if (v.node_id, v.value) not in votes:
+            votes[(v.node_id, v.value)] = c
+            self._held_touched.add(v.tx_id)
+            self.counters.add("held")
+
+    def _release_held(self, everything: bool = False) -> list[rules.ReceiveVote]:
+        """The held votes whose transaction is due (node.duty.release_held), taken out of the hold.
+
+        Only the transactions that gained a vote since the last pass can have reached their threshold
+        or every vote; the others are due only when their hold runs out, oldest first (the dict keeps
+        arrival order). A pass costs what arrived and what expired, not everything held.
+        """
+        touched, self._held_touched = self._held_touched, set()
+        if not self._held:
+            return []
+        txs = self.recorder.ledger.txs
+        cluster = self.recorder.ledger.cluster
+        threshold = cluster.config.threshold if cluster.config is not None else 1
+        eligible = cluster.eligible_count()
+        hold_s = 0.0 if everything else self.cfg.record_hold_ms / 1000
+        clock = time.monotonic()
+        out: list[rules.ReceiveVote] = []
+
+        def release(tx_id: str, why: str) -> None:
+            out.extend(self._held.pop(tx_id)[1].values())
+            self.counters.add(f"held_released_{why}")
+
+        for tx_id, (first, _) in list(self._held.items()):
+            if clock - first < hold_s:
+                break
+            release(tx_id, "hold")
+        for tx_id in touched & self._held.keys():
+            first, votes = self._held[tx_id]
+            tx = txs.get(tx_id)
+            logged = tx.votes if tx is not None else {}
+            held = len({node for node, _ in votes if node not in logged})
+            # held == 0: each voter held is in the log already: duplicates, or a second value (evidence)
+            why = duty.release_held(held, len(logged), threshold, eligible, clock - first, hold_s) or (
+                "known" if held == 0 else None)
+            if why:
+                release(tx_id, why)
+        return out
+
+    def _hold_wait(self, now_s: float) -> float:
+        """Seconds until the oldest hold runs out (inf: nothing held)."""
+        if not self._held:
+            return float("inf")
+        first, _ = next(iter(self._held.values()))
+        return first + self.cfg.record_hold_ms / 1000 - now_s
 
     def _sweep_standby(self) -> None:
         """Forget standby votes the log now holds; record those whose turn has come."""
@@ -897,6 +970,8 @@ class TrusteeNode:
         due_set = set(due)
         held = [key for key in self.standby if key[0] in due_set]
         votes = [self.standby.pop(key)[0] for key in held]
+        for tx_id in due_set & self._held.keys():
+            votes.extend(self._held.pop(tx_id)[1].values())
         self._record([*votes, *(rules.CheckDeadline(tx_id, now) for tx_id in due)])
         for tx_id in due:  # not fired after all (a refused or deferred tick): look again next tick
             tx = txs.get(tx_id)

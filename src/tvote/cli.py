@@ -240,6 +240,10 @@ def node(
     record_patience_ms: Annotated[int, typer.Option(
         help="How long a vote may wait for a live member ranked before us (node.duty).",
         min=0, max=600_000)] = duty.DEFAULT_PATIENCE_MS,
+    record_hold_ms: Annotated[int, typer.Option(
+        help="As the member recording a transaction's votes first, hold them up to this long to append them "
+             "together, never past the vote that completes the threshold (node.duty.release_held); at most "
+             "half the grace; 0: append each batch as it arrives.", min=0, max=30_000)] = duty.DEFAULT_HOLD_MS,
     vote_fanout: Annotated[int, typer.Option(
         help="Send each of our votes to the members ranked first for its transaction, this many besides us "
              "(node.duty.recipients); 0: to every member.", min=0, max=1000)] = duty.DEFAULT_FANOUT,
@@ -293,6 +297,7 @@ def node(
         token = _read_secret(api_token_file)
         cfg = NodeConfig(node_id, str(key_file), dsn, etcd, etcd_prefix, 0, bootstrap or [], addrs.api[1], token,
                          record_grace_ms=record_grace_ms, record_patience_ms=record_patience_ms,
+                         record_hold_ms=record_hold_ms,
                          vote_fanout=vote_fanout, publish_interval_ms=publish_interval_ms,
                          publish_interval_per_member_ms=publish_interval_per_member_ms, journal=str(journal or ""),
                          listen=addrs.listen, advertise=addrs.advertise, api_host=addrs.api[0],

@@ -246,3 +246,90 @@ def test_a_first_recorder_that_drops_every_vote_it_receives_costs_at_most_the_pa
     finally:
         cluster.stop()
     check_log(database, [])
+
+
+def _appends_of(rows) -> dict[int, int]:
+    """Each row's append: the position its writer's signature starts at (the signed batch it belongs to)."""
+    out: dict[int, int] = {}
+    start = None
+    for r in rows:
+        start = r.position if start is None else start
+        out[r.position] = start
+        if r.signature is not None:
+            assert r.signed_from == start
+            start = None
+    return out
+
+
+def test_the_first_recorder_appends_a_transactions_votes_together_without_holding_back_the_threshold(
+        database, etcd_server, etcd_prefix):
+    """node.duty.release_held: trustee-1, first for these transactions, holds their votes (here up to 1.5 s)
+    and appends them when the threshold's vote arrives, not when the hold runs out: the threshold's three
+    votes in one append, the last in at most one more, and every cast answered long before the hold."""
+    cluster = TrusteeCluster(4, 3, database.app_dsn, etcd_server.endpoints[0], etcd_prefix)
+    for t in cluster.trustees:
+        t.extra_args = ["--record-hold-ms", "1500", "--record-grace-ms", "4000"]
+    cluster.start()
+    try:
+        members = [t.node_id for t in cluster.trustees]
+        firsts = [tx for tx in (f"tx_h{k}" for k in range(400)) if duty.ranking(tx, members)[0] == "trustee-1"][:6]
+        before = cluster.counters(0)
+        for tx in firsts:
+            with ThreadPoolExecutor(4) as pool:
+                codes = list(pool.map(lambda i, tx=tx: cluster.cast(i, tx, 9)[0], range(4)))
+            assert codes == [202] * 4
+        after = cluster.counters(0)
+        assert after.get("held_released_threshold", 0) - before.get("held_released_threshold", 0) == len(firsts)
+        assert after.get("held_released_hold", 0) == before.get("held_released_hold", 0)  # never ran out
+        assert all(cluster.tx(0, tx)["status"] == "THRESHOLD_REACHED" for tx in firsts)
+        store = PostgresStore(database.app_dsn)
+        try:
+            rows = store.read_all(limit=100_000)
+        finally:
+            store.close()
+        appends = _appends_of(rows)
+        for tx in firsts:
+            votes = [r for r in rows if r.event_type == "VoteAccepted" and r.payload["tx_id"] == tx]
+            assert len(votes) == 4 and {r.writer for r in votes} == {"trustee-1"}
+            assert len({appends[r.position] for r in votes[:3]}) == 1, tx  # the threshold's votes together
+            assert len({appends[r.position] for r in votes}) <= 2, tx
+    finally:
+        cluster.stop()
+    check_log(database, [])
+
+
+def test_a_hold_longer_than_half_the_grace_is_refused_at_start(database, etcd_server, etcd_prefix):
+    cluster = TrusteeCluster(1, 1, database.app_dsn, etcd_server.endpoints[0], etcd_prefix)
+    cluster.trustees[0].extra_args = ["--record-hold-ms", "300", "--record-grace-ms", "400"]
+    with pytest.raises(RuntimeError, match="record_hold_ms 300 must be at most half of record_grace_ms 400"):
+        cluster.start()
+    cluster.stop()
+
+
+def test_a_first_recorder_killed_while_it_holds_votes_loses_none_of_them(database, etcd_server, etcd_prefix):
+    """The hold keeps votes only in the first recorder's memory for a while; the voters and the next-ranked
+    member hold them too. trustee-1 is SIGKILLed holding two votes short of the threshold: both casts are
+    still answered 202 (the next member takes over one grace and one hold later), and the log has each once."""
+    cluster = TrusteeCluster(4, 3, database.app_dsn, etcd_server.endpoints[0], etcd_prefix)
+    for t in cluster.trustees:
+        t.extra_args = ["--record-hold-ms", "1500", "--record-grace-ms", "3000"]
+    cluster.start()
+    try:
+        members = [t.node_id for t in cluster.trustees]
+        tx = next(tx for tx in (f"tx_k{k}" for k in range(400)) if duty.ranking(tx, members)[0] == "trustee-1")
+        held = cluster.counters(0).get("held", 0)
+        with ThreadPoolExecutor(2) as pool:
+            casts = [pool.submit(cluster.cast, i, tx, 4) for i in (1, 2)]
+            wait_for(lambda: cluster.counters(0).get("held", 0) >= held + 2, 5, "trustee-1 to hold both votes")
+            cluster.kill(0)
+            assert [c.result()[0] for c in casts] == [202, 202]
+        store = PostgresStore(database.app_dsn)
+        try:
+            votes = [r for r in store.read_all(limit=100_000)
+                     if r.event_type == "VoteAccepted" and r.payload["tx_id"] == tx]
+        finally:
+            store.close()
+        assert sorted(r.payload["node_id"] for r in votes) == ["trustee-2", "trustee-3"]
+        assert "trustee-1" not in {r.writer for r in votes}
+    finally:
+        cluster.stop()

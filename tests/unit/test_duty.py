@@ -104,3 +104,39 @@ def test_load_only_ever_lengthens_a_wait(wait, loop, more):
     assert duty.under_load(wait, loop) >= wait
     assert duty.under_load(wait, loop + more) >= duty.under_load(wait, loop)
     assert duty.under_load(wait, 0.0) == wait  # an idle worker: the configured wait, unchanged
+
+
+# node.duty.release_held: the first recorder gathers a transaction's votes into fewer appends
+
+counts = st.integers(min_value=0, max_value=30)
+
+
+@given(counts, counts, st.integers(min_value=1, max_value=30), st.floats(min_value=0, max_value=1))
+def test_the_vote_that_completes_the_threshold_is_never_held(held, logged, threshold, waited):
+    if logged < threshold <= held + logged:
+        assert duty.release_held(held, logged, threshold, 30, waited, hold_s=1.0) in ("threshold", "hold")
+
+
+@given(st.integers(min_value=1, max_value=30), counts, st.integers(min_value=1, max_value=30),
+       st.integers(min_value=1, max_value=30), st.floats(min_value=0, max_value=10))
+def test_nothing_is_held_past_the_hold(held, logged, threshold, eligible, over):
+    assert duty.release_held(held, logged, threshold, eligible, 0.1 + over, hold_s=0.1) == "hold"
+
+
+def test_short_of_the_threshold_votes_wait_and_past_it_they_wait_for_the_rest():
+    # N=10, t=7: six votes wait for the seventh; the seventh goes at once with them
+    assert duty.release_held(6, 0, 7, 10, 0.05, 0.1) is None
+    assert duty.release_held(7, 0, 7, 10, 0.05, 0.1) == "threshold"
+    assert duty.release_held(1, 6, 7, 10, 0.0, 0.1) == "threshold"
+    # after consensus the last votes are gathered until every eligible member has voted
+    assert duty.release_held(2, 7, 7, 10, 0.05, 0.1) is None
+    assert duty.release_held(3, 7, 7, 10, 0.05, 0.1) == "all"
+    # nothing held, nothing to release; t = 1: every vote goes at once
+    assert duty.release_held(0, 3, 7, 10, 5.0, 0.1) is None
+    assert duty.release_held(1, 0, 1, 10, 0.0, 0.1) == "threshold"
+
+
+def test_a_loaded_recorder_holds_nothing():
+    assert duty.may_hold(0.1, 0.02)
+    assert not duty.may_hold(0.1, 0.1) and not duty.may_hold(0.1, 0.5)
+    assert not duty.may_hold(0.0, 0.0)  # --record-hold-ms 0

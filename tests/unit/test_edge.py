@@ -134,3 +134,19 @@ def test_the_edges_parsed_votes_are_bounded(edge):
 def test_the_publish_interval_grows_with_the_committee(members, want):
     assert wire.publish_interval_ms(wire.PUBLISH_INTERVAL_MS, wire.PUBLISH_INTERVAL_PER_MEMBER_MS, members) == want
     assert wire.publish_interval_ms(20.0, 0.0, members) == 20.0  # per member 0: the fixed interval
+
+
+def test_each_vote_accepted_at_the_edge_is_timed_in_the_reception_histogram(edge):
+    """Seed 11.1's vote reception (signed -> accepted at our edge), exported under this node's label."""
+    from observability.metrics import METRICS
+
+    node, _, ts = edge
+
+    def count() -> float:
+        return sum(s.value for m in METRICS.vote_reception.collect() for s in m.samples
+                   if s.name.endswith("_count") and s.labels.get("node") == node.cfg.node_id)
+
+    before = count()
+    assert node._validate(ts[1].peer_id, wire.encode([vote(ts[1]), vote(ts[2], ts=now_ms() - 40)]))
+    assert count() == before + 2
+    assert len(node.reception) == 2 and max(node.reception) >= 40
