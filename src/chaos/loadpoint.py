@@ -3,7 +3,9 @@
 Why beside the chaos suite: the same harness (``Load``) offers the transactions, and each point is
 checked by the same invariants, so a load point that "goes fast" by losing votes cannot pass.
 Per-stage latency comes from the log: the API round trip (client), reception (vote signed ->
-``VoteAccepted`` recorded) and end to end (first vote signed -> ``ThresholdReached`` recorded).
+``VoteAccepted`` recorded) and end to end (first vote signed -> ``ThresholdReached`` recorded); and
+from the nodes, seed 11.1's vote reception (signed -> accepted at a receiver's gossip edge, before
+any recording: ``reception_edge_*``).
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from events.vote import Vote, sign
 REPORT_KEYS = ("nodes", "threshold", "offered_tx_per_s", "completed_tx_per_s", "e2e_p50_ms", "e2e_p99_ms",
                "reception_p99_ms", "trustee_cpu_s", "cpu_ms_per_consensus", "floor_cpu_ms_per_consensus",
                "node_rss_mb_max", "votes_lost")
-# ... and after them, how the transport carried the votes (None for node code that does not count them).
+# ... and after them, seed 11.1 reception at the edges and how the transport carried the votes (None for node
+# code that does not count them).
 TAKE_OVERS = ("standby_taken_over_own", "standby_taken_over_silent", "standby_taken_over_patience")
-TRANSPORT_KEYS = ("open_loop", "votes_per_msg", "copies_per_delivery", "gossip_drops", "standby_taken_over",
+TRANSPORT_KEYS = ("reception_edge_p50_ms", "reception_edge_p99_ms", "open_loop", "votes_per_msg",
+                  "copies_per_delivery", "gossip_drops", "standby_taken_over",
                   *TAKE_OVERS, "record_batch_mean", "record_ms_mean", "etcd_refusals", "pg_conflicts", "deferred",
                   "record_s", "recorder_phase_s")
 
@@ -150,6 +154,7 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
     for k in ("lock_wait", "locked"):  # the log lock: waiting for it, and holding it (to the commit's end)
         rec_s[k] = round(sum(c.get(f"recorder_store_us_{k}", 0) for c in counters) / 1e6, 2)
     verify_ms = verify_cost_ms()
+    edge = [c for c in counters if c.get("reception_edge_samples")]  # node.service.reception_summary
     return {
         # issue 15's figures: trustee CPU seconds over the point (load start -> settled) per consensus,
         # beside the floor (every node checks every vote once: N x N verifies per consensus)
@@ -181,6 +186,9 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
         "api_p50_ms": pct([x * 1000 for x in load.cast_latency], 0.5),
         "api_p99_ms": pct([x * 1000 for x in load.cast_latency], 0.99),
         "reception_p50_ms": pct(reception, 0.5), "reception_p99_ms": pct(reception, 0.99),
+        # seed 11.1 at the receivers' edges: the nodes' median p50, and the worst node's p99
+        "reception_edge_p50_ms": sorted(c["reception_edge_p50_ms"] for c in edge)[len(edge) // 2] if edge else None,
+        "reception_edge_p99_ms": max(c["reception_edge_p99_ms"] for c in edge) if edge else None,
         "e2e_p50_ms": pct(e2e, 0.5), "e2e_p99_ms": pct(e2e, 0.99),
         "node_cpu_pct_mean": round(sum(cpu.get(x, 0) for x in nodes) / n, 1),
         "node_cpu_pct_max": max(cpu.get(x, 0) for x in nodes),
