@@ -261,18 +261,32 @@ def _appends_of(rows) -> dict[int, int]:
     return out
 
 
+def _holding_cluster(database, etcd_server, etcd_prefix, hold_ms: int, grace_ms: int, prefix: str, count: int):
+    """N=4, t=3 started with this hold and grace, and ``count`` transactions trustee-1 records first."""
+    cluster = TrusteeCluster(4, 3, database.app_dsn, etcd_server.endpoints[0], etcd_prefix)
+    for t in cluster.trustees:
+        t.extra_args = ["--record-hold-ms", str(hold_ms), "--record-grace-ms", str(grace_ms)]
+    cluster.start()
+    members = [t.node_id for t in cluster.trustees]
+    firsts = [tx for tx in (f"{prefix}{k}" for k in range(400)) if duty.ranking(tx, members)[0] == "trustee-1"]
+    return cluster, firsts[:count]
+
+
+def _log_rows(database) -> list:
+    store = PostgresStore(database.app_dsn)
+    try:
+        return store.read_all(limit=100_000)
+    finally:
+        store.close()
+
+
 def test_the_first_recorder_appends_a_transactions_votes_together_without_holding_back_the_threshold(
         database, etcd_server, etcd_prefix):
     """node.duty.release_held: trustee-1, first for these transactions, holds their votes (here up to 1.5 s)
     and appends them when the threshold's vote arrives, not when the hold runs out: the threshold's three
     votes in one append, the last in at most one more, and every cast answered long before the hold."""
-    cluster = TrusteeCluster(4, 3, database.app_dsn, etcd_server.endpoints[0], etcd_prefix)
-    for t in cluster.trustees:
-        t.extra_args = ["--record-hold-ms", "1500", "--record-grace-ms", "4000"]
-    cluster.start()
+    cluster, firsts = _holding_cluster(database, etcd_server, etcd_prefix, 1500, 4000, "tx_h", 6)
     try:
-        members = [t.node_id for t in cluster.trustees]
-        firsts = [tx for tx in (f"tx_h{k}" for k in range(400)) if duty.ranking(tx, members)[0] == "trustee-1"][:6]
         before = cluster.counters(0)
         for tx in firsts:
             with ThreadPoolExecutor(4) as pool:
@@ -282,11 +296,7 @@ def test_the_first_recorder_appends_a_transactions_votes_together_without_holdin
         assert after.get("held_released_threshold", 0) - before.get("held_released_threshold", 0) == len(firsts)
         assert after.get("held_released_hold", 0) == before.get("held_released_hold", 0)  # never ran out
         assert all(cluster.tx(0, tx)["status"] == "THRESHOLD_REACHED" for tx in firsts)
-        store = PostgresStore(database.app_dsn)
-        try:
-            rows = store.read_all(limit=100_000)
-        finally:
-            store.close()
+        rows = _log_rows(database)
         appends = _appends_of(rows)
         for tx in firsts:
             votes = [r for r in rows if r.event_type == "VoteAccepted" and r.payload["tx_id"] == tx]
@@ -310,25 +320,15 @@ def test_a_first_recorder_killed_while_it_holds_votes_loses_none_of_them(databas
     """The hold keeps votes only in the first recorder's memory for a while; the voters and the next-ranked
     member hold them too. trustee-1 is SIGKILLed holding two votes short of the threshold: both casts are
     still answered 202 (the next member takes over one grace and one hold later), and the log has each once."""
-    cluster = TrusteeCluster(4, 3, database.app_dsn, etcd_server.endpoints[0], etcd_prefix)
-    for t in cluster.trustees:
-        t.extra_args = ["--record-hold-ms", "1500", "--record-grace-ms", "3000"]
-    cluster.start()
+    cluster, (tx,) = _holding_cluster(database, etcd_server, etcd_prefix, 1500, 3000, "tx_k", 1)
     try:
-        members = [t.node_id for t in cluster.trustees]
-        tx = next(tx for tx in (f"tx_k{k}" for k in range(400)) if duty.ranking(tx, members)[0] == "trustee-1")
         held = cluster.counters(0).get("held", 0)
         with ThreadPoolExecutor(2) as pool:
             casts = [pool.submit(cluster.cast, i, tx, 4) for i in (1, 2)]
             wait_for(lambda: cluster.counters(0).get("held", 0) >= held + 2, 5, "trustee-1 to hold both votes")
             cluster.kill(0)
             assert [c.result()[0] for c in casts] == [202, 202]
-        store = PostgresStore(database.app_dsn)
-        try:
-            votes = [r for r in store.read_all(limit=100_000)
-                     if r.event_type == "VoteAccepted" and r.payload["tx_id"] == tx]
-        finally:
-            store.close()
+        votes = [r for r in _log_rows(database) if r.event_type == "VoteAccepted" and r.payload["tx_id"] == tx]
         assert sorted(r.payload["node_id"] for r in votes) == ["trustee-2", "trustee-3"]
         assert "trustee-1" not in {r.writer for r in votes}
     finally:
