@@ -279,8 +279,11 @@ def judge(author: str, payload: bytes) -> dict:
             import collections
             import queue
 
+            from observability.metrics import METRICS
+
             self.inbox = queue.Queue()
             self.reception = collections.deque()
+            self._reception_seconds = METRICS.vote_reception.labels("vectors")
             self._parsed = {}  # accepted payload -> its votes, for the pump
 
     node = Edge()
