@@ -64,6 +64,8 @@ class Event:
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,), "int": (int,), "bool": (bool,), "dict[str, Any]": (dict,), "tuple[str, ...]": (list, tuple),
 }
+
+
 @functools.cache
 def _shape(cls: type) -> tuple[frozenset[str], tuple[tuple[str, str, tuple[type, ...] | None], ...]]:
     """An event type's field names, and each field's JSON types (looked up once per type: every row
