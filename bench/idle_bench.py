@@ -52,7 +52,7 @@ def idle_point(env: ChaosEnv, n: int, seconds: float, warmup: float, src: Path |
         if spy is not None:
             spy.wait(seconds + 30)
     finally:
-        cluster.stop()
+        cluster.destroy()
     per_node = [round(100 * (b - a) / wall, 2) for a, b in zip(before, after, strict=True)]
     return {"nodes": n, "seconds": round(wall, 1), "node_cpu_pct": per_node,
             "cluster_cpu_pct": round(sum(per_node), 1), "load_avg_1m": round(psutil.getloadavg()[0], 2)}

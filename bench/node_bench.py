@@ -92,7 +92,7 @@ def one_run(pg: Postgres, etcd: Etcd, n: int, txs: int, rate: float, flood: bool
                     for k in ("conflicts", "etcd_refusals", "deferred", "heads_repaired")}
         flood_dropped = sum(c.get("dropped_garbage", 0) + c.get("gossip_rejected_rate", 0) for c in counters)
     finally:
-        cluster.stop()
+        cluster.destroy()
     first_vote: dict[str, int] = {}
     reception, e2e, times = [], [], []
     for etype, p, at in rows:

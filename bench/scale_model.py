@@ -379,7 +379,7 @@ def cal_idle_node(env: Any, out: dict[str, float], notes: dict[str, str]) -> Non
         out["_real_idle_node_cores"] = (server_cpu([pid]) - c0) / (time.perf_counter() - t0)
         notes["idle_node"] = "a real 1-node cluster's node process, idle for 5 s (no gossip peers)"
     finally:
-        cluster.stop()
+        cluster.destroy()
 
 
 # ------------------------------------------------------------------------------ calibration: API and idle node

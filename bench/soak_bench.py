@@ -468,7 +468,7 @@ def cluster(args: argparse.Namespace) -> dict:
     finally:
         rig.close()
         if c is not None:
-            c.stop()
+            c.destroy()
         etcd.destroy()
         pg.destroy()
     node_rss = [(r["minute"] * 60 * args.rate, statistics.fmean(v for k, v in r["rss_mb"].items()

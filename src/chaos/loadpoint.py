@@ -122,7 +122,7 @@ def run_point(env: ChaosEnv, n: int, rate: float, txs: int, settle_timeout: floa
             with contextlib.suppress(subprocess.TimeoutExpired):
                 spy.wait(20)
         load.close()
-        cluster.stop()
+        cluster.destroy()
     with psycopg.connect(scope.app_dsn) as c:
         rows = c.execute(
             "SELECT event_type, payload, (extract(epoch FROM recorded_at) * 1000)::bigint FROM events "

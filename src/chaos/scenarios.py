@@ -222,7 +222,7 @@ def run(env: ChaosEnv, name: str, fault: Fault | None = None, *, n: int = 5, t: 
             thaw(cluster, i)
         if load is not None:
             load.close()
-        took_exit = cluster.stop()
+        took_exit = cluster.destroy()
         try:
             env.heal_all()
         except TimeoutError as e:  # reported; the log is read below all the same

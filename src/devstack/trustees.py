@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import ssl
 import subprocess
@@ -84,6 +85,7 @@ class TrusteeCluster:
         self.dsn, self.etcd, self.prefix = dsn, etcd, etcd_prefix
         self.die_with_parent = die_with_parent
         self.threshold, self.deadline_ms = threshold, deadline_ms
+        self._owned_tmp = base_dir is None  # destroy() removes only a directory this cluster made
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="tvote-nodes-"))
         self.base.mkdir(parents=True, exist_ok=True)
         self.operator = operator_signer(self.base)
@@ -298,8 +300,18 @@ class TrusteeCluster:
             took[t.node_id] = time.monotonic() - t0
         return took
 
+    def destroy(self, timeout: float = 30.0) -> dict[str, float]:
+        """Stop every node, then remove the directory this cluster made: its keys, journals, tokens and logs.
+
+        A directory the caller gave (``./dev up --data``, a restart test) is kept. Without this every run
+        left ~170 KB of private keys in the temporary directory."""
+        took = self.stop(timeout)
+        if self._owned_tmp:
+            shutil.rmtree(self.base, ignore_errors=True)
+        return took
+
     def __enter__(self) -> TrusteeCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.destroy()

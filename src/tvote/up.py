@@ -80,7 +80,7 @@ class Stack:
             except subprocess.TimeoutExpired:
                 p.kill()
         if self.cluster:
-            self.cluster.stop()
+            self.cluster.stop() if keep_data else self.cluster.destroy()
         if self.anvil:
             self.anvil.stop()
         for s in reversed(self.started):

@@ -89,7 +89,7 @@ def world(pg_server, etcd_server, tmp_path_factory) -> Iterator[World]:
                 submitter.wait(10)
             except subprocess.TimeoutExpired:
                 submitter.kill()
-        cluster.stop()
+        cluster.destroy()
         anvil.close()
         with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

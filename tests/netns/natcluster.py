@@ -153,8 +153,8 @@ def main() -> dict:
                 assert report.ok, (report.integrity, report.evidence)
             finally:
                 if cluster is not None:
-                    cluster.stop()
-                etcd.stop()
+                    cluster.destroy()
+                etcd.destroy()
                 pg.destroy()
     finally:
         net.close()

@@ -114,8 +114,8 @@ def main() -> dict:
                 out["events"] = len(events)
             finally:
                 if cluster is not None:
-                    cluster.stop()
-                etcd.stop()
+                    cluster.destroy()
+                etcd.destroy()
                 pg.destroy()
     finally:
         net.close()

@@ -62,4 +62,4 @@ def test_a_bootstrap_peer_with_another_peer_id_or_none_reachable_stops_the_node(
         cluster.start_node(one, [two_addr])
         assert time.monotonic() - t0 < CLAIM_TTL, "the failed starts left their instance claim to expire"
     finally:
-        cluster.stop()
+        cluster.destroy()

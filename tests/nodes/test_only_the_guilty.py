@@ -76,7 +76,7 @@ def test_forged_and_tampered_rows_ban_nobody_and_a_typo_crashes_nobody(database,
         consensus(cluster, "after_typo", 4, range(4))
         assert all(cluster._get(t, "/healthz")[0] == 200 for t in cluster.trustees)
     finally:
-        cluster.stop()
+        cluster.destroy()
     with psycopg.connect(database.app_dsn) as c:
         kinds = c.execute("SELECT event_type, payload FROM events WHERE event_type IN "
                           "('NodeBanned', 'ViolationDetected', 'InvalidEntryReported') ORDER BY position").fetchall()
@@ -96,7 +96,7 @@ def test_a_dead_thread_makes_the_node_exit_non_zero_with_its_cause(database, etc
         assert "is unhealthy, exiting" in log and (
             "thread _work died" if which == "worker" else "gossip thread ended") in log, log[-2000:]
     finally:
-        cluster.stop()
+        cluster.destroy()
 
 
 def test_a_vote_signed_in_time_that_reached_the_log_late_withdraws_the_silence(database, etcd_server, etcd_prefix):
@@ -135,4 +135,4 @@ def test_a_vote_signed_in_time_that_reached_the_log_late_withdraws_the_silence(d
         assert reputation[-1].reason == "SILENCE_WITHDRAWN" and reputation[-1].score == 1000
         assert not named("NodeBanned")
     finally:
-        cluster.stop()
+        cluster.destroy()

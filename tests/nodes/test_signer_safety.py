@@ -57,7 +57,7 @@ def test_a_client_retry_with_another_value_is_refused_and_nobody_is_banned(datab
             cluster.start_node(remote, [cluster.trustees[1].status["listen_addrs"][0]])
         assert cluster._get(t0, "/healthz")[0] == 200  # the running one is untouched
     finally:
-        cluster.stop()
+        cluster.destroy()
     store = PostgresStore(database.app_dsn)
     rows = store.read_all(limit=10_000)
     store.close()

@@ -32,7 +32,7 @@ def run_scenario(database, etcd_server, etcd_prefix, mode: str, deadline_ms: int
             assert code == 202
         return cluster
     except BaseException:
-        cluster.stop()
+        cluster.destroy()
         raise
 
 
@@ -83,7 +83,7 @@ def test_byzantine_scenario(database, etcd_server, etcd_prefix, mode, status, ba
         code, body = cluster.cast(4, "tx_002", 1)
         assert code == 403 and "banned (R10)" in body["error"] and time.monotonic() - t0 < 2
     finally:
-        took = cluster.stop()
+        took = cluster.destroy()
     assert max(took.values()) < 30
     check_log(database, banned)
 
@@ -103,7 +103,7 @@ def test_silent_node_is_penalised_not_banned(database, etcd_server, etcd_prefix)
         assert [r.payload["node_id"] for r in silent] == ["trustee-5"]  # fired once, by one node
         store.close()
     finally:
-        cluster.stop()
+        cluster.destroy()
     check_log(database, [])
 
 
@@ -148,7 +148,7 @@ def test_join_leave_and_local_api_edges(database, etcd_server, etcd_prefix, tmp_
         for i in range(5):
             cluster.cast(i, "tx_leave", 3)
     finally:
-        took = cluster.stop()
+        took = cluster.destroy()
     assert max(took.values()) < 30
     store = PostgresStore(database.app_dsn)
     leave = [r for r in store.read_all(limit=100_000)
@@ -186,7 +186,7 @@ def test_batch_cast_and_take_over_from_a_frozen_first_recorder(database, etcd_se
             os.kill(cluster.trustees[0].proc.pid, signal.SIGCONT)
         assert cluster.tx(0, "tx_ok") is None
     finally:
-        cluster.stop()
+        cluster.destroy()
     check_log(database, [])
 
 
@@ -219,7 +219,7 @@ def test_each_vote_goes_to_its_recorders_and_every_transaction_still_reaches_con
         copies, published = grew("gossip_copies_in"), grew("gossip_published")
         assert copies < 3 * published, (copies, published)  # sent to everyone, each message is 3 copies
     finally:
-        cluster.stop()
+        cluster.destroy()
     check_log(database, [])
 
 
@@ -244,7 +244,7 @@ def test_a_first_recorder_that_drops_every_vote_it_receives_costs_at_most_the_pa
         assert all(cluster.tx(1, tx)["status"] == "THRESHOLD_REACHED" for tx in firsts)
         assert cluster.counters(0).get("fault_dropped_messages", 0) > 0
     finally:
-        cluster.stop()
+        cluster.destroy()
     check_log(database, [])
 
 
@@ -304,7 +304,7 @@ def test_the_first_recorder_appends_a_transactions_votes_together_without_holdin
             assert len({appends[r.position] for r in votes[:3]}) == 1, tx  # the threshold's votes together
             assert len({appends[r.position] for r in votes}) <= 2, tx
     finally:
-        cluster.stop()
+        cluster.destroy()
     check_log(database, [])
 
 
@@ -313,7 +313,7 @@ def test_a_hold_longer_than_half_the_grace_is_refused_at_start(database, etcd_se
     cluster.trustees[0].extra_args = ["--record-hold-ms", "300", "--record-grace-ms", "400"]
     with pytest.raises(RuntimeError, match="record_hold_ms 300 must be at most half of record_grace_ms 400"):
         cluster.start()
-    cluster.stop()
+    cluster.destroy()
 
 
 def test_a_first_recorder_killed_while_it_holds_votes_loses_none_of_them(database, etcd_server, etcd_prefix):
@@ -332,4 +332,4 @@ def test_a_first_recorder_killed_while_it_holds_votes_loses_none_of_them(databas
         assert sorted(r.payload["node_id"] for r in votes) == ["trustee-2", "trustee-3"]
         assert "trustee-1" not in {r.writer for r in votes}
     finally:
-        cluster.stop()
+        cluster.destroy()
