@@ -19,7 +19,9 @@ of them), a message goes by committee delivery to the union of its votes' recipi
 members of each transaction's ranking besides the voter, one copy each, relayed by nobody; larger committees keep
 the GossipSub mesh of degree D (every node receives every message, several copies, and forwards it). *One recorder*:
 the member ranked first records a transaction's votes (an etcd transaction claims the stream head and the vote keys,
-then one Postgres append under the log's advisory lock), in batches of what its worker drained in one cycle; the
+then one Postgres append under the log's advisory lock), in batches of what its worker drained in one cycle, or,
+while it holds (``record_hold_s``, when a worker pass is shorter), the threshold's votes in one append and the rest
+in one more; the
 others hold what they received on standby and take over only when it looks gone (``claim_attempts_per_vote`` = 1,
 more with take-overs; N was the old race, where votes of one transaction landed one per *round*). *Everyone
 follows*: every node reads every row it did not write, checks its append's signature and decides its unit again
@@ -58,6 +60,9 @@ class Gossip:
     direct: bool = True
     direct_max_peers: int = 32
     fanout: int = 2
+    # the first recorder holds a transaction's votes (NodeConfig.record_hold_ms; 0: off) while its worker's pass is
+    # shorter than this: the threshold's votes then land in one append and the others in one more (node/duty.py)
+    record_hold_s: float = 0.100
 
     def interval_s(self, n: int) -> float:
         """The publisher's interval under load for a committee of ``n`` (``wire.publish_interval_ms``)."""
@@ -302,6 +307,9 @@ def _load(s: Scenario, dep: Deployment, cal: Calibration, g: Gossip, rate: float
     spread = spread0 + (pub_wait if n > 1 else 0.0)
     bursts = min(float(n), 1 + spread / cycle)
     bursts0 = min(float(n), 1 + spread0 / cycle)
+    if g.record_hold_s > cycle:  # duty.may_hold at the unloaded cycle, as the batching above is credited
+        held = 1.0 if s.t >= n else 2.0  # the threshold's append, then the rest's
+        bursts, bursts0 = min(bursts, held), min(bursts0, held)
     attempts = rate * a  # votes this node tries to claim per second
     claim_txns = min(rate * a / n * bursts, 1.0 / cycle)
     batch = attempts / claim_txns if claim_txns else float(n) / bursts

@@ -247,6 +247,20 @@ def test_record_batches_grow_with_the_spread_of_a_transactions_votes() -> None:
     assert busy.record_batch < predict(scenario(10, 4.0), DEPLOYMENTS[1], CAL).record_batch
 
 
+def test_the_hold_lands_the_thresholds_votes_in_one_append_and_the_rest_in_one_more() -> None:
+    straggling = replace(CAL, gossip_hop_s=20e-3)  # without the hold, the votes would land in about 3 appends
+    held = predict(scenario(10, 4.0), DEPLOYMENTS[1], straggling)
+    unheld = predict(scenario(10, 4.0), DEPLOYMENTS[1], straggling, Gossip(record_hold_s=0.0))
+    assert held.record_batch == pytest.approx(5.0) and unheld.record_batch < 4
+    assert held.pg_appends_per_s < unheld.pg_appends_per_s
+    assert held.node_cpu_by_stage["follow"] < unheld.node_cpu_by_stage["follow"]  # fewer appends to check
+    everyone = predict(Scenario(4, 4, 4.0), DEPLOYMENTS[1], straggling)  # t = N: nobody is left for a second
+    assert everyone.record_batch == pytest.approx(4.0)
+    # a hold no longer than the worker's pass is skipped (duty.may_hold): the drained batches as before
+    short = predict(scenario(10, 4.0), DEPLOYMENTS[1], straggling, Gossip(record_hold_s=0.001))
+    assert short.record_batch == pytest.approx(unheld.record_batch)
+
+
 def test_follow_reads_grow_with_the_log_moves_up_to_the_follow_schedule() -> None:
     cal = replace(CAL, query_cpu_s=100e-6)
     dep = DEPLOYMENTS[1]
