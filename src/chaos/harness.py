@@ -64,10 +64,18 @@ class ChaosEnv:
             else Postgres(fsync=True))
 
     def start(self) -> ChaosEnv:
-        self.etcd.start()  # first: Patroni keeps its leader key there
-        self.pg.start()
-        self.pg.create_database("chaos_template")
-        db.upgrade(self.pg.url("chaos_template"))
+        """Start etcd, then Postgres with the template database; on any failure stop what started and raise.
+
+        (``with ChaosEnv()`` never reaches ``__exit__`` when ``start`` raises: a failed migration used to
+        leave a Postgres running for good.)"""
+        try:
+            self.etcd.start()  # first: Patroni keeps its leader key there
+            self.pg.start()
+            self.pg.create_database("chaos_template")
+            db.upgrade(self.pg.url("chaos_template"))
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def scope(self) -> Scope:
