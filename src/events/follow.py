@@ -68,13 +68,20 @@ Loader = Callable[[str], list[Recorded]]  # a transaction's stream, read back fr
 # Finished transactions a long-running reader keeps in memory (a node's `--retain-final`); the others are read
 # back from the log when a late command names them.
 DEFAULT_RETAIN_FINAL = 10_000
+# What may leave memory, once its deadline has fired: by default only what is final. A trustee node also lets
+# consensus that waits for the chain leave (``AWAITING_CHAIN``): it decides nothing more about it unless a later
+# command names it, which reads it back first; otherwise a chain or submitter down for a day kept every such
+# transaction in every node's memory (~6 KB each at N=10: gigabytes at 10 tx/s). The submitter keeps them: they
+# are its work.
+AWAITING_CHAIN = frozenset({rules.THRESHOLD_REACHED, rules.SUBMITTING})
 
 
 class Follower:
     """The checked fold of the log into a ``rules.Ledger`` (pure: rows in, verdicts out).
 
-    **Bounded memory**: with ``retain_final`` and a ``loader``, a transaction that is final and whose
-    deadline has fired leaves memory once ``retain_final`` newer such transactions exist. Its id goes in a
+    **Bounded memory**: with ``retain_final`` and a ``loader``, a transaction that is final (or has another
+    status in ``evictable``) and whose deadline has fired leaves memory once ``retain_final`` newer such
+    transactions exist. Its id goes in a
     fixed-size Bloom filter; when a later command or row names it, its stream is read back through the
     loader and folded again (rows found void are remembered by position and skipped), so a late vote is
     judged exactly as if it had never left: a late double vote is caught, with both signed votes.
@@ -82,7 +89,7 @@ class Follower:
     """
 
     def __init__(self, me: str | None = None, trust_own: bool = True, retain_final: int | None = None,
-                 loader: Loader | None = None) -> None:
+                 loader: Loader | None = None, evictable: frozenset[rules.TxStatus] = rules.FINAL) -> None:
         self.ledger = rules.Ledger()
         self.versions: dict[str, int] = {}
         self.position = 0  # last settled row: every row up to here is applied or void
@@ -99,6 +106,7 @@ class Follower:
         self.tainted: set[str] = set()
         self.broken = False
         self.retain_final = retain_final if loader is not None else None
+        self.evictable = evictable
         self.loader = loader
         self._final: OrderedDict[str, None] = OrderedDict()  # final, deadline fired: the next to leave memory
         self.evicted = Bloom()
@@ -113,7 +121,7 @@ class Follower:
         txs = self.ledger.txs
         for tx_id in tx_ids:
             tx = txs.get(tx_id)
-            if tx is not None and tx.deadline_fired and tx.status in rules.FINAL:
+            if tx is not None and tx.deadline_fired and tx.status in self.evictable:
                 self._final[tx_id] = None
                 self._final.move_to_end(tx_id)
 

@@ -34,7 +34,7 @@ from libp2p.peer.id import ID
 from events import rules
 from events.envelope import Envelope
 from events.errors import CommandRejected, InvalidVote, StoreUnavailable, ThresholdVoteError
-from events.follow import DEFAULT_RETAIN_FINAL, Void
+from events.follow import AWAITING_CHAIN, DEFAULT_RETAIN_FINAL, Void
 from events.model import Event, TransactionOpened, VoteAccepted, tx_stream
 from events.postgres_store import COMMIT_BOUND_S, PostgresStore
 from events.vote import SignedVote
@@ -243,7 +243,7 @@ class TrusteeNode:
         guard = EtcdGuard(self.cfg.etcd, self.cfg.etcd_prefix, self.cfg.node_id)
         # A trustee signs the log with its vote key, as the member the log admitted (R13).
         self.recorder = Recorder(store, guard, RowSigner(self.cfg.node_id, self.signing_key),
-                                 retain_final=self.cfg.retain_final)
+                                 retain_final=self.cfg.retain_final, evictable=rules.FINAL | AWAITING_CHAIN)
         self.recorder.on_event = self._on_event
         self.recorder.on_void = self._on_void
         loaded = self.recorder.load_snapshot()

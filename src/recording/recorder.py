@@ -76,15 +76,17 @@ class _Timed:
 
 
 class Recorder:
-    def __init__(self, store: EventStore, guard: Guard, signer: RowSigner, retain_final: int | None = None) -> None:
+    def __init__(self, store: EventStore, guard: Guard, signer: RowSigner, retain_final: int | None = None,
+                 evictable: frozenset[rules.TxStatus] = rules.FINAL) -> None:
         """``retain_final``: keep at most this many finished transactions in memory (the rest are read back
-        from the log when named again); None keeps everything (tools, tests, short runs)."""
+        from the log when named again); None keeps everything (tools, tests, short runs). ``evictable``: the
+        statuses that count as finished here (``Follower``)."""
         self.store = store
         self.guard = guard
         self.signer = signer
         self.writer = signer.writer
         # The log as an honest follower reads it (R13): chain, writer signatures, entitlement, decisions.
-        self.follower = Follower(me=signer.writer, retain_final=retain_final,
+        self.follower = Follower(me=signer.writer, retain_final=retain_final, evictable=evictable,
                                  loader=lambda tx_id: store.read_stream(tx_stream(tx_id)))
         self.deferred: list[rules.Command] = []
         self.stats = {"conflicts": 0, "etcd_refusals": 0, "heads_repaired": 0, "deferred": 0, "void_rows": 0,
@@ -162,7 +164,8 @@ class Recorder:
                           self.writer, snap.position)
                 continue
             try:
-                fresh = Follower(me=self.writer, retain_final=self.follower.retain_final, loader=self.follower.loader)
+                fresh = Follower(me=self.writer, retain_final=self.follower.retain_final, loader=self.follower.loader,
+                                 evictable=self.follower.evictable)
                 extra = snapshot.decode(snap.state, fresh)
             except snapshot.SnapshotMismatch as e:
                 log.error("snapshot of %s at %d refused: %s", self.writer, snap.position, e)

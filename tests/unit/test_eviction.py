@@ -8,12 +8,13 @@ left memory long ago (a repeat, a double vote, a minority vote) are judged as if
 
 from __future__ import annotations
 
-from helpers import OPERATOR, admin, trustees
+import pytest
+from helpers import OPERATOR, SUBMITTER, admin, trustees
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events import rules
-from events.follow import Follower
+from events.follow import AWAITING_CHAIN, Follower
 from events.memory_store import MemoryStore
 from recording.memory_guard import MemoryGuard
 from recording.recorder import Recorder
@@ -29,12 +30,15 @@ command = st.one_of(
 )
 
 
-def pair() -> tuple[Recorder, Recorder]:
+AS_A_NODE = rules.FINAL | AWAITING_CHAIN  # what a trustee node lets leave memory (node/service.py)
+
+
+def pair(evictable: frozenset = rules.FINAL) -> tuple[Recorder, Recorder]:
     out = []
     for retain in (None, 1):
         store = MemoryStore()
         Recorder(store, MemoryGuard("op"), OPERATOR).execute(admin([*TS, RECORDER], 3, deadline_ms=100))
-        out.append(Recorder(store, MemoryGuard("n"), RECORDER.signer, retain_final=retain))
+        out.append(Recorder(store, MemoryGuard("n"), RECORDER.signer, retain_final=retain, evictable=evictable))
     return out[0], out[1]
 
 
@@ -42,10 +46,11 @@ def outcome(results) -> list:
     return [(r.status, r.events, type(r.error).__name__ if r.error else None) for r in results]
 
 
+@pytest.mark.parametrize("evictable", [rules.FINAL, AS_A_NODE], ids=["final", "awaiting-chain-too"])
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.lists(command, min_size=1, max_size=4), min_size=1, max_size=25))
-def test_a_bounded_ledger_decides_exactly_as_an_unbounded_one(batches):
-    full, bounded = pair()
+@given(batches=st.lists(st.lists(command, min_size=1, max_size=4), min_size=1, max_size=25))
+def test_a_bounded_ledger_decides_exactly_as_an_unbounded_one(evictable, batches):
+    full, bounded = pair(evictable)
     for batch in batches:
         known = {t for t in TXS if t in full.ledger.txs}
         cmds = [c for c in batch if not isinstance(c, rules.CheckDeadline) or c.tx_id in known]
@@ -74,3 +79,34 @@ def test_a_late_double_vote_on_a_transaction_that_left_memory_is_caught_with_bot
     assert violation.evidence["first"]["value"] == 1 and violation.evidence["second"]["value"] == 2
     (again,) = bounded.execute([a.receive("old", 1, ts=9)])  # R3: the same vote again changes nothing
     assert again.status.value == "duplicate"
+
+
+def test_consensus_waiting_for_the_chain_leaves_a_nodes_memory_and_its_submission_is_followed_as_before():
+    """A node lets a consensus whose deadline fired leave memory while it waits for the chain (a submitter down
+    for a day must not fill every node's memory); the submission steps written later bring it back."""
+    full, bounded = pair(AS_A_NODE)
+    a, b, c, _ = TS
+    cmds = [a.receive("paid", 1), b.receive("paid", 1), c.receive("paid", 1), rules.CheckDeadline("paid", 10**9)]
+    for k in range(3):  # newer finished transactions push "paid" out of memory
+        cmds += [a.receive(f"n{k}", 1), rules.CheckDeadline(f"n{k}", 10**9)]
+    for rec in (full, bounded):
+        rec.execute(cmds)
+    assert full.ledger.txs["paid"].status == rules.THRESHOLD_REACHED
+    assert "paid" not in bounded.ledger.txs and "paid" in bounded.follower.evicted
+    store = bounded.store
+    Recorder(store, MemoryGuard("op2"), OPERATOR).execute(
+        [rules.AdmitWriter(SUBMITTER.writer, "submitter", SUBMITTER.public_key, "op")])
+    sub = Recorder(store, MemoryGuard("s"), SUBMITTER)
+    steps = [rules.StartSubmission("paid", "sub-1", 7),
+             rules.RecordSigned("paid", 7, 31337, "0x" + "aa" * 20, 0, "0x" + "bb" * 32, "0x" + "cc" * 40),
+             rules.RecordBroadcast("paid", 7, "0x" + "bb" * 32),
+             rules.RecordConfirmed("paid", 7, "0x" + "bb" * 32, 12)]
+    assert all(r.error is None for r in sub.execute(steps)), sub.execute([])
+    bounded.catch_up()
+    unbounded = Follower(trust_own=False)
+    unbounded.feed(store.read_all(limit=10**6))
+    assert bounded.follower.voided == unbounded.voided == 0
+    assert unbounded.ledger.txs["paid"].status == rules.CONFIRMED
+    assert bounded.follower.reloaded >= 1 and bounded.ledger.txs["paid"] == unbounded.ledger.txs["paid"]
+    (late,) = bounded.execute([TS[3].receive("paid", 2, ts=5)])  # a late minority vote, judged as ever
+    assert ("ViolationDetected", "MINORITY_VOTE") in [(e.TYPE, getattr(e, "kind", None)) for e in late.events]
