@@ -381,7 +381,8 @@ def _summary(app_dsn: str, owner_dsn: str, cluster: TrusteeCluster, client: Thre
     console.print(f"replay: {rep.events} events in {rep.seconds:.2f}s, projections {verdict} "
                   f"(digest {rep.live_digest[:16]}...)")
     shell = place.shell() if place else ""
-    console.print(f"where to look{' (while it runs: --keep-running)' if shell else ''}: {shell}psql \"{owner_dsn}\"\n"
+    console.print("where to look (while it runs: --keep-running; kept after it: --data-dir): "
+                  f"{shell}psql \"{owner_dsn}\"\n"
                   "  SELECT node_id, violation_type, tx_id, detected_at FROM byzantine_violations ORDER BY id;\n"
                   f"  SELECT node_id, value, received_at FROM vote_history WHERE tx_id = '{first_tx}'"
                   " ORDER BY position;\n"
