@@ -303,7 +303,7 @@ class TrusteeCluster:
     def destroy(self, timeout: float = 30.0) -> dict[str, float]:
         """Stop every node, then remove the directory this cluster made: its keys, journals, tokens and logs.
 
-        A directory the caller gave (``./dev up --data``, a restart test) is kept. Without this every run
+        A directory the caller gave (``tvote up --data-dir``, a restart test) is kept. Without this every run
         left ~170 KB of private keys in the temporary directory."""
         took = self.stop(timeout)
         if self._owned_tmp:

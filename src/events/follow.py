@@ -108,7 +108,7 @@ class Follower:
         self.retain_final = retain_final if loader is not None else None
         self.evictable = evictable
         self.loader = loader
-        self._final: OrderedDict[str, None] = OrderedDict()  # final, deadline fired: the next to leave memory
+        self._final: OrderedDict[str, None] = OrderedDict()  # evictable, deadline fired: the next to leave memory
         self.evicted = Bloom()
         self.void_positions: set[int] = set()  # rows void, skipped when a stream is read back
         self.reloaded = 0
