@@ -80,7 +80,7 @@ class Stack:
             except subprocess.TimeoutExpired:
                 p.kill()
         if self.cluster:
-            self.cluster.stop() if keep_data else self.cluster.destroy()
+            self.cluster.destroy()  # keeps the nodes' directory when it is under --data-dir (not one it made)
         if self.anvil:
             self.anvil.stop()
         for s in reversed(self.started):
