@@ -236,8 +236,8 @@ class Follower:
         tx_id = getattr(command, "tx_id", None)
         if isinstance(tx_id, str):
             self.ensure([tx_id])
-        if self.trust_own and writer == self.me:
-            for e in logged:  # ours: decided by this very code before we signed it
+        if self.trust_own and writer == self.me and not self._doubtful(rows):
+            for e in logged:  # ours: decided by this very code before we signed it, on the log as it still is
                 self.ledger.apply(e)
             return self._done(rows, logged)
         try:
@@ -265,12 +265,21 @@ class Follower:
 
         Unless the log was edited or lost rows the decision may have rested on: then nobody is to blame.
         """
-        read = {CLUSTER_STREAM, *(r.stream_id for r in rows)}
-        if self.broken or read & self.tainted:
+        if self._doubtful(rows):
             return [self._void(r, f"{reason} (after an edited or missing row: nobody's fault)", False) for r in rows]
         c = self.ledger.cluster
         self.ledger.cluster = replace(c, faults={**c.faults, rows[0].position: rules.Fault(writer, reason)})
         return [self._void(r, reason, True) for r in rows]
+
+    def _doubtful(self, rows: list[Recorded]) -> bool:
+        """May the decision of these rows have rested on a row since edited or lost?
+
+        Then nobody is blamed if it fails, and our own such rows are decided again like anyone's: trusting
+        them (decided on what the row said before) would keep in our view what every other follower voids,
+        and our next decisions there would part from theirs (R14: an honest writer reported for an edit).
+        """
+        return self.broken or (bool(self.tainted) and not self.tainted.isdisjoint(
+            {CLUSTER_STREAM, *(r.stream_id for r in rows)}))
 
     def _void(self, r: Recorded, reason: str, attributable: bool) -> Settled:
         self.voided += 1

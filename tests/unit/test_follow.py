@@ -158,3 +158,64 @@ def founded_cluster(store: MemoryStore) -> rules.Cluster:
     f = Follower()
     f.feed(store.read_all(limit=1000))
     return f.ledger.cluster
+
+
+def busy_log() -> MemoryStore:
+    """A log several trustees wrote: votes, a threshold, a late vote, deadlines with silence, a double vote and
+    its ban (a change to the cluster state that later decisions read)."""
+    store, node1 = founded()  # node-1 recorded tx's three votes (the last with its threshold)
+    node2 = Recorder(store, MemoryGuard("n2"), TS[1].signer)
+    node3 = Recorder(store, MemoryGuard("n3"), TS[2].signer)
+    node2.execute([TS[3].receive("tx", 7)])  # the late fourth vote, by another writer
+    node3.execute([t.receive("tx2", 5) for t in TS[:2]])
+    node2.execute([rules.CheckDeadline("tx", 10**9), rules.CheckDeadline("tx2", 10**9)])  # tx2: two silent
+    node3.execute([TS[3].receive("tx3", 1), TS[3].receive("tx3", 2, ts=2)])  # node-4 votes twice: banned
+    node1.execute([t.receive("tx4", 3) for t in TS[:3]])
+    node2.execute([TS[3].receive("tx4", 3)])
+    return store
+
+
+def test_after_an_edit_or_a_lost_row_every_follower_folds_alike_the_writers_included():
+    """R14: a writer's own rows are trusted only on a log nobody edited; after an edit (or rows lost) it judges
+    its own rows like everyone else's. Otherwise its view kept what the others void (a threshold reached on a
+    vote that is gone), the views parted, and its next decisions looked like faults to the others: an honest
+    writer reported and banned for a superuser's edit."""
+    rows = busy_log().read_all(limit=1000)
+    first = next(i for i, r in enumerate(rows) if r.stream_id != "cluster")
+    for i in range(first, len(rows)):
+        edited = replace(rows[i], payload={**rows[i].payload, "edited": True})
+        for log in ([*rows[:i], edited, *rows[i + 1:]], [*rows[:i], *rows[i + 1:]]):
+            views = []
+            for me in (None, *(t.node_id for t in TS)):
+                f = Follower(me=me)
+                settled = f.feed(log)
+                assert not any(s.void.attributable for s in settled if s.void), (i, me)
+                views.append((f.ledger.cluster, dict(f.ledger.txs)))
+            assert all(v == views[0] for v in views), (i, rows[i].event_type, rows[i].writer)
+
+
+def test_the_ci_incident_a_superuser_edit_then_a_restart_gets_no_honest_writer_reported():
+    """Replayed from a CI run: node-4 recorded tx's votes, a superuser edited node-2's, every node restarted.
+    node-4 kept its own threshold row that the others void, charged node-2 silent at the deadline (void for
+    the others: an edited stream), took the penalty into its view, and then decided the next deadline's
+    participation reward on it: an untainted stream, so the others found a fault and reported node-4."""
+    store = MemoryStore()
+    Recorder(store, MemoryGuard("op"), OPERATOR).execute(admin(TS, 3))
+    Recorder(store, MemoryGuard("n4"), TS[3].signer).execute([t.receive("tx", 1) for t in TS])
+    i = next(i for i, r in enumerate(store._rows) if r.event_type == "VoteAccepted"
+             and r.payload["vote"]["node_id"] == "node-2")
+    store._rows[i] = replace(store._rows[i], payload={**store._rows[i].payload, "value": 9})  # as superuser
+    nodes = [Recorder(store, MemoryGuard(f"r{k}"), t.signer) for k, t in enumerate(TS)]  # every node restarted
+    for n in nodes:
+        n.catch_up()
+    nodes[3].execute([rules.CheckDeadline("tx", 10**13)])
+    nodes[0].execute([t.receive("later", 2, now=2000) for t in TS])
+    nodes[3].execute([rules.CheckDeadline("later", 10**13)])
+    views = []
+    for me in (None, *(t.node_id for t in TS)):
+        f = Follower(me=me)
+        settled = f.feed(store.read_all(limit=1000))
+        assert not any(s.void.attributable for s in settled if s.void), me
+        assert not f.ledger.cluster.faults and not any(m.banned for m in f.ledger.cluster.members.values())
+        views.append((f.ledger.cluster, dict(f.ledger.txs)))
+    assert all(v == views[0] for v in views)
