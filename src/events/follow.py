@@ -266,6 +266,10 @@ class Follower:
         Unless the log was edited or lost rows the decision may have rested on: then nobody is to blame.
         """
         if self._doubtful(rows):
+            # Written honestly on what the log said before, and others may have built on it since, on every
+            # stream it writes (a silence charged on an edited transaction moves a reputation in the cluster
+            # stream, which the next ban's decision reads): those streams are in doubt from here on too.
+            self.tainted.update(r.stream_id for r in rows)
             return [self._void(r, f"{reason} (after an edited or missing row: nobody's fault)", False) for r in rows]
         c = self.ledger.cluster
         self.ledger.cluster = replace(c, faults={**c.faults, rows[0].position: rules.Fault(writer, reason)})
