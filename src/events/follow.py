@@ -32,7 +32,7 @@ from typing import Any
 from events import commands, rules
 from events.bloom import Bloom
 from events.errors import CommandRejected, InvalidCommand
-from events.model import CLUSTER_STREAM, Event, tx_stream
+from events.model import Event, tx_stream
 from events.store import GENESIS, Recorded
 from events.writers import verify_batch
 
@@ -100,9 +100,10 @@ class Follower:
         self._pending: list[tuple[Recorded, bool]] = []  # (row, tampered)
         self.anomalies: list[Anomaly] = []
         self.voided = 0
-        # Streams with a row edited after it was written, and whether rows went missing: later decisions that
-        # fail there may have been made honestly on what the row said before; they are void, but no writer's
-        # fault (an edit or deletion behind the service's back must never get an honest writer banned, R14).
+        # Streams with a row edited after it was written, and whether rows went missing. Either puts the whole
+        # log in doubt (``in_doubt``): later decisions that fail may have been made honestly on what the row
+        # said before; they are void, but no writer's fault (an edit or deletion behind the service's back must
+        # never get an honest writer banned, R14).
         self.tainted: set[str] = set()
         self.broken = False
         self.retain_final = retain_final if loader is not None else None
@@ -207,8 +208,10 @@ class Follower:
         if problem:
             if batch and batch[0][0].position != first:
                 self.broken = True  # rows of a signed batch are gone: what follows may rest on them
+            if any(tampered for _, tampered in batch):  # an edit (of the writer's name, say) made it fail
+                self.tainted.update(r.stream_id for r, _ in batch)
             return out + [self._void(r, problem, False) for r, _ in batch]
-        if any(r.writer != writer for r, _ in batch):
+        if any(r.writer != writer for r, tampered in batch if not tampered):  # an edited writer: an edit, below
             return out + [self._void(r, "rows of another writer inside a signed batch", True) for r, _ in batch]
         unit: list[tuple[Recorded, bool]] = []
         for r, t in batch:
@@ -236,7 +239,7 @@ class Follower:
         tx_id = getattr(command, "tx_id", None)
         if isinstance(tx_id, str):
             self.ensure([tx_id])
-        if self.trust_own and writer == self.me and not self._doubtful(rows):
+        if self.trust_own and writer == self.me and not self.in_doubt:
             for e in logged:  # ours: decided by this very code before we signed it, on the log as it still is
                 self.ledger.apply(e)
             return self._done(rows, logged)
@@ -265,25 +268,25 @@ class Follower:
 
         Unless the log was edited or lost rows the decision may have rested on: then nobody is to blame.
         """
-        if self._doubtful(rows):
-            # Written honestly on what the log said before, and others may have built on it since, on every
-            # stream it writes (a silence charged on an edited transaction moves a reputation in the cluster
-            # stream, which the next ban's decision reads): those streams are in doubt from here on too.
-            self.tainted.update(r.stream_id for r in rows)
+        if self.in_doubt:
             return [self._void(r, f"{reason} (after an edited or missing row: nobody's fault)", False) for r in rows]
         c = self.ledger.cluster
         self.ledger.cluster = replace(c, faults={**c.faults, rows[0].position: rules.Fault(writer, reason)})
         return [self._void(r, reason, True) for r in rows]
 
-    def _doubtful(self, rows: list[Recorded]) -> bool:
-        """May the decision of these rows have rested on a row since edited or lost?
+    @property
+    def in_doubt(self) -> bool:
+        """Was a row edited after it was written, or are rows missing? Then nobody is blamed from here on.
 
-        Then nobody is blamed if it fails, and our own such rows are decided again like anyone's: trusting
-        them (decided on what the row said before) would keep in our view what every other follower voids,
-        and our next decisions there would part from theirs (R14: an honest writer reported for an edit).
+        Any later decision that fails may rest on what the log said before, and not only on the edited
+        row's own stream: an edit may have changed the stream a row names, and what was built on it spreads
+        through the cluster stream every decision reads (a silence charged on an edited transaction moves a
+        reputation that the next ban reads). So after an edit, failing entries are void and nobody's fault
+        until the log is restored, and our own rows are decided again like anyone's: trusting them (decided
+        on what the row said before) kept in our view what every other follower voids, and our next
+        decisions parted from theirs (an honest writer reported for an edit, seen in CI).
         """
-        return self.broken or (bool(self.tainted) and not self.tainted.isdisjoint(
-            {CLUSTER_STREAM, *(r.stream_id for r in rows)}))
+        return self.broken or bool(self.tainted)
 
     def _void(self, r: Recorded, reason: str, attributable: bool) -> Settled:
         self.voided += 1
