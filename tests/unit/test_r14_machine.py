@@ -8,13 +8,15 @@ guard), the real signing journal (``node.signer.Signer`` on disk) and the real f
 - crashes (a node loses everything in memory; its journal and the log remain) and restarts;
 - store outages (every append and read fails while it lasts) and a lagging view (a node that has not read);
 - deadlines ticked by the logical clock, only after the log has been writable for the grace (node.service);
+- a superuser editing a row behind the service's back (payload, writer or stream), then every node restarted;
 - a Byzantine member (f = 1 of N = 5, t = 3) that opens transactions alone, equivocates, votes a minority
   value, forges votes in honest members' names (with its own envelope), stays silent, and signs false entries
   straight into the log.
 
 After every step: no honest member banned or charged with anything but silence on a consensus transaction,
 no honest key ever signed two values for one transaction, every honest node's view equals what a fresh
-follower folds from the log, and the audit finds nothing but the Byzantine member's own void entries.
+follower folds from the log, and the audit finds nothing but the Byzantine member's own void entries (and,
+after an edit, names the edited rows).
 """
 
 from __future__ import annotations
